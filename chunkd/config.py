@@ -1,0 +1,208 @@
+"""Settings: defaults < CHUNKD_* environment < TOML file (--config) < command-line flags.
+
+Every setting has one name; the environment variable is CHUNKD_<NAME>, the TOML key is <name> and
+the flag is --<name-with-dashes>. A bad value raises ConfigError naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chunkd.errors import ConfigError
+from chunkd.planner import MAX_PART_SIZE, MIN_PART_SIZE
+
+DEFAULT_INCLUDE = ("*.mp4", "*.mov", "*.mkv", "*.webm", "*.m4v", "*.ts", "*.avi")
+DEFAULT_STATE_URL = "sqlite:///.chunkd/state.db"
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def parse_size(text: str | int) -> int:
+    """'8MiB', '5 MB', '1048576' -> bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 8MiB, 16MB, 8388608)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _parse_list(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(str(item) for item in text)
+    return tuple(part for part in re.split(r"[\s,]+", text) if part)
+
+
+def _parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _positive_int(text: str | int) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str | float) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
+def _optional_str(text: str | None) -> str | None:
+    return str(text) if text not in (None, "") else None
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Settings:
+    input_dir: Path = Path("./input")
+    bucket: str = "chunkd"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    state_url: str = DEFAULT_STATE_URL
+    key_template: str = "{relpath}"
+    part_size: int = 8 * 1024 * 1024
+    part_schedule: str = "growing"
+    file_concurrency: int = 4
+    part_concurrency: int = 4
+    idle_seconds: float = 10.0
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = ()
+    manifest_suffix: str = ".manifest.json"
+    bandwidth_limit: int = 0
+    rescan_seconds: float = 60.0
+    poll_seconds: float = 0.5
+    max_attempts: int = 8
+    shutdown_timeout: float = 30.0
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+    @property
+    def fixed_parts(self) -> bool:
+        return self.part_schedule == "fixed"
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "input_dir": lambda v: Path(v).expanduser(),
+    "bucket": str,
+    "s3_endpoint_url": _optional_str,
+    "s3_region": _optional_str,
+    "state_url": str,
+    "key_template": str,
+    "part_size": parse_size,
+    "part_schedule": _choice("growing", "fixed"),
+    "file_concurrency": _positive_int,
+    "part_concurrency": _positive_int,
+    "idle_seconds": _non_negative_float,
+    "include": _parse_list,
+    "exclude": _parse_list,
+    "manifest_suffix": str,
+    "bandwidth_limit": parse_size,
+    "rescan_seconds": _non_negative_float,
+    "poll_seconds": _non_negative_float,
+    "max_attempts": _positive_int,
+    "shutdown_timeout": _non_negative_float,
+    "log_level": lambda v: _choice("DEBUG", "INFO", "WARNING", "ERROR")(str(v).upper()),
+    "log_format": _choice("auto", "text", "json"),
+}
+
+SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)
+
+
+def env_name(name: str) -> str:
+    return f"CHUNKD_{name.upper()}"
+
+
+def load_settings(
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge every source in precedence order and validate the result."""
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[str, Any]] = {}
+    for name in SETTING_NAMES:
+        if env_name(name) in env:
+            raw[name] = (env_name(name), env[env_name(name)])
+    config_file = config_file or env.get("CHUNKD_CONFIG")
+    if config_file:
+        for name, value in _read_toml(Path(config_file)).items():
+            raw[name] = (f"{config_file}: {name}", value)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = (f"--{name.replace('_', '-')}", value)
+    values: dict[str, Any] = {}
+    for name, (source, value) in raw.items():
+        try:
+            values[name] = _PARSERS[name](value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(source, str(exc)) from None
+    settings = Settings(**values)
+    _validate(settings, {name: source for name, (source, _) in raw.items()})
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    table = data.get("chunkd", data)
+    unknown = sorted(set(table) - set(SETTING_NAMES))
+    if unknown:
+        raise ConfigError("--config", f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    return table
+
+
+def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
+    def where(name: str) -> str:
+        return sources.get(name, env_name(name))
+
+    if not MIN_PART_SIZE <= settings.part_size <= MAX_PART_SIZE:
+        raise ConfigError(where("part_size"), "must be between 5MiB and 5GiB (S3's part limits)")
+    if not _BUCKET_RE.match(settings.bucket):
+        raise ConfigError(where("bucket"), f"{settings.bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
+    if settings.s3_endpoint_url and not re.match(r"^https?://[^/\s]+", settings.s3_endpoint_url):
+        raise ConfigError(where("s3_endpoint_url"), "must look like http://host:port or https://host")
+    if not settings.state_url.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
+        raise ConfigError(where("state_url"), "must start with redis://, rediss:// or sqlite:///")
+    if not settings.manifest_suffix:
+        raise ConfigError(where("manifest_suffix"), "must not be empty")
+    from chunkd.keys import validate_template
+
+    try:
+        validate_template(settings.key_template)
+    except ValueError as exc:
+        raise ConfigError(where("key_template"), str(exc)) from None

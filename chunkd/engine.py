@@ -1,0 +1,47 @@
+"""What every stream job shares: settings, store, uploader, the part pool and the stop flag."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chunkd.config import Settings
+from chunkd.store import CheckpointStore
+from chunkd.uploader import Uploader
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    store: CheckpointStore
+    uploader: Uploader
+    input_dir: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    hostname: str = field(default_factory=socket.gethostname)
+    on_progress: Callable[[str, int], None] | None = None  # (relpath, bytes newly acknowledged)
+    part_pool: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        workers = self.settings.file_concurrency * self.settings.part_concurrency
+        self.part_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunkd-part")
+
+    def progress(self, relpath: str, nbytes: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(relpath, nbytes)
+
+    def shutdown(self) -> None:
+        self.part_pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StreamLog(logging.LoggerAdapter):
+    """Every line about a file carries its stream id and relpath, in JSON and in text."""
+
+    def process(self, msg: str, kwargs: dict) -> tuple[str, dict]:  # type: ignore[override]
+        extra = {**(self.extra or {}), **kwargs.get("extra", {})}
+        kwargs["extra"] = extra
+        return msg, kwargs

@@ -1,0 +1,111 @@
+"""Stream states, the transitions between them, and the records the checkpoint store keeps."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class StreamState(str, enum.Enum):
+    PENDING = "PENDING"  # discovered, waiting for a worker
+    UPLOADING = "UPLOADING"  # parts are being sent while the file may still grow
+    FINALIZING = "FINALIZING"  # idle: tail part, complete, verify, manifest
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StreamState.COMPLETED, StreamState.FAILED)
+
+
+_ALLOWED: dict[StreamState, frozenset[StreamState]] = {
+    StreamState.PENDING: frozenset({StreamState.UPLOADING, StreamState.FAILED}),
+    StreamState.UPLOADING: frozenset({StreamState.UPLOADING, StreamState.FINALIZING, StreamState.FAILED}),
+    # FINALIZING -> UPLOADING: the file grew again before the object was completed.
+    StreamState.FINALIZING: frozenset({StreamState.UPLOADING, StreamState.COMPLETED, StreamState.FAILED}),
+    StreamState.COMPLETED: frozenset(),
+    # A failed stream can be retried from where it stopped.
+    StreamState.FAILED: frozenset({StreamState.PENDING, StreamState.UPLOADING}),
+}
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def check_transition(current: StreamState, new: StreamState) -> None:
+    """Raise unless `current -> new` is a legal move of the per-file state machine."""
+    if new not in _ALLOWED[current]:
+        raise InvalidTransition(f"{current.value} -> {new.value}")
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """A part S3 has acknowledged. Only ever recorded after the server said yes."""
+
+    number: int
+    offset: int
+    size: int
+    etag: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PartRecord:
+        return cls(
+            number=int(data["number"]),
+            offset=int(data["offset"]),
+            size=int(data["size"]),
+            etag=str(data["etag"]),
+            sha256=str(data["sha256"]),
+        )
+
+
+def new_stream_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass
+class StreamRecord:
+    """Everything needed to resume one file's upload on any restart."""
+
+    id: str
+    relpath: str
+    source_path: str
+    bucket: str
+    key: str
+    schedule: dict[str, Any]
+    state: StreamState = StreamState.PENDING
+    device: int = 0
+    inode: int = 0
+    size: int = 0
+    mtime: float = 0.0
+    upload_id: str | None = None
+    sha256: str | None = None
+    last_error: str | None = None
+    discovered_at: float = field(default_factory=time.time)
+    first_byte_at: float | None = None
+    completed_at: float | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["state"] = StreamState(fields["state"])
+        return cls(**fields)
+
+    def move_to(self, new: StreamState, *, error: str | None = None) -> None:
+        check_transition(self.state, new)
+        self.state = new
+        self.last_error = error
+        self.updated_at = time.time()

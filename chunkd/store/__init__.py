@@ -1,0 +1,21 @@
+"""Checkpoint store backends behind one Protocol; `open_store` picks one from a URL."""
+
+from __future__ import annotations
+
+from chunkd.errors import ConfigError
+from chunkd.store.protocol import CheckpointStore
+
+__all__ = ["CheckpointStore", "open_store"]
+
+
+def open_store(url: str) -> CheckpointStore:
+    """Open `redis://…`/`rediss://…` or `sqlite:///path` (path relative to the working dir)."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from chunkd.store.redis import RedisStore
+
+        return RedisStore.from_url(url)
+    if url.startswith("sqlite:///"):
+        from chunkd.store.sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:///") :])
+    raise ConfigError("CHUNKD_STATE_URL", f"unsupported scheme in {url.split('://')[0]!r}; use redis:// or sqlite:///")

@@ -1,0 +1,41 @@
+"""The checkpoint store seam: what the engine needs from Redis or SQLite, and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from chunkd.states import PartRecord, StreamRecord, StreamState
+
+
+class CheckpointStore(Protocol):
+    """Durable ledger of streams and their acknowledged parts.
+
+    Every write is atomic on its own: a crash between two calls leaves the store in the state of
+    the last call that returned.
+    """
+
+    def save_stream(self, record: StreamRecord) -> None:
+        """Insert or replace a stream record and point its relpath at it."""
+
+    def get_stream(self, stream_id: str) -> StreamRecord | None: ...
+
+    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+        """The newest stream recorded for this relative path, if any."""
+
+    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
+        """Streams (optionally only those in `states`), oldest discovery first."""
+
+    def record_part(self, stream_id: str, part: PartRecord) -> None:
+        """Record an acknowledged part; replaces an earlier record with the same number."""
+
+    def list_parts(self, stream_id: str) -> list[PartRecord]:
+        """Recorded parts ordered by part number."""
+
+    def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
+        """Forget some parts (or all when `numbers` is None), e.g. after the upload vanished."""
+
+    def ping(self) -> None:
+        """Raise StoreError when the backend is unreachable."""
+
+    def close(self) -> None: ...

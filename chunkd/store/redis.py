@@ -1,0 +1,217 @@
+"""Redis checkpoint store: lets several hosts (or a restarted container) share one ledger.
+
+Keys, with the default prefix:
+
+    chunkd:stream:<id>           hash: data (StreamRecord JSON), state, relpath
+    chunkd:stream:<id>:parts     hash: part number -> PartRecord JSON
+    chunkd:streams               sorted set: every stream id, scored by discovered_at
+    chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
+    chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import redis
+from redis.client import Pipeline
+
+from chunkd.errors import StoreError
+from chunkd.states import PartRecord, StreamRecord, StreamState
+
+
+class RedisStore:
+    """CheckpointStore on Redis. Thread-safe: redis-py hands each call its own pooled connection.
+
+    Write methods take an optional `pipeline` (as rq's do) so a caller can make several updates one
+    MULTI/EXEC; they then only queue commands, and the caller executes (see `batch`).
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "chunkd:") -> None:
+        if not client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("RedisStore needs a client created with decode_responses=True")
+        self.client = client
+        self.prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
+        try:
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                # Without a read timeout a half-dead server would hang a worker forever.
+                socket_timeout=30,
+                health_check_interval=30,
+            )
+        except ValueError as exc:  # malformed URL; the message may quote it, password and all
+            raise StoreError(f"invalid redis URL {_redact(url)}") from exc
+        return cls(client, prefix)
+
+    # keys
+
+    def _stream_key(self, stream_id: str) -> str:
+        return f"{self.prefix}stream:{stream_id}"
+
+    def _parts_key(self, stream_id: str) -> str:
+        return f"{self.prefix}stream:{stream_id}:parts"
+
+    def _path_key(self, relpath: str) -> str:
+        return f"{self.prefix}path:{relpath}"
+
+    def _streams_key(self, state: StreamState | None = None) -> str:
+        return f"{self.prefix}streams" + (f":{state.value}" if state else "")
+
+    # errors
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
+
+    def _where(self) -> str:
+        kwargs = self.client.get_connection_kwargs()
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    def _scrub(self, message: str) -> str:
+        password = self.client.get_connection_kwargs().get("password")
+        return message.replace(password, "***") if password else message
+
+    # writes
+
+    def batch(self) -> _Batch:
+        """`with store.batch() as pipe:` queue writes with `pipeline=pipe`; one MULTI/EXEC on exit."""
+        return _Batch(self)
+
+    def save_stream(self, record: StreamRecord, *, pipeline: Pipeline | None = None) -> None:
+        if pipeline is not None:
+            self._queue_save(pipeline, record)
+            return
+        with self._errors(f"save stream {record.id}"):
+            pipe = self.client.pipeline(transaction=True)
+            self._queue_save(pipe, record)
+            pipe.execute()
+
+    def _queue_save(self, pipe: Pipeline, record: StreamRecord) -> None:
+        score = {record.id: record.discovered_at}
+        fields = {"data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath}
+        pipe.hset(self._stream_key(record.id), mapping=fields)
+        pipe.zadd(self._streams_key(), score)
+        # Blind ZREM from every other state's set: no read needed, so the write stays one MULTI.
+        for state in StreamState:
+            if state is not record.state:
+                pipe.zrem(self._streams_key(state), record.id)
+        pipe.zadd(self._streams_key(record.state), score)
+        pipe.zadd(self._path_key(record.relpath), score)
+
+    def record_part(self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None) -> None:
+        args = (self._parts_key(stream_id), str(part.number), json.dumps(part.to_dict()))
+        if pipeline is not None:
+            pipeline.hset(*args)
+            return
+        with self._errors(f"record part {part.number} of stream {stream_id}"):
+            self.client.hset(*args)
+
+    def drop_parts(
+        self, stream_id: str, numbers: Iterable[int] | None = None, *, pipeline: Pipeline | None = None
+    ) -> None:
+        fields = None if numbers is None else [str(int(number)) for number in numbers]
+        if fields == []:
+            return  # HDEL with no fields is a syntax error
+        target = pipeline if pipeline is not None else self.client
+        with self._errors(f"drop parts of stream {stream_id}"):
+            if fields is None:
+                target.delete(self._parts_key(stream_id))
+            else:
+                target.hdel(self._parts_key(stream_id), *fields)
+
+    # reads
+
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        with self._errors(f"get stream {stream_id}"):
+            data = self.client.hget(self._stream_key(stream_id), "data")
+        return StreamRecord.from_dict(json.loads(data)) if data else None
+
+    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+        # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
+        # upload) must not take the path back from the file that replaced it.
+        with self._errors(f"find stream for {relpath!r}"):
+            ids = self.client.zrevrange(self._path_key(relpath), 0, -1)
+        for record in self._load(ids):
+            if record.relpath == relpath:  # skips a stream whose record was later moved to another path
+                return record
+        return None
+
+    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
+        wanted = None if states is None else {StreamState(state) for state in states}
+        keys = [self._streams_key()] if wanted is None else [self._streams_key(state) for state in wanted]
+        with self._errors("list streams"):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zrange(key, 0, -1, withscores=True)
+            ranges = pipe.execute()
+        # Same order as SQLite's "ORDER BY discovered_at, id", and what ZRANGE does within one set.
+        merged = heapq.merge(*[[(score, sid) for sid, score in members] for members in ranges])
+        records = self._load([sid for _, sid in merged])
+        # A stream may change state between the two round trips; the record itself is the truth.
+        return [r for r in records if wanted is None or r.state in wanted]
+
+    def _load(self, ids: list[str]) -> list[StreamRecord]:
+        if not ids:
+            return []
+        with self._errors("load streams"):
+            pipe = self.client.pipeline(transaction=False)
+            for stream_id in ids:
+                pipe.hget(self._stream_key(stream_id), "data")
+            found = pipe.execute()
+        return [StreamRecord.from_dict(json.loads(data)) for data in found if data]
+
+    def list_parts(self, stream_id: str) -> list[PartRecord]:
+        with self._errors(f"list parts of stream {stream_id}"):
+            found = self.client.hgetall(self._parts_key(stream_id))
+        return sorted((PartRecord.from_dict(json.loads(data)) for data in found.values()), key=lambda p: p.number)
+
+    def ping(self) -> None:
+        with self._errors("ping"):
+            self.client.ping()
+
+    def close(self) -> None:
+        with self._errors("close"):
+            self.client.close()
+
+
+class _Batch:
+    """Context manager behind `RedisStore.batch`: executes on success, discards on error."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._pipe: Pipeline | None = None
+
+    def __enter__(self) -> Pipeline:
+        self._pipe = self._store.client.pipeline(transaction=True)
+        return self._pipe
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._pipe is not None
+        try:
+            if exc_type is None:
+                with self._store._errors("execute batch"):
+                    self._pipe.execute()
+        finally:
+            self._pipe.reset()
+
+
+def _redact(url: str) -> str:
+    """The URL without userinfo or query (`?password=` is legal too), safe for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable>"
+    netloc, slash, path = rest.split("?")[0].partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"

@@ -1,0 +1,157 @@
+"""SQLite checkpoint store: one file next to the daemon, no server to run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from chunkd.errors import StoreError
+from chunkd.states import PartRecord, StreamRecord, StreamState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY,
+    relpath TEXT NOT NULL,
+    state TEXT NOT NULL,
+    discovered_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS streams_by_discovery ON streams (discovered_at, id);
+CREATE INDEX IF NOT EXISTS streams_by_relpath ON streams (relpath, discovered_at, id);
+CREATE TABLE IF NOT EXISTS parts (
+    stream_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (stream_id, number)
+);
+"""
+
+_SAVE_STREAM = """
+INSERT INTO streams (id, relpath, state, discovered_at, data) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    relpath = excluded.relpath, state = excluded.state,
+    discovered_at = excluded.discovered_at, data = excluded.data
+"""
+
+_RECORD_PART = """
+INSERT INTO parts (stream_id, number, data) VALUES (?, ?, ?)
+ON CONFLICT (stream_id, number) DO UPDATE SET data = excluded.data
+"""
+
+
+class SqliteStore:
+    """CheckpointStore on a SQLite file, shared by every thread of the daemon.
+
+    One connection guarded by a lock: SQLite serialises writers anyway, and a single connection
+    keeps each call one transaction without per-thread connection bookkeeping.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = self._connect(path)
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a call is exactly one transaction.
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL fsyncs every commit: a part recorded after S3 acknowledged it must survive a power
+            # cut, or resume would trust a part list older than the upload. Parts are >= 5 MiB, so
+            # one fsync each costs nothing next to the upload itself.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            return conn
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"sqlite {path}: cannot open state database: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(action):
+            # IMMEDIATE takes the write lock up front, so another process's writer makes us wait
+            # (busy timeout) instead of failing halfway through with SQLITE_BUSY.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT, or the next BEGIN would find a transaction still open.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(action):
+            yield self._conn
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {action} failed: {exc}") from exc
+
+    def save_stream(self, record: StreamRecord) -> None:
+        row = (record.id, record.relpath, record.state.value, record.discovered_at, json.dumps(record.to_dict()))
+        with self._transaction(f"save stream {record.id}") as conn:
+            conn.execute(_SAVE_STREAM, row)
+
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        with self._read(f"get stream {stream_id}") as conn:
+            row = conn.execute("SELECT data FROM streams WHERE id = ?", (stream_id,)).fetchone()
+        return _stream(row[0]) if row else None
+
+    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+        # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
+        # upload) must not take the path back from the file that replaced it.
+        query = "SELECT data FROM streams WHERE relpath = ? ORDER BY discovered_at DESC, id DESC LIMIT 1"
+        with self._read(f"find stream for {relpath!r}") as conn:
+            row = conn.execute(query, (relpath,)).fetchone()
+        return _stream(row[0]) if row else None
+
+    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
+        query, args = "SELECT data FROM streams", []
+        if states is not None:
+            args = [StreamState(state).value for state in states]
+            query += f" WHERE state IN ({', '.join('?' * len(args))})"
+        with self._read("list streams") as conn:
+            rows = conn.execute(query + " ORDER BY discovered_at, id", args).fetchall()
+        return [_stream(data) for (data,) in rows]
+
+    def record_part(self, stream_id: str, part: PartRecord) -> None:
+        with self._transaction(f"record part {part.number} of stream {stream_id}") as conn:
+            conn.execute(_RECORD_PART, (stream_id, part.number, json.dumps(part.to_dict())))
+
+    def list_parts(self, stream_id: str) -> list[PartRecord]:
+        query = "SELECT data FROM parts WHERE stream_id = ? ORDER BY number"
+        with self._read(f"list parts of stream {stream_id}") as conn:
+            rows = conn.execute(query, (stream_id,)).fetchall()
+        return [PartRecord.from_dict(json.loads(data)) for (data,) in rows]
+
+    def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
+        with self._transaction(f"drop parts of stream {stream_id}") as conn:
+            if numbers is None:
+                conn.execute("DELETE FROM parts WHERE stream_id = ?", (stream_id,))
+            else:
+                rows = [(stream_id, int(number)) for number in numbers]
+                conn.executemany("DELETE FROM parts WHERE stream_id = ? AND number = ?", rows)
+
+    def ping(self) -> None:
+        with self._read("ping") as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock, self._errors("close"):
+            self._conn.close()
+
+
+def _stream(data: str) -> StreamRecord:
+    return StreamRecord.from_dict(json.loads(data))

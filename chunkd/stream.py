@@ -1,0 +1,355 @@
+"""One file's journey: find or create its stream record, resume, send parts as the file grows,
+and hand it to the finalizer once it has gone idle.
+
+A part is sent as soon as the file holds all of its bytes; only the tail waits for idleness.
+Acknowledged parts are recorded in the checkpoint store before anything else happens, so a
+restart never sends them again.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+
+from chunkd.engine import Engine, StreamLog
+from chunkd.errors import (
+    PermanentError,
+    SourceChangedError,
+    SourceGoneError,
+    StoreError,
+    TransferError,
+    UploadGoneError,
+)
+from chunkd.finalizer import Finalizer, completed_earlier
+from chunkd.keys import render_key
+from chunkd.monitor import Change, IdleTracker, Snapshot, take_snapshot
+from chunkd.partreader import digest_range, open_checked
+from chunkd.planner import Part, PartSchedule, plan_schedule
+from chunkd.states import PartRecord, StreamRecord, StreamState, new_stream_id
+
+logger = logging.getLogger("chunkd.stream")
+
+MAX_RESTARTS = 5
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    SKIPPED = "skipped"  # already uploaded and unchanged
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # shutdown: resumes on next start
+    RETRY_LATER = "retry_later"  # transient trouble outlasted the retries
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StreamJob:
+    def __init__(self, engine: Engine, path: Path, relpath: str, *, final: bool = False) -> None:
+        self.engine = engine
+        self.path = path
+        self.relpath = relpath
+        self.final = final  # the caller says the file is complete: no need to wait for idleness
+        self.record: StreamRecord | None = None
+        self.log = StreamLog(logger, {"relpath": relpath})
+
+    def run(self) -> Outcome:
+        fresh = False
+        for _ in range(MAX_RESTARTS):
+            try:
+                record = self._load_or_create(fresh=fresh)
+            except SourceGoneError:
+                self._forget_vanished()
+                return Outcome.SKIPPED
+            except StoreError as exc:
+                self.log.error("checkpoint store unavailable: %s", exc)
+                return Outcome.RETRY_LATER
+            if record is None:
+                return Outcome.SKIPPED
+            self.record = record
+            self.log = StreamLog(logger, {"relpath": self.relpath, "stream_id": record.id, "key": record.key})
+            try:
+                return self._run_stream(record)
+            except SourceChangedError as exc:
+                self._fail(record, f"restarting: {exc.reason}", abort=True)
+                self.log.warning("file changed under the upload (%s); starting a fresh upload", exc.reason)
+                fresh = True
+        return Outcome.FAILED
+
+    def _run_stream(self, record: StreamRecord) -> Outcome:
+        try:
+            self._upload(record)
+            self.log.info("completed", extra={"bytes": record.size})
+            return Outcome.COMPLETED
+        except Interrupted:
+            self.log.info("interrupted by shutdown; will resume on next start")
+            return Outcome.INTERRUPTED
+        except SourceGoneError:
+            self._fail(record, "file deleted during upload", abort=True)
+            return Outcome.FAILED
+        except PermanentError as exc:
+            self._fail(record, str(exc), abort=False)
+            return Outcome.FAILED
+        except (TransferError, StoreError) as exc:
+            self.log.error("giving up for now, will retry later: %s", exc)
+            self._note_error(record, str(exc))
+            return Outcome.RETRY_LATER
+
+    # -- discovery -------------------------------------------------------------------------
+
+    def _load_or_create(self, *, fresh: bool) -> StreamRecord | None:
+        snap = take_snapshot(self.path)
+        existing = None if fresh else self.engine.store.find_by_relpath(self.relpath)
+        if existing is not None:
+            same_file = (existing.device, existing.inode) == (snap.identity.device, snap.identity.inode)
+            unchanged = same_file and (existing.size, existing.mtime) == (snap.size, snap.mtime)
+            if existing.state is StreamState.COMPLETED and unchanged:
+                return None
+            if existing.state is StreamState.FAILED and unchanged:
+                return None  # nothing new since it failed: `chunkd retry` is the way back
+            if not existing.state.terminal:
+                if same_file:
+                    return existing
+                self._fail(existing, "replaced by a new file with the same name", abort=True)
+        return self._new_record(snap)
+
+    def _forget_vanished(self) -> None:
+        existing = self.engine.store.find_by_relpath(self.relpath)
+        if existing is not None and not existing.state.terminal:
+            self.log = StreamLog(logger, {"relpath": self.relpath, "stream_id": existing.id})
+            self._fail(existing, "file disappeared before its upload finished", abort=True)
+
+    def _new_record(self, snap: Snapshot) -> StreamRecord:
+        settings = self.engine.settings
+        schedule = plan_schedule(settings.part_size, fixed=settings.fixed_parts)
+        record = StreamRecord(
+            id=new_stream_id(),
+            relpath=self.relpath,
+            source_path=str(self.path),
+            bucket=settings.bucket,
+            key=render_key(settings.key_template, self.relpath, hostname=self.engine.hostname),
+            schedule=schedule.to_dict(),
+            device=snap.identity.device,
+            inode=snap.identity.inode,
+            size=snap.size,
+            mtime=snap.mtime,
+        )
+        self.engine.store.save_stream(record)
+        self.log.info("discovered", extra={"stream_id": record.id, "key": record.key, "bytes": snap.size})
+        return record
+
+    # -- the upload loop -------------------------------------------------------------------
+
+    def _upload(self, record: StreamRecord) -> None:
+        schedule = PartSchedule.from_dict(record.schedule)
+        snap = take_snapshot(self.path)
+        done = self._reconcile(record, schedule, snap)
+        if record.state is StreamState.COMPLETED:
+            return
+        if record.state is not StreamState.UPLOADING:
+            record.move_to(StreamState.UPLOADING)
+            self.engine.store.save_stream(record)
+        tracker = IdleTracker(self.engine.settings.idle_seconds, snap)
+        in_flight: dict[Future[PartRecord], Part] = {}
+        finalizer = Finalizer(self.engine, record, self.path, self.log, self._send_parts_now(record, done))
+        while True:
+            if self.engine.stop.is_set():
+                self._drain(record, in_flight, done)
+                raise Interrupted
+            snap = take_snapshot(self.path)
+            change = tracker.observe(snap)
+            self._check_change(change, snap, done)
+            if change is not Change.UNCHANGED:
+                record.size, record.mtime = snap.size, snap.mtime
+                self.engine.store.save_stream(record)
+            self._harvest(record, in_flight, done, block=False)
+            self._fill(record, schedule, in_flight, done, snap)
+            if not in_flight and (self.final or tracker.idle):
+                if finalizer.finalize(schedule, done, snap):
+                    return
+                record.move_to(StreamState.UPLOADING)  # the file moved on while we finalized
+                self.engine.store.save_stream(record)
+                continue
+            if in_flight:
+                wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
+            else:
+                self.engine.stop.wait(self.engine.settings.poll_seconds)
+
+    def _check_change(self, change: Change, snap: Snapshot, done: dict[int, PartRecord]) -> None:
+        if change is Change.REPLACED:
+            raise SourceChangedError("file was replaced by a new file (different inode)")
+        covered = max((p.offset + p.size for p in done.values()), default=0)
+        if snap.size < covered:
+            raise SourceChangedError(f"file shrank to {snap.size} bytes below the {covered} already sent")
+
+    def _next_numbers(self, schedule: PartSchedule, done: dict[int, PartRecord], busy: set[int]):
+        number = 1
+        while True:
+            if number not in busy and not _is_full(done.get(number), schedule):
+                yield number
+            number += 1
+
+    def _fill(
+        self,
+        record: StreamRecord,
+        schedule: PartSchedule,
+        in_flight: dict[Future[PartRecord], Part],
+        done: dict[int, PartRecord],
+        snap: Snapshot,
+    ) -> None:
+        """Start every part the file already holds in full, up to the per-file concurrency."""
+        limit = self.engine.settings.part_concurrency
+        if len(in_flight) >= limit:
+            return
+        busy = {part.number for part in in_flight.values()}
+        for number in self._next_numbers(schedule, done, busy):
+            part = schedule.part(number)
+            if part.end > snap.size or len(in_flight) >= limit:
+                return
+            self._ensure_upload(record)
+            in_flight[self._submit(record, part)] = part
+
+    def _ensure_upload(self, record: StreamRecord) -> None:
+        if record.upload_id is not None:
+            return
+        record.upload_id = self.engine.uploader.create(record.bucket, record.key)
+        record.first_byte_at = time.time()
+        self.engine.store.save_stream(record)  # recorded at once: a crash now leaves no orphan unknown
+        self.log.info("multipart upload created")
+
+    def _submit(self, record: StreamRecord, part: Part) -> Future[PartRecord]:
+        assert record.upload_id is not None
+        identity = take_snapshot(self.path).identity
+        return self.engine.part_pool.submit(
+            self.engine.uploader.upload_part, record.bucket, record.key, record.upload_id, self.path, part, identity
+        )
+
+    def _harvest(
+        self,
+        record: StreamRecord,
+        in_flight: dict[Future[PartRecord], Part],
+        done: dict[int, PartRecord],
+        *,
+        block: bool,
+    ) -> None:
+        """Record finished parts; on an error, let the other parts land first, then raise it."""
+        if block and in_flight:
+            wait(list(in_flight))
+        error: BaseException | None = None
+        for future in [f for f in in_flight if f.done()]:
+            del in_flight[future]
+            try:
+                part = future.result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below after the others land
+                error = error or exc
+                continue
+            previous = done.get(part.number)
+            self.engine.store.record_part(record.id, part)
+            done[part.number] = part
+            self.engine.progress(self.relpath, part.size - (previous.size if previous else 0))
+        if error is not None:
+            self._harvest(record, in_flight, done, block=True)
+            raise error
+
+    def _drain(self, record: StreamRecord, in_flight: dict[Future[PartRecord], Part], done: dict[int, PartRecord]) -> None:
+        """On shutdown, let in-flight parts finish (bounded) so their checkpoints are kept."""
+        deadline = self.engine.settings.shutdown_timeout
+        if in_flight:
+            wait(list(in_flight), timeout=deadline)
+        try:
+            self._harvest(record, {f: p for f, p in in_flight.items() if f.done()}, done, block=False)
+        except Exception as exc:  # noqa: BLE001 - shutting down; the part will be re-sent on resume
+            self.log.warning("part failed during shutdown: %s", exc)
+
+    def _send_parts_now(self, record: StreamRecord, done: dict[int, PartRecord]):
+        def send(parts: list[Part]) -> None:
+            self._ensure_upload(record)
+            in_flight = {self._submit(record, part): part for part in parts}
+            self._harvest(record, in_flight, done, block=True)
+
+        return send
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def _reconcile(self, record: StreamRecord, schedule: PartSchedule, snap: Snapshot) -> dict[int, PartRecord]:
+        """Bring the ledger in line with what the server holds (ListParts is the truth)."""
+        store, uploader = self.engine.store, self.engine.uploader
+        ledger = {part.number: part for part in store.list_parts(record.id)}
+        if record.upload_id is None:
+            if ledger:
+                store.drop_parts(record.id)
+            return {}
+        try:
+            remote = uploader.list_parts(record.bucket, record.key, record.upload_id)
+        except UploadGoneError:
+            return self._upload_gone(record, ledger)
+        stale = [n for n, part in ledger.items() if n not in remote or remote[n].etag.strip('"') != part.etag.strip('"')]
+        if stale:
+            store.drop_parts(record.id, stale)
+            for number in stale:
+                del ledger[number]
+        for number, remote_part in sorted(remote.items()):
+            if number not in ledger:
+                adopted = self._adopt(record, schedule, snap, number, remote_part.size, remote_part.etag)
+                if adopted is not None:
+                    store.record_part(record.id, adopted)
+                    ledger[number] = adopted
+        self.log.info("resumed", extra={"parts_recorded": len(ledger), "parts_on_server": len(remote)})
+        return ledger
+
+    def _adopt(
+        self, record: StreamRecord, schedule: PartSchedule, snap: Snapshot, number: int, size: int, etag: str
+    ) -> PartRecord | None:
+        """A part the server holds but the ledger missed (killed between ack and checkpoint):
+        keep it only if the local bytes hash to the server's ETag."""
+        part = schedule.part(number)
+        if size != part.size or part.end > snap.size:
+            return None
+        with open_checked(self.path, snap.identity) as handle:
+            digest = digest_range(handle, part.offset, part.size)
+        if digest.md5_hex != etag.strip('"').lower():
+            return None
+        self.log.info("adopted a part the server had but the checkpoint missed", extra={"part": number})
+        return PartRecord(number=number, offset=part.offset, size=part.size, etag=etag, sha256=digest.sha256_hex)
+
+    def _upload_gone(self, record: StreamRecord, ledger: dict[int, PartRecord]) -> dict[int, PartRecord]:
+        store, uploader = self.engine.store, self.engine.uploader
+        parts = [ledger[n] for n in sorted(ledger)]
+        if record.state is StreamState.FINALIZING and parts and completed_earlier(uploader.head(record.bucket, record.key), parts):
+            # Completed on the server before a crash; only the manifest and the record are missing.
+            return ledger
+        self.log.warning("multipart upload no longer exists on the server; starting a fresh upload")
+        store.drop_parts(record.id)
+        record.upload_id = None
+        store.save_stream(record)
+        return {}
+
+    # -- failure bookkeeping ---------------------------------------------------------------
+
+    def _fail(self, record: StreamRecord, reason: str, *, abort: bool) -> None:
+        if abort and record.upload_id:
+            try:
+                self.engine.uploader.abort(record.bucket, record.key, record.upload_id)
+            except TransferError as exc:
+                self.log.warning("could not abort multipart upload: %s", exc)
+        record.move_to(StreamState.FAILED, error=reason)
+        try:
+            self.engine.store.save_stream(record)
+        except StoreError as exc:
+            self.log.error("could not record failure: %s", exc)
+        self.log.error("failed: %s", reason)
+
+    def _note_error(self, record: StreamRecord, reason: str) -> None:
+        record.last_error = reason
+        record.updated_at = time.time()
+        try:
+            self.engine.store.save_stream(record)
+        except StoreError:
+            pass
+
+
+def _is_full(part: PartRecord | None, schedule: PartSchedule) -> bool:
+    return part is not None and part.size == schedule.part_size(part.number)

@@ -1,0 +1,177 @@
+"""S3 operations for one object at a time: create, send parts, complete, verify, abort.
+
+Every call goes through the RetryPolicy, so transient failures are retried with backoff and
+everything that escapes is a classified TransferError carrying key and part number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.client import BaseClient
+
+from chunkd.bandwidth import TokenBucket
+from chunkd.errors import PermanentError, RetryableError
+from chunkd.partreader import Digest, FileIdentity, RangeReader, digest_range, open_checked
+from chunkd.planner import Part
+from chunkd.retry import RetryPolicy
+from chunkd.states import PartRecord
+
+
+@dataclass(frozen=True)
+class RemotePart:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str
+
+
+def multipart_etag(parts: list[PartRecord]) -> str:
+    """The ETag S3 gives a completed multipart object: MD5 of the part MD5s, dash, part count."""
+    digests = b"".join(bytes.fromhex(part.etag.strip('"')) for part in parts)
+    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
+
+
+def same_etag(a: str, b: str) -> bool:
+    return a.strip('"').lower() == b.strip('"').lower()
+
+
+class Uploader:
+    def __init__(
+        self,
+        client: BaseClient,
+        policy: RetryPolicy,
+        *,
+        limiter: TokenBucket | None = None,
+        on_request: Callable[[str], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._limiter = limiter
+        self._on_request = on_request or (lambda op: None)
+
+    def _call(self, op: str, fn: Callable[[], Any], *, key: str, part: int | None = None) -> Any:
+        def counted() -> Any:
+            self._on_request(op)
+            return fn()
+
+        return self._policy.call(counted, key=key, part=part)
+
+    def create(self, bucket: str, key: str, *, content_type: str | None = None) -> str:
+        extra = {"ContentType": content_type} if content_type else {}
+        response = self._call(
+            "CreateMultipartUpload",
+            lambda: self._client.create_multipart_upload(Bucket=bucket, Key=key, **extra),
+            key=key,
+        )
+        return str(response["UploadId"])
+
+    def upload_part(
+        self, bucket: str, key: str, upload_id: str, path: Path, part: Part, identity: FileIdentity | None
+    ) -> PartRecord:
+        """Hash the range, send it with Content-MD5, and check the returned ETag against our MD5."""
+
+        def send() -> PartRecord:
+            with open_checked(path, identity) as handle:
+                digest = digest_range(handle, part.offset, part.size)
+                body = RangeReader(handle, part.offset, part.size, self._limiter)
+                self._on_request("UploadPart")
+                response = self._client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
+                    Body=body, ContentLength=part.size, ContentMD5=digest.md5_b64,
+                )
+            return _part_record(part, digest, str(response["ETag"]))
+
+        return self._policy.call(send, key=key, part=part.number)
+
+    def put_object(
+        self, bucket: str, key: str, path: Path, size: int, identity: FileIdentity | None,
+        *, content_type: str | None = None,
+    ) -> tuple[Digest, str]:
+        """Single PutObject for files smaller than one part; returns the digest and ETag."""
+        extra = {"ContentType": content_type} if content_type else {}
+
+        def send() -> tuple[Digest, str]:
+            with open_checked(path, identity) as handle:
+                digest = digest_range(handle, 0, size)
+                body = RangeReader(handle, 0, size, self._limiter)
+                self._on_request("PutObject")
+                response = self._client.put_object(
+                    Bucket=bucket, Key=key, Body=body, ContentLength=size, ContentMD5=digest.md5_b64, **extra
+                )
+            return digest, str(response["ETag"])
+
+        return self._policy.call(send, key=key)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+        self._call(
+            "PutObject",
+            lambda: self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type),
+            key=key,
+        )
+
+    def complete(self, bucket: str, key: str, upload_id: str, parts: list[PartRecord]) -> str:
+        layout = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
+        response = self._call(
+            "CompleteMultipartUpload",
+            lambda: self._client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=layout
+            ),
+            key=key,
+        )
+        return str(response.get("ETag", ""))
+
+    def abort(self, bucket: str, key: str, upload_id: str) -> None:
+        self._call(
+            "AbortMultipartUpload",
+            lambda: self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id),
+            key=key,
+        )
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> dict[int, RemotePart]:
+        """What the server really holds for this upload (paginated); the truth for reconciling."""
+        found: dict[int, RemotePart] = {}
+        marker = 0
+        while True:
+            response = self._call(
+                "ListParts",
+                lambda: self._client.list_parts(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000
+                ),
+                key=key,
+            )
+            for item in response.get("Parts", []):
+                number = int(item["PartNumber"])
+                found[number] = RemotePart(number, int(item["Size"]), str(item["ETag"]))
+            if not response.get("IsTruncated"):
+                return found
+            marker = int(response.get("NextPartNumberMarker", 0))
+
+    def head(self, bucket: str, key: str) -> ObjectInfo | None:
+        try:
+            response = self._call("HeadObject", lambda: self._client.head_object(Bucket=bucket, Key=key), key=key)
+        except PermanentError as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(int(response["ContentLength"]), str(response.get("ETag", "")))
+
+    def head_bucket(self, bucket: str) -> None:
+        self._call("HeadBucket", lambda: self._client.head_bucket(Bucket=bucket), key="")
+
+
+def _part_record(part: Part, digest: Digest, etag: str) -> PartRecord:
+    if not same_etag(etag, digest.etag):
+        # Servers that return a non-MD5 ETag are fine; a different MD5 means corrupted bytes.
+        if len(etag.strip('"')) == 32:
+            raise RetryableError(f"server ETag {etag} != local MD5 {digest.md5_hex}", code="BadDigest", part=part.number)
+    return PartRecord(number=part.number, offset=part.offset, size=part.size, etag=etag, sha256=digest.sha256_hex)

@@ -1,0 +1,329 @@
+"""One contract for every CheckpointStore backend: SQLite on a temp file, Redis on a real server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from chunkd.errors import ConfigError
+from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.store import CheckpointStore, open_store
+from chunkd.store.redis import RedisStore
+from chunkd.store.sqlite import SqliteStore
+
+Opener = Callable[[], CheckpointStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens a new store on the same backing data each call, to test what survives a reopen."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "state" / "chunkd.db")
+        opener: Opener = lambda: SqliteStore(path)  # noqa: E731
+    else:
+        url = request.getfixturevalue("redis_url")  # only redis params need the server
+        opener = lambda: RedisStore.from_url(url)  # noqa: E731
+    opened: list[CheckpointStore] = []
+
+    def open_one() -> CheckpointStore:
+        opened.append(opener())
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_backend: Opener) -> CheckpointStore:
+    return open_backend()
+
+
+def make_stream(stream_id: str = "s1", **overrides: object) -> StreamRecord:
+    fields: dict[str, object] = {
+        "id": stream_id,
+        "relpath": "cam/day 1/clip.mp4",
+        "source_path": "/in/cam/day 1/clip.mp4",
+        "bucket": "videos",
+        "key": "cam/day 1/clip.mp4",
+        "schedule": {"part_size": 8 * 1024**2, "sizes": [5, 8.5], "tag": "ünï", "opt": None, "nested": {"a": 1}},
+        "discovered_at": 1_712_345_678.123456,
+        "updated_at": 1_712_345_679.654321,
+    }
+    fields.update(overrides)
+    return StreamRecord(**fields)  # type: ignore[arg-type]
+
+
+def make_part(number: int, **overrides: object) -> PartRecord:
+    fields: dict[str, object] = {
+        "number": number,
+        "offset": (number - 1) * 8 * 1024**2,
+        "size": 8 * 1024**2,
+        "etag": f'"etag-{number}"',
+        "sha256": f"{number:064x}",
+    }
+    fields.update(overrides)
+    return PartRecord(**fields)  # type: ignore[arg-type]
+
+
+# streams
+
+
+def test_roundtrip_keeps_every_field(store: CheckpointStore) -> None:
+    record = make_stream(
+        state=StreamState.UPLOADING,
+        device=2049,
+        inode=1234567,
+        size=987_654_321,
+        mtime=1_712_345_000.000001,
+        upload_id="upl-xyz",
+        sha256="ab" * 32,
+        last_error="boom: 'quoted' \"double\"",
+        first_byte_at=1_712_345_680.5,
+        completed_at=1_712_345_690.25,
+    )
+    store.save_stream(record)
+    loaded = store.get_stream("s1")
+    assert loaded == record
+    assert loaded is not None and loaded.state is StreamState.UPLOADING
+
+
+def test_roundtrip_keeps_none_and_defaults(store: CheckpointStore) -> None:
+    record = make_stream(schedule={})
+    store.save_stream(record)
+    loaded = store.get_stream("s1")
+    assert loaded == record
+    assert loaded is not None
+    assert (loaded.upload_id, loaded.sha256, loaded.completed_at) == (None, None, None)
+    assert loaded.state is StreamState.PENDING
+
+
+def test_save_replaces_the_record(store: CheckpointStore) -> None:
+    record = make_stream()
+    store.save_stream(record)
+    record.move_to(StreamState.UPLOADING)
+    record.upload_id = "upl-2"
+    store.save_stream(record)
+    assert store.get_stream("s1") == record
+    assert [r.id for r in store.list_streams()] == ["s1"]
+
+
+def test_unknown_stream_is_none(store: CheckpointStore) -> None:
+    store.save_stream(make_stream())
+    assert store.get_stream("nope") is None
+    assert store.find_by_relpath("other.mp4") is None
+
+
+def test_find_by_relpath_returns_the_newest_stream(store: CheckpointStore) -> None:
+    old = make_stream("old", discovered_at=100.0, state=StreamState.FAILED)
+    new = make_stream("new", discovered_at=200.0)
+    elsewhere = make_stream("elsewhere", relpath="b.mp4", discovered_at=300.0)
+    for record in (new, old, elsewhere):  # saved out of order: the last save must not win
+        store.save_stream(record)
+    assert store.find_by_relpath(old.relpath) == new
+    # Retrying the old stream saves it again; the path still belongs to the file that replaced it.
+    old.move_to(StreamState.PENDING)
+    store.save_stream(old)
+    assert store.find_by_relpath(old.relpath) == new
+    assert store.find_by_relpath("b.mp4") == elsewhere
+
+
+def test_list_streams_oldest_discovery_first(store: CheckpointStore) -> None:
+    for stream_id, at in [("c", 300.0), ("d", 100.0), ("a", 100.0), ("b", 200.0)]:
+        store.save_stream(make_stream(stream_id, relpath=f"{stream_id}.mp4", discovered_at=at))
+    # Ties on discovered_at fall back to the id, so every backend gives the same order.
+    assert [r.id for r in store.list_streams()] == ["a", "d", "b", "c"]
+
+
+def test_list_streams_filters_by_state(store: CheckpointStore) -> None:
+    states = {"p1": StreamState.PENDING, "u1": StreamState.UPLOADING, "f1": StreamState.FAILED}
+    for at, (stream_id, state) in enumerate(states.items()):
+        store.save_stream(make_stream(stream_id, relpath=f"{stream_id}.mp4", state=state, discovered_at=float(at)))
+    assert [r.id for r in store.list_streams([StreamState.PENDING])] == ["p1"]
+    assert [r.id for r in store.list_streams({StreamState.FAILED, StreamState.PENDING})] == ["p1", "f1"]
+    assert store.list_streams([StreamState.COMPLETED]) == []
+    assert store.list_streams([]) == []
+    assert [r.id for r in store.list_streams(None)] == ["p1", "u1", "f1"]
+
+
+def test_state_change_moves_stream_between_filters(store: CheckpointStore) -> None:
+    record = make_stream()
+    store.save_stream(record)
+    record.move_to(StreamState.UPLOADING)
+    store.save_stream(record)
+    assert store.list_streams([StreamState.PENDING]) == []
+    assert store.list_streams([StreamState.UPLOADING]) == [record]
+
+
+# parts
+
+
+def test_parts_come_back_ordered_by_number(store: CheckpointStore) -> None:
+    for number in (10, 2, 1, 3):  # 10 catches a lexicographic sort
+        store.record_part("s1", make_part(number))
+    assert store.list_parts("s1") == [make_part(n) for n in (1, 2, 3, 10)]
+
+
+def test_record_part_replaces_same_number(store: CheckpointStore) -> None:
+    store.record_part("s1", make_part(1))
+    store.record_part("s1", make_part(2))
+    store.record_part("s1", make_part(2, etag='"second"', size=123))
+    assert store.list_parts("s1") == [make_part(1), make_part(2, etag='"second"', size=123)]
+
+
+def test_drop_some_parts(store: CheckpointStore) -> None:
+    for number in range(1, 6):
+        store.record_part("s1", make_part(number))
+    store.drop_parts("s1", [1, 3, 99])  # 99 was never recorded: not an error
+    assert [p.number for p in store.list_parts("s1")] == [2, 4, 5]
+    store.drop_parts("s1", [])
+    assert [p.number for p in store.list_parts("s1")] == [2, 4, 5]
+
+
+def test_drop_all_parts(store: CheckpointStore) -> None:
+    for number in range(1, 4):
+        store.record_part("s1", make_part(number))
+    store.drop_parts("s1")
+    assert store.list_parts("s1") == []
+    store.record_part("s1", make_part(7))  # the stream can start over
+    assert store.list_parts("s1") == [make_part(7)]
+
+
+def test_parts_do_not_leak_between_streams(store: CheckpointStore) -> None:
+    store.record_part("a", make_part(1))
+    store.record_part("a", make_part(2))
+    store.record_part("b", make_part(1, etag='"b1"'))
+    store.drop_parts("a", [1])
+    assert store.list_parts("a") == [make_part(2)]
+    assert store.list_parts("b") == [make_part(1, etag='"b1"')]
+    store.drop_parts("b")
+    assert store.list_parts("a") == [make_part(2)]
+    assert store.list_parts("unknown") == []
+
+
+def test_concurrent_record_part_loses_nothing(store: CheckpointStore) -> None:
+    threads, per_thread = 8, 50
+    start = threading.Barrier(threads)
+
+    def worker(index: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            number = index * per_thread + i + 1
+            store.record_part("s1", make_part(number))
+            store.record_part(f"own-{index}", make_part(i + 1))
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker, i) for i in range(threads)]:
+            future.result()
+    assert store.list_parts("s1") == [make_part(n) for n in range(1, threads * per_thread + 1)]
+    for index in range(threads):
+        assert len(store.list_parts(f"own-{index}")) == per_thread
+
+
+# durability and health
+
+
+def test_reopened_store_sees_everything(open_backend: Opener) -> None:
+    first = open_backend()
+    record = make_stream(state=StreamState.UPLOADING, upload_id="upl-1")
+    first.save_stream(record)
+    first.save_stream(make_stream("s2", relpath="b.mp4", discovered_at=2e9))
+    first.record_part("s1", make_part(1))
+    first.record_part("s1", make_part(2))
+    first.drop_parts("s1", [2])
+    first.close()
+
+    second = open_backend()
+    assert second.get_stream("s1") == record
+    assert second.find_by_relpath(record.relpath) == record
+    assert [r.id for r in second.list_streams([StreamState.UPLOADING])] == ["s1"]
+    assert [r.id for r in second.list_streams()] == ["s1", "s2"]
+    assert second.list_parts("s1") == [make_part(1)]
+
+
+def test_ping(store: CheckpointStore) -> None:
+    store.ping()
+
+
+# open_store
+
+
+def test_open_store_sqlite_relative_to_working_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///.chunkd/state.db")
+    try:
+        assert isinstance(store, SqliteStore)
+        store.ping()
+        assert (tmp_path / ".chunkd" / "state.db").is_file()
+    finally:
+        store.close()
+
+
+def test_open_store_sqlite_absolute(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'abs' / 'state.db'}")
+    try:
+        assert isinstance(store, SqliteStore)
+        assert (tmp_path / "abs" / "state.db").is_file()
+    finally:
+        store.close()
+
+
+def test_open_store_redis(redis_url: str) -> None:
+    store = open_store(redis_url)
+    try:
+        assert isinstance(store, RedisStore)
+        store.ping()
+    finally:
+        store.close()
+
+
+def test_open_store_rejects_unknown_scheme() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_store("ftp://x")
+    assert info.value.setting == "CHUNKD_STATE_URL"
+
+
+# Redis only: key layout and batching are not part of the Protocol
+
+
+def test_redis_keys_are_readable(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url)
+    record = make_stream(discovered_at=100.0)
+    store.save_stream(record)
+    record.move_to(StreamState.UPLOADING)
+    store.save_stream(record)
+    store.record_part("s1", make_part(3))
+    client = store.client
+    assert client.hget("chunkd:stream:s1", "state") == "UPLOADING"
+    assert client.hget("chunkd:stream:s1", "relpath") == record.relpath
+    assert client.hkeys("chunkd:stream:s1:parts") == ["3"]
+    assert client.zrange("chunkd:streams", 0, -1, withscores=True) == [("s1", 100.0)]
+    assert client.zrange("chunkd:streams:UPLOADING", 0, -1) == ["s1"]
+    assert client.zrange("chunkd:streams:PENDING", 0, -1) == []  # left the old state's set
+    assert client.zrange(f"chunkd:path:{record.relpath}", 0, -1) == ["s1"]
+    store.close()
+
+
+
+def test_redis_batch_is_one_transaction(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url)
+    record = make_stream()
+    with pytest.raises(RuntimeError), store.batch() as pipe:
+        store.save_stream(record, pipeline=pipe)
+        store.record_part("s1", make_part(1), pipeline=pipe)
+        raise RuntimeError("caller failed before the batch was executed")
+    assert store.get_stream("s1") is None and store.list_parts("s1") == []
+
+    with store.batch() as pipe:
+        store.save_stream(replace(record, state=StreamState.UPLOADING), pipeline=pipe)
+        store.record_part("s1", make_part(1), pipeline=pipe)
+        store.drop_parts("s0", pipeline=pipe)
+        assert store.get_stream("s1") is None  # queued, not yet sent
+    assert store.get_stream("s1") == replace(record, state=StreamState.UPLOADING)
+    assert store.list_parts("s1") == [make_part(1)]
+    store.close()

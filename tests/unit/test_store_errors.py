@@ -1,0 +1,84 @@
+"""Store failures surface as StoreError without secrets; Redis writes can be batched on a pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from chunkd.errors import StoreError
+from chunkd.states import PartRecord, StreamRecord
+from chunkd.store.redis import RedisStore
+from tests.support.redis_server import free_port
+
+
+@pytest.fixture
+def unreachable() -> Iterator[RedisStore]:
+    """A store whose URL carries a password and points at a port nobody listens on."""
+    store = RedisStore.from_url(f"redis://user:secret@127.0.0.1:{free_port()}/0")
+    yield store
+    store.close()
+
+
+def _part(number: int) -> PartRecord:
+    return PartRecord(number=number, offset=0, size=5, etag='"e"', sha256="0" * 64)
+
+
+def _assert_store_error_without_secret(info: pytest.ExceptionInfo[StoreError]) -> None:
+    assert type(info.value) is StoreError
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+    for text in (str(info.value), repr(info.value), str(info.value.__cause__)):
+        assert "secret" not in text
+    assert "127.0.0.1" in str(info.value)  # but enough to find the server
+
+
+def test_ping_unreachable_raises_store_error(unreachable: RedisStore) -> None:
+    with pytest.raises(StoreError) as info:
+        unreachable.ping()
+    _assert_store_error_without_secret(info)
+
+
+def test_save_stream_unreachable_raises_store_error(unreachable: RedisStore) -> None:
+    record = StreamRecord(id="s1", relpath="a.mp4", source_path="/in/a.mp4", bucket="b", key="a.mp4", schedule={})
+    with pytest.raises(StoreError) as info:
+        unreachable.save_stream(record)
+    _assert_store_error_without_secret(info)
+
+
+def test_reads_unreachable_raise_store_error(unreachable: RedisStore) -> None:
+    for call in (lambda: unreachable.list_parts("s1"), unreachable.list_streams, lambda: unreachable.get_stream("s1")):
+        with pytest.raises(StoreError):
+            call()
+
+
+def test_malformed_url_is_redacted() -> None:
+    with pytest.raises(StoreError) as info:
+        RedisStore.from_url("redis://user:secret@host:notaport/0")
+    assert "secret" not in str(info.value) and "host" in str(info.value)
+
+
+def test_client_must_decode_responses() -> None:
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisStore(fakeredis.FakeRedis())
+
+
+def test_parts_on_a_pipeline_wait_for_execute() -> None:
+    store = RedisStore(fakeredis.FakeRedis(decode_responses=True))
+    pipe = store.client.pipeline(transaction=True)
+    store.record_part("s1", _part(1), pipeline=pipe)
+    store.record_part("s1", _part(2), pipeline=pipe)
+    assert store.list_parts("s1") == []
+    pipe.execute()
+    assert store.list_parts("s1") == [_part(1), _part(2)]
+
+
+def test_drop_parts_on_a_pipeline_waits_for_execute() -> None:
+    store = RedisStore(fakeredis.FakeRedis(decode_responses=True))
+    store.record_part("s1", _part(1))
+    pipe = store.client.pipeline(transaction=True)
+    store.drop_parts("s1", [1], pipeline=pipe)
+    assert store.list_parts("s1") == [_part(1)]
+    pipe.execute()
+    assert store.list_parts("s1") == []
