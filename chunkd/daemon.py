@@ -56,7 +56,7 @@ def preflight(engine: Engine, target: S3Target) -> None:
     where = target.endpoint_url or "AWS S3"
     quick = RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
     try:
-        quick.call(lambda: engine.uploader.head_bucket(bucket))
+        engine.uploader.with_policy(quick).head_bucket(bucket)
     except PermanentError as exc:
         if exc.code in ("404", "NoSuchBucket"):
             raise PreflightError(f"bucket {bucket!r} does not exist at {where} (CHUNKD_BUCKET)", exit_code=2) from None

@@ -31,6 +31,8 @@ class RedactingFilter(logging.Filter):
             record.msg = record.getMessage()
             record.args = None
         record.msg = redact(str(record.msg))
+        if record.exc_text:  # a traceback another handler already rendered (and cached) unredacted
+            record.exc_text = redact(record.exc_text)
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):
@@ -38,7 +40,25 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class TextFormatter(logging.Formatter):
+class _RedactingTracebacks:
+    """Tracebacks and stacks are rendered by the formatter, after the filter ran: redact them here."""
+
+    def formatException(self, ei: Any) -> Any:  # noqa: N802 - logging's name
+        return _redact_lines(super().formatException(ei))  # type: ignore[misc]
+
+    def formatStack(self, stack_info: str) -> Any:  # noqa: N802 - logging's name
+        return _redact_lines(super().formatStack(stack_info))  # type: ignore[misc]
+
+
+def _redact_lines(text: Any) -> Any:
+    return [redact(line) for line in text] if isinstance(text, list) else redact(text)
+
+
+class _JsonFormatter(_RedactingTracebacks, JsonFormatter):
+    pass
+
+
+class TextFormatter(_RedactingTracebacks, logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         context = " ".join(f"{name}={getattr(record, name)!s}" for name in CONTEXT_FIELDS if hasattr(record, name))
@@ -52,7 +72,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", *, stream: Any = None)
     handler = logging.StreamHandler(stream)
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter(
+            _JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger", "message": "event"},
             )

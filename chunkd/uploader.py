@@ -59,6 +59,10 @@ class Uploader:
         self._limiter = limiter
         self._on_request = on_request or (lambda op: None)
 
+    def with_policy(self, policy: RetryPolicy) -> Uploader:
+        """The same client and limiter under another retry policy (e.g. a quick start-up check)."""
+        return Uploader(self._client, policy, limiter=self._limiter, on_request=self._on_request)
+
     def _call(self, op: str, fn: Callable[[], Any], *, key: str, part: int | None = None) -> Any:
         def counted() -> Any:
             self._on_request(op)

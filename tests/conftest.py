@@ -7,11 +7,14 @@ Redis tests run against a real redis-server (tests/support/redis_server.py), flu
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from chunkd.devserver import LocalS3Server
 from tests.support.redis_server import RedisServer
+from tests.support.s3_servers import MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,32 @@ def redis_url(redis_server: RedisServer) -> str:
     finally:
         client.close()
     return redis_server.url
+
+
+# -- S3 servers --------------------------------------------------------------------------------
+
+BUCKET = "chunkd"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server (HTTP, in this process) for the session; `moto` isolates each test."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """A running moto server with an empty `chunkd` bucket and zeroed request counts."""
+    moto_server.start()  # a fault test may have stopped it
+    moto_server.reset()
+    moto_server.create_bucket(BUCKET)
+    moto_server.reset_counts()
+    return moto_server
+
+
+@pytest.fixture
+def rclone_s3(tmp_path: Path) -> Iterator[LocalS3Server]:
+    """A fresh `rclone serve s3` on tmp_path/s3 with a `chunkd` bucket."""
+    with LocalS3Server(tmp_path / "s3", buckets=(BUCKET,)) as server:
+        yield server

@@ -6,7 +6,11 @@ No fixtures here; the fixtures we recommend for tests/conftest.py are at the bot
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import hashlib
+import io
 import socket
 import threading
 import urllib.request
@@ -15,11 +19,13 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote
+from xml.sax.saxutils import escape as xml_escape
 
 import boto3
 from botocore.config import Config
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, ThreadedMotoServer, create_backend_app
 from werkzeug.serving import make_server
+from werkzeug.wsgi import get_input_stream
 
 from chunkd.devserver import LocalS3Server, free_port
 
@@ -37,7 +43,7 @@ def make_client(endpoint_url: str, access_key: str, secret_key: str, **config: A
         "s3": {"addressing_style": "path"},
         "request_checksum_calculation": "when_required",
         "response_checksum_validation": "when_required",
-        "retries": {"max_attempts": 2, "mode": "standard"},
+        "retries": {"total_max_attempts": 2, "mode": "standard"},
     }
     options.update(config)
     return boto3.client(
@@ -165,6 +171,93 @@ class CountingMiddleware:
         return self.app(environ, counting_start_response)
 
 
+class StrictS3Middleware:
+    """Makes moto answer like S3 where chunkd's error handling depends on it (moto 5.2):
+
+    * UploadPart and CompleteMultipartUpload for an upload that does not exist (aborted,
+      completed, expired, or a key it was not started for) get 404 NoSuchUpload; moto fails
+      them with a KeyError, i.e. 500 InternalError, which a client would retry (the same moto
+      bug localstack worked around in localstack#8396).
+    * A Content-MD5 that does not match the body gets 400 BadDigest (or InvalidDigest when it is
+      not a base64 MD5); moto ignores the header altogether.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/moto-api"):
+            return self.app(environ, start_response)
+        request = classify(environ.get("REQUEST_METHOD", ""), path, environ.get("QUERY_STRING", ""))
+        if request.operation in ("UploadPart", "UploadPartCopy", "CompleteMultipartUpload"):
+            if _upload_missing(request):
+                _drain(environ)
+                return _error(start_response, 404, "NoSuchUpload", _NO_SUCH_UPLOAD, UploadId=request.upload_id or "")
+        if request.operation in ("UploadPart", "PutObject") and "HTTP_CONTENT_MD5" in environ:
+            streaming = environ.get("HTTP_X_AMZ_CONTENT_SHA256", "").startswith("STREAMING-")
+            if not streaming:
+                body = _drain(environ)
+                environ["wsgi.input"] = io.BytesIO(body)
+                environ["CONTENT_LENGTH"] = str(len(body))
+                problem = _digest_problem(environ["HTTP_CONTENT_MD5"], body)
+                if problem:
+                    return _error(start_response, 400, problem, _DIGEST_MESSAGES[problem])
+        return self.app(environ, start_response)
+
+
+_NO_SUCH_UPLOAD = (
+    "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
+)
+_DIGEST_MESSAGES = {
+    "BadDigest": "The Content-MD5 you specified did not match what we received.",
+    "InvalidDigest": "The Content-MD5 you specified was invalid.",
+}
+
+
+def _upload_missing(request: S3Request) -> bool:
+    """True only when moto's store positively lacks the upload; unsure means let moto answer."""
+    try:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        buckets = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets
+    except Exception:  # moto's internals moved: fall back to moto's own answer
+        return False
+    bucket = buckets.get(request.bucket)
+    if bucket is None:
+        return False  # moto answers NoSuchBucket itself
+    upload = bucket.multiparts.get(request.upload_id or "")
+    return upload is None or upload.key_name != request.key
+
+
+def _digest_problem(header: str, body: bytes) -> str | None:
+    try:
+        expected = base64.b64decode(header, validate=True)
+    except (ValueError, binascii.Error):
+        return "InvalidDigest"
+    if len(expected) != 16:
+        return "InvalidDigest"
+    return None if hashlib.md5(body).digest() == expected else "BadDigest"
+
+
+def _drain(environ: dict[str, Any]) -> bytes:
+    """Read the whole request body, so an early answer leaves the connection in step."""
+    return get_input_stream(environ).read()
+
+
+def _error(start_response: Callable[..., Any], status: int, code: str, message: str, **extra: str) -> list[bytes]:
+    fields = "".join(f"<{name}>{xml_escape(value)}</{name}>" for name, value in extra.items())
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{xml_escape(message)}</Message>{fields}"
+        "<RequestId>chunkd-tests</RequestId></Error>"
+    ).encode()
+    reason = {400: "Bad Request", 404: "Not Found"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 # -- moto server -----------------------------------------------------------------------------
 
 
@@ -185,13 +278,15 @@ class _TrackingRequestHandler(MotoRequestHandler):
 class _CountingThreadedMotoServer(ThreadedMotoServer):
     """ThreadedMotoServer with our middleware and request handler in its WSGI server."""
 
-    def __init__(self, host: str, port: int, log: RequestLog) -> None:
+    def __init__(self, host: str, port: int, log: RequestLog, *, strict: bool) -> None:
         super().__init__(ip_address=host, port=port, verbose=False)
         self.log = log
+        self.strict = strict
         self.error: BaseException | None = None
 
     def _server_entry(self) -> None:  # same as moto's, plus the middleware and handler
-        app = CountingMiddleware(DomainDispatcherApplication(create_backend_app), self.log)
+        moto_app = DomainDispatcherApplication(create_backend_app)
+        app = CountingMiddleware(StrictS3Middleware(moto_app) if self.strict else moto_app, self.log)
         try:
             self._server = make_server(
                 self._ip_address, self._port, app, threaded=True, request_handler=_TrackingRequestHandler
@@ -219,11 +314,15 @@ class MotoServer:
     `reset()`, `start()`). The same globals mean two MotoServers in one process share one store,
     and `reset()` wipes it for both (and for any `mock_aws` in the process). Path-style
     addressing only: the classifier reads the bucket from the path.
+
+    `strict` (the default) puts `StrictS3Middleware` in front of moto, so a vanished upload is
+    404 NoSuchUpload and a wrong Content-MD5 is 400 BadDigest, as on S3.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, strict: bool = True) -> None:
         self.host = host
         self._port = port
+        self.strict = strict
         self._log = RequestLog()
         self._moto: _CountingThreadedMotoServer | None = None
         self.access_key = MOTO_ACCESS_KEY
@@ -248,7 +347,7 @@ class MotoServer:
             return self
         if self._port is None:
             self._port = free_port(self.host)
-        moto = _CountingThreadedMotoServer(self.host, self._port, self._log)
+        moto = _CountingThreadedMotoServer(self.host, self._port, self._log, strict=self.strict)
         moto.start()
         if moto.error is not None:
             raise RuntimeError(f"moto server could not listen on {self.endpoint_url}: {moto.error}") from moto.error

@@ -1,0 +1,253 @@
+"""`chunkd run` as a real process against a real redis-server / SQLite file and moto's HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chunkd.store import open_store
+from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.s3_servers import MotoServer
+
+MiB = 1024 * 1024
+BUCKET = "chunkd"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(MiB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_object(client: Any, key: str) -> str:
+    digest = hashlib.sha256()
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+    for chunk in iter(lambda: body.read(MiB), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(client: Any, key: str) -> dict[str, Any] | None:
+    try:
+        body = client.get_object(Bucket=BUCKET, Key=f"{key}.manifest.json")["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)
+
+
+def write_random(path: Path, size: int) -> Path:
+    with open(path, "wb") as handle:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(4 * MiB, remaining))
+            handle.write(chunk)
+            remaining -= len(chunk)
+    return path
+
+
+def drop(source: Path, input_dir: Path, name: str) -> Path:
+    """Move a finished file into the drop folder in one step, as `mv` does."""
+    target = input_dir / name
+    os.replace(source, target)
+    return target
+
+
+def state_url_for(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> str:
+    return redis_url() if kind == "redis" else f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def input_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "input"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, moto: MotoServer, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(state_url: str, **settings: Any) -> DaemonProcess:
+        env = daemon_env(
+            input_dir=input_dir, state_url=state_url, endpoint_url=moto.endpoint_url,
+            access_key=moto.access_key, secret_key=moto.secret_key, **settings,
+        )
+        process = DaemonProcess(env, tmp_path / "daemon.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def lazy_redis(request: pytest.FixtureRequest) -> Callable[[], str]:
+    return lambda: request.getfixturevalue("redis_url")
+
+
+def test_three_files_land_byte_identical_with_manifests(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    daemon = start_daemon(redis_url)
+    sizes = {"small.mp4": 1024, "medium.mp4": 30 * MiB, "sub/large.mkv": 100 * MiB}
+    (input_dir / "sub").mkdir()
+    for name, size in sizes.items():
+        write_random(input_dir / name, size)  # written in place, like `cp` into the folder
+    client = moto.client()
+    for name, size in sizes.items():
+        manifest = wait_for(lambda n=name: read_manifest(client, n), timeout=120, what=f"manifest of {name}")
+        source = input_dir / name
+        assert sha256_object(client, name) == sha256_file(source)
+        assert manifest["size"] == size
+        assert manifest["sha256"] == sha256_file(source)
+        assert sum(part["size"] for part in manifest["parts"]) == size
+        assert manifest["source"]["relpath"] == name
+    counts = moto.counts()
+    assert counts["PutObject"] == 1 + 3  # the 1 KiB file, plus three manifests
+    assert counts["CompleteMultipartUpload"] == 2
+    assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_growing_file_is_uploaded_while_it_grows(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, redis_url: str
+) -> None:
+    start_daemon(redis_url, part_size="5MiB", idle_seconds=3)
+    path = input_dir / "recording.ts"
+    parts_before_writer_stopped = 0
+    with open(path, "ab") as handle:
+        for burst in range(8):  # 8 bursts of 3 MiB, 2.5 s apart: ~20 s of recording
+            handle.write(os.urandom(3 * MiB))
+            handle.flush()
+            if burst < 7:
+                time.sleep(2.5)
+        parts_before_writer_stopped = len(moto.uploaded_parts(key="recording.ts", ok_only=True))
+    client = moto.client()
+    manifest = wait_for(lambda: read_manifest(client, "recording.ts"), timeout=60, what="manifest")
+    assert parts_before_writer_stopped >= 3, "parts should be sent while the file is still growing"
+    assert sha256_object(client, "recording.ts") == sha256_file(path)
+    assert manifest["size"] == 24 * MiB
+    assert [p["size"] for p in manifest["parts"]] == [5 * MiB] * 4 + [4 * MiB]
+
+
+def _recorded_parts(state_url: str, relpath: str) -> set[int]:
+    store = open_store(state_url)
+    try:
+        record = store.find_by_relpath(relpath)
+        return set() if record is None else {part.number for part in store.list_parts(record.id)}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "sqlite"])
+def test_kill_9_mid_upload_resumes_without_resending_acknowledged_parts(
+    store_kind: str, start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    tmp_path: Path, lazy_redis: Callable[[], str],
+) -> None:
+    state_url = state_url_for(store_kind, tmp_path, lazy_redis)
+    settings = {"part_size": "8MiB", "part_concurrency": 4, "bandwidth_limit": "40MB"}
+    total_parts = 25  # 200 MiB in 8 MiB parts
+    source = drop(write_random(tmp_path / "big.mp4", 200 * MiB), input_dir, "big.mp4")
+    first = start_daemon(state_url, **settings)
+    wait_for(lambda: len(_recorded_parts(state_url, "big.mp4")) >= 6, timeout=60, what="6 checkpointed parts")
+    first.kill()
+    acknowledged = _recorded_parts(state_url, "big.mp4")
+    assert 6 <= len(acknowledged) < total_parts, "the kill should land in the middle of the upload"
+    moto.reset_counts()
+
+    start_daemon(state_url, **settings)
+    client = moto.client()
+    wait_for(lambda: read_manifest(client, "big.mp4"), timeout=120, what="manifest after restart")
+    assert sha256_object(client, "big.mp4") == sha256_file(source)
+    resent = moto.uploaded_parts(key="big.mp4")
+    assert not {number for _, number in resent} & acknowledged, "an acknowledged part was sent again"
+    in_flight = settings["part_concurrency"]
+    assert len(resent) <= total_parts - len(acknowledged) + in_flight
+    assert moto.counts()["CreateMultipartUpload"] == 0, "the upload should be resumed, not restarted"
+
+
+def test_upload_deleted_on_server_between_runs_starts_fresh(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    settings = {"part_size": "5MiB", "bandwidth_limit": "20MB"}
+    source = drop(write_random(tmp_path / "clip.mov", 60 * MiB), input_dir, "clip.mov")
+    first = start_daemon(state_url, **settings)
+    wait_for(lambda: len(_recorded_parts(state_url, "clip.mov")) >= 2, timeout=60, what="2 checkpointed parts")
+    first.kill()
+    client = moto.client()
+    uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert len(uploads) == 1
+    client.abort_multipart_upload(Bucket=BUCKET, Key="clip.mov", UploadId=uploads[0]["UploadId"])
+    moto.reset_counts()
+
+    second = start_daemon(state_url, **settings)
+    manifest = wait_for(lambda: read_manifest(client, "clip.mov"), timeout=120, what="manifest")
+    assert sha256_object(client, "clip.mov") == sha256_file(source)
+    assert manifest["sha256"] == sha256_file(source)
+    assert moto.counts()["CreateMultipartUpload"] == 1
+    assert len(moto.uploaded_parts(key="clip.mov", ok_only=True)) == 12  # every part, sent again
+    assert second.logged("no longer exists on the server")
+
+
+def test_sigterm_stops_cleanly_and_the_next_run_finishes(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    settings = {"part_size": "5MiB", "bandwidth_limit": "20MB", "part_concurrency": 2}
+    source = drop(write_random(tmp_path / "talk.mp4", 50 * MiB), input_dir, "talk.mp4")
+    first = start_daemon(state_url, **settings)
+    wait_for(lambda: len(_recorded_parts(state_url, "talk.mp4")) >= 2, timeout=60, what="2 checkpointed parts")
+    assert first.terminate(timeout=30) == 0
+    recorded = _recorded_parts(state_url, "talk.mp4")
+    sent = {number for _, number in moto.uploaded_parts(key="talk.mp4", ok_only=True)}
+    assert sent == recorded, "every part the server acknowledged is checkpointed after a warm stop"
+    moto.reset_counts()
+    start_daemon(state_url, **settings)
+    client = moto.client()
+    wait_for(lambda: read_manifest(client, "talk.mp4"), timeout=120, what="manifest")
+    assert sha256_object(client, "talk.mp4") == sha256_file(source)
+    assert not {n for _, n in moto.uploaded_parts(key="talk.mp4")} & recorded
+
+
+def test_startup_scan_picks_up_files_dropped_while_down(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+) -> None:
+    write_random(input_dir / "early.webm", 2 * MiB)
+    (input_dir / "notes.txt").write_text("not a video")
+    (input_dir / ".hidden.mp4").write_bytes(b"x" * 10)
+    (input_dir / "partial.mp4.part").write_bytes(b"x" * 10)
+    outside = write_random(tmp_path / "secret.mp4", 1024)
+    (input_dir / "link.mp4").symlink_to(outside)
+    start_daemon(f"sqlite:///{tmp_path / 'state.db'}")
+    client = moto.client()
+    wait_for(lambda: read_manifest(client, "early.webm"), timeout=30, what="manifest of early.webm")
+    time.sleep(1.5)  # give any wrongly accepted file the same chance to appear
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert keys == {"early.webm", "early.webm.manifest.json"}
+
+
+def test_restart_does_not_upload_a_completed_file_again(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    write_random(input_dir / "done.mp4", 6 * MiB)
+    first = start_daemon(state_url)
+    client = moto.client()
+    wait_for(lambda: read_manifest(client, "done.mp4"), timeout=30, what="manifest")
+    assert first.terminate() == 0
+    moto.reset_counts()
+    second = start_daemon(state_url)
+    wait_for(lambda: second.logged("unfinished upload(s) resumed"), timeout=15, what="daemon start")
+    time.sleep(1.5)
+    assert moto.counts()["UploadPart"] + moto.counts()["PutObject"] == 0

@@ -1,0 +1,265 @@
+"""The two local S3 servers the suite runs against: a multipart round trip on each, moto's
+request counting and outage simulation, and rclone's dev-server behaviour."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from chunkd.devserver import DevServerError, LocalS3Server
+from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_client
+
+BUCKET = "chunkd"
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def moto_srv() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto_clean(moto_srv: MotoServer) -> MotoServer:
+    if not moto_srv.running:
+        moto_srv.start()
+    moto_srv.reset()
+    moto_srv.create_bucket(BUCKET)
+    moto_srv.reset_counts()
+    return moto_srv
+
+
+@pytest.fixture
+def rclone_srv(tmp_path: Path) -> Iterator[LocalS3Server]:
+    with LocalS3Server(tmp_path / "s3", buckets=(BUCKET,)) as server:
+        yield server
+
+
+@pytest.fixture(params=["moto", "rclone"])
+def server(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("moto_clean" if request.param == "moto" else "rclone_srv")
+
+
+def content_md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def multipart_round_trip(client: Any, key: str, parts: list[bytes]) -> dict[str, Any]:
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    etags = []
+    for number, body in enumerate(parts, start=1):
+        response = client.upload_part(
+            Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=number, Body=body, ContentMD5=content_md5(body)
+        )
+        assert response["ETag"].strip('"') == hashlib.md5(body).hexdigest()
+        etags.append(response["ETag"])
+    listed = client.list_parts(Bucket=BUCKET, Key=key, UploadId=upload_id)["Parts"]
+    assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in listed] == [
+        (n, len(body), etag) for n, (body, etag) in enumerate(zip(parts, etags), start=1)
+    ]
+    return client.complete_multipart_upload(
+        Bucket=BUCKET,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]},
+    )
+
+
+def test_multipart_round_trip(server: Any) -> None:
+    client = make_client(server.endpoint_url, server.access_key, server.secret_key)
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB)]
+    key = "cam 1/2026-11-23/clip.mp4"
+    completed = multipart_round_trip(client, key, parts)
+    whole = b"".join(parts)
+    s3_etag = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-2"
+    assert completed["ETag"].strip('"') == s3_etag
+    head = client.head_object(Bucket=BUCKET, Key=key)
+    assert head["ContentLength"] == len(whole)
+    # rclone's HEAD reports the MD5 of the whole object, not S3's multipart ETag.
+    assert head["ETag"].strip('"') in (s3_etag, hashlib.md5(whole).hexdigest())
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(whole).hexdigest()
+    if isinstance(server, MotoServer):
+        assert server.counts()["UploadPart"] == 2
+        assert server.uploaded_parts(ok_only=True) == [(key, 1), (key, 2)]
+
+
+def test_a_wrong_content_md5_is_refused(server: Any) -> None:
+    client = make_client(server.endpoint_url, server.access_key, server.secret_key)
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="bad.mp4")["UploadId"]
+    with pytest.raises(ClientError) as info:
+        client.upload_part(
+            Bucket=BUCKET, Key="bad.mp4", UploadId=upload_id, PartNumber=1, Body=b"a" * 1024,
+            ContentMD5=content_md5(b"b" * 1024),
+        )
+    assert info.value.response["Error"]["Code"] == "BadDigest"
+
+
+def test_parts_of_an_aborted_upload_get_no_such_upload(server: Any) -> None:
+    """What chunkd sees when an upload vanished behind its back (aborted, expired, or lost in a
+    server restart): a permanent 404, not a retryable 500."""
+    client = make_client(server.endpoint_url, server.access_key, server.secret_key)
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="gone.mp4")["UploadId"]
+    body = os.urandom(5 * MiB)
+    etag = client.upload_part(Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id, PartNumber=1, Body=body)["ETag"]
+    client.abort_multipart_upload(Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id)
+    calls = {
+        "ListParts": lambda: client.list_parts(Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id),
+        "UploadPart": lambda: client.upload_part(
+            Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id, PartNumber=2, Body=b"x", ContentMD5=content_md5(b"x")
+        ),
+        "CompleteMultipartUpload": lambda: client.complete_multipart_upload(
+            Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ClientError) as info:
+            call()
+        assert info.value.response["Error"]["Code"] == "NoSuchUpload", name
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404, name
+
+
+# -- moto: counting and outages --------------------------------------------------------------
+
+
+def test_moto_counts_what_it_received(moto_clean: MotoServer) -> None:
+    client = moto_clean.client()
+    multipart_round_trip(client, "dir/a.mp4", [os.urandom(5 * MiB), b"tail"])
+    client.put_object(Bucket=BUCKET, Key="dir/a.mp4.manifest.json", Body=b"{}")
+    client.head_object(Bucket=BUCKET, Key="dir/a.mp4")
+    counts = moto_clean.counts()
+    assert counts["CreateMultipartUpload"] == 1
+    assert counts["UploadPart"] == 2
+    assert counts["ListParts"] == 1
+    assert counts["CompleteMultipartUpload"] == 1
+    assert counts["PutObject"] == 1
+    assert counts["HeadObject"] == 1
+    assert moto_clean.uploaded_parts() == [("dir/a.mp4", 1), ("dir/a.mp4", 2)]
+    assert moto_clean.uploaded_parts(key="other.mp4") == []
+    assert all(request.status == 200 for request in moto_clean.requests())
+    moto_clean.reset_counts()
+    assert moto_clean.counts() == {}
+
+
+def test_moto_counts_requests_it_refused(moto_clean: MotoServer) -> None:
+    client = moto_clean.client()
+    with pytest.raises(ClientError):
+        client.upload_part(Bucket=BUCKET, Key="x.mp4", UploadId="nope", PartNumber=3, Body=b"x")
+    assert moto_clean.uploaded_parts() == [("x.mp4", 3)]
+    assert moto_clean.uploaded_parts(ok_only=True) == []
+    assert moto_clean.requests()[0].status == 404
+
+
+def test_moto_stop_is_a_real_outage_and_start_keeps_the_port(moto_clean: MotoServer) -> None:
+    client = moto_clean.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=BUCKET, Key="k", Body=b"v")  # leaves a keep-alive connection open
+    endpoint = moto_clean.endpoint_url
+    moto_clean.stop()
+    with pytest.raises(EndpointConnectionError):
+        client.head_object(Bucket=BUCKET, Key="k")
+    moto_clean.start()
+    assert moto_clean.endpoint_url == endpoint
+    assert client.get_object(Bucket=BUCKET, Key="k")["Body"].read() == b"v"  # moto state survives
+    moto_clean.reset()
+    with pytest.raises(ClientError):
+        client.head_object(Bucket=BUCKET, Key="k")
+
+
+def test_moto_alone_ignores_content_md5(moto_clean: MotoServer) -> None:
+    """Canary for StrictS3Middleware: if moto starts checking digests itself, strict mode can go."""
+    with MotoServer(strict=False) as plain:  # shares moto's process-wide store with moto_clean
+        client = plain.client()
+        client.put_object(Bucket=BUCKET, Key="k", Body=b"a", ContentMD5=content_md5(b"b"))
+        assert plain.counts()["PutObject"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "operation"),
+    [
+        ("PUT", "/b/k", "partNumber=2&uploadId=u", "UploadPart"),
+        ("POST", "/b/k", "uploads", "CreateMultipartUpload"),
+        ("POST", "/b/k", "uploadId=u", "CompleteMultipartUpload"),
+        ("DELETE", "/b/k", "uploadId=u", "AbortMultipartUpload"),
+        ("GET", "/b/k", "uploadId=u", "ListParts"),
+        ("GET", "/b", "uploads", "ListMultipartUploads"),
+        ("PUT", "/b/k", "", "PutObject"),
+        ("HEAD", "/b/k", "", "HeadObject"),
+        ("GET", "/b/k", "", "GetObject"),
+        ("DELETE", "/b/k", "", "DeleteObject"),
+        ("PUT", "/b", "", "CreateBucket"),
+        ("GET", "/b", "list-type=2&prefix=a", "ListObjectsV2"),
+        ("GET", "/", "", "ListBuckets"),
+    ],
+)
+def test_classify(method: str, path: str, query: str, operation: str) -> None:
+    assert classify(method, path, query).operation == operation
+
+
+def test_classify_reads_key_and_part() -> None:
+    request = classify("PUT", "/chunkd/a%20b/c.mp4", "uploadId=xyz&partNumber=17")
+    assert (request.bucket, request.key, request.part_number, request.upload_id) == ("chunkd", "a b/c.mp4", 17, "xyz")
+
+
+# -- rclone serve s3 -------------------------------------------------------------------------
+
+
+def test_rclone_serves_top_level_folders_as_buckets(tmp_path: Path) -> None:
+    root = tmp_path / "s3"
+    with RcloneS3Server(root, buckets=("chunkd", "second-bucket")) as server:
+        client = make_client(server.endpoint_url, server.access_key, server.secret_key)
+        assert sorted(b["Name"] for b in client.list_buckets()["Buckets"]) == ["chunkd", "second-bucket"]
+        client.put_object(Bucket="second-bucket", Key="a/b.txt", Body=b"on disk")
+        assert (root / "second-bucket" / "a" / "b.txt").read_bytes() == b"on disk"
+        assert server.secret_key not in repr(server)
+        assert server.secret_key not in server.log_tail(1000)
+
+
+def test_rclone_restart_keeps_endpoint_and_objects(rclone_srv: LocalS3Server) -> None:
+    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, rclone_srv.secret_key)
+    client.put_object(Bucket=BUCKET, Key="k", Body=b"v")
+    endpoint = rclone_srv.endpoint_url
+    rclone_srv.stop()
+    assert not rclone_srv.running
+    rclone_srv.start()
+    assert rclone_srv.endpoint_url == endpoint
+    assert client.get_object(Bucket=BUCKET, Key="k")["Body"].read() == b"v"
+
+
+def test_rclone_refuses_a_port_already_served(rclone_srv: LocalS3Server, tmp_path: Path) -> None:
+    other = LocalS3Server(tmp_path / "other", port=rclone_srv.port, start_timeout=5)
+    with pytest.raises(DevServerError, match="address already in use") as info:
+        other.start()  # the port answers, but not as this server: start() must not be fooled
+    assert other.secret_key not in str(info.value)
+    assert not other.running
+
+
+def test_rclone_refuses_to_replace_a_streamed_part_with_other_bytes(rclone_srv: LocalS3Server) -> None:
+    """Unlike S3 and moto; an identical re-send (a resume) is accepted."""
+    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, rclone_srv.secret_key)
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="v.mp4")["UploadId"]
+    first, other = os.urandom(5 * MiB), os.urandom(5 * MiB)
+    for body in (first, first):
+        client.upload_part(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=content_md5(body))
+    with pytest.raises(ClientError) as info:
+        client.upload_part(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id, PartNumber=1, Body=other, ContentMD5=content_md5(other))
+    assert info.value.response["Error"]["Code"] == "NotImplemented"
+
+
+def test_rclone_wrong_secret_is_refused(rclone_srv: LocalS3Server) -> None:
+    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, "not-the-secret", retries={"total_max_attempts": 1})
+    with pytest.raises(ClientError):
+        client.list_buckets()
+
+
+@pytest.mark.parametrize("bucket", ["ab", "Upper", "under_score"])
+def test_rclone_bad_bucket_names_rejected_up_front(tmp_path: Path, bucket: str) -> None:
+    with pytest.raises(ValueError, match="bucket"):
+        LocalS3Server(tmp_path, buckets=(bucket,))

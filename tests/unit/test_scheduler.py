@@ -1,0 +1,233 @@
+"""The per-path work queue: one job per path at a time, delayed retries, and a worker that survives bugs.
+
+Synchronisation is by threading.Event with bounded waits; retry delays run on a fake clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chunkd.scheduler import Scheduler
+from chunkd.stream import Outcome
+
+WAIT = 5.0  # generous upper bound for anything that should happen "soon"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+class Jobs:
+    """A job runner that records calls and can hold a path until the test releases it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.outcomes: dict[str, list[Outcome]] = {}  # scripted outcomes per relpath, consumed in order
+        self.hold: set[str] = set()
+        self.release = threading.Event()
+        self.started: dict[str, threading.Event] = {}
+        self.finished: dict[str, threading.Event] = {}
+        self.raise_for: set[str] = set()
+        self._lock = threading.Lock()
+
+    def event(self, table: dict[str, threading.Event], relpath: str) -> threading.Event:
+        with self._lock:
+            return table.setdefault(relpath, threading.Event())
+
+    def count(self, relpath: str) -> int:
+        with self._lock:
+            return self.calls.count(relpath)
+
+    def __call__(self, path: Path, relpath: str) -> Outcome:
+        with self._lock:
+            self.calls.append(relpath)
+            scripted = self.outcomes.get(relpath)
+            outcome = scripted.pop(0) if scripted else Outcome.COMPLETED
+        self.event(self.started, relpath).set()
+        try:
+            if relpath in self.hold:
+                assert self.release.wait(WAIT), "test never released the job"
+            if relpath in self.raise_for:
+                raise RuntimeError(f"bug while handling {relpath}")
+            return outcome
+        finally:
+            self.event(self.finished, relpath).set()
+
+
+@pytest.fixture
+def jobs() -> Iterator[Jobs]:
+    runner = Jobs()
+    yield runner
+    runner.release.set()
+
+
+@pytest.fixture
+def make_scheduler(jobs: Jobs) -> Iterator[Callable[..., Scheduler]]:
+    made: list[Scheduler] = []
+
+    def make(**kwargs: object) -> Scheduler:
+        kwargs.setdefault("workers", 1)
+        scheduler = Scheduler(jobs, **kwargs)  # type: ignore[arg-type]
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    jobs.release.set()
+    for scheduler in made:
+        scheduler.stop(timeout=WAIT)
+        assert not any(t.is_alive() for t in scheduler._threads), "scheduler leaked a worker thread"
+
+
+def test_path_submitted_twice_while_queued_runs_once(make_scheduler: Callable[..., Scheduler], jobs: Jobs) -> None:
+    scheduler = make_scheduler()
+    assert scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert not scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert scheduler.queue_depth == 1
+
+    scheduler.start()
+
+    assert wait_until(lambda: not scheduler.busy)
+    assert jobs.calls == ["a.mp4"]
+    assert scheduler.outcomes["a.mp4"] is Outcome.COMPLETED
+
+
+def test_path_submitted_while_active_runs_once(make_scheduler: Callable[..., Scheduler], jobs: Jobs) -> None:
+    jobs.hold.add("a.mp4")
+    scheduler = make_scheduler(workers=2)
+    scheduler.start()
+    scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert jobs.event(jobs.started, "a.mp4").wait(WAIT)
+
+    assert not scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert scheduler.busy
+
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+    assert jobs.calls == ["a.mp4"]
+
+
+def test_path_can_be_submitted_again_after_it_finished(make_scheduler: Callable[..., Scheduler], jobs: Jobs) -> None:
+    scheduler = make_scheduler()
+    scheduler.start()
+    scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert wait_until(lambda: not scheduler.busy)
+
+    assert scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert wait_until(lambda: jobs.count("a.mp4") == 2)
+
+
+def test_different_paths_run_concurrently(make_scheduler: Callable[..., Scheduler], jobs: Jobs) -> None:
+    jobs.hold.update({"a.mp4", "b.mp4"})
+    scheduler = make_scheduler(workers=2)
+    scheduler.start()
+    scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    scheduler.submit(Path("/in/b.mp4"), "b.mp4")
+    assert jobs.event(jobs.started, "a.mp4").wait(WAIT)
+    assert jobs.event(jobs.started, "b.mp4").wait(WAIT)  # both started while neither has finished
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+
+
+def test_retry_later_puts_the_path_back_after_retry_delay(make_scheduler: Callable[..., Scheduler], jobs: Jobs) -> None:
+    clock = FakeClock()
+    jobs.outcomes["a.mp4"] = [Outcome.RETRY_LATER, Outcome.COMPLETED]
+    scheduler = make_scheduler(retry_delay=30.0, clock=clock)
+    scheduler.start()
+    scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+
+    # The delayed entry is pushed when the outcome is recorded; only then move time.
+    assert wait_until(lambda: scheduler.outcomes.get("a.mp4") is Outcome.RETRY_LATER)
+    assert scheduler.busy  # still known while it waits: a new submit must not double it
+    assert not scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+
+    clock.advance(29.0)
+    assert not wait_until(lambda: jobs.count("a.mp4") > 1, timeout=0.5), "re-ran before retry_delay passed"
+
+    clock.advance(1.0)
+    assert wait_until(lambda: jobs.count("a.mp4") == 2)
+    assert wait_until(lambda: not scheduler.busy)
+    assert scheduler.outcomes["a.mp4"] is Outcome.COMPLETED
+    assert jobs.calls == ["a.mp4", "a.mp4"]
+
+
+def test_a_job_that_raises_does_not_kill_the_worker(
+    make_scheduler: Callable[..., Scheduler], jobs: Jobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs.raise_for.add("bad.mp4")
+    scheduler = make_scheduler(workers=1, retry_delay=3600.0, clock=FakeClock())
+    scheduler.start()
+    scheduler.submit(Path("/in/bad.mp4"), "bad.mp4")
+    scheduler.submit(Path("/in/good.mp4"), "good.mp4")
+
+    assert wait_until(lambda: scheduler.outcomes.get("good.mp4") is Outcome.COMPLETED)
+    assert scheduler.outcomes["bad.mp4"] is Outcome.RETRY_LATER  # a bug is retried later, not fatal
+    assert jobs.calls == ["bad.mp4", "good.mp4"]
+    assert any(r.levelname == "ERROR" and "bad.mp4" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+def test_stop_returns_within_its_timeout_while_a_job_is_stuck(
+    make_scheduler: Callable[..., Scheduler], jobs: Jobs
+) -> None:
+    jobs.hold.update({"a.mp4", "b.mp4"})
+    scheduler = make_scheduler(workers=2)
+    scheduler.start()
+    scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    scheduler.submit(Path("/in/b.mp4"), "b.mp4")
+    assert jobs.event(jobs.started, "a.mp4").wait(WAIT)
+    assert jobs.event(jobs.started, "b.mp4").wait(WAIT)
+
+    began = time.monotonic()
+    scheduler.stop(timeout=0.3)
+    elapsed = time.monotonic() - began
+
+    assert 0.25 <= elapsed < 1.5  # waited for the stuck jobs, but only as long as it was told
+    assert not scheduler.submit(Path("/in/c.mp4"), "c.mp4")  # no new work after stop
+
+
+def test_stop_with_idle_workers_is_quick_and_joins_them(make_scheduler: Callable[..., Scheduler]) -> None:
+    scheduler = make_scheduler(workers=3)
+    scheduler.start()
+    began = time.monotonic()
+    scheduler.stop(timeout=WAIT)
+    assert time.monotonic() - began < 1.5
+    assert not any(t.is_alive() for t in scheduler._threads)
+
+
+def test_queued_work_is_not_started_after_stop(make_scheduler: Callable[..., Scheduler], jobs: Jobs) -> None:
+    jobs.hold.add("a.mp4")
+    scheduler = make_scheduler(workers=1)
+    scheduler.start()
+    scheduler.submit(Path("/in/a.mp4"), "a.mp4")
+    assert jobs.event(jobs.started, "a.mp4").wait(WAIT)
+    scheduler.submit(Path("/in/b.mp4"), "b.mp4")  # queued behind the held job
+
+    scheduler.stop(timeout=0.05)  # stop is requested while a.mp4 is still held
+    jobs.release.set()
+    scheduler.stop(timeout=WAIT)  # now wait for the worker to drain
+
+    assert not any(t.is_alive() for t in scheduler._threads)
+    assert jobs.calls == ["a.mp4"]
