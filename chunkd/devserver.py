@@ -7,6 +7,7 @@ there, so creating `root/<bucket>/` before starting is all it takes to have a bu
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import importlib.metadata
 import os
@@ -14,12 +15,13 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +35,19 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _MIN_KEY_LENGTH = 4
 _PORT_ATTEMPTS = 3
 _INSTANCE_HEADER = "X-Chunkd-Instance"
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child must not dlopen
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
 
 
 class DevServerError(ChunkdError):
@@ -64,6 +79,10 @@ class LocalS3Server:
       `ps`, in our logs or in an error message quoting the command line.
 
     Multipart uploads in progress live in the rclone process: they do not survive `stop()`.
+
+    On Linux rclone is told to exit when the thread that started it dies, so a daemon killed
+    with SIGKILL does not leave an orphan holding the port. Start it from a thread that lives as
+    long as the server should (the main thread, normally).
     """
 
     def __init__(
@@ -242,7 +261,12 @@ class LocalS3Server:
         command = self._command(binary)
         with open(self._log_file, "wb") as log:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self._environment()
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self._environment(),
+                preexec_fn=_exit_with_parent(os.getpid()) if _PRCTL else None,
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -264,6 +288,18 @@ class LocalS3Server:
         process.kill()
         process.wait()
         raise DevServerError(message)
+
+
+def _exit_with_parent(parent: int) -> Callable[[], None]:
+    """Runs in the child between fork and exec: nothing here may allocate much or take locks."""
+
+    def arrange() -> None:
+        assert _PRCTL is not None
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+
+    return arrange
 
 
 def find_rclone() -> str:

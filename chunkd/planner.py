@@ -120,7 +120,7 @@ def plan_schedule(part_size: int, *, fixed: bool = False) -> PartSchedule:
     while low < high:
         mid = (low + high + 1) // 2
         if PartSchedule(part_size, mid).capacity >= MAX_OBJECT_SIZE:
-            low = mid - 1 if mid > 1 else mid
+            low = mid
         else:
             high = mid - 1
     return PartSchedule(part_size, low)

@@ -12,7 +12,14 @@ import botocore.exceptions as bexc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tenacity.stop import stop_base
 
-from chunkd.errors import PermanentError, RetryableError, TransferError, UploadGoneError
+from chunkd.errors import (
+    PermanentError,
+    RetryableError,
+    SourceChangedError,
+    SourceGoneError,
+    TransferError,
+    UploadGoneError,
+)
 
 T = TypeVar("T")
 
@@ -95,6 +102,8 @@ class RetryPolicy:
         def attempt() -> T:
             try:
                 return fn()
+            except (SourceChangedError, SourceGoneError):
+                raise  # the local file, not S3: the caller restarts or gives up, never retries here
             except Exception as exc:  # noqa: BLE001 - classified and re-raised
                 raise classify(exc, key=key, part=part) from exc
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,6 +148,8 @@ def test_moto_counts_what_it_received(moto_clean: MotoServer) -> None:
     assert counts["HeadObject"] == 1
     assert moto_clean.uploaded_parts() == [("dir/a.mp4", 1), ("dir/a.mp4", 2)]
     assert moto_clean.uploaded_parts(key="other.mp4") == []
+    client.put_object(Bucket=BUCKET, Key="cam 1/é%20+.mp4", Body=b"x")
+    assert moto_clean.requests()[-1].key == "cam 1/é%20+.mp4"  # decoded once, as UTF-8
     assert all(request.status == 200 for request in moto_clean.requests())
     moto_clean.reset_counts()
     assert moto_clean.counts() == {}
@@ -233,6 +239,27 @@ def test_rclone_restart_keeps_endpoint_and_objects(rclone_srv: LocalS3Server) ->
     assert client.get_object(Bucket=BUCKET, Key="k")["Body"].read() == b"v"
 
 
+def test_rclone_restart_loses_open_uploads(rclone_srv: LocalS3Server) -> None:
+    """Open uploads live in the rclone process. Two quirks chunkd must absorb: the streamed bytes
+    stay on disk as a hidden temporary file, and ListMultipartUploads on a bucket that has had no
+    upload since the server started is 404 NoSuchUpload, not an empty list."""
+    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, rclone_srv.secret_key)
+    upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="v.mp4")["UploadId"]
+    client.upload_part(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id, PartNumber=1, Body=os.urandom(5 * MiB))
+    assert len(client.list_multipart_uploads(Bucket=BUCKET)["Uploads"]) == 1
+    rclone_srv.stop()
+    rclone_srv.start()
+    with pytest.raises(ClientError) as info:
+        client.list_parts(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id)
+    assert info.value.response["Error"]["Code"] == "NoSuchUpload"
+    with pytest.raises(ClientError) as info:
+        client.list_multipart_uploads(Bucket=BUCKET)
+    assert info.value.response["Error"]["Code"] == "NoSuchUpload"
+    leftovers = [path.name for path in (rclone_srv.root / BUCKET).iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".rclone_temp_multipart_")
+    assert client.list_objects_v2(Bucket=BUCKET).get("Contents", []) == []  # hidden from listings
+
+
 def test_rclone_refuses_a_port_already_served(rclone_srv: LocalS3Server, tmp_path: Path) -> None:
     other = LocalS3Server(tmp_path / "other", port=rclone_srv.port, start_timeout=5)
     with pytest.raises(DevServerError, match="address already in use") as info:
@@ -251,6 +278,40 @@ def test_rclone_refuses_to_replace_a_streamed_part_with_other_bytes(rclone_srv: 
     with pytest.raises(ClientError) as info:
         client.upload_part(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id, PartNumber=1, Body=other, ContentMD5=content_md5(other))
     assert info.value.response["Error"]["Code"] == "NotImplemented"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses PR_SET_PDEATHSIG and /proc")
+def test_rclone_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from chunkd.devserver import LocalS3Server\n"
+        "server = LocalS3Server(Path(sys.argv[1])).start()\n"
+        "print(server._process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    daemon = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        rclone_pid = int(daemon.stdout.readline())  # type: ignore[union-attr]
+        assert _alive(rclone_pid)
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+    deadline = time.monotonic() + 10
+    while _alive(rclone_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphaned = _alive(rclone_pid)
+    if orphaned:
+        os.kill(rclone_pid, signal.SIGTERM)  # don't leave it running after the failure
+    assert not orphaned, "rclone outlived the process that started it"
 
 
 def test_rclone_wrong_secret_is_refused(rclone_srv: LocalS3Server) -> None:

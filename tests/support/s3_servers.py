@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 import boto3
@@ -73,7 +73,7 @@ class S3Request:
 
 
 def classify(method: str, path: str, query: str, headers: dict[str, str] | None = None) -> S3Request:
-    """Name the S3 operation of a path-style request (`/bucket/key?query`)."""
+    """Name the S3 operation of a path-style request; `path` as sent, still percent-encoded."""
     headers = headers or {}
     params = parse_qs(query, keep_blank_values=True)
     bucket, _, key = unquote(path).lstrip("/").partition("/")
@@ -119,6 +119,15 @@ def _operation(method: str, bucket: str, key: str, params: dict[str, list[str]],
     }.get(method, f"{method} object")
 
 
+def _raw_path(environ: dict[str, Any]) -> str:
+    """The path as the client sent it: PATH_INFO is already decoded (and as latin-1), so a key
+    containing '%' or non-ASCII characters would come out wrong from it."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return urlsplit(raw).path if "://" in raw.split("?", 1)[0] else raw.split("?", 1)[0]
+    return quote(environ.get("PATH_INFO", "").encode("latin-1"))
+
+
 class RequestLog:
     """Every S3 request seen, thread-safe (the server handles each connection on its own thread)."""
 
@@ -158,7 +167,7 @@ class CountingMiddleware:
         self.log = log
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+        path = _raw_path(environ)
         if path.startswith("/moto-api"):
             return self.app(environ, start_response)
         headers = {name[5:].replace("_", "-"): value for name, value in environ.items() if name.startswith("HTTP_")}
@@ -186,7 +195,7 @@ class StrictS3Middleware:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+        path = _raw_path(environ)
         if path.startswith("/moto-api"):
             return self.app(environ, start_response)
         request = classify(environ.get("REQUEST_METHOD", ""), path, environ.get("QUERY_STRING", ""))

@@ -61,6 +61,7 @@ def test_every_planned_part_is_within_s3_limits(schedule: PartSchedule, number: 
     assert MIN_PART_SIZE <= schedule.part_size(number) <= MAX_PART_SIZE
 
 
+@settings(max_examples=30)
 @given(schedules)
 def test_part_sizes_never_shrink_and_stay_under_5_gib(schedule: PartSchedule) -> None:
     sizes = [schedule.part_size(number) for number in range(1, MAX_PARTS + 1)]

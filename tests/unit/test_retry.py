@@ -9,7 +9,14 @@ from collections.abc import Callable
 import botocore.exceptions as bexc
 import pytest
 
-from chunkd.errors import PermanentError, RetryableError, TransferError, UploadGoneError
+from chunkd.errors import (
+    PermanentError,
+    RetryableError,
+    SourceChangedError,
+    SourceGoneError,
+    TransferError,
+    UploadGoneError,
+)
 from chunkd.retry import RetryPolicy, classify
 
 
@@ -254,5 +261,20 @@ def test_success_on_first_try_never_sleeps() -> None:
     sleeps: list[float] = []
     fn = Flaky()
     assert policy(sleeps).call(fn) == "ok"
+    assert fn.calls == 1
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "failure", [SourceChangedError("file shrank"), SourceGoneError("a.mp4 no longer exists")], ids=["changed", "gone"]
+)
+def test_local_file_errors_pass_through_unretried(failure: BaseException) -> None:
+    # The stream restarts on SourceChangedError and stops on SourceGoneError; as S3 errors they
+    # would become PermanentError and the file would be marked FAILED instead.
+    sleeps: list[float] = []
+    fn = Flaky(failure)
+    with pytest.raises(type(failure)) as info:
+        policy(sleeps, max_attempts=8).call(fn, key="k", part=1)
+    assert info.value is failure
     assert fn.calls == 1
     assert sleeps == []
