@@ -1,7 +1,8 @@
 """One bandwidth limit shared by every part body being uploaded.
 
-The limiter wraps the stream the HTTP client reads a part from (`LimitedStream`), so the uploader
-never sleeps on its own account and every concurrent part draws from the same `TokenBucket`.
+The part body the HTTP client reads from (`partreader.RangeReader`) charges the bucket for every
+block, so the uploader never sleeps on its own account and every concurrent part draws from the
+same `TokenBucket`.
 Time and sleep are injected so tests run on a fake clock.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import BinaryIO
 
 
 class TokenBucket:
@@ -72,46 +72,3 @@ class TokenBucket:
             self._tokens = min(float(self.capacity), self._tokens + elapsed * self.rate)
             self._tokens -= amount
             return -self._tokens / self.rate if self._tokens < 0 else 0.0
-
-
-class LimitedStream:
-    """A read-only view of `stream` whose reads draw from `bucket`.
-
-    Pass this as the part body: the HTTP client's reads set the pace. Seeking back (a retried
-    request) costs tokens again, as the bytes really are sent again. Deliberately no `fileno()`:
-    a client could size the body from the whole file instead of the part.
-    """
-
-    def __init__(self, stream: BinaryIO, bucket: TokenBucket) -> None:
-        self._stream = stream
-        self._bucket = bucket
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._bucket.consume(len(data))
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._stream.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._stream.tell()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return self._stream.seekable()
-
-    def close(self) -> None:
-        self._stream.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._stream.closed
-
-    def __enter__(self) -> LimitedStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -14,6 +14,7 @@ get uniform `base`-sized parts and only very long recordings see larger ones. Th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,7 @@ def _check_number(number: int) -> None:
         raise ValueError(f"part number {number} outside 1..{MAX_PARTS}")
 
 
+@lru_cache(maxsize=64)
 def plan_schedule(part_size: int, *, fixed: bool = False) -> PartSchedule:
     """The schedule for new streams: fixed, or growing with the largest group that fits 5 TiB."""
     if fixed or part_size * MAX_PARTS >= MAX_OBJECT_SIZE:

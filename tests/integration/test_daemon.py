@@ -117,6 +117,9 @@ def test_three_files_land_byte_identical_with_manifests(
     assert counts["PutObject"] == 1 + 3  # the 1 KiB file, plus three manifests
     assert counts["CompleteMultipartUpload"] == 2
     assert daemon.process is not None and daemon.process.poll() is None
+    about_files = [line for line in daemon.log_lines() if line.get("relpath") in sizes]
+    assert {line["event"] for line in about_files} >= {"discovered", "completed"}
+    assert all(line.get("stream_id") for line in about_files), "every line about a file names its stream"
 
 
 def test_growing_file_is_uploaded_while_it_grows(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import sys
 import threading
 import time
 
 import pytest
 
-from chunkd.bandwidth import LimitedStream, TokenBucket
+from chunkd.bandwidth import TokenBucket
 
 MB = 1_000_000
 
@@ -154,21 +153,3 @@ def test_real_time_smoke_with_threads() -> None:
         thread.join(timeout=10)
     elapsed = time.monotonic() - started
     assert 0.18 <= elapsed < 5.0
-
-
-def test_limited_stream_charges_what_was_read() -> None:
-    clock = FakeClock()
-    limiter = bucket(1000, clock)
-    stream = LimitedStream(io.BytesIO(b"x" * 3000), limiter)
-    assert stream.read(1000) == b"x" * 1000
-    assert clock.now - 1000.0 == pytest.approx(1.0)
-    assert len(stream.read()) == 2000
-    assert clock.now - 1000.0 == pytest.approx(3.0)
-    assert stream.read(10) == b""
-    stream.seek(0)  # a retried request sends the bytes again, and pays again
-    assert stream.tell() == 0
-    stream.read(500)
-    assert clock.now - 1000.0 == pytest.approx(3.5)
-    assert not hasattr(stream, "fileno")
-    stream.close()
-    assert stream.closed
