@@ -105,10 +105,25 @@ class Settings:
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
     log_format: str = "auto"
+    invalid_media: str = "quarantine"
+    quarantine_dir: Path | None = None
+    dedup: str = "copy"
+    after_upload: str = "keep"
+    done_dir: Path | None = None
 
     @property
     def fixed_parts(self) -> bool:
         return self.part_schedule == "fixed"
+
+    @property
+    def quarantine_path(self) -> Path:
+        """Default inside the drop folder, under a dot-name the watcher never looks at."""
+        return (self.quarantine_dir or self.input_dir / ".quarantine").resolve()
+
+    @property
+    def done_path(self) -> Path:
+        """Default beside the drop folder, so moved files are not picked up again."""
+        return (self.done_dir or self.input_dir.resolve().parent / "done").resolve()
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -133,6 +148,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "shutdown_timeout": _non_negative_float,
     "log_level": lambda v: _choice("DEBUG", "INFO", "WARNING", "ERROR")(str(v).upper()),
     "log_format": _choice("auto", "text", "json"),
+    "invalid_media": _choice("quarantine", "upload"),
+    "quarantine_dir": lambda v: Path(v).expanduser() if v else None,
+    "dedup": _choice("copy", "record", "off"),
+    "after_upload": _choice("keep", "delete", "move"),
+    "done_dir": lambda v: Path(v).expanduser() if v else None,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)

@@ -1,23 +1,30 @@
-"""Finalizing an idle stream: tail part, re-check every part's bytes, complete, verify, manifest.
+"""Finalizing an idle stream: read it once more, check it is media, dedup, send what is missing,
+complete, verify, write the manifest.
 
 The object must equal the file as it is at finalize time, so the whole file is read once more:
-that single pass yields the whole-file SHA-256 for the manifest and each part's SHA-256, which is
+that single pass yields the whole-file SHA-256 (manifest, dedup index) and each part's SHA-256,
 compared with the ledger; parts whose bytes changed since they were sent (a writer that seeks back
-to patch a header) are sent again before completing.
+to patch a header, or rewrites the file for faststart) are sent again before completing. A server
+that refuses to replace a part gets a fresh upload of the whole file instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
+from chunkd.config import DEFAULT_INCLUDE
 from chunkd.engine import Engine, StreamLog
-from chunkd.errors import PermanentError, SourceChangedError, UploadGoneError
+from chunkd.errors import ChunkdError, PermanentError, SourceChangedError, TransferError, UploadGoneError
 from chunkd.manifest import build_manifest, encode, manifest_key
+from chunkd.media import UNAVAILABLE_REASON, probe
 from chunkd.monitor import Change, Snapshot, compare, take_snapshot
 from chunkd.partreader import READ_SIZE, FileIdentity, open_checked
 from chunkd.planner import Part, PartSchedule
@@ -26,6 +33,11 @@ from chunkd.uploader import ObjectInfo, multipart_etag, same_etag
 
 MAX_REWRITE_ROUNDS = 3
 CONTENT_TYPE_JSON = "application/json"
+VIDEO_SUFFIXES = frozenset(pattern.removeprefix("*").lower() for pattern in DEFAULT_INCLUDE)
+
+
+class Quarantined(ChunkdError):
+    """The file is not readable as media and was moved aside; nothing was uploaded."""
 
 
 @dataclass(frozen=True)
@@ -77,54 +89,159 @@ class Finalizer:
         self._path = path
         self._log = log
         self._send_parts = send_parts
+        self._media: dict[str, Any] | None = None
+        self._media_error: str | None = None
 
     def finalize(self, schedule: PartSchedule, done: dict[int, PartRecord], snap: Snapshot) -> bool:
-        """Complete the object for the file as `snap` saw it; False if the file moved on meanwhile."""
-        record = self._record
-        record.move_to(StreamState.FINALIZING)
-        self._engine.store.save_stream(record)
-        if record.upload_id is None and snap.size < schedule.part_size(1):
-            return self._finish_single(snap)
-        return self._finish_multipart(schedule, done, snap)
+        """Complete the object for the file as `snap` saw it; False if the file moved on meanwhile.
 
-    def _finish_single(self, snap: Snapshot) -> bool:
+        Raises Quarantined when the file is not media and the policy says so.
+        """
         record = self._record
-        digest, etag = self._engine.uploader.put_object(
-            record.bucket, record.key, self._path, snap.size, snap.identity
-        )
-        if compare(snap, take_snapshot(self._path)) is not Change.UNCHANGED:
+        if record.state is not StreamState.FINALIZING:
+            record.move_to(StreamState.FINALIZING)
+            self._engine.store.save_stream(record)
+        needed = list(schedule.parts_for(snap.size))
+        scan = scan_file(self._path, snap.identity, needed)
+        if _moved_on(self._path, snap):
+            return False
+        record.sha256 = scan.sha256
+        self._check_media(snap)
+        original = self._duplicate_of(scan.sha256, snap.size)
+        if original is not None:
+            return self._finish_duplicate(original, snap)
+        if record.upload_id is None and snap.size < schedule.part_size(1):
+            return self._finish_single(snap, scan)
+        return self._finish_multipart(needed, done, snap, scan)
+
+    # -- media -------------------------------------------------------------------------------
+
+    def _check_media(self, snap: Snapshot) -> None:
+        if PurePosixPath(self._record.relpath).suffix.lower() not in VIDEO_SUFFIXES:
+            self._media_error = "not a video file name"
+            return
+        info = probe(self._path)
+        if info is None:
+            self._media_error = UNAVAILABLE_REASON
+            return
+        self._media = info.to_dict()
+        if info.valid:
+            return
+        reason = f"not readable as media: {info.reason}"
+        if self._engine.settings.invalid_media == "quarantine":
+            self._quarantine(reason, snap)
+        self._log.warning("uploading a file ffprobe cannot read (invalid_media=upload): %s", info.reason)
+
+    def _quarantine(self, reason: str, snap: Snapshot) -> None:
+        record, engine = self._record, self._engine
+        self._abort_upload()
+        target = _free_name(engine.settings.quarantine_path / record.relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self._path), target)
+        note = {
+            "relpath": record.relpath, "stream_id": record.id, "reason": reason, "size": snap.size,
+            "sha256": record.sha256, "quarantined_at": time.time(), "media": self._media,
+        }
+        target.with_name(target.name + ".reason.json").write_text(json.dumps(note, indent=2) + "\n")
+        record.move_to(StreamState.QUARANTINED, error=reason)
+        engine.store.save_stream(record)
+        self._log.error("quarantined: %s", reason, extra={"path": str(target)})
+        raise Quarantined(reason)
+
+    # -- dedup -------------------------------------------------------------------------------
+
+    def _duplicate_of(self, sha256: str, size: int) -> StreamRecord | None:
+        """A completed object with the same bytes, still present in the bucket."""
+        record, engine = self._record, self._engine
+        if engine.settings.dedup == "off":
+            return None
+        original = engine.store.find_by_content(sha256)
+        if original is None or original.id == record.id or original.state is not StreamState.COMPLETED:
+            return None
+        if original.size != size or original.bucket != record.bucket:
+            return None
+        info = engine.uploader.head(original.bucket, original.key)
+        if info is None or info.size != size:
+            engine.store.forget_content(sha256)  # the object was deleted or replaced since
+            return None
+        return original
+
+    def _finish_duplicate(self, original: StreamRecord, snap: Snapshot) -> bool:
+        record, engine = self._record, self._engine
+        self._abort_upload()
+        mode = engine.settings.dedup
+        if (original.bucket, original.key) == (record.bucket, record.key):
+            mode = "record"  # same key, same bytes: the object is already what we would write
+        if mode == "copy":
+            engine.uploader.copy(original.bucket, original.key, record.bucket, record.key)
+        parts = engine.store.list_parts(original.id) or [
+            PartRecord(number=1, offset=0, size=snap.size, etag="", sha256=original.sha256 or "")
+        ]
+        etag = self._verify_object(snap, parts, size_only=True) if mode == "copy" else ""
+        record.dedup_of = original.key
+        self._log.info("same bytes as %s: not sent again (dedup=%s)", original.key, mode)
+        self._write_manifest(parts, etag, snap, upload=mode)
+        return True
+
+    # -- single PutObject ----------------------------------------------------------------------
+
+    def _finish_single(self, snap: Snapshot, scan: LocalScan) -> bool:
+        record = self._record
+        digest, etag = self._engine.uploader.put_object(record.bucket, record.key, self._path, snap.size, snap.identity)
+        if digest.sha256_hex != scan.sha256 or _moved_on(self._path, snap):
             return False
         part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=digest.sha256_hex)
         self._engine.progress(record.relpath, snap.size)
-        etag = self._verify_object(snap, [part])
-        record.sha256 = digest.sha256_hex
-        self._write_manifest([part], etag, snap)
+        self._write_manifest([part], self._verify_object(snap, [part]), snap, upload="single")
         return True
 
-    def _finish_multipart(self, schedule: PartSchedule, done: dict[int, PartRecord], snap: Snapshot) -> bool:
-        needed = list(schedule.parts_for(snap.size))
+    # -- multipart -----------------------------------------------------------------------------
+
+    def _finish_multipart(
+        self, needed: list[Part], done: dict[int, PartRecord], snap: Snapshot, scan: LocalScan
+    ) -> bool:
         for _ in range(MAX_REWRITE_ROUNDS):
-            missing = [p for p in needed if p.number not in done or done[p.number].size != p.size]
-            if missing:
-                self._send_parts(missing)
-            scan = scan_file(self._path, snap.identity, needed)
-            if compare(snap, take_snapshot(self._path)) is not Change.UNCHANGED:
-                return False
-            stale = [p for p in needed if done[p.number].sha256 != scan.part_sha256[p.number]]
-            if not stale:
+            missing = [p for p in needed if not _matches(done.get(p.number), p, scan)]
+            if not missing:
                 break
-            self._log.warning("parts changed on disk since they were sent; sending them again",
-                              extra={"parts": [p.number for p in stale]})
-            for part in stale:
-                del done[part.number]
+            rewritten = [p.number for p in missing if p.number in done and done[p.number].size == p.size]
+            if rewritten:
+                self._log.warning("parts changed on disk since they were sent; sending them again",
+                                  extra={"parts": rewritten})
+            try:
+                self._send_parts(missing)
+            except PermanentError as exc:
+                if not rewritten or exc.code != "NotImplemented":
+                    raise
+                self._log.warning("server refuses to replace parts; uploading the whole file again")
+                self._restart_upload(done)
+            if _moved_on(self._path, snap):
+                return False
         else:
             raise SourceChangedError("file kept changing during finalize")
         parts = [done[p.number] for p in needed]
         _check_layout(parts, snap.size)
         self._complete(parts)
-        self._record.sha256 = scan.sha256
-        self._write_manifest(parts, self._verify_object(snap, parts), snap)
+        self._write_manifest(parts, self._verify_object(snap, parts), snap, upload="multipart")
         return True
+
+    def _restart_upload(self, done: dict[int, PartRecord]) -> None:
+        self._abort_upload()
+        self._engine.store.drop_parts(self._record.id)
+        done.clear()  # the caller's next round sends every part under a new upload
+
+    def _abort_upload(self) -> None:
+        record = self._record
+        if record.upload_id is None:
+            return
+        try:
+            self._engine.uploader.abort(record.bucket, record.key, record.upload_id)
+        except UploadGoneError:
+            pass
+        except TransferError as exc:
+            self._log.warning("could not abort multipart upload (gc will): %s", exc)
+        record.upload_id = None
+        self._engine.store.save_stream(record)
 
     def _complete(self, parts: list[PartRecord]) -> None:
         record, uploader = self._record, self._engine.uploader
@@ -137,7 +254,9 @@ class Finalizer:
                 raise
             self._log.info("upload was already completed before a restart; adopting the object")
 
-    def _verify_object(self, snap: Snapshot, parts: list[PartRecord]) -> str:
+    # -- verify and record ---------------------------------------------------------------------
+
+    def _verify_object(self, snap: Snapshot, parts: list[PartRecord], *, size_only: bool = False) -> str:
         """HeadObject must show our size, and an ETag that matches our MD5s where it is one.
 
         Multipart ETags are normally MD5-of-part-MD5s plus "-N"; some servers (rclone) give the
@@ -148,20 +267,26 @@ class Finalizer:
         if info is None or info.size != snap.size:
             got = "missing" if info is None else f"{info.size} bytes"
             raise PermanentError(f"verification failed: object is {got}, file is {snap.size} bytes", key=record.key)
-        if not _is_md5_etag(info.etag):
-            return info.etag
-        expected = multipart_etag(parts) if record.upload_id else parts[0].etag
-        if "-" not in info.etag and record.upload_id:
+        if size_only or not _is_md5_etag(info.etag):
+            return info.etag  # a server-side copy: its ETag depends on how the server copied
+        if "-" in info.etag:
+            expected = multipart_etag(parts)
+        elif len(parts) == 1 and parts[0].etag:
+            expected = parts[0].etag
+        else:
             expected = f'"{whole_md5(self._path, snap)}"'
         if not same_etag(info.etag, expected):
             raise PermanentError(f"verification failed: ETag {info.etag} != expected {expected}", key=record.key)
         return info.etag
 
-    def _write_manifest(self, parts: list[PartRecord], etag: str, snap: Snapshot) -> None:
+    def _write_manifest(self, parts: list[PartRecord], etag: str, snap: Snapshot, *, upload: str) -> None:
         record, engine = self._record, self._engine
         completed_at = time.time()
         record.size, record.mtime = snap.size, snap.mtime
-        document = build_manifest(record, parts, etag=etag, hostname=engine.hostname, completed_at=completed_at)
+        document = build_manifest(
+            record, parts, etag=etag, hostname=engine.hostname, completed_at=completed_at, upload=upload,
+            media=self._media, media_error=self._media_error,
+        )
         engine.uploader.put_bytes(
             record.bucket, manifest_key(record.key, engine.settings.manifest_suffix), encode(document),
             content_type=CONTENT_TYPE_JSON,
@@ -169,6 +294,35 @@ class Finalizer:
         record.completed_at = completed_at
         record.move_to(StreamState.COMPLETED)
         engine.store.save_stream(record)
+        if record.sha256 and upload in ("single", "multipart"):
+            engine.store.index_content(record.sha256, record.id)
+
+
+def after_upload(engine: Engine, record: StreamRecord, path: Path, log: StreamLog) -> None:
+    """keep | delete | move the local file of a COMPLETED, verified stream whose manifest is written.
+
+    Runs again for a completed file found unchanged on a later start, so a crash between
+    recording COMPLETED and acting only delays the action.
+    """
+    action = engine.settings.after_upload
+    if action == "keep" or record.state is not StreamState.COMPLETED:
+        return
+    try:
+        snap = take_snapshot(path)
+    except ChunkdError:
+        return
+    recorded = (record.device, record.inode, record.size, record.mtime)
+    if (snap.identity.device, snap.identity.inode, snap.size, snap.mtime) != recorded:
+        log.warning("file changed after its upload; leaving it in place")
+        return
+    if action == "delete":
+        path.unlink()
+        log.info("deleted local file after verified upload")
+        return
+    target = _free_name(engine.settings.done_path / record.relpath)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), target)
+    log.info("moved local file after verified upload", extra={"path": str(target)})
 
 
 def completed_earlier(info: ObjectInfo | None, parts: list[PartRecord]) -> bool:
@@ -178,9 +332,25 @@ def completed_earlier(info: ObjectInfo | None, parts: list[PartRecord]) -> bool:
     return info.size == size and (not _is_md5_etag(info.etag) or same_etag(info.etag, multipart_etag(parts)))
 
 
+def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
+    return recorded is not None and recorded.size == part.size and recorded.sha256 == scan.part_sha256[part.number]
+
+
+def _moved_on(path: Path, snap: Snapshot) -> bool:
+    return compare(snap, take_snapshot(path)) is not Change.UNCHANGED
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `name.1.ext`, `name.2.ext`… if something is already there."""
+    candidate, counter = path, 0
+    while candidate.exists():
+        counter += 1
+        candidate = path.with_name(f"{path.stem}.{counter}{path.suffix}")
+    return candidate
+
+
 def _is_md5_etag(etag: str) -> bool:
-    body = etag.strip('"')
-    digest = body.split("-", 1)[0]
+    digest = etag.strip('"').split("-", 1)[0]
     return len(digest) == 32 and all(c in "0123456789abcdefABCDEF" for c in digest)
 
 

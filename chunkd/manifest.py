@@ -23,7 +23,15 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def build_manifest(
-    record: StreamRecord, parts: list[PartRecord], *, etag: str, hostname: str, completed_at: float
+    record: StreamRecord,
+    parts: list[PartRecord],
+    *,
+    etag: str,
+    hostname: str,
+    completed_at: float,
+    upload: str,
+    media: dict[str, Any] | None = None,
+    media_error: str | None = None,
 ) -> dict[str, Any]:
     """The manifest document; its fields are documented in the README ("Manifest schema")."""
     return {
@@ -35,10 +43,13 @@ def build_manifest(
         "size": record.size,
         "sha256": record.sha256,
         "etag": etag,
-        "upload": "multipart" if record.upload_id else "single",
+        "upload": upload,
+        "dedup_of": record.dedup_of,
         "part_schedule": record.schedule,
         "parts": [part.to_dict() for part in parts],
         "source": {"relpath": record.relpath, "hostname": hostname, "mtime": _iso(record.mtime)},
+        "media": media,
+        "media_error": media_error,
         "timestamps": {
             "discovered": _iso(record.discovered_at),
             "first_byte_sent": _iso(record.first_byte_at),

@@ -24,10 +24,13 @@ class PathFilter:
 
     include: tuple[str, ...]
     exclude: tuple[str, ...] = ()
+    skip_dirs: tuple[str, ...] = ()  # relpaths of our own folders (done/, quarantine) inside the root
 
     def wants(self, relpath: str) -> bool:
         parts = PurePosixPath(relpath).parts
         if not parts or any(part.startswith(".") for part in parts):
+            return False
+        if any(relpath.startswith(f"{folder}/") for folder in self.skip_dirs):
             return False
         name = parts[-1]
         if _matches(name, relpath, TEMP_PATTERNS) or _matches(name, relpath, self.exclude):

@@ -59,6 +59,8 @@ def classify(exc: BaseException, *, key: str = "", part: int | None = None) -> T
         return PermanentError(f"no S3 credentials: {exc}", code="NoCredentials", key=key, part=part)
     if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectionError, bexc.HTTPClientError)):
         return RetryableError(f"connection failed: {exc}", code="ConnectionError", key=key, part=part)
+    if isinstance(exc, PermissionError):
+        return PermanentError(f"permission denied reading {exc.filename}", code="PermissionDenied", key=key, part=part)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return RetryableError(f"connection failed: {exc}", code="ConnectionError", key=key, part=part)
     return PermanentError(f"{type(exc).__name__}: {exc}", code="Unexpected", key=key, part=part)

@@ -15,18 +15,22 @@ class StreamState(str, enum.Enum):
     FINALIZING = "FINALIZING"  # idle: tail part, complete, verify, manifest
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    QUARANTINED = "QUARANTINED"  # not readable as media: moved aside with a reason, nothing uploaded
 
     @property
     def terminal(self) -> bool:
-        return self in (StreamState.COMPLETED, StreamState.FAILED)
+        return self in (StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED)
 
 
 _ALLOWED: dict[StreamState, frozenset[StreamState]] = {
     StreamState.PENDING: frozenset({StreamState.UPLOADING, StreamState.FAILED}),
     StreamState.UPLOADING: frozenset({StreamState.UPLOADING, StreamState.FINALIZING, StreamState.FAILED}),
     # FINALIZING -> UPLOADING: the file grew again before the object was completed.
-    StreamState.FINALIZING: frozenset({StreamState.UPLOADING, StreamState.COMPLETED, StreamState.FAILED}),
+    StreamState.FINALIZING: frozenset(
+        {StreamState.UPLOADING, StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED}
+    ),
     StreamState.COMPLETED: frozenset(),
+    StreamState.QUARANTINED: frozenset(),
     # A failed stream can be retried from where it stopped.
     StreamState.FAILED: frozenset({StreamState.PENDING, StreamState.UPLOADING}),
 }
@@ -87,6 +91,7 @@ class StreamRecord:
     mtime: float = 0.0
     upload_id: str | None = None
     sha256: str | None = None
+    dedup_of: str | None = None  # key of the object with the same bytes, when not sent again
     last_error: str | None = None
     discovered_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
@@ -23,10 +24,10 @@ from chunkd.errors import (
     TransferError,
     UploadGoneError,
 )
-from chunkd.finalizer import Finalizer, completed_earlier
+from chunkd.finalizer import Finalizer, Quarantined, after_upload, completed_earlier
 from chunkd.keys import render_key
 from chunkd.monitor import Change, IdleTracker, Snapshot, take_snapshot
-from chunkd.partreader import digest_range, open_checked
+from chunkd.partreader import FileIdentity, digest_range, open_checked
 from chunkd.planner import Part, PartSchedule, plan_schedule
 from chunkd.states import PartRecord, StreamRecord, StreamState, new_stream_id
 
@@ -39,6 +40,7 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"
     SKIPPED = "skipped"  # already uploaded and unchanged
     FAILED = "failed"
+    QUARANTINED = "quarantined"  # not media: moved aside, nothing uploaded
     INTERRUPTED = "interrupted"  # shutdown: resumes on next start
     RETRY_LATER = "retry_later"  # transient trouble outlasted the retries
 
@@ -82,21 +84,27 @@ class StreamJob:
     def _run_stream(self, record: StreamRecord) -> Outcome:
         try:
             self._upload(record)
-            self.log.info("completed", extra={"bytes": record.size})
-            return Outcome.COMPLETED
         except Interrupted:
             self.log.info("interrupted by shutdown; will resume on next start")
             return Outcome.INTERRUPTED
+        except Quarantined:
+            return Outcome.QUARANTINED
         except SourceGoneError:
-            self._fail(record, "file deleted during upload", abort=True)
+            self._fail(record, "file deleted or renamed during upload", abort=True)
+            return Outcome.FAILED
+        except PermissionError as exc:
+            self._fail(record, f"permission denied reading {exc.filename}", abort=True)
             return Outcome.FAILED
         except PermanentError as exc:
             self._fail(record, str(exc), abort=False)
             return Outcome.FAILED
-        except (TransferError, StoreError) as exc:
+        except (TransferError, StoreError, OSError) as exc:
             self.log.error("giving up for now, will retry later: %s", exc)
             self._note_error(record, str(exc))
             return Outcome.RETRY_LATER
+        self.log.info("completed", extra={"bytes": record.size, "key": record.key})
+        after_upload(self.engine, record, self.path, self.log)
+        return Outcome.COMPLETED
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -107,6 +115,7 @@ class StreamJob:
             same_file = (existing.device, existing.inode) == (snap.identity.device, snap.identity.inode)
             unchanged = same_file and (existing.size, existing.mtime) == (snap.size, snap.mtime)
             if existing.state is StreamState.COMPLETED and unchanged:
+                after_upload(self.engine, existing, self.path, self.log)  # in case a crash cut it short
                 return None
             if existing.state is StreamState.FAILED and unchanged:
                 return None  # nothing new since it failed: `chunkd retry` is the way back
@@ -166,13 +175,17 @@ class StreamJob:
                 record.size, record.mtime = snap.size, snap.mtime
                 self.engine.store.save_stream(record)
             self._harvest(record, in_flight, done, block=False)
-            self._fill(record, schedule, in_flight, done, snap)
-            if not in_flight and (self.final or tracker.idle):
+            settled = self.final or tracker.idle
+            if settled and not in_flight:
+                # A file complete at discovery goes straight here: it is checked (media, dedup)
+                # before a single byte is sent.
                 if finalizer.finalize(schedule, done, snap):
                     return
                 record.move_to(StreamState.UPLOADING)  # the file moved on while we finalized
                 self.engine.store.save_stream(record)
                 continue
+            if not settled:
+                self._fill(record, schedule, in_flight, done, snap)
             if in_flight:
                 wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
             else:
@@ -185,7 +198,7 @@ class StreamJob:
         if snap.size < covered:
             raise SourceChangedError(f"file shrank to {snap.size} bytes below the {covered} already sent")
 
-    def _next_numbers(self, schedule: PartSchedule, done: dict[int, PartRecord], busy: set[int]):
+    def _next_numbers(self, schedule: PartSchedule, done: dict[int, PartRecord], busy: set[int]) -> Iterator[int]:
         number = 1
         while True:
             if number not in busy and not _is_full(done.get(number), schedule):
@@ -222,7 +235,7 @@ class StreamJob:
 
     def _submit(self, record: StreamRecord, part: Part) -> Future[PartRecord]:
         assert record.upload_id is not None
-        identity = take_snapshot(self.path).identity
+        identity = FileIdentity(record.device, record.inode)
         return self.engine.part_pool.submit(
             self.engine.uploader.upload_part, record.bucket, record.key, record.upload_id, self.path, part, identity
         )
@@ -264,11 +277,24 @@ class StreamJob:
         except Exception as exc:  # noqa: BLE001 - shutting down; the part will be re-sent on resume
             self.log.warning("part failed during shutdown: %s", exc)
 
-    def _send_parts_now(self, record: StreamRecord, done: dict[int, PartRecord]):
+    def _send_parts_now(self, record: StreamRecord, done: dict[int, PartRecord]) -> Callable[[list[Part]], None]:
+        """For the finalizer: send these parts now, at most `part_concurrency` at a time."""
+        limit = self.engine.settings.part_concurrency
+
         def send(parts: list[Part]) -> None:
-            self._ensure_upload(record)
-            in_flight = {self._submit(record, part): part for part in parts}
-            self._harvest(record, in_flight, done, block=True)
+            if parts:
+                self._ensure_upload(record)
+            queue = list(parts)
+            in_flight: dict[Future[PartRecord], Part] = {}
+            while queue or in_flight:
+                if self.engine.stop.is_set():
+                    self._drain(record, in_flight, done)
+                    raise Interrupted
+                while queue and len(in_flight) < limit:
+                    part = queue.pop(0)
+                    in_flight[self._submit(record, part)] = part
+                wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
+                self._harvest(record, in_flight, done, block=False)
 
         return send
 

@@ -123,6 +123,15 @@ class Uploader:
             key=key,
         )
 
+    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> None:
+        """Server-side copy: CopyObject up to 5 GiB, boto3's managed multipart copy beyond."""
+        source = {"Bucket": src_bucket, "Key": src_key}
+        info = self.head(src_bucket, src_key)
+        if info is not None and info.size > 5 * 1024**3:
+            self._call("MultipartCopy", lambda: self._client.copy(source, bucket, key), key=key)
+            return
+        self._call("CopyObject", lambda: self._client.copy_object(CopySource=source, Bucket=bucket, Key=key), key=key)
+
     def complete(self, bucket: str, key: str, upload_id: str, parts: list[PartRecord]) -> str:
         layout = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
         response = self._call(

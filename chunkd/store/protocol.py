@@ -35,6 +35,15 @@ class CheckpointStore(Protocol):
     def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
         """Forget some parts (or all when `numbers` is None), e.g. after the upload vanished."""
 
+    def index_content(self, sha256: str, stream_id: str) -> None:
+        """Remember that a completed stream's object holds exactly these bytes (content dedup)."""
+
+    def find_by_content(self, sha256: str) -> StreamRecord | None:
+        """The stream last indexed under this SHA-256, if any."""
+
+    def forget_content(self, sha256: str) -> None:
+        """Drop an index entry whose object turned out to be gone."""
+
     def ping(self) -> None:
         """Raise StoreError when the backend is unreachable."""
 

@@ -7,6 +7,7 @@ Keys, with the default prefix:
     chunkd:streams               sorted set: every stream id, scored by discovered_at
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
+    chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class RedisStore:
 
     def _path_key(self, relpath: str) -> str:
         return f"{self.prefix}path:{relpath}"
+
+    def _content_key(self, sha256: str) -> str:
+        return f"{self.prefix}sha256:{sha256}"
 
     def _streams_key(self, state: StreamState | None = None) -> str:
         return f"{self.prefix}streams" + (f":{state.value}" if state else "")
@@ -177,6 +181,19 @@ class RedisStore:
         with self._errors(f"list parts of stream {stream_id}"):
             found = self.client.hgetall(self._parts_key(stream_id))
         return sorted((PartRecord.from_dict(json.loads(data)) for data in found.values()), key=lambda p: p.number)
+
+    def index_content(self, sha256: str, stream_id: str) -> None:
+        with self._errors(f"index content of stream {stream_id}"):
+            self.client.set(self._content_key(sha256), stream_id)
+
+    def find_by_content(self, sha256: str) -> StreamRecord | None:
+        with self._errors("find stream by content"):
+            stream_id = self.client.get(self._content_key(sha256))
+        return self.get_stream(stream_id) if stream_id else None
+
+    def forget_content(self, sha256: str) -> None:
+        with self._errors("forget content"):
+            self.client.delete(self._content_key(sha256))
 
     def ping(self) -> None:
         with self._errors("ping"):

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS parts (
     data TEXT NOT NULL,
     PRIMARY KEY (stream_id, number)
 );
+CREATE TABLE IF NOT EXISTS content (
+    sha256 TEXT PRIMARY KEY,
+    stream_id TEXT NOT NULL
+);
 """
 
 _SAVE_STREAM = """
@@ -143,6 +147,20 @@ class SqliteStore:
             else:
                 rows = [(stream_id, int(number)) for number in numbers]
                 conn.executemany("DELETE FROM parts WHERE stream_id = ? AND number = ?", rows)
+
+    def index_content(self, sha256: str, stream_id: str) -> None:
+        with self._transaction(f"index content of stream {stream_id}") as conn:
+            conn.execute("INSERT OR REPLACE INTO content (sha256, stream_id) VALUES (?, ?)", (sha256, stream_id))
+
+    def find_by_content(self, sha256: str) -> StreamRecord | None:
+        query = "SELECT s.data FROM content c JOIN streams s ON s.id = c.stream_id WHERE c.sha256 = ?"
+        with self._read("find stream by content") as conn:
+            row = conn.execute(query, (sha256,)).fetchone()
+        return _stream(row[0]) if row else None
+
+    def forget_content(self, sha256: str) -> None:
+        with self._transaction("forget content") as conn:
+            conn.execute("DELETE FROM content WHERE sha256 = ?", (sha256,))
 
     def ping(self) -> None:
         with self._read("ping") as conn:

@@ -44,7 +44,8 @@ def make_engine(server: Any, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
 
     def make(**settings: Any) -> Engine:
         values = {"input_dir": str(tmp_path / "input"), "state_url": f"sqlite:///{tmp_path / 'state.db'}",
-                  "part_size": "5MiB", "idle_seconds": 1, "poll_seconds": 0.05, **settings}
+                  "part_size": "5MiB", "idle_seconds": 1, "poll_seconds": 0.05, "invalid_media": "upload",
+                  **settings}
         target = S3Target(server.endpoint_url, None, server.access_key, server.secret_key)
         engine = build_engine(load_settings(env={}, overrides=values), target)
         engine.requests = Counter()  # type: ignore[attr-defined]
@@ -125,7 +126,7 @@ def test_file_deleted_during_upload_fails_and_aborts(make_engine: Callable[..., 
     assert outcome == [Outcome.FAILED]
     record = engine.store.find_by_relpath("gone.mp4")
     assert record is not None and record.state is StreamState.FAILED
-    assert record.last_error == "file deleted during upload"
+    assert record.last_error == "file deleted or renamed during upload"
     assert engine.requests["AbortMultipartUpload"] == 1  # type: ignore[attr-defined]
     assert "Contents" not in client.list_objects_v2(Bucket=BUCKET)
 

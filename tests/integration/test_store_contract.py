@@ -246,6 +246,22 @@ def test_reopened_store_sees_everything(open_backend: Opener) -> None:
     assert second.list_parts("s1") == [make_part(1)]
 
 
+def test_content_index_finds_forgets_and_replaces(store: CheckpointStore) -> None:
+    digest = "ab" * 32
+    assert store.find_by_content(digest) is None
+    store.save_stream(make_stream("s1"))
+    store.save_stream(make_stream("s2", relpath="other.mp4"))
+    store.index_content(digest, "s1")
+    found = store.find_by_content(digest)
+    assert found is not None and found.id == "s1"
+    store.index_content(digest, "s2")  # the newest object with these bytes wins
+    found = store.find_by_content(digest)
+    assert found is not None and found.id == "s2"
+    assert store.find_by_content("cd" * 32) is None
+    store.forget_content(digest)
+    assert store.find_by_content(digest) is None
+
+
 def test_ping(store: CheckpointStore) -> None:
     store.ping()
 

@@ -58,7 +58,10 @@ def parse_z(text: str) -> datetime:
 
 
 def test_build_manifest_has_every_documented_field() -> None:
-    manifest = build_manifest(stream(), PARTS, etag='"abc-2"', hostname="edge-01", completed_at=T0 + 10)
+    manifest = build_manifest(
+        stream(), PARTS, etag='"abc-2"', hostname="edge-01", completed_at=T0 + 10, upload="multipart",
+        media={"valid": True, "duration": 2.0}, media_error=None,
+    )
 
     assert manifest["schema_version"] == SCHEMA_VERSION == 1
     assert manifest["chunkd_version"] == __version__
@@ -76,10 +79,13 @@ def test_build_manifest_has_every_documented_field() -> None:
     ]
     assert manifest["source"]["relpath"] == "cam/ünïcode clip.mp4"
     assert manifest["source"]["hostname"] == "edge-01"
+    assert manifest["media"] == {"valid": True, "duration": 2.0}
+    assert manifest["media_error"] is None
+    assert manifest["dedup_of"] is None
 
 
 def test_manifest_timestamps_are_iso8601_utc_with_z() -> None:
-    manifest = build_manifest(stream(), PARTS, etag='"e-2"', hostname="h", completed_at=T0 + 10)
+    manifest = build_manifest(stream(), PARTS, etag='"e-2"', hostname="h", completed_at=T0 + 10, upload="multipart")
     stamps = manifest["timestamps"]
 
     assert parse_z(stamps["discovered"]) == datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -90,14 +96,16 @@ def test_manifest_timestamps_are_iso8601_utc_with_z() -> None:
 
 
 def test_manifest_of_a_single_put_has_no_parts_and_null_first_byte() -> None:
-    manifest = build_manifest(stream(upload_id=None, first_byte_at=None), [], etag='"e"', hostname="h", completed_at=T0)
+    manifest = build_manifest(
+        stream(upload_id=None, first_byte_at=None), [], etag='"e"', hostname="h", completed_at=T0, upload="single"
+    )
     assert manifest["upload"] == "single"
     assert manifest["parts"] == []
     assert manifest["timestamps"]["first_byte_sent"] is None
 
 
 def test_encode_is_utf8_json_that_roundtrips() -> None:
-    manifest = build_manifest(stream(), PARTS, etag='"e-2"', hostname="h", completed_at=T0)
+    manifest = build_manifest(stream(), PARTS, etag='"e-2"', hostname="h", completed_at=T0, upload="multipart")
     data = encode(manifest)
 
     assert isinstance(data, bytes)

@@ -28,6 +28,7 @@ ALLOWED = {
     (S.FINALIZING, S.UPLOADING),
     (S.FINALIZING, S.COMPLETED),
     (S.FINALIZING, S.FAILED),
+    (S.FINALIZING, S.QUARANTINED),
     (S.FAILED, S.PENDING),
     (S.FAILED, S.UPLOADING),
 }
@@ -54,7 +55,7 @@ def test_completed_is_final() -> None:
 
 
 def test_terminal_property() -> None:
-    assert {state for state in S if state.terminal} == {S.COMPLETED, S.FAILED}
+    assert {state for state in S if state.terminal} == {S.COMPLETED, S.FAILED, S.QUARANTINED}
 
 
 def test_invalid_transition_is_a_value_error() -> None:
