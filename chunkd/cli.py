@@ -1,4 +1,4 @@
-"""Command line: `chunkd run`, `chunkd upload PATH…`, `chunkd status`."""
+"""Command line: `chunkd run`, `chunkd upload PATH…`, `chunkd status`, `chunkd verify KEY|PATH`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--state", action="append", choices=[s.value.lower() for s in StreamState], help="only this state (repeatable)"
     )
+    verify = commands.add_parser(
+        "verify", parents=[parent], help="check an uploaded object against its manifest",
+        description="Compare an object with its manifest: HeadObject size and ETag, and the manifest's parts "
+        "tiling the object. The local file (PATH, or the manifest's source.relpath under the input folder) "
+        "is always hashed and compared when it exists. Exit 0 only if every check passed.",
+    )
+    verify.add_argument("target", metavar="KEY|PATH", help="object key, or a local file whose key is looked up")
+    verify.add_argument(
+        "--deep", action="store_true", help="also stream the whole object (GetObject) and compare its SHA-256"
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.add_argument("--dev", action="store_true", help="check against the local S3 endpoint under ./.chunkd/")
     return parser
 
 
@@ -64,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.log_format)
     try:
-        return {"run": cmd_run, "upload": cmd_upload, "status": cmd_status}[args.command](settings, args)
+        command = {"run": cmd_run, "upload": cmd_upload, "status": cmd_status, "verify": cmd_verify}[args.command]
+        return command(settings, args)
     except ConfigError as exc:
         print(f"chunkd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -219,6 +232,18 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         store.close()
     print(render_json(statuses) if args.json else render_table(statuses))
     return EXIT_OK
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.verify import verify
+
+    if args.dev:
+        with _DevEndpoint(settings) as target:
+            report = verify(settings, target, args.target, deep=args.deep)
+    else:
+        report = verify(settings, _target(settings), args.target, deep=args.deep)
+    print(report.render_json() if args.json else report.render_text())
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def classify(exc: BaseException, *, key: str = "", part: int | None = None) -> T
         message = f"{exc.operation_name}: {code or status} {error.get('Message', '')}".strip()
         if code == "NoSuchUpload":
             return UploadGoneError(message, code=code, key=key, part=part)
+        if code in _PERMANENT_CODES:  # before the status test: NotImplemented is a 501
+            return PermanentError(message, code=code, key=key, part=part)
         if code in _RETRYABLE_CODES or status >= 500 or status == 429:
             return RetryableError(message, code=code, key=key, part=part)
         return PermanentError(message, code=code or str(status), key=key, part=part)
