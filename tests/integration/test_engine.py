@@ -178,3 +178,116 @@ def test_bandwidth_limit_is_shared_by_all_parts(make_engine: Callable[..., Engin
     assert run_job(engine, "slow.mp4") is Outcome.COMPLETED
     elapsed = time.monotonic() - started
     assert elapsed >= 20 * MiB / 8e6 * 0.85, f"4 parallel parts beat an 8 MB/s limit: {elapsed:.1f}s"
+
+
+# -- after-upload actions and lifecycle edge cases ----------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["delete", "move"])
+def test_after_upload_acts_only_once_the_object_is_verified(
+    make_engine: Callable[..., Engine], client: Any, action: str, tmp_path: Path
+) -> None:
+    engine = make_engine(after_upload=action, done_dir=str(tmp_path / "done"))
+    (engine.input_dir / "day1").mkdir()
+    source = write_random(engine.input_dir / "day1" / "a.mp4", 6 * MiB)
+    digest = sha256_file(source)
+    assert run_job(engine, "day1/a.mp4") is Outcome.COMPLETED
+    assert not source.exists()
+    assert sha256_object(client, "day1/a.mp4") == digest
+    if action == "move":
+        assert sha256_file(tmp_path / "done" / "day1" / "a.mp4") == digest
+
+
+def test_after_upload_delete_keeps_the_file_when_verification_fails(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chunkd.uploader import ObjectInfo
+
+    engine = make_engine(after_upload="delete")
+    source = write_random(engine.input_dir / "b.mp4", 6 * MiB)
+    real_head = engine.uploader.head
+    # Fault injection: the server reports an object one byte short after completing it.
+    monkeypatch.setattr(engine.uploader, "head", lambda bucket, key: (
+        ObjectInfo(info.size - 1, info.etag) if (info := real_head(bucket, key)) else None))
+    assert run_job(engine, "b.mp4") is Outcome.FAILED
+    assert source.exists(), "a file whose object did not verify must never be deleted"
+    record = engine.store.find_by_relpath("b.mp4")
+    assert record is not None and record.state is StreamState.FAILED
+    assert "verification failed" in (record.last_error or "")
+
+
+def test_file_renamed_during_upload_goes_up_under_its_new_name(
+    make_engine: Callable[..., Engine], client: Any
+) -> None:
+    engine = make_engine(idle_seconds=30)
+    old = write_random(engine.input_dir / "old.mp4", 11 * MiB)
+    thread, outcome = run_in_thread(engine, "old.mp4")
+    wait_for(lambda: len(recorded_parts(engine, "old.mp4")) >= 1, timeout=30, what="a part")
+    new = engine.input_dir / "new.mp4"
+    old.rename(new)
+    thread.join(timeout=30)
+    assert outcome == [Outcome.FAILED]
+    record = engine.store.find_by_relpath("old.mp4")
+    assert record is not None and record.last_error == "file deleted or renamed during upload"
+    assert run_job(engine, "new.mp4") is Outcome.COMPLETED  # what the watcher does on the move event
+    assert sha256_object(client, "new.mp4") == sha256_file(new)
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert keys == {"new.mp4", "new.mp4.manifest.json"}
+
+
+def test_writer_appending_after_completion_replaces_the_object(make_engine: Callable[..., Engine], client: Any) -> None:
+    engine = make_engine()
+    path = write_random(engine.input_dir / "long.mp4", 6 * MiB)
+    assert run_job(engine, "long.mp4") is Outcome.COMPLETED
+    first = engine.store.find_by_relpath("long.mp4")
+    with open(path, "ab") as handle:  # the writer comes back after a pause longer than idle_seconds
+        handle.write(os.urandom(2 * MiB))
+    assert run_job(engine, "long.mp4") is Outcome.COMPLETED
+    second = engine.store.find_by_relpath("long.mp4")
+    assert first is not None and second is not None and second.id != first.id
+    assert sha256_object(client, "long.mp4") == sha256_file(path)
+    manifest = read_manifest(client, "long.mp4")
+    assert manifest is not None and manifest["size"] == 8 * MiB and manifest["stream_id"] == second.id
+
+
+def test_unreadable_file_fails_with_a_clear_reason(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    engine = make_engine()
+    path = write_random(engine.input_dir / "locked.mp4", 6 * MiB)
+    real_open = builtins.open
+
+    def deny(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        # Fault injection: tests run as root, which chmod 000 does not stop.
+        if str(file) == str(path) and "r" in mode:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    assert run_job(engine, "locked.mp4") is Outcome.FAILED
+    record = engine.store.find_by_relpath("locked.mp4")
+    assert record is not None and record.state is StreamState.FAILED
+    assert record.last_error == f"permission denied reading {path}"
+
+
+def test_growing_duplicate_is_aborted_and_copied_at_finalize(make_engine: Callable[..., Engine], client: Any) -> None:
+    engine = make_engine()
+    original = write_random(engine.input_dir / "orig.mp4", 11 * MiB)
+    assert run_job(engine, "orig.mp4") is Outcome.COMPLETED
+    copy = engine.input_dir / "copy.mp4"
+    copy.write_bytes(b"")
+    thread, outcome = run_in_thread(engine, "copy.mp4")  # not final: parts go up while it "grows"
+    with open(original, "rb") as src, open(copy, "ab") as dst:
+        for chunk in iter(lambda: src.read(MiB), b""):
+            dst.write(chunk)
+            dst.flush()
+            time.sleep(0.05)
+    thread.join(timeout=60)
+    assert outcome == [Outcome.COMPLETED]
+    manifest = read_manifest(client, "copy.mp4")
+    assert manifest is not None and manifest["dedup_of"] == "orig.mp4"
+    assert sha256_object(client, "copy.mp4") == sha256_file(original)
+    assert engine.requests["UploadPart"] >= 4  # 2 for orig, and some of copy's before it was done
+    assert engine.requests["AbortMultipartUpload"] == 1 and engine.requests["CopyObject"] == 1
