@@ -11,7 +11,8 @@ from chunkd.config import Settings
 from chunkd.engine import Engine
 from chunkd.errors import ChunkdError, PermanentError, StoreError, TransferError
 from chunkd.logs import redact
-from chunkd.paths import PathFilter
+from chunkd.media import ffprobe_available
+from chunkd.paths import PathFilter, relpath_of
 from chunkd.retry import RetryPolicy
 from chunkd.s3 import S3Target, make_client
 from chunkd.scheduler import Scheduler
@@ -72,9 +73,11 @@ class Daemon:
         self.engine = engine
         settings = engine.settings
         self.scheduler = Scheduler(self._run_job, workers=settings.file_concurrency)
+        own_dirs = (settings.quarantine_path, settings.done_path)
+        skip = tuple(rel for rel in (relpath_of(engine.input_dir, folder) for folder in own_dirs) if rel)
         self.watcher = Watcher(
             engine.input_dir,
-            PathFilter(settings.include, settings.exclude),
+            PathFilter(settings.include, settings.exclude, skip_dirs=skip),
             self.scheduler.submit,
             rescan_seconds=settings.rescan_seconds,
         )
@@ -93,6 +96,8 @@ class Daemon:
         """Block until the stop event is set, then stop warm: in-flight parts finish and are recorded."""
         engine = self.engine
         engine.input_dir.mkdir(parents=True, exist_ok=True)
+        if not ffprobe_available():
+            logger.warning("ffprobe not found: manifests get media: null and unreadable files are not quarantined")
         resumed = self.resume_unfinished()
         self.scheduler.start()
         self.watcher.start()
