@@ -9,7 +9,7 @@ from pathlib import Path
 from chunkd.bandwidth import TokenBucket
 from chunkd.config import Settings
 from chunkd.engine import Engine
-from chunkd.errors import ChunkdError, PermanentError, StoreError, TransferError
+from chunkd.errors import EndpointError, StoreError, TransferError, endpoint_error
 from chunkd.logs import redact
 from chunkd.media import ffprobe_available
 from chunkd.paths import PathFilter, relpath_of
@@ -23,14 +23,6 @@ from chunkd.uploader import Uploader
 from chunkd.watcher import Watcher
 
 logger = logging.getLogger("chunkd.daemon")
-
-
-class PreflightError(ChunkdError):
-    """An endpoint is unreachable or refuses us; exit_code says whether it is a config problem."""
-
-    def __init__(self, message: str, *, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event | None = None) -> Engine:
@@ -52,20 +44,13 @@ def preflight(engine: Engine, target: S3Target) -> None:
     try:
         engine.store.ping()
     except StoreError as exc:
-        raise PreflightError(f"cannot reach the state store {redact(engine.settings.state_url)}: {exc}", exit_code=1) from None
+        raise EndpointError(f"cannot reach the state store {redact(engine.settings.state_url)}: {exc}") from None
     bucket = engine.settings.bucket
-    where = target.endpoint_url or "AWS S3"
     quick = RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
     try:
         engine.uploader.with_policy(quick).head_bucket(bucket)
-    except PermanentError as exc:
-        if exc.code in ("404", "NoSuchBucket"):
-            raise PreflightError(f"bucket {bucket!r} does not exist at {where} (CHUNKD_BUCKET)", exit_code=2) from None
-        if exc.code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoCredentials"):
-            raise PreflightError(f"access to bucket {bucket!r} at {where} denied: {exc}", exit_code=2) from None
-        raise PreflightError(f"bucket {bucket!r} at {where}: {exc}", exit_code=1) from None
     except TransferError as exc:
-        raise PreflightError(f"cannot reach S3 endpoint {where} (CHUNKD_S3_ENDPOINT_URL): {exc}", exit_code=1) from None
+        raise endpoint_error(exc, bucket=bucket, where=target.endpoint_url or "AWS S3") from None
 
 
 class Daemon:

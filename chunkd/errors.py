@@ -56,3 +56,25 @@ class SourceChangedError(ChunkdError):
 
 class SourceGoneError(ChunkdError):
     """The local file disappeared before its upload was finished."""
+
+
+class EndpointError(ChunkdError):
+    """An endpoint is unreachable or refuses us; exit_code 2 when the fix is in the configuration."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+_DENIED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoCredentials"})
+
+
+def endpoint_error(exc: TransferError, *, bucket: str, where: str, what: str | None = None) -> EndpointError:
+    """The one line an operator needs for an S3 failure at start-up (`what`: the object, if any)."""
+    if exc.retryable:
+        return EndpointError(f"cannot reach S3 endpoint {where} (CHUNKD_S3_ENDPOINT_URL): {exc}")
+    if exc.code == "NoSuchBucket" or (what is None and exc.code == "404"):
+        return EndpointError(f"bucket {bucket!r} does not exist at {where} (CHUNKD_BUCKET)", exit_code=2)
+    if exc.code in _DENIED_CODES:
+        return EndpointError(f"access to bucket {bucket!r} at {where} denied: {exc}", exit_code=2)
+    return EndpointError(f"{what or f'bucket {bucket!r}'} at {where}: {exc}")

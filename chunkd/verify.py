@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from botocore.client import BaseClient
 
 from chunkd.config import Settings
-from chunkd.errors import ChunkdError, PermanentError, StoreError, TransferError
+from chunkd.errors import EndpointError, PermanentError, StoreError, TransferError, endpoint_error
 from chunkd.keys import render_key
 from chunkd.logs import redact
 from chunkd.manifest import SCHEMA_VERSION, manifest_key
@@ -30,15 +30,6 @@ from chunkd.uploader import same_etag
 READ_SIZE = 1024 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 10,000 parts take ~2 MB; anything far bigger is not ours
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
-_DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoCredentials"})
-
-
-class VerifyError(ChunkdError):
-    """Verification could not run at all (S3 or the store unreachable, bad argument)."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -213,7 +204,7 @@ def resolve(
     if not path.exists():
         return Subject(key=argument)
     if not path.is_file():
-        raise VerifyError(f"{argument}: not a regular file; verify takes one file or one object key", exit_code=2)
+        raise EndpointError(f"{argument}: not a regular file; verify takes one file or one object key", exit_code=2)
     local = path.parent.resolve() / path.name  # keep a symlink's own name, as the watcher does
     # Outside the drop folder, `chunkd upload PATH` records the file name as the relpath.
     relpath = relpath_of(settings.input_dir.resolve(), local) or local.name
@@ -238,7 +229,7 @@ def _find_stream(
         finally:
             store.close()
     except StoreError as exc:
-        raise VerifyError(f"cannot reach the state store {redact(url)}: {exc}") from None
+        raise EndpointError(f"cannot reach the state store {redact(url)}: {exc}") from None
 
 
 # -- talking to S3 -----------------------------------------------------------------------------
@@ -256,18 +247,10 @@ class _Bucket:
     def _call(self, fn: Callable[[], Any], key: str) -> Any:
         try:
             return self._policy.call(fn, key=key)
-        except PermanentError as exc:
-            if exc.code in _NOT_FOUND:
-                raise
-            if exc.code == "NoSuchBucket":
-                raise VerifyError(f"bucket {self.bucket!r} does not exist at {self._where} (CHUNKD_BUCKET)",
-                                  exit_code=2) from None
-            if exc.code in _DENIED:
-                raise VerifyError(f"access to bucket {self.bucket!r} at {self._where} denied: {exc}",
-                                  exit_code=2) from None
-            raise VerifyError(f"s3://{self.bucket}/{key} at {self._where}: {exc}") from None
         except TransferError as exc:
-            raise VerifyError(f"cannot reach S3 endpoint {self._where} (CHUNKD_S3_ENDPOINT_URL): {exc}") from None
+            if not exc.retryable and exc.code in _NOT_FOUND:
+                raise
+            raise endpoint_error(exc, bucket=self.bucket, where=self._where, what=f"s3://{self.bucket}/{key}") from None
 
     def read_small(self, key: str, limit: int) -> bytes | None:
         def fetch() -> bytes:

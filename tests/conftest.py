@@ -63,3 +63,17 @@ def rclone_s3(tmp_path: Path) -> Iterator[LocalS3Server]:
     """A fresh `rclone serve s3` on tmp_path/s3 with a `chunkd` bucket."""
     with LocalS3Server(tmp_path / "s3", buckets=(BUCKET,)) as server:
         yield server
+
+
+@pytest.fixture(params=["moto", "rclone"])
+def server(request: pytest.FixtureRequest) -> MotoServer | LocalS3Server:
+    """Runs a test once against each S3 server; both have endpoint_url, access_key, secret_key."""
+    return request.getfixturevalue("moto" if request.param == "moto" else "rclone_s3")
+
+
+@pytest.fixture
+def input_dir(tmp_path: Path) -> Path:
+    """An empty drop folder."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    return folder

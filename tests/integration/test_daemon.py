@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,13 +63,6 @@ def drop(source: Path, input_dir: Path, name: str) -> Path:
 
 def state_url_for(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> str:
     return redis_url() if kind == "redis" else f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def input_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "input"
-    folder.mkdir()
-    return folder
 
 
 @pytest.fixture

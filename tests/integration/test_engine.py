@@ -27,11 +27,6 @@ from tests.support.s3_servers import make_client
 BUCKET = "chunkd"
 
 
-@pytest.fixture(params=["moto", "rclone"])
-def server(request: pytest.FixtureRequest) -> Any:
-    return request.getfixturevalue("moto" if request.param == "moto" else "rclone_s3")
-
-
 @pytest.fixture
 def client(server: Any) -> Any:
     return make_client(server.endpoint_url, server.access_key, server.secret_key)

@@ -22,18 +22,6 @@ from tests.support.s3_servers import make_client
 BUCKET = "chunkd"
 
 
-@pytest.fixture(params=["moto", "rclone"])
-def server(request: pytest.FixtureRequest) -> Any:
-    return request.getfixturevalue("moto" if request.param == "moto" else "rclone_s3")
-
-
-@pytest.fixture
-def input_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "input"
-    folder.mkdir()
-    return folder
-
-
 @pytest.fixture
 def run_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []

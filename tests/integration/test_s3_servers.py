@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +21,6 @@ from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_
 
 BUCKET = "chunkd"
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def moto_srv() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def moto_clean(moto_srv: MotoServer) -> MotoServer:
-    if not moto_srv.running:
-        moto_srv.start()
-    moto_srv.reset()
-    moto_srv.create_bucket(BUCKET)
-    moto_srv.reset_counts()
-    return moto_srv
-
-
-@pytest.fixture
-def rclone_srv(tmp_path: Path) -> Iterator[LocalS3Server]:
-    with LocalS3Server(tmp_path / "s3", buckets=(BUCKET,)) as server:
-        yield server
-
-
-@pytest.fixture(params=["moto", "rclone"])
-def server(request: pytest.FixtureRequest) -> Any:
-    return request.getfixturevalue("moto_clean" if request.param == "moto" else "rclone_srv")
 
 
 def content_md5(data: bytes) -> str:
@@ -134,54 +106,54 @@ def test_parts_of_an_aborted_upload_get_no_such_upload(server: Any) -> None:
 # -- moto: counting and outages --------------------------------------------------------------
 
 
-def test_moto_counts_what_it_received(moto_clean: MotoServer) -> None:
-    client = moto_clean.client()
+def test_moto_counts_what_it_received(moto: MotoServer) -> None:
+    client = moto.client()
     multipart_round_trip(client, "dir/a.mp4", [os.urandom(5 * MiB), b"tail"])
     client.put_object(Bucket=BUCKET, Key="dir/a.mp4.manifest.json", Body=b"{}")
     client.head_object(Bucket=BUCKET, Key="dir/a.mp4")
-    counts = moto_clean.counts()
+    counts = moto.counts()
     assert counts["CreateMultipartUpload"] == 1
     assert counts["UploadPart"] == 2
     assert counts["ListParts"] == 1
     assert counts["CompleteMultipartUpload"] == 1
     assert counts["PutObject"] == 1
     assert counts["HeadObject"] == 1
-    assert moto_clean.uploaded_parts() == [("dir/a.mp4", 1), ("dir/a.mp4", 2)]
-    assert moto_clean.uploaded_parts(key="other.mp4") == []
+    assert moto.uploaded_parts() == [("dir/a.mp4", 1), ("dir/a.mp4", 2)]
+    assert moto.uploaded_parts(key="other.mp4") == []
     client.put_object(Bucket=BUCKET, Key="cam 1/é%20+.mp4", Body=b"x")
-    assert moto_clean.requests()[-1].key == "cam 1/é%20+.mp4"  # decoded once, as UTF-8
-    assert all(request.status == 200 for request in moto_clean.requests())
-    moto_clean.reset_counts()
-    assert moto_clean.counts() == {}
+    assert moto.requests()[-1].key == "cam 1/é%20+.mp4"  # decoded once, as UTF-8
+    assert all(request.status == 200 for request in moto.requests())
+    moto.reset_counts()
+    assert moto.counts() == {}
 
 
-def test_moto_counts_requests_it_refused(moto_clean: MotoServer) -> None:
-    client = moto_clean.client()
+def test_moto_counts_requests_it_refused(moto: MotoServer) -> None:
+    client = moto.client()
     with pytest.raises(ClientError):
         client.upload_part(Bucket=BUCKET, Key="x.mp4", UploadId="nope", PartNumber=3, Body=b"x")
-    assert moto_clean.uploaded_parts() == [("x.mp4", 3)]
-    assert moto_clean.uploaded_parts(ok_only=True) == []
-    assert moto_clean.requests()[0].status == 404
+    assert moto.uploaded_parts() == [("x.mp4", 3)]
+    assert moto.uploaded_parts(ok_only=True) == []
+    assert moto.requests()[0].status == 404
 
 
-def test_moto_stop_is_a_real_outage_and_start_keeps_the_port(moto_clean: MotoServer) -> None:
-    client = moto_clean.client(retries={"total_max_attempts": 1})
+def test_moto_stop_is_a_real_outage_and_start_keeps_the_port(moto: MotoServer) -> None:
+    client = moto.client(retries={"total_max_attempts": 1})
     client.put_object(Bucket=BUCKET, Key="k", Body=b"v")  # leaves a keep-alive connection open
-    endpoint = moto_clean.endpoint_url
-    moto_clean.stop()
+    endpoint = moto.endpoint_url
+    moto.stop()
     with pytest.raises(EndpointConnectionError):
         client.head_object(Bucket=BUCKET, Key="k")
-    moto_clean.start()
-    assert moto_clean.endpoint_url == endpoint
+    moto.start()
+    assert moto.endpoint_url == endpoint
     assert client.get_object(Bucket=BUCKET, Key="k")["Body"].read() == b"v"  # moto state survives
-    moto_clean.reset()
+    moto.reset()
     with pytest.raises(ClientError):
         client.head_object(Bucket=BUCKET, Key="k")
 
 
-def test_moto_alone_ignores_content_md5(moto_clean: MotoServer) -> None:
+def test_moto_alone_ignores_content_md5(moto: MotoServer) -> None:
     """Canary for StrictS3Middleware: if moto starts checking digests itself, strict mode can go."""
-    with MotoServer(strict=False) as plain:  # shares moto's process-wide store with moto_clean
+    with MotoServer(strict=False) as plain:  # shares moto's process-wide store with moto
         client = plain.client()
         client.put_object(Bucket=BUCKET, Key="k", Body=b"a", ContentMD5=content_md5(b"b"))
         assert plain.counts()["PutObject"] == 1
@@ -228,49 +200,49 @@ def test_rclone_serves_top_level_folders_as_buckets(tmp_path: Path) -> None:
         assert server.secret_key not in server.log_tail(1000)
 
 
-def test_rclone_restart_keeps_endpoint_and_objects(rclone_srv: LocalS3Server) -> None:
-    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, rclone_srv.secret_key)
+def test_rclone_restart_keeps_endpoint_and_objects(rclone_s3: LocalS3Server) -> None:
+    client = make_client(rclone_s3.endpoint_url, rclone_s3.access_key, rclone_s3.secret_key)
     client.put_object(Bucket=BUCKET, Key="k", Body=b"v")
-    endpoint = rclone_srv.endpoint_url
-    rclone_srv.stop()
-    assert not rclone_srv.running
-    rclone_srv.start()
-    assert rclone_srv.endpoint_url == endpoint
+    endpoint = rclone_s3.endpoint_url
+    rclone_s3.stop()
+    assert not rclone_s3.running
+    rclone_s3.start()
+    assert rclone_s3.endpoint_url == endpoint
     assert client.get_object(Bucket=BUCKET, Key="k")["Body"].read() == b"v"
 
 
-def test_rclone_restart_loses_open_uploads(rclone_srv: LocalS3Server) -> None:
+def test_rclone_restart_loses_open_uploads(rclone_s3: LocalS3Server) -> None:
     """Open uploads live in the rclone process. Two quirks chunkd must absorb: the streamed bytes
     stay on disk as a hidden temporary file, and ListMultipartUploads on a bucket that has had no
     upload since the server started is 404 NoSuchUpload, not an empty list."""
-    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, rclone_srv.secret_key)
+    client = make_client(rclone_s3.endpoint_url, rclone_s3.access_key, rclone_s3.secret_key)
     upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="v.mp4")["UploadId"]
     client.upload_part(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id, PartNumber=1, Body=os.urandom(5 * MiB))
     assert len(client.list_multipart_uploads(Bucket=BUCKET)["Uploads"]) == 1
-    rclone_srv.stop()
-    rclone_srv.start()
+    rclone_s3.stop()
+    rclone_s3.start()
     with pytest.raises(ClientError) as info:
         client.list_parts(Bucket=BUCKET, Key="v.mp4", UploadId=upload_id)
     assert info.value.response["Error"]["Code"] == "NoSuchUpload"
     with pytest.raises(ClientError) as info:
         client.list_multipart_uploads(Bucket=BUCKET)
     assert info.value.response["Error"]["Code"] == "NoSuchUpload"
-    leftovers = [path.name for path in (rclone_srv.root / BUCKET).iterdir()]
+    leftovers = [path.name for path in (rclone_s3.root / BUCKET).iterdir()]
     assert len(leftovers) == 1 and leftovers[0].startswith(".rclone_temp_multipart_")
     assert client.list_objects_v2(Bucket=BUCKET).get("Contents", []) == []  # hidden from listings
 
 
-def test_rclone_refuses_a_port_already_served(rclone_srv: LocalS3Server, tmp_path: Path) -> None:
-    other = LocalS3Server(tmp_path / "other", port=rclone_srv.port, start_timeout=5)
+def test_rclone_refuses_a_port_already_served(rclone_s3: LocalS3Server, tmp_path: Path) -> None:
+    other = LocalS3Server(tmp_path / "other", port=rclone_s3.port, start_timeout=5)
     with pytest.raises(DevServerError, match="address already in use") as info:
         other.start()  # the port answers, but not as this server: start() must not be fooled
     assert other.secret_key not in str(info.value)
     assert not other.running
 
 
-def test_rclone_refuses_to_replace_a_streamed_part_with_other_bytes(rclone_srv: LocalS3Server) -> None:
+def test_rclone_refuses_to_replace_a_streamed_part_with_other_bytes(rclone_s3: LocalS3Server) -> None:
     """Unlike S3 and moto; an identical re-send (a resume) is accepted."""
-    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, rclone_srv.secret_key)
+    client = make_client(rclone_s3.endpoint_url, rclone_s3.access_key, rclone_s3.secret_key)
     upload_id = client.create_multipart_upload(Bucket=BUCKET, Key="v.mp4")["UploadId"]
     first, other = os.urandom(5 * MiB), os.urandom(5 * MiB)
     for body in (first, first):
@@ -314,8 +286,8 @@ def test_rclone_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     assert not orphaned, "rclone outlived the process that started it"
 
 
-def test_rclone_wrong_secret_is_refused(rclone_srv: LocalS3Server) -> None:
-    client = make_client(rclone_srv.endpoint_url, rclone_srv.access_key, "not-the-secret", retries={"total_max_attempts": 1})
+def test_rclone_wrong_secret_is_refused(rclone_s3: LocalS3Server) -> None:
+    client = make_client(rclone_s3.endpoint_url, rclone_s3.access_key, "not-the-secret", retries={"total_max_attempts": 1})
     with pytest.raises(ClientError):
         client.list_buckets()
 
