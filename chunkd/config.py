@@ -73,6 +73,30 @@ def _optional_str(text: str | None) -> str | None:
     return str(text) if text not in (None, "") else None
 
 
+def _parse_addr(text: str) -> str:
+    """'host:port', or '' to turn the HTTP endpoint off."""
+    text = text.strip()
+    if not text:
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not host:port: {text!r} (example: 127.0.0.1:8765; empty to disable)")
+    return f"{host or '127.0.0.1'}:{port}"
+
+
+def _parse_priority(text: str | list[str] | tuple[object, ...]) -> tuple[tuple[str, int], ...]:
+    """'urgent/**=10, *.mov=5' -> (("urgent/**", 10), ("*.mov", 5)); the first matching rule wins."""
+    if isinstance(text, tuple) and all(isinstance(item, tuple) for item in text):
+        return text  # type: ignore[return-value]
+    rules = []
+    for item in _parse_list(text if not isinstance(text, tuple) else [str(t) for t in text]):
+        glob, sep, value = item.rpartition("=")
+        if not sep or not glob:
+            raise ValueError(f"priority rule {item!r} is not GLOB=INTEGER")
+        rules.append((glob, int(value)))
+    return tuple(rules)
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -110,6 +134,14 @@ class Settings:
     dedup: str = "copy"
     after_upload: str = "keep"
     done_dir: Path | None = None
+    http_addr: str = "127.0.0.1:8765"
+    http_token: str | None = None
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    events_maxlen: int = 100_000
+    priority: tuple[tuple[str, int], ...] = ()
+    gc_hours: float = 24.0
+    retention_days: float = 30.0
 
     @property
     def fixed_parts(self) -> bool:
@@ -153,6 +185,14 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "dedup": _choice("copy", "record", "off"),
     "after_upload": _choice("keep", "delete", "move"),
     "done_dir": lambda v: Path(v).expanduser() if v else None,
+    "http_addr": lambda v: _parse_addr(str(v)),
+    "http_token": _optional_str,
+    "webhook_urls": _parse_list,
+    "webhook_secret": _optional_str,
+    "events_maxlen": _positive_int,
+    "priority": lambda v: _parse_priority(v),
+    "gc_hours": _non_negative_float,
+    "retention_days": _non_negative_float,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)
