@@ -15,7 +15,7 @@ from chunkd.media import ffprobe_available
 from chunkd.paths import PathFilter, relpath_of
 from chunkd.retry import RetryPolicy
 from chunkd.s3 import S3Target, make_client
-from chunkd.scheduler import Scheduler
+from chunkd.scheduler import Scheduler, priority_rules
 from chunkd.states import StreamState
 from chunkd.store import open_store
 from chunkd.stream import Outcome, StreamJob
@@ -57,7 +57,9 @@ class Daemon:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         settings = engine.settings
-        self.scheduler = Scheduler(self._run_job, workers=settings.file_concurrency)
+        self.scheduler = Scheduler(
+            self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority)
+        )
         own_dirs = (settings.quarantine_path, settings.done_path)
         skip = tuple(rel for rel in (relpath_of(engine.input_dir, folder) for folder in own_dirs) if rel)
         self.watcher = Watcher(

@@ -1,17 +1,20 @@
 """The per-file work queue: each path is queued or worked on at most once at a time.
 
-Workers run one StreamJob per path. A job that hit transient trouble is put back after a delay,
-so one bad endpoint minute never turns into a FAILED file.
+Workers take the highest priority first (rules like `urgent/**=10`), and within a priority the
+oldest file (by mtime) first. A job that hit transient trouble is put back after a delay, so one
+bad endpoint minute never turns into a FAILED file.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
+import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,19 @@ from chunkd.stream import Outcome
 logger = logging.getLogger("chunkd.scheduler")
 
 JobRunner = Callable[[Path, str], Outcome]
+_Entry = tuple[int, float, int, str, Path]  # (-priority, mtime, arrival, relpath, path)
+
+
+def priority_rules(rules: Sequence[tuple[str, int]]) -> Callable[[str], int]:
+    """relpath -> priority: the first glob that matches wins, 0 when none does."""
+
+    def priority(relpath: str) -> int:
+        for glob, value in rules:
+            if fnmatch.fnmatchcase(relpath, glob):
+                return value
+        return 0
+
+    return priority
 
 
 @dataclass(order=True)
@@ -37,12 +53,15 @@ class Scheduler:
         workers: int,
         retry_delay: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        priority: Callable[[str], int] | None = None,
     ) -> None:
         self._run_job = run_job
         self._workers = workers
         self._retry_delay = retry_delay
         self._clock = clock
-        self._queue: queue.Queue[tuple[str, Path]] = queue.Queue()
+        self._priority = priority or (lambda relpath: 0)
+        self._arrivals = itertools.count()
+        self._queue: queue.PriorityQueue[_Entry] = queue.PriorityQueue()
         self._known: set[str] = set()  # queued, active or delayed
         self._active = 0
         self._delayed: list[_Delayed] = []
@@ -57,8 +76,15 @@ class Scheduler:
             if relpath in self._known or self._stop.is_set():
                 return False
             self._known.add(relpath)
-        self._queue.put((relpath, path))
+        self._enqueue(path, relpath)
         return True
+
+    def _enqueue(self, path: Path, relpath: str) -> None:
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = time.time()  # gone or unreadable: the job itself will say what happened
+        self._queue.put((-self._priority(relpath), mtime, next(self._arrivals), relpath, path))
 
     def start(self) -> None:
         for index in range(self._workers):
@@ -86,7 +112,7 @@ class Scheduler:
         while not self._stop.is_set():
             self._promote_due()
             try:
-                relpath, path = self._queue.get(timeout=0.2)
+                _, _, _, relpath, path = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
             if self._stop.is_set():
@@ -114,4 +140,4 @@ class Scheduler:
         with self._lock:
             while self._delayed and self._delayed[0].due <= now:
                 item = heapq.heappop(self._delayed)
-                self._queue.put((item.relpath, item.path))
+                self._enqueue(item.path, item.relpath)

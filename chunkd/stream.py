@@ -49,6 +49,13 @@ class Interrupted(Exception):
     pass
 
 
+class Cancelled(Exception):
+    """An operator cancelled the stream (`chunkd cancel`); the store already says so."""
+
+
+CANCEL_CHECK_SECONDS = 2.0
+
+
 class StreamJob:
     def __init__(self, engine: Engine, path: Path, relpath: str, *, final: bool = False) -> None:
         self.engine = engine
@@ -89,6 +96,9 @@ class StreamJob:
             return Outcome.INTERRUPTED
         except Quarantined:
             return Outcome.QUARANTINED
+        except Cancelled:
+            self.log.warning("cancelled by operator; stopped uploading")
+            return Outcome.FAILED
         except SourceGoneError:
             self._fail(record, "file deleted or renamed during upload", abort=True)
             return Outcome.FAILED
@@ -164,10 +174,14 @@ class StreamJob:
         tracker = IdleTracker(self.engine.settings.idle_seconds, snap)
         in_flight: dict[Future[PartRecord], Part] = {}
         finalizer = Finalizer(self.engine, record, self.path, self.log, self._send_parts_now(record, done))
+        next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
         while True:
             if self.engine.stop.is_set():
                 self._drain(record, in_flight, done)
                 raise Interrupted
+            if time.monotonic() >= next_cancel_check:
+                next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
+                self._check_cancelled(record, in_flight, done)
             snap = take_snapshot(self.path)
             change = tracker.observe(snap)
             self._check_change(change, snap, done)
@@ -190,6 +204,21 @@ class StreamJob:
                 wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
             else:
                 self.engine.stop.wait(self.engine.settings.poll_seconds)
+
+    def _check_cancelled(
+        self, record: StreamRecord, in_flight: dict[Future[PartRecord], Part], done: dict[int, PartRecord]
+    ) -> None:
+        stored = self.engine.store.get_stream(record.id)
+        if stored is not None and stored.state is StreamState.FAILED:
+            for future in in_flight:
+                future.cancel()
+            wait(list(in_flight), timeout=self.engine.settings.shutdown_timeout)
+            if record.upload_id and stored.upload_id:  # not yet aborted by whoever cancelled
+                try:
+                    self.engine.uploader.abort(record.bucket, record.key, record.upload_id)
+                except TransferError:
+                    pass
+            raise Cancelled
 
     def _check_change(self, change: Change, snap: Snapshot, done: dict[int, PartRecord]) -> None:
         if change is Change.REPLACED:

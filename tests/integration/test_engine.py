@@ -286,3 +286,20 @@ def test_growing_duplicate_is_aborted_and_copied_at_finalize(make_engine: Callab
     assert sha256_object(client, "copy.mp4") == sha256_file(original)
     assert engine.requests["UploadPart"] >= 4  # 2 for orig, and some of copy's before it was done
     assert engine.requests["AbortMultipartUpload"] == 1 and engine.requests["CopyObject"] == 1
+
+
+def test_cancel_from_the_store_stops_a_running_upload(make_engine: Callable[..., Engine], client: Any) -> None:
+    engine = make_engine(idle_seconds=30)
+    write_random(engine.input_dir / "cancel.mp4", 16 * MiB)
+    thread, outcome = run_in_thread(engine, "cancel.mp4")
+    wait_for(lambda: len(recorded_parts(engine, "cancel.mp4")) >= 1, timeout=30, what="a part")
+    record = engine.store.find_by_relpath("cancel.mp4")
+    assert record is not None
+    record.move_to(StreamState.FAILED, error="cancelled by operator")  # what `chunkd cancel` writes
+    engine.store.save_stream(record)
+    thread.join(timeout=15)
+    assert outcome == [Outcome.FAILED]
+    stored = engine.store.get_stream(record.id)
+    assert stored is not None and stored.last_error == "cancelled by operator"
+    assert engine.requests["AbortMultipartUpload"] == 1  # type: ignore[attr-defined]
+    assert read_manifest(client, "cancel.mp4") is None

@@ -5,6 +5,7 @@ Synchronisation is by threading.Event with bounded waits; retry delays run on a 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -231,3 +232,41 @@ def test_queued_work_is_not_started_after_stop(make_scheduler: Callable[..., Sch
 
     assert not any(t.is_alive() for t in scheduler._threads)
     assert jobs.calls == ["a.mp4"]
+
+
+def test_higher_priority_first_then_oldest_first(tmp_path: Path) -> None:
+    from chunkd.scheduler import priority_rules
+
+    order: list[str] = []
+    finished = threading.Event()
+    names = ["backlog/new.mp4", "backlog/old.mp4", "urgent/late.mp4", "urgent/early.mp4"]
+    for age, name in zip([10, 1000, 5, 500], names, strict=True):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age, time.time() - age))
+
+    def job(path: Path, relpath: str) -> Outcome:
+        order.append(relpath)
+        if len(order) == len(names):
+            finished.set()
+        return Outcome.COMPLETED
+
+    scheduler = Scheduler(job, workers=1, priority=priority_rules([("urgent/*", 10)]))
+    for name in names:
+        assert scheduler.submit(tmp_path / name, name)
+    scheduler.start()
+    try:
+        assert finished.wait(5)
+    finally:
+        scheduler.stop(timeout=2)
+    assert order == ["urgent/early.mp4", "urgent/late.mp4", "backlog/old.mp4", "backlog/new.mp4"]
+
+
+def test_priority_rules_first_match_wins() -> None:
+    from chunkd.scheduler import priority_rules
+
+    rule = priority_rules([("urgent/**", 10), ("*.mov", 5), ("urgent/*.mov", 99)])
+    assert rule("urgent/a/b.mov") == 10
+    assert rule("x.mov") == 5
+    assert rule("x.mp4") == 0
