@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
+from chunkd import systemd
 from chunkd.bandwidth import TokenBucket
 from chunkd.config import Settings
 from chunkd.engine import Engine
 from chunkd.errors import EndpointError, StoreError, TransferError, endpoint_error
+from chunkd.http import HttpServer
 from chunkd.logs import redact
 from chunkd.media import ffprobe_available
+from chunkd.metrics import Metrics, store_snapshot
 from chunkd.paths import PathFilter, relpath_of
+from chunkd.probes import Probes
 from chunkd.retry import RetryPolicy
 from chunkd.s3 import S3Target, make_client
 from chunkd.scheduler import Scheduler, priority_rules
 from chunkd.states import StreamState
+from chunkd.status import collect
 from chunkd.store import open_store
 from chunkd.stream import Outcome, StreamJob
 from chunkd.uploader import Uploader
@@ -29,14 +35,16 @@ def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event 
     stop = stop or threading.Event()
     pool = settings.file_concurrency * settings.part_concurrency + 4
     limiter = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
-    policy = RetryPolicy(max_attempts=settings.max_attempts, stop_event=stop, on_retry=_log_retry)
-    uploader = Uploader(make_client(target, max_pool_connections=pool), policy, limiter=limiter)
     store = open_store(settings.state_url)
-    return Engine(settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop)
+    metrics = Metrics(snapshot=lambda: store_snapshot(store))
 
+    def on_retry(error: TransferError, attempt: int) -> None:
+        logger.warning("retrying after attempt %d: %s", attempt, error, extra={"key": error.key, "part": error.part})
+        metrics.retry(error.code)
 
-def _log_retry(error: TransferError, attempt: int) -> None:
-    logger.warning("retrying after attempt %d: %s", attempt, error, extra={"key": error.key, "part": error.part})
+    policy = RetryPolicy(max_attempts=settings.max_attempts, stop_event=stop, on_retry=on_retry)
+    uploader = Uploader(make_client(target, max_pool_connections=pool), policy, limiter=limiter)
+    return Engine(settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop, metrics=metrics)
 
 
 def preflight(engine: Engine, target: S3Target) -> None:
@@ -68,9 +76,29 @@ class Daemon:
             self.scheduler.submit,
             rescan_seconds=settings.rescan_seconds,
         )
+        engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
+        self.probes = Probes(engine, lambda: self.watcher.alive)
+        self.http = self._http_server()
 
     def _run_job(self, path: Path, relpath: str) -> Outcome:
-        return StreamJob(self.engine, path, relpath).run()
+        job = StreamJob(self.engine, path, relpath)
+        outcome = job.run()
+        if outcome is Outcome.COMPLETED:
+            deduplicated = job.record is not None and job.record.dedup_of
+            self.engine.metrics.file_finished("deduplicated" if deduplicated else "completed")
+        elif outcome in (Outcome.FAILED, Outcome.QUARANTINED):
+            self.engine.metrics.file_finished(outcome.value)
+        return outcome
+
+    def _http_server(self) -> HttpServer | None:
+        settings, engine = self.engine.settings, self.engine
+        if not settings.http_addr:
+            return None
+        return HttpServer(
+            settings.http_addr, token=settings.http_token, metrics=engine.metrics,
+            health=self.probes.health, ready=self.probes.ready,
+            status=lambda: [status.to_dict() for status in collect(engine.store)],
+        )
 
     def resume_unfinished(self) -> int:
         """Queue every stream a previous run left unfinished, before new arrivals."""
@@ -83,21 +111,36 @@ class Daemon:
         """Block until the stop event is set, then stop warm: in-flight parts finish and are recorded."""
         engine = self.engine
         engine.input_dir.mkdir(parents=True, exist_ok=True)
+        if self.http is not None:
+            try:
+                self.http.start()
+            except OSError as exc:
+                raise EndpointError(f"cannot serve HTTP on {engine.settings.http_addr} (CHUNKD_HTTP_ADDR): {exc}") from None
+            logger.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status)", *self.http.address)
         if not ffprobe_available():
             logger.warning("ffprobe not found: manifests get media: null and unreadable files are not quarantined")
         resumed = self.resume_unfinished()
         self.scheduler.start()
         self.watcher.start()
+        systemd.notify("READY=1\nSTATUS=watching " + str(engine.input_dir))
         logger.info(
             "watching %s -> s3://%s (state %s); %d unfinished upload(s) resumed",
             engine.input_dir, engine.settings.bucket, redact(engine.settings.state_url), resumed,
         )
+        watchdog_every = systemd.watchdog_interval()
+        next_ping = 0.0
         while not engine.stop.wait(1.0):
-            pass
+            self.probes.beat()
+            if watchdog_every is not None and time.monotonic() >= next_ping:
+                systemd.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + watchdog_every
+        systemd.notify("STOPPING=1")
         logger.info("stopping: letting in-flight parts finish (up to %.0fs)", engine.settings.shutdown_timeout)
         self.watcher.stop()
         self.scheduler.stop(timeout=engine.settings.shutdown_timeout + 5)
         engine.shutdown()
+        if self.http is not None:
+            self.http.stop()
         engine.store.close()
         logger.info("stopped")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkd.config import Settings
+from chunkd.metrics import Metrics
 from chunkd.store import CheckpointStore
 from chunkd.uploader import Uploader
 
@@ -24,6 +25,7 @@ class Engine:
     stop: threading.Event = field(default_factory=threading.Event)
     hostname: str = field(default_factory=socket.gethostname)
     on_progress: Callable[[str, int], None] | None = None  # (relpath, bytes newly acknowledged)
+    metrics: Metrics = field(default_factory=Metrics)
     part_pool: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:

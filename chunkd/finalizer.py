@@ -22,9 +22,16 @@ from typing import Any
 
 from chunkd.config import DEFAULT_INCLUDE
 from chunkd.engine import Engine, StreamLog
-from chunkd.errors import ChunkdError, PermanentError, SourceChangedError, TransferError, UploadGoneError
+from chunkd.errors import (
+    ChunkdError,
+    PermanentError,
+    RetryableError,
+    SourceChangedError,
+    TransferError,
+    UploadGoneError,
+)
 from chunkd.manifest import build_manifest, encode, manifest_key
-from chunkd.media import UNAVAILABLE_REASON, probe
+from chunkd.media import UNAVAILABLE_REASON, ProbeIncomplete, probe
 from chunkd.monitor import Change, Snapshot, compare, take_snapshot
 from chunkd.partreader import READ_SIZE, FileIdentity, open_checked
 from chunkd.planner import Part, PartSchedule
@@ -120,7 +127,10 @@ class Finalizer:
         if PurePosixPath(self._record.relpath).suffix.lower() not in VIDEO_SUFFIXES:
             self._media_error = "not a video file name"
             return
-        info = probe(self._path)
+        try:
+            info = probe(self._path)
+        except ProbeIncomplete as exc:
+            raise RetryableError(f"could not check the media: {exc}", code="ProbeIncomplete") from None
         if info is None:
             self._media_error = UNAVAILABLE_REASON
             return
@@ -192,6 +202,7 @@ class Finalizer:
             return False
         part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=digest.sha256_hex)
         self._engine.progress(record.relpath, snap.size)
+        self._engine.metrics.object_uploaded(snap.size)
         self._write_manifest([part], self._verify_object(snap, [part]), snap, upload="single")
         return True
 

@@ -70,8 +70,16 @@ def ffprobe_available() -> bool:
     return shutil.which("ffprobe") is not None
 
 
+class ProbeIncomplete(Exception):
+    """ffprobe did not finish (timed out, or killed by a signal): says nothing about the file."""
+
+
 def probe(path: Path, *, timeout: float = 60) -> MediaInfo | None:
-    """Probe `path`; None only when ffprobe is not installed, never an exception for bad media."""
+    """Probe `path`; None only when ffprobe is not installed, never an exception for bad media.
+
+    Raises ProbeIncomplete when ffprobe timed out or died from a signal (a slow disk, or a Ctrl-C
+    that reached the whole process group): a good file must not be quarantined for that.
+    """
     binary = shutil.which("ffprobe")
     if binary is None:
         return None
@@ -85,13 +93,14 @@ def probe(path: Path, *, timeout: float = 60) -> MediaInfo | None:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        log.debug("ffprobe timed out after %ss on %s", timeout, path)
-        return invalid(TIMEOUT_REASON)
+        raise ProbeIncomplete(f"{TIMEOUT_REASON} after {timeout:g}s") from None
     except FileNotFoundError:
         # Uninstalled between `which` and `run`: the same as never installed.
         return None
     except OSError as exc:
         return invalid(f"ffprobe could not run: {exc.strerror or exc}")
+    if completed.returncode < 0:
+        raise ProbeIncomplete(f"ffprobe was killed by signal {-completed.returncode}")
     if completed.returncode != 0:
         reason = error_reason(completed.stderr, target=target, returncode=completed.returncode)
         log.debug("ffprobe rejected %s: %s", path, reason)

@@ -74,6 +74,7 @@ class StreamJob:
                 self._forget_vanished()
                 return Outcome.SKIPPED
             except StoreError as exc:
+                self.engine.metrics.store_error()
                 self.log.error("checkpoint store unavailable: %s", exc)
                 return Outcome.RETRY_LATER
             if record is None:
@@ -106,9 +107,14 @@ class StreamJob:
             self._fail(record, f"permission denied reading {exc.filename}", abort=True)
             return Outcome.FAILED
         except PermanentError as exc:
+            self.engine.metrics.s3_error(exc.code)
             self._fail(record, str(exc), abort=False)
             return Outcome.FAILED
         except (TransferError, StoreError, OSError) as exc:
+            if isinstance(exc, TransferError):
+                self.engine.metrics.s3_error(exc.code)
+            elif isinstance(exc, StoreError):
+                self.engine.metrics.store_error()
             self.log.error("giving up for now, will retry later: %s", exc)
             self._note_error(record, str(exc))
             return Outcome.RETRY_LATER
@@ -193,7 +199,9 @@ class StreamJob:
             if settled and not in_flight:
                 # A file complete at discovery goes straight here: it is checked (media, dedup)
                 # before a single byte is sent.
-                if finalizer.finalize(schedule, done, snap):
+                with self.engine.metrics.finalize_seconds.time():
+                    finished = finalizer.finalize(schedule, done, snap)
+                if finished:
                     return
                 record.move_to(StreamState.UPLOADING)  # the file moved on while we finalized
                 self.engine.store.save_stream(record)
@@ -265,9 +273,13 @@ class StreamJob:
     def _submit(self, record: StreamRecord, part: Part) -> Future[PartRecord]:
         assert record.upload_id is not None
         identity = FileIdentity(record.device, record.inode)
-        return self.engine.part_pool.submit(
-            self.engine.uploader.upload_part, record.bucket, record.key, record.upload_id, self.path, part, identity
-        )
+        upload_id, engine = record.upload_id, self.engine
+
+        def send() -> PartRecord:
+            with engine.metrics.parts_in_flight.track_inprogress():
+                return engine.uploader.upload_part(record.bucket, record.key, upload_id, self.path, part, identity)
+
+        return engine.part_pool.submit(send)
 
     def _harvest(
         self,
@@ -290,6 +302,7 @@ class StreamJob:
                 continue
             previous = done.get(part.number)
             self.engine.store.record_part(record.id, part)
+            self.engine.metrics.part_uploaded(part.size)
             done[part.number] = part
             self.engine.progress(self.relpath, part.size - (previous.size if previous else 0))
         if error is not None:
@@ -394,6 +407,7 @@ class StreamJob:
         try:
             self.engine.store.save_stream(record)
         except StoreError as exc:
+            self.engine.metrics.store_error()
             self.log.error("could not record failure: %s", exc)
         self.log.error("failed: %s", reason)
 
@@ -403,7 +417,7 @@ class StreamJob:
         try:
             self.engine.store.save_stream(record)
         except StoreError:
-            pass
+            self.engine.metrics.store_error()
 
 
 def _is_full(part: PartRecord | None, schedule: PartSchedule) -> bool:

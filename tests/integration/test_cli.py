@@ -93,7 +93,8 @@ def test_unreachable_redis_is_one_clear_line_without_password(env: dict[str, str
 
 def test_dev_mode_needs_no_servers(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHUNKD_", "AWS_"))}
-    env.update(CHUNKD_IDLE_SECONDS="1", CHUNKD_POLL_SECONDS="0.1", CHUNKD_LOG_FORMAT="json", CHUNKD_INVALID_MEDIA="upload")
+    env.update(CHUNKD_IDLE_SECONDS="1", CHUNKD_POLL_SECONDS="0.1", CHUNKD_LOG_FORMAT="json", CHUNKD_INVALID_MEDIA="upload",
+               CHUNKD_HTTP_ADDR="")
     log = open(tmp_path / "dev.log", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "chunkd", "run", "--dev"], cwd=tmp_path, env=env,
                               stdout=log, stderr=subprocess.STDOUT)

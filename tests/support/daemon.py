@@ -40,6 +40,7 @@ def daemon_env(*, input_dir: Path, state_url: str, endpoint_url: str, access_key
         CHUNKD_POLL_SECONDS="0.1",
         CHUNKD_LOG_FORMAT="json",
         CHUNKD_INVALID_MEDIA="upload",  # most tests drop random bytes named .mp4; media tests opt back in
+        CHUNKD_HTTP_ADDR="",  # tests that need the endpoint pass a free port
         AWS_ACCESS_KEY_ID=access_key,
         AWS_SECRET_ACCESS_KEY=secret_key,
         AWS_DEFAULT_REGION="us-east-1",

@@ -1,0 +1,109 @@
+"""What operators watch, from a real `chunkd run` process: systemd notifications, the HTTP
+endpoint's probes and metrics against a real (and really stopped) S3 server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_daemon import MiB, read_manifest, write_random
+from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.s3_servers import MotoServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, moto: MotoServer, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(extra_env: dict[str, str] | None = None, **settings: Any) -> DaemonProcess:
+        env = daemon_env(
+            input_dir=input_dir, state_url=f"sqlite:///{tmp_path / 'state.db'}", endpoint_url=moto.endpoint_url,
+            access_key=moto.access_key, secret_key=moto.secret_key, **settings,
+        )
+        env.update(extra_env or {})
+        process = DaemonProcess(env, tmp_path / "daemon.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, b""
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_systemd_ready_and_watchdog_notifications(start_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        daemon = start_daemon({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"})
+        messages = [sock.recv(4096).decode() for _ in range(3)]
+        assert messages[0].startswith("READY=1")
+        assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        assert daemon.terminate() == 0
+        assert sock.recv(4096).decode() == "STOPPING=1"
+
+
+def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    start_daemon(http_addr=f"127.0.0.1:{port}", http_token="s3cret-token", part_size="5MiB")
+    wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200")
+    write_random(input_dir / "one.mp4", 12 * MiB)  # 3 parts: 5 + 5 + 2 MiB
+    write_random(input_dir / "two.mp4", 1000)  # one PutObject
+    client = moto.client()
+    for name in ("one.mp4", "two.mp4"):
+        wait_for(lambda n=name: read_manifest(client, n), timeout=60, what=f"manifest of {name}")
+    assert get(f"{base}/metrics")[0] == 401  # the token guards metrics and status
+    status, body = get(f"{base}/metrics", token="s3cret-token")
+    text = body.decode()
+    assert status == 200
+    assert metric(text, "chunkd_uploaded_bytes_total") == 12 * MiB + 1000
+    assert metric(text, "chunkd_uploaded_parts_total") == 3
+    assert 'chunkd_files_total{outcome="completed"} 2.0' in text
+    assert 'chunkd_streams{state="COMPLETED"} 2.0' in text
+    status, body = get(f"{base}/status", token="s3cret-token")
+    assert status == 200 and {row["relpath"] for row in json.loads(body)} == {"one.mp4", "two.mp4"}
+    assert get(f"{base}/healthz")[0] == 200
+
+    moto.stop()
+    try:
+        wait_for(lambda: get(f"{base}/readyz")[0] == 503, timeout=30, what="/readyz 503 while S3 is down")
+        status, body = get(f"{base}/readyz")
+        assert json.loads(body)["s3"] is False
+        assert get(f"{base}/healthz")[0] == 200  # alive, just not ready
+    finally:
+        moto.start()
+    wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200 again")
