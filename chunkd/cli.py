@@ -1,15 +1,18 @@
-"""Command line: `chunkd run`, `chunkd upload PATH…`, `chunkd status`, `chunkd verify KEY|PATH`."""
+"""Command line: `chunkd run`, `chunkd upload PATH…`, `chunkd status`, `chunkd verify KEY|PATH`, and the
+operator commands `doctor`, `gc`, `retry`, `cancel`, `stats`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,7 +22,8 @@ from chunkd.config import SETTING_NAMES, Settings, env_name, load_settings
 from chunkd.errors import ChunkdError, ConfigError
 from chunkd.logs import setup_logging
 from chunkd.s3 import S3Target
-from chunkd.states import StreamState
+from chunkd.states import StreamRecord, StreamState
+from chunkd.store import CheckpointStore
 
 logger = logging.getLogger("chunkd.cli")
 
@@ -51,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--state", action="append", choices=[s.value.lower() for s in StreamState], help="only this state (repeatable)"
     )
+    status.add_argument(
+        "--since", type=_duration, metavar="AGE", help="only streams updated in the last AGE (30m, 2h, 7d)"
+    )
     verify = commands.add_parser(
         "verify", parents=[parent], help="check an uploaded object against its manifest",
         description="Compare an object with its manifest: HeadObject size and ETag, and the manifest's parts "
@@ -63,7 +70,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.add_argument("--dev", action="store_true", help="check against the local S3 endpoint under ./.chunkd/")
+    _add_operator_commands(commands, parent)
     return parser
+
+
+def _add_operator_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
+    commands.add_parser(
+        "doctor", parents=[parent], help="check the configuration, state store, bucket and this host",
+        description="One line per check: OK, WARN or FAIL. Exit 1 if any check failed.",
+    )
+    gc = commands.add_parser(
+        "gc", parents=[parent], help="abort orphaned multipart uploads and expire old finished records",
+        description="Abort every multipart upload in the bucket initiated more than --hours ago that no unfinished "
+        "stream owns (also other tools' uploads in a shared bucket), and delete COMPLETED/FAILED/QUARANTINED "
+        "records not updated for CHUNKD_RETENTION_DAYS.",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be aborted or expired")
+    gc.add_argument("--hours", type=_hours, metavar="N", help="minimum upload age (default CHUNKD_GC_HOURS)")
+    retry = commands.add_parser("retry", parents=[parent], help="set FAILED streams back to PENDING")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="stream id (chunkd status --json)")
+    retry.add_argument("--failed", action="store_true", help="every FAILED stream that is still its file's newest")
+    cancel = commands.add_parser("cancel", parents=[parent], help="stop an unfinished stream and abort its upload")
+    cancel.add_argument("stream_id", metavar="ID")
+    stats = commands.add_parser("stats", parents=[parent], help="finished files and bytes per UTC day")
+    stats.add_argument("--since", type=_duration, default="7d", metavar="AGE", help="look back this far (default 7d)")
+    stats.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def _duration(text: str) -> float:
+    from chunkd.status import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_level, settings.log_format)
     try:
-        command = {"run": cmd_run, "upload": cmd_upload, "status": cmd_status, "verify": cmd_verify}[args.command]
+        command = {
+            "run": cmd_run, "upload": cmd_upload, "status": cmd_status, "verify": cmd_verify, "doctor": cmd_doctor,
+            "gc": cmd_gc, "retry": cmd_retry, "cancel": cmd_cancel, "stats": cmd_stats,
+        }[args.command]
         return command(settings, args)
     except ConfigError as exc:
         print(f"chunkd: config error: {exc}", file=sys.stderr)
@@ -179,6 +232,8 @@ def _upload(settings: Settings, target: S3Target, paths: Sequence[Path]) -> int:
     from chunkd.scheduler import Scheduler
     from chunkd.stream import Outcome, StreamJob
 
+    if settings.invalid_media == "quarantine":
+        settings = dataclasses.replace(settings, invalid_media="reject")  # fail, but leave the file be
     items = _upload_items(settings, paths)
     stop = threading.Event()
     _install_signal_handlers(stop)
@@ -220,16 +275,24 @@ def _progress_bar(total: int) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload")
 
 
-def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd.status import collect, render_json, render_table
+@contextmanager
+def _open_store(settings: Settings) -> Iterator[CheckpointStore]:
     from chunkd.store import open_store
 
-    states = [StreamState(s.upper()) for s in args.state] if args.state else None
     store = open_store(settings.state_url)
     try:
-        statuses = collect(store, states)
+        yield store
     finally:
         store.close()
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.status import collect, render_json, render_table
+
+    states = [StreamState(s.upper()) for s in args.state] if args.state else None
+    since = None if args.since is None else time.time() - args.since
+    with _open_store(settings) as store:
+        statuses = collect(store, states, since=since)
     print(render_json(statuses) if args.json else render_table(statuses))
     return EXIT_OK
 
@@ -244,6 +307,147 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         report = verify(settings, _target(settings), args.target, deep=args.deep)
     print(report.render_json() if args.json else report.render_text())
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+# -- operator commands ------------------------------------------------------------------------
+
+CANCELLED = "cancelled by operator"
+
+
+def _quick_s3(settings: Settings) -> tuple[Any, Any]:
+    """An S3 client and a short retry policy: an operator command should fail in seconds."""
+    from chunkd.retry import RetryPolicy
+    from chunkd.s3 import make_client
+
+    return make_client(_target(settings)), RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
+
+
+def _s3_error(settings: Settings, exc: Any) -> ChunkdError:
+    from chunkd.errors import endpoint_error
+
+    return endpoint_error(exc, bucket=settings.bucket, where=settings.s3_endpoint_url or "AWS S3")
+
+
+def _get_stream(store: CheckpointStore, stream_id: str) -> StreamRecord:
+    record = store.get_stream(stream_id)
+    if record is None:
+        raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
+    return record
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.doctor import FAIL, run_checks
+
+    failed = False
+    for check in run_checks(settings, _target(settings)):
+        print(check.line(), flush=True)
+        failed = failed or check.level == FAIL
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.errors import TransferError
+    from chunkd.gc import Collector
+
+    hours = settings.gc_hours if args.hours is None else args.hours
+    client, policy = _quick_s3(settings)
+    with _open_store(settings) as store:
+        collector = Collector(store, client, policy, settings.bucket, echo=print, dry_run=args.dry_run)
+        try:
+            collector.abort_orphans(hours=hours)
+        except TransferError as exc:
+            raise _s3_error(settings, exc) from None
+        collector.expire_records(days=settings.retention_days)
+    return EXIT_OK
+
+
+def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    if bool(args.ids) == args.failed:
+        print("chunkd: error: retry needs stream ID(s) or --failed, not both", file=sys.stderr)
+        return EXIT_CONFIG
+    with _open_store(settings) as store:
+        if args.failed:
+            records = [r for r in store.list_streams([StreamState.FAILED]) if _newest_for_path(store, r)]
+        else:
+            records = [_retryable(store, _get_stream(store, stream_id)) for stream_id in dict.fromkeys(args.ids)]
+        for record in records:  # every id checked above before any is changed
+            record.move_to(StreamState.PENDING)  # also clears last_error
+            store.save_stream(record)
+            print(f"retry  {record.id}  {record.relpath}  FAILED -> PENDING")
+    print(
+        f"chunkd: {len(records)} stream(s) set to PENDING; a running daemon picks them up at its next rescan "
+        f"(every {settings.rescan_seconds:g}s) or start"
+    )
+    return EXIT_OK
+
+
+def _newest_for_path(store: CheckpointStore, record: StreamRecord) -> bool:
+    """A stream replaced by a newer one for the same file would never be picked up again."""
+    newest = store.find_by_relpath(record.relpath)
+    return newest is None or newest.id == record.id
+
+
+def _retryable(store: CheckpointStore, record: StreamRecord) -> StreamRecord:
+    if record.state is not StreamState.FAILED:
+        raise ChunkdError(f"stream {record.id} ({record.relpath}) is {record.state.value}; only FAILED can be retried")
+    if not _newest_for_path(store, record):
+        raise ChunkdError(f"stream {record.id} ({record.relpath}) was replaced by a newer stream for the same file")
+    return record
+
+
+def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    with _open_store(settings) as store:
+        record = _get_stream(store, args.stream_id)
+        if record.state.terminal:
+            state = record.state.value
+            raise ChunkdError(f"stream {record.id} ({record.relpath}) is already {state}; nothing to cancel")
+        upload_id = record.upload_id
+        # FAILED first, upload id kept: a running daemon stops at its next check, and aborts the
+        # upload itself should ours fail.
+        record.move_to(StreamState.FAILED, error=CANCELLED)
+        store.save_stream(record)
+        print(f"cancel  {record.id}  {record.relpath}  -> FAILED ({CANCELLED})")
+        if upload_id is not None and _abort_cancelled(settings, record, upload_id):
+            _forget_upload(store, record.id, upload_id)
+    return EXIT_OK
+
+
+def _abort_cancelled(settings: Settings, record: StreamRecord, upload_id: str) -> bool:
+    from chunkd.errors import TransferError, UploadGoneError
+    from chunkd.uploader import Uploader
+
+    try:
+        Uploader(*_quick_s3(settings)).abort(record.bucket, record.key, upload_id)
+    except UploadGoneError:
+        print(f"cancel  multipart upload {upload_id} was already gone")
+        return True
+    except TransferError as exc:
+        print(f"cancel  could not abort multipart upload {upload_id}: {exc} (chunkd gc will)", file=sys.stderr)
+        return False
+    print(f"cancel  multipart upload {upload_id} of {record.key} aborted")
+    return True
+
+
+def _forget_upload(store: CheckpointStore, stream_id: str, upload_id: str) -> None:
+    """Clear the aborted upload's id and parts: tells a running daemon the abort is done, and a
+    later `chunkd retry` starts a fresh upload."""
+    record = store.get_stream(stream_id)
+    if record is None or record.state is not StreamState.FAILED or record.upload_id != upload_id:
+        return
+    record.upload_id = None
+    store.drop_parts(stream_id)
+    store.save_stream(record)
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd import stats
+
+    finished = [StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED]
+    with _open_store(settings) as store:
+        rows = stats.aggregate(store.list_streams(finished), since=time.time() - args.since)
+    render = {"table": stats.render_table, "json": stats.render_json, "csv": stats.render_csv}[args.format]
+    print(render(rows))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -260,6 +260,9 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise ConfigError(where("state_url"), "must start with redis://, rediss:// or sqlite:///")
     if not settings.manifest_suffix:
         raise ConfigError(where("manifest_suffix"), "must not be empty")
+    for url in settings.webhook_urls:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(where("webhook_urls"), "only http:// and https:// URLs are accepted")
     from chunkd.keys import validate_template
 
     try:

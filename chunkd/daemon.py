@@ -12,6 +12,7 @@ from chunkd.bandwidth import TokenBucket
 from chunkd.config import Settings
 from chunkd.engine import Engine
 from chunkd.errors import EndpointError, StoreError, TransferError, endpoint_error
+from chunkd.events import EventSink
 from chunkd.http import HttpServer
 from chunkd.logs import redact
 from chunkd.media import ffprobe_available
@@ -29,6 +30,8 @@ from chunkd.uploader import Uploader
 from chunkd.watcher import Watcher
 
 logger = logging.getLogger("chunkd.daemon")
+
+_EVENT_OUTCOMES = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.QUARANTINED})
 
 
 def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event | None = None) -> Engine:
@@ -76,6 +79,10 @@ class Daemon:
             self.scheduler.submit,
             rescan_seconds=settings.rescan_seconds,
         )
+        self.events = EventSink(
+            engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
+            maxlen=settings.events_maxlen,
+        )
         engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
         self.probes = Probes(engine, lambda: self.watcher.alive)
         self.http = self._http_server()
@@ -88,6 +95,9 @@ class Daemon:
             self.engine.metrics.file_finished("deduplicated" if deduplicated else "completed")
         elif outcome in (Outcome.FAILED, Outcome.QUARANTINED):
             self.engine.metrics.file_finished(outcome.value)
+        if outcome in _EVENT_OUTCOMES and job.record is not None:
+            # The store's copy: after a cancel, the job's in-memory record is behind it.
+            self.events.emit(outcome.value, self.engine.store.get_stream(job.record.id) or job.record)
         return outcome
 
     def _http_server(self) -> HttpServer | None:
@@ -128,16 +138,22 @@ class Daemon:
             engine.input_dir, engine.settings.bucket, redact(engine.settings.state_url), resumed,
         )
         watchdog_every = systemd.watchdog_interval()
+        resume_every = engine.settings.rescan_seconds or 60.0
         next_ping = 0.0
+        next_resume = time.monotonic() + resume_every
         while not engine.stop.wait(1.0):
             self.probes.beat()
             if watchdog_every is not None and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog_every
+            if time.monotonic() >= next_resume:  # picks up `chunkd retry` from any host
+                next_resume = time.monotonic() + resume_every
+                self.resume_unfinished()
         systemd.notify("STOPPING=1")
         logger.info("stopping: letting in-flight parts finish (up to %.0fs)", engine.settings.shutdown_timeout)
         self.watcher.stop()
         self.scheduler.stop(timeout=engine.settings.shutdown_timeout + 5)
+        self.events.close(timeout=min(10.0, engine.settings.shutdown_timeout))
         engine.shutdown()
         if self.http is not None:
             self.http.stop()

@@ -138,8 +138,12 @@ class Finalizer:
         if info.valid:
             return
         reason = f"not readable as media: {info.reason}"
-        if self._engine.settings.invalid_media == "quarantine":
+        policy = self._engine.settings.invalid_media
+        if policy == "quarantine":
             self._quarantine(reason, snap)
+        if policy == "reject":  # `chunkd upload`: never move a file the user named
+            self._abort_upload()
+            raise PermanentError(reason, code="InvalidMedia")
         self._log.warning("uploading a file ffprobe cannot read (invalid_media=upload): %s", info.reason)
 
     def _quarantine(self, reason: str, snap: Snapshot) -> None:

@@ -14,8 +14,8 @@ get uniform `base`-sized parts and only very long recordings see larger ones. Th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 KiB = 1024

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import botocore.exceptions as bexc
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 from tenacity.stop import stop_base
 
 from chunkd.errors import (

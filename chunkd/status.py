@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,12 +13,25 @@ from chunkd.logs import redact
 from chunkd.states import StreamRecord, StreamState
 from chunkd.store import CheckpointStore
 
+_ACTIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '2h', '7d' (also 's', 'w', and combinations like '1d12h') -> seconds."""
+    pieces = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text.strip().lower())
+    if not pieces or "".join(n + u for n, u in pieces) != text.strip().lower():
+        raise ValueError(f"not a duration: {text!r} (examples: 30m, 2h, 7d)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in pieces)
+
 
 @dataclass(frozen=True)
 class StreamStatus:
     record: StreamRecord
     bytes_done: int
     parts_done: int
+    speed: float | None = None  # bytes/s since the first byte (until completion or failure)
+    eta: float | None = None  # seconds left at that speed; unfinished streams only
 
     @property
     def percent(self) -> float:
@@ -30,18 +44,53 @@ class StreamStatus:
     def to_dict(self) -> dict[str, Any]:
         data = self.record.to_dict()
         data["last_error"] = redact(data["last_error"]) if data["last_error"] else None
-        return {**data, "bytes_done": self.bytes_done, "parts_done": self.parts_done, "percent": round(self.percent, 1)}
+        progress = {"bytes_done": self.bytes_done, "parts_done": self.parts_done, "percent": round(self.percent, 1)}
+        rates = {
+            "speed": None if self.speed is None else round(self.speed, 1),
+            "eta": None if self.eta is None else round(self.eta, 1),
+        }
+        return {**data, **progress, **rates}
 
 
-def collect(store: CheckpointStore, states: Iterable[StreamState] | None = None) -> list[StreamStatus]:
+def collect(
+    store: CheckpointStore,
+    states: Iterable[StreamState] | None = None,
+    *,
+    since: float | None = None,
+    now: float | None = None,
+) -> list[StreamStatus]:
+    """Every stream (in `states`, updated at or after `since`) with its progress, speed and ETA."""
+    now = time.time() if now is None else now
     result = []
     for record in store.list_streams(states):
-        if record.state is StreamState.COMPLETED:
-            result.append(StreamStatus(record, record.size, 0))
+        if since is not None and record.updated_at < since:
             continue
-        parts = store.list_parts(record.id)
-        result.append(StreamStatus(record, sum(p.size for p in parts), len(parts)))
+        if record.state is StreamState.COMPLETED:
+            bytes_done, parts_done = record.size, 0
+        else:
+            parts = store.list_parts(record.id)
+            bytes_done, parts_done = sum(p.size for p in parts), len(parts)
+        speed, eta = rates(record, bytes_done, now=now)
+        result.append(StreamStatus(record, bytes_done, parts_done, speed, eta))
     return result
+
+
+def rates(record: StreamRecord, bytes_done: int, *, now: float) -> tuple[float | None, float | None]:
+    """(bytes/s, seconds left): measured from the first byte sent to completion, failure or now."""
+    if record.first_byte_at is None:
+        return None, None
+    if record.state is StreamState.COMPLETED:
+        end, sent = record.completed_at, record.size
+    elif record.state in _ACTIVE:
+        end, sent = now, bytes_done
+    else:
+        end, sent = record.updated_at, bytes_done
+    if end is None or end <= record.first_byte_at or sent <= 0:
+        return None, None
+    speed = sent / (end - record.first_byte_at)
+    if record.state not in _ACTIVE:
+        return speed, None
+    return speed, max(0.0, record.size - bytes_done) / speed
 
 
 def render_json(statuses: list[StreamStatus]) -> str:
@@ -51,16 +100,18 @@ def render_json(statuses: list[StreamStatus]) -> str:
 def render_table(statuses: list[StreamStatus]) -> str:
     if not statuses:
         return "no streams recorded yet"
-    rows = [("STATE", "DONE", "BYTES", "UPDATED", "FILE", "ERROR")]
+    # STATE first: scripts split a row on whitespace, and a file name may contain spaces.
+    rows = [("STATE", "FILE", "DONE %", "SIZE", "SPEED", "ETA", "ERROR")]
     for status in statuses:
         record = status.record
         rows.append(
             (
                 record.state.value,
-                f"{status.percent:5.1f}%",
-                _human(record.size),
-                time.strftime("%m-%d %H:%M:%S", time.localtime(record.updated_at)),
                 record.relpath,
+                f"{status.percent:5.1f}%",
+                human_size(record.size),
+                "-" if status.speed is None else f"{human_size(int(status.speed))}/s",
+                "-" if status.eta is None else _duration(status.eta),
                 redact(record.last_error or "")[:80],
             )
         )
@@ -71,7 +122,19 @@ def render_table(statuses: list[StreamStatus]) -> str:
     ).rstrip()
 
 
-def _human(size: int) -> str:
+def _duration(seconds: float) -> str:
+    """42s, 3m05s, 1h02m, 2d03h: two units at most, enough for an ETA."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":

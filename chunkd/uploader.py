@@ -16,7 +16,13 @@ from botocore.client import BaseClient
 
 from chunkd.bandwidth import TokenBucket
 from chunkd.errors import PermanentError, RetryableError
-from chunkd.partreader import Digest, FileIdentity, RangeReader, digest_range, open_checked
+from chunkd.partreader import (
+    Digest,
+    FileIdentity,
+    RangeReader,
+    digest_range,
+    open_checked,
+)
 from chunkd.planner import Part
 from chunkd.retry import RetryPolicy
 from chunkd.states import PartRecord

@@ -16,7 +16,13 @@ from typing import Any, BinaryIO
 from botocore.client import BaseClient
 
 from chunkd.config import Settings
-from chunkd.errors import EndpointError, PermanentError, StoreError, TransferError, endpoint_error
+from chunkd.errors import (
+    EndpointError,
+    PermanentError,
+    StoreError,
+    TransferError,
+    endpoint_error,
+)
 from chunkd.keys import render_key
 from chunkd.logs import redact
 from chunkd.manifest import SCHEMA_VERSION, manifest_key

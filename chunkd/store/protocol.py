@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from chunkd.states import PartRecord, StreamRecord, StreamState
 
@@ -43,6 +43,17 @@ class CheckpointStore(Protocol):
 
     def forget_content(self, sha256: str) -> None:
         """Drop an index entry whose object turned out to be gone."""
+
+    def delete_stream(self, stream_id: str) -> None:
+        """Forget a stream: its record, parts, path index entry, state-set membership and a content
+        index entry pointing at it. An unknown id is not an error."""
+
+    def append_event(self, event: dict[str, Any], *, maxlen: int) -> None:
+        """Append an event (a JSON-able dict with a float `ts`) to the event log, which keeps about
+        the newest `maxlen` events (Redis trims approximately, SQLite exactly)."""
+
+    def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest `limit` events whose `ts` >= `since` (all when None), oldest first."""
 
     def ping(self) -> None:
         """Raise StoreError when the backend is unreachable."""

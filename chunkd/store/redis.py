@@ -8,6 +8,7 @@ Keys, with the default prefix:
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
     chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
+    chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import heapq
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 from redis.client import Pipeline
 
 from chunkd.errors import StoreError
 from chunkd.states import PartRecord, StreamRecord, StreamState
+
+# Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
+# far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
+_EVENT_CLOCK_SLACK_SECONDS = 300.0
+_EVENT_PAGE = 500
 
 
 class RedisStore:
@@ -68,6 +75,9 @@ class RedisStore:
 
     def _streams_key(self, state: StreamState | None = None) -> str:
         return f"{self.prefix}streams" + (f":{state.value}" if state else "")
+
+    def _events_key(self) -> str:
+        return f"{self.prefix}events"
 
     # errors
 
@@ -136,7 +146,45 @@ class RedisStore:
             else:
                 target.hdel(self._parts_key(stream_id), *fields)
 
+    def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
+        record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
+        with self._errors(f"delete stream {stream_id}"):
+            content_key = self._content_key(record.sha256) if record and record.sha256 else None
+            owns_content = content_key is not None and self.client.get(content_key) == stream_id
+            pipe = pipeline if pipeline is not None else self.client.pipeline(transaction=True)
+            pipe.delete(self._stream_key(stream_id), self._parts_key(stream_id))
+            for state in (None, *StreamState):
+                pipe.zrem(self._streams_key(state), stream_id)
+            if record is not None:
+                pipe.zrem(self._path_key(record.relpath), stream_id)
+            if owns_content and content_key is not None:
+                pipe.delete(content_key)
+            if pipeline is None:
+                pipe.execute()
+
+    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline | None = None) -> None:
+        fields = {"data": json.dumps(event)}
+        target = pipeline if pipeline is not None else self.client
+        with self._errors("append event"):
+            target.xadd(self._events_key(), fields, maxlen=max(1, maxlen), approximate=True)
+
     # reads
+
+    def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        low = "-" if since is None else str(max(0, int((since - _EVENT_CLOCK_SLACK_SECONDS) * 1000)))
+        found: list[dict[str, Any]] = []
+        high = "+"
+        with self._errors("list events"):
+            while len(found) < limit:
+                page = self.client.xrevrange(self._events_key(), max=high, min=low, count=_EVENT_PAGE)
+                for _, fields in page:
+                    event = json.loads(fields["data"])
+                    if since is None or float(event.get("ts", 0)) >= since:
+                        found.append(event)
+                if len(page) < _EVENT_PAGE:
+                    break
+                high = f"({page[-1][0]}"
+        return list(reversed(found[:limit]))
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         with self._errors(f"get stream {stream_id}"):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from chunkd.errors import StoreError
 from chunkd.states import PartRecord, StreamRecord, StreamState
@@ -32,6 +34,12 @@ CREATE TABLE IF NOT EXISTS content (
     sha256 TEXT PRIMARY KEY,
     stream_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
 """
 
 _SAVE_STREAM = """
@@ -45,6 +53,9 @@ _RECORD_PART = """
 INSERT INTO parts (stream_id, number, data) VALUES (?, ?, ?)
 ON CONFLICT (stream_id, number) DO UPDATE SET data = excluded.data
 """
+
+# Keeps the newest `maxlen` rows: everything at or below the id `maxlen` rows down from the top.
+_PRUNE_EVENTS = "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)"
 
 
 class SqliteStore:
@@ -161,6 +172,24 @@ class SqliteStore:
     def forget_content(self, sha256: str) -> None:
         with self._transaction("forget content") as conn:
             conn.execute("DELETE FROM content WHERE sha256 = ?", (sha256,))
+
+    def delete_stream(self, stream_id: str) -> None:
+        with self._transaction(f"delete stream {stream_id}") as conn:
+            conn.execute("DELETE FROM parts WHERE stream_id = ?", (stream_id,))
+            conn.execute("DELETE FROM content WHERE stream_id = ?", (stream_id,))
+            conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
+
+    def append_event(self, event: dict[str, Any], *, maxlen: int) -> None:
+        row = (float(event.get("ts") or time.time()), json.dumps(event))
+        with self._transaction("append event") as conn:
+            conn.execute("INSERT INTO events (ts, data) VALUES (?, ?)", row)
+            conn.execute(_PRUNE_EVENTS, (max(1, maxlen),))
+
+    def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        query = "SELECT data FROM events WHERE ts >= ? ORDER BY id DESC LIMIT ?"
+        with self._read("list events") as conn:
+            rows = conn.execute(query, (float("-inf") if since is None else since, max(0, limit))).fetchall()
+        return [json.loads(data) for (data,) in reversed(rows)]
 
     def ping(self) -> None:
         with self._read("ping") as conn:

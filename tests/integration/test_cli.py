@@ -145,3 +145,13 @@ def test_status_table_shows_failed_file_with_reason(env: dict[str, str], tmp_pat
     result = run_chunkd("status", env=env)
     assert result.returncode == 0
     assert "FAILED" in result.stdout and "x.mp4" in result.stdout and "file deleted during upload" in result.stdout
+
+
+def test_upload_command_fails_a_non_media_file_without_moving_it(env: dict[str, str], tmp_path: Path, moto: MotoServer) -> None:
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video\n" * 100)
+    result = run_chunkd("upload", str(fake), env={**env, "CHUNKD_INVALID_MEDIA": "quarantine"})
+    assert result.returncode == 1
+    assert "failed: notes.mp4" in result.stderr
+    assert fake.is_file(), "chunkd upload must never move a file the user named"
+    assert "Contents" not in moto.client().list_objects_v2(Bucket="chunkd")

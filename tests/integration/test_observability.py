@@ -107,3 +107,46 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     finally:
         moto.start()
     wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200 again")
+
+
+def test_webhook_gets_a_signed_post_per_completed_file(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+) -> None:
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        start_daemon(webhook_urls=url, webhook_secret="hook-secret")
+        for name in ("a.mp4", "b.mp4"):
+            write_random(input_dir / name, 2000)
+        wait_for(lambda: len(received) >= 2, timeout=60, what="two webhook deliveries")
+    finally:
+        server.shutdown()
+        server.server_close()
+    events = {}
+    for headers, body in received:
+        expected = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+        assert headers["X-Chunkd-Signature"] == expected
+        assert headers["X-Chunkd-Event"] == "completed"
+        event = json.loads(body)
+        events[event["relpath"]] = event
+    assert set(events) == {"a.mp4", "b.mp4"}
+    assert all(event["size"] == 2000 and event["key"] == event["relpath"] for event in events.values())
+    assert len(received) == 2

@@ -266,6 +266,108 @@ def test_ping(store: CheckpointStore) -> None:
     store.ping()
 
 
+# deleting streams (chunkd gc's retention)
+
+
+def test_delete_stream_forgets_record_parts_path_and_state(store: CheckpointStore) -> None:
+    old = make_stream("old", discovered_at=100.0, state=StreamState.FAILED, sha256="ab" * 32)
+    new = make_stream("new", discovered_at=200.0, state=StreamState.COMPLETED, sha256="cd" * 32)
+    other = make_stream("other", relpath="b.mp4", discovered_at=300.0)
+    for record in (old, new, other):
+        store.save_stream(record)
+    store.record_part("new", make_part(1))
+    store.record_part("other", make_part(1))
+    store.index_content("cd" * 32, "new")
+    store.delete_stream("new")
+    assert store.get_stream("new") is None
+    assert store.list_parts("new") == []
+    assert store.find_by_relpath(new.relpath) == old  # the path index falls back to the older stream
+    assert store.list_streams([StreamState.COMPLETED]) == []
+    assert [r.id for r in store.list_streams()] == ["old", "other"]
+    assert store.find_by_content("cd" * 32) is None
+    assert store.list_parts("other") == [make_part(1)]
+    store.delete_stream("old")
+    assert store.find_by_relpath(old.relpath) is None
+    assert [r.id for r in store.list_streams([StreamState.FAILED, StreamState.PENDING])] == ["other"]
+
+
+def test_delete_unknown_stream_is_not_an_error(store: CheckpointStore) -> None:
+    store.save_stream(make_stream())
+    store.delete_stream("nope")
+    assert [r.id for r in store.list_streams()] == ["s1"]
+
+
+def test_deleted_stream_can_be_saved_again(store: CheckpointStore) -> None:
+    record = make_stream()
+    store.save_stream(record)
+    store.delete_stream("s1")
+    store.save_stream(record)
+    assert store.get_stream("s1") == record
+    assert store.find_by_relpath(record.relpath) == record
+
+
+# events
+
+
+def make_event(n: int, **overrides: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "event": "completed", "ts": 1_700_000_000.0 + n, "stream_id": f"s{n}", "relpath": f"ünï/{n}.mp4",
+        "key": f"k/{n}.mp4", "bucket": "videos", "size": n, "sha256": None, "error": None,
+    }
+    event.update(overrides)
+    return event
+
+
+def test_events_come_back_oldest_first_and_intact(store: CheckpointStore) -> None:
+    assert store.list_events() == []
+    events = [make_event(n) for n in range(5)]
+    events[2] = make_event(2, event="failed", error="boom: 'x'")
+    for event in events:
+        store.append_event(event, maxlen=100)
+    assert store.list_events() == events
+
+
+def test_list_events_since_and_limit(store: CheckpointStore) -> None:
+    for n in range(10):
+        store.append_event(make_event(n), maxlen=100)
+    assert [e["stream_id"] for e in store.list_events(since=1_700_000_007.0)] == ["s7", "s8", "s9"]
+    assert [e["stream_id"] for e in store.list_events(limit=2)] == ["s8", "s9"]  # the newest, oldest first
+    assert [e["stream_id"] for e in store.list_events(since=1_700_000_003.0, limit=3)] == ["s7", "s8", "s9"]
+    assert store.list_events(since=1_800_000_000.0) == []
+
+
+def test_list_events_pages_past_many_filtered_entries(store: CheckpointStore) -> None:
+    for n in range(1200):
+        store.append_event(make_event(n, ts=float(n)), maxlen=10_000)
+    found = store.list_events(since=0.0, limit=1100)
+    assert len(found) == 1100
+    assert found[0]["ts"] == 100.0 and found[-1]["ts"] == 1199.0
+
+
+def test_event_log_keeps_the_newest_maxlen(store: CheckpointStore) -> None:
+    for n in range(300):
+        store.append_event(make_event(n), maxlen=10)
+    kept = store.list_events(limit=10_000)
+    # Redis trims approximately (whole stream nodes of up to 100 entries); SQLite exactly.
+    assert 10 <= len(kept) <= 110
+    assert [e["stream_id"] for e in kept[-10:]] == [f"s{n}" for n in range(290, 300)]
+
+
+def test_sqlite_event_log_is_trimmed_exactly(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    for n in range(30):
+        store.append_event(make_event(n), maxlen=7)
+    assert [e["stream_id"] for e in store.list_events()] == [f"s{n}" for n in range(23, 30)]
+    store.close()
+
+
+def test_events_survive_a_reopen(open_backend: Opener) -> None:
+    first = open_backend()
+    first.append_event(make_event(1), maxlen=10)
+    first.close()
+    assert open_backend().list_events() == [make_event(1)]
+
+
 # open_store
 
 
@@ -322,6 +424,10 @@ def test_redis_keys_are_readable(redis_url: str) -> None:
     assert client.zrange("chunkd:streams:UPLOADING", 0, -1) == ["s1"]
     assert client.zrange("chunkd:streams:PENDING", 0, -1) == []  # left the old state's set
     assert client.zrange(f"chunkd:path:{record.relpath}", 0, -1) == ["s1"]
+    store.append_event({"event": "completed", "ts": 1.0}, maxlen=10)
+    assert [fields for _, fields in client.xrange("chunkd:events")] == [{"data": '{"event": "completed", "ts": 1.0}'}]
+    store.delete_stream("s1")
+    assert [key for key in client.keys("chunkd:*") if key != "chunkd:events"] == []  # nothing left behind
     store.close()
 
 

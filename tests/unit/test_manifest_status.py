@@ -171,7 +171,7 @@ def test_render_table_lists_every_file_and_redacts_errors(store: SqliteStore) ->
     table = render_table(collect(store))
     lines = table.splitlines()
 
-    assert lines[0].split() == ["STATE", "DONE", "BYTES", "UPDATED", "FILE", "ERROR"]
+    assert lines[0].split() == ["STATE", "FILE", "DONE", "%", "SIZE", "SPEED", "ETA", "ERROR"]
     assert len(lines) == 5
     for relpath in ("a.mp4", "sub/b.mov", "c.mkv", "d.mp4"):
         assert sum(relpath in line for line in lines) == 1
