@@ -10,7 +10,9 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 # Fields a line about a file may carry; shown as key=value in text mode.
-CONTEXT_FIELDS = ("stream_id", "relpath", "key", "part", "parts", "bytes", "path", "parts_recorded", "parts_on_server")
+CONTEXT_FIELDS = (
+    "stream_id", "relpath", "key", "part", "parts", "bytes", "duration", "path", "parts_recorded", "parts_on_server",
+)
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
 _SECRET_PARAMS = re.compile(

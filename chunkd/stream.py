@@ -118,7 +118,8 @@ class StreamJob:
             self.log.error("giving up for now, will retry later: %s", exc)
             self._note_error(record, str(exc))
             return Outcome.RETRY_LATER
-        self.log.info("completed", extra={"bytes": record.size, "key": record.key})
+        duration = round((record.completed_at or time.time()) - record.discovered_at, 3)
+        self.log.info("completed", extra={"bytes": record.size, "key": record.key, "duration": duration})
         after_upload(self.engine, record, self.path, self.log)
         return Outcome.COMPLETED
 
@@ -193,7 +194,7 @@ class StreamJob:
             self._check_change(change, snap, done)
             if change is not Change.UNCHANGED:
                 record.size, record.mtime = snap.size, snap.mtime
-                self.engine.store.save_stream(record)
+                self._save_unless_cancelled(record)
             self._harvest(record, in_flight, done, block=False)
             settled = self.final or tracker.idle
             if settled and not in_flight:
@@ -204,7 +205,7 @@ class StreamJob:
                 if finished:
                     return
                 record.move_to(StreamState.UPLOADING)  # the file moved on while we finalized
-                self.engine.store.save_stream(record)
+                self._save_unless_cancelled(record)
                 continue
             if not settled:
                 self._fill(record, schedule, in_flight, done, snap)
@@ -212,6 +213,13 @@ class StreamJob:
                 wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
             else:
                 self.engine.stop.wait(self.engine.settings.poll_seconds)
+
+    def _save_unless_cancelled(self, record: StreamRecord) -> None:
+        """Save, unless an operator cancelled the stream meanwhile: never write over that."""
+        stored = self.engine.store.get_stream(record.id)
+        if stored is not None and stored.state is StreamState.FAILED and record.state is not StreamState.FAILED:
+            raise Cancelled
+        self.engine.store.save_stream(record)
 
     def _check_cancelled(
         self, record: StreamRecord, in_flight: dict[Future[PartRecord], Part], done: dict[int, PartRecord]
@@ -267,7 +275,11 @@ class StreamJob:
             return
         record.upload_id = self.engine.uploader.create(record.bucket, record.key)
         record.first_byte_at = time.time()
-        self.engine.store.save_stream(record)  # recorded at once: a crash now leaves no orphan unknown
+        try:
+            self._save_unless_cancelled(record)  # recorded at once: a crash now leaves no orphan unknown
+        except Cancelled:
+            self.engine.uploader.abort(record.bucket, record.key, record.upload_id)
+            raise
         self.log.info("multipart upload created")
 
     def _submit(self, record: StreamRecord, part: Part) -> Future[PartRecord]:
@@ -392,7 +404,7 @@ class StreamJob:
         self.log.warning("multipart upload no longer exists on the server; starting a fresh upload")
         store.drop_parts(record.id)
         record.upload_id = None
-        store.save_stream(record)
+        self._save_unless_cancelled(record)
         return {}
 
     # -- failure bookkeeping ---------------------------------------------------------------
