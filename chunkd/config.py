@@ -142,6 +142,15 @@ class Settings:
     priority: tuple[tuple[str, int], ...] = ()
     gc_hours: float = 24.0
     retention_days: float = 30.0
+    links_pattern: tuple[str, ...] = ("links.txt", "*.links.txt")
+    allow_private_urls: bool = False
+    download_concurrency: int = 2
+    download_host_requests: int = 30
+    download_host_window: float = 60.0
+    download_proxy: str | None = None
+    max_download_size: int = 0
+    min_free_gb: float = 0.0
+    staging_dir: Path | None = None
 
     @property
     def fixed_parts(self) -> bool:
@@ -151,6 +160,11 @@ class Settings:
     def quarantine_path(self) -> Path:
         """Default inside the drop folder, under a dot-name the watcher never looks at."""
         return (self.quarantine_dir or self.input_dir / ".quarantine").resolve()
+
+    @property
+    def staging_path(self) -> Path:
+        """Downloads land here first; a dot-name inside the drop folder the watcher never looks at."""
+        return (self.staging_dir or self.input_dir / ".staging").resolve()
 
     @property
     def done_path(self) -> Path:
@@ -193,6 +207,15 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "priority": lambda v: _parse_priority(v),
     "gc_hours": _non_negative_float,
     "retention_days": _non_negative_float,
+    "links_pattern": _parse_list,
+    "allow_private_urls": _parse_bool,
+    "download_concurrency": _positive_int,
+    "download_host_requests": _positive_int,
+    "download_host_window": _non_negative_float,
+    "download_proxy": _optional_str,
+    "max_download_size": parse_size,
+    "min_free_gb": _non_negative_float,
+    "staging_dir": lambda v: Path(v).expanduser() if v else None,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)

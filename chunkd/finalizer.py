@@ -34,6 +34,7 @@ from chunkd.manifest import build_manifest, encode, manifest_key
 from chunkd.media import UNAVAILABLE_REASON, ProbeIncomplete, probe
 from chunkd.monitor import Change, Snapshot, compare, take_snapshot
 from chunkd.partreader import READ_SIZE, FileIdentity, open_checked
+from chunkd.paths import free_name
 from chunkd.planner import Part, PartSchedule
 from chunkd.states import PartRecord, StreamRecord, StreamState
 from chunkd.uploader import ObjectInfo, multipart_etag, same_etag
@@ -149,7 +150,7 @@ class Finalizer:
     def _quarantine(self, reason: str, snap: Snapshot) -> None:
         record, engine = self._record, self._engine
         self._abort_upload()
-        target = _free_name(engine.settings.quarantine_path / record.relpath)
+        target = free_name(engine.settings.quarantine_path / record.relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(self._path), target)
         note = {
@@ -334,7 +335,7 @@ def after_upload(engine: Engine, record: StreamRecord, path: Path, log: StreamLo
         path.unlink()
         log.info("deleted local file after verified upload")
         return
-    target = _free_name(engine.settings.done_path / record.relpath)
+    target = free_name(engine.settings.done_path / record.relpath)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(path), target)
     log.info("moved local file after verified upload", extra={"path": str(target)})
@@ -353,15 +354,6 @@ def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
 
 def _moved_on(path: Path, snap: Snapshot) -> bool:
     return compare(snap, take_snapshot(path)) is not Change.UNCHANGED
-
-
-def _free_name(path: Path) -> Path:
-    """`path`, or `name.1.ext`, `name.2.ext`… if something is already there."""
-    candidate, counter = path, 0
-    while candidate.exists():
-        counter += 1
-        candidate = path.with_name(f"{path.stem}.{counter}{path.suffix}")
-    return candidate
 
 
 def _is_md5_etag(etag: str) -> bool:

@@ -47,7 +47,9 @@ def build_manifest(
         "dedup_of": record.dedup_of,
         "part_schedule": record.schedule,
         "parts": [part.to_dict() for part in parts],
-        "source": {"relpath": record.relpath, "hostname": hostname, "mtime": _iso(record.mtime)},
+        "source": {
+            "relpath": record.relpath, "hostname": hostname, "mtime": _iso(record.mtime), **(record.origin or {})
+        },
         "media": media,
         "media_error": media_error,
         "timestamps": {

@@ -77,3 +77,12 @@ def walk_files(root: Path) -> Iterator[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             yield Path(folder) / name
+
+
+def free_name(path: Path) -> Path:
+    """`path`, or `name.1.ext`, `name.2.ext`… if something is already there: never overwrite."""
+    candidate, counter = path, 0
+    while candidate.exists():
+        counter += 1
+        candidate = path.with_name(f"{path.stem}.{counter}{path.suffix}")
+    return candidate

@@ -92,6 +92,7 @@ class StreamRecord:
     upload_id: str | None = None
     sha256: str | None = None
     dedup_of: str | None = None  # key of the object with the same bytes, when not sent again
+    origin: dict[str, Any] | None = None  # for downloads: url, webpage_url, extractor, title, …
     last_error: str | None = None
     discovered_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None
@@ -111,6 +112,58 @@ class StreamRecord:
 
     def move_to(self, new: StreamState, *, error: str | None = None) -> None:
         check_transition(self.state, new)
+        self.state = new
+        self.last_error = error
+        self.updated_at = time.time()
+
+
+class UrlState(str, enum.Enum):
+    """One URL from a links file: downloaded first, then uploaded through the normal pipeline."""
+
+    PENDING = "PENDING"
+    DOWNLOADING = "DOWNLOADING"
+    DOWNLOADED = "DOWNLOADED"
+    UPLOADING = "UPLOADING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (UrlState.COMPLETED, UrlState.FAILED)
+
+
+@dataclass
+class UrlRecord:
+    """Keyed by the normalized URL, so a URL seen again in a later links file is not fetched again."""
+
+    url: str
+    display: str  # the URL with credentials redacted: what logs, status and reports show
+    links_file: str  # relpath of the links file that first asked for it
+    relpath: str  # where the download goes in the key space, as if dropped at that path
+    state: UrlState = UrlState.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    staged_path: str | None = None
+    key: str | None = None
+    stream_id: str | None = None
+    bytes_done: int = 0
+    size: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UrlRecord:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["state"] = UrlState(fields["state"])
+        return cls(**fields)
+
+    def move_to(self, new: UrlState, *, error: str | None = None) -> None:
         self.state = new
         self.last_error = error
         self.updated_at = time.time()

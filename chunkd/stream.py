@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
+from typing import Any
 
 from chunkd.engine import Engine, StreamLog
 from chunkd.errors import (
@@ -57,11 +58,14 @@ CANCEL_CHECK_SECONDS = 2.0
 
 
 class StreamJob:
-    def __init__(self, engine: Engine, path: Path, relpath: str, *, final: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, path: Path, relpath: str, *, final: bool = False, origin: dict[str, Any] | None = None
+    ) -> None:
         self.engine = engine
         self.path = path
         self.relpath = relpath
         self.final = final  # the caller says the file is complete: no need to wait for idleness
+        self.origin = origin  # where a downloaded file came from, for the manifest
         self.record: StreamRecord | None = None
         self.log = StreamLog(logger, {"relpath": relpath})
 
@@ -162,6 +166,7 @@ class StreamJob:
             inode=snap.identity.inode,
             size=snap.size,
             mtime=snap.mtime,
+            origin=self.origin,
         )
         self.engine.store.save_stream(record)
         self.log.info("discovered", extra={"stream_id": record.id, "key": record.key, "bytes": snap.size})

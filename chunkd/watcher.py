@@ -37,10 +37,19 @@ class _Enqueue(FileSystemEventHandler):
 
 
 class Watcher:
-    def __init__(self, root: Path, path_filter: PathFilter, submit: Submit, *, rescan_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        path_filter: PathFilter,
+        submit: Submit,
+        *,
+        rescan_seconds: float = 60.0,
+        links: tuple[PathFilter, Submit] | None = None,
+    ) -> None:
         self.root = root
         self._filter = path_filter
         self._submit = submit
+        self._links = links  # links files go to their own consumer
         self._rescan_seconds = rescan_seconds
         self._events: queue.Queue[Path | None] = queue.Queue()
         self._observer = Observer()
@@ -70,11 +79,16 @@ class Watcher:
 
     def offer(self, path: Path) -> bool:
         relpath = relpath_of(self.root, path)
-        if relpath is None or not self._filter.wants(relpath):
+        if relpath is None:
+            return False
+        submit = self._submit
+        if self._links is not None and self._links[0].wants(relpath):
+            submit = self._links[1]
+        elif not self._filter.wants(relpath):
             return False
         if not safe_regular_file(self.root, path):
             return False
-        return bool(self._submit(path, relpath))
+        return bool(submit(path, relpath))
 
     def _pump(self) -> None:
         last_scan = float("-inf")

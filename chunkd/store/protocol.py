@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 
 class CheckpointStore(Protocol):
@@ -54,6 +54,14 @@ class CheckpointStore(Protocol):
 
     def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest `limit` events whose `ts` >= `since` (all when None), oldest first."""
+
+    def save_url(self, record: UrlRecord) -> None:
+        """Insert or replace a URL record (keyed by its normalized URL)."""
+
+    def get_url(self, url: str) -> UrlRecord | None: ...
+
+    def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
+        """URL records, oldest first."""
 
     def ping(self) -> None:
         """Raise StoreError when the backend is unreachable."""

@@ -8,11 +8,14 @@ Keys, with the default prefix:
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
     chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
+    chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
+    chunkd:urls                  sorted set: url keys scored by created_at
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from collections.abc import Iterable, Iterator
@@ -23,7 +26,7 @@ import redis
 from redis.client import Pipeline
 
 from chunkd.errors import StoreError
-from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
@@ -69,6 +72,9 @@ class RedisStore:
 
     def _path_key(self, relpath: str) -> str:
         return f"{self.prefix}path:{relpath}"
+
+    def _url_key(self, url: str) -> str:
+        return f"{self.prefix}url:{hashlib.sha256(url.encode()).hexdigest()}"
 
     def _content_key(self, sha256: str) -> str:
         return f"{self.prefix}sha256:{sha256}"
@@ -242,6 +248,30 @@ class RedisStore:
     def forget_content(self, sha256: str) -> None:
         with self._errors("forget content"):
             self.client.delete(self._content_key(sha256))
+
+    def save_url(self, record: UrlRecord) -> None:
+        key = self._url_key(record.url)
+        with self._errors("save url"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(key, mapping={"data": json.dumps(record.to_dict()), "state": record.state.value})
+            pipe.zadd(f"{self.prefix}urls", {key: record.created_at})
+            pipe.execute()
+
+    def get_url(self, url: str) -> UrlRecord | None:
+        with self._errors("get url"):
+            data = self.client.hget(self._url_key(url), "data")
+        return UrlRecord.from_dict(json.loads(data)) if data else None
+
+    def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
+        wanted = None if states is None else {UrlState(state) for state in states}
+        with self._errors("list urls"):
+            keys = self.client.zrange(f"{self.prefix}urls", 0, -1)
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(key, "data")
+            found = pipe.execute() if keys else []
+        records = [UrlRecord.from_dict(json.loads(data)) for data in found if data]
+        return [r for r in records if wanted is None or r.state in wanted]
 
     def ping(self) -> None:
         with self._errors("ping"):

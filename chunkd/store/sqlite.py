@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.errors import StoreError
-from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS parts (
 CREATE TABLE IF NOT EXISTS content (
     sha256 TEXT PRIMARY KEY,
     stream_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS urls (
+    url TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    data TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -190,6 +196,25 @@ class SqliteStore:
         with self._read("list events") as conn:
             rows = conn.execute(query, (float("-inf") if since is None else since, max(0, limit))).fetchall()
         return [json.loads(data) for (data,) in reversed(rows)]
+
+    def save_url(self, record: UrlRecord) -> None:
+        row = (record.url, record.state.value, record.created_at, json.dumps(record.to_dict()))
+        with self._transaction(f"save url {record.display}") as conn:
+            conn.execute("INSERT OR REPLACE INTO urls (url, state, created_at, data) VALUES (?, ?, ?, ?)", row)
+
+    def get_url(self, url: str) -> UrlRecord | None:
+        with self._read("get url") as conn:
+            row = conn.execute("SELECT data FROM urls WHERE url = ?", (url,)).fetchone()
+        return UrlRecord.from_dict(json.loads(row[0])) if row else None
+
+    def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
+        query, args = "SELECT data FROM urls", []
+        if states is not None:
+            args = [UrlState(state).value for state in states]
+            query += f" WHERE state IN ({', '.join('?' * len(args))})"
+        with self._read("list urls") as conn:
+            rows = conn.execute(query + " ORDER BY created_at, url", args).fetchall()
+        return [UrlRecord.from_dict(json.loads(data)) for (data,) in rows]
 
     def ping(self) -> None:
         with self._read("ping") as conn:

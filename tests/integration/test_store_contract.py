@@ -449,3 +449,23 @@ def test_redis_batch_is_one_transaction(redis_url: str) -> None:
     assert store.get_stream("s1") == replace(record, state=StreamState.UPLOADING)
     assert store.list_parts("s1") == [make_part(1)]
     store.close()
+
+
+def test_url_records_round_trip_and_filter(store: CheckpointStore) -> None:
+    from chunkd.states import UrlRecord, UrlState
+
+    first = UrlRecord(url="https://a.example/x.mp4", display="https://a.example/x.mp4", links_file="links.txt",
+                      relpath="x.mp4", created_at=1.0, info={"title": "X", "nested": {"n": 1}})
+    second = UrlRecord(url="https://u:p@b.example/y.mp4", display="https://***@b.example/y.mp4",
+                       links_file="links.txt", relpath="y.mp4", created_at=2.0)
+    store.save_url(first)
+    store.save_url(second)
+    assert store.get_url(first.url) == first
+    assert store.get_url("https://nope.example/") is None
+    second.move_to(UrlState.FAILED, error="HTTP 404")
+    second.attempts = 3
+    store.save_url(second)
+    assert [r.url for r in store.list_urls()] == [first.url, second.url]
+    assert [r.url for r in store.list_urls([UrlState.FAILED])] == [second.url]
+    stored = store.get_url(second.url)
+    assert stored is not None and stored.attempts == 3 and stored.last_error == "HTTP 404"
