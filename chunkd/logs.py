@@ -14,7 +14,7 @@ CONTEXT_FIELDS = (
     "stream_id", "relpath", "key", "part", "parts", "bytes", "duration", "path", "parts_recorded", "parts_on_server",
 )
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
+_USERINFO = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/?#\\\s]*@")
 _SECRET_PARAMS = re.compile(
     r"(?i)(?P<name>aws_secret_access_key|secret_key|secret|password|token|x-amz-signature|x-amz-credential|signature)"
     r"(?P<sep>[=:]\s*)(?P<value>[^\s&,;'\"]+)"
