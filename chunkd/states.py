@@ -70,6 +70,19 @@ class PartRecord:
         )
 
 
+def _record_to_dict(record: Any) -> dict[str, Any]:
+    data = asdict(record)
+    data["state"] = record.state.value
+    return data
+
+
+def _record_from_dict(cls: Any, data: dict[str, Any], states: type[enum.Enum]) -> Any:
+    """Unknown keys are ignored, so records written by a newer version still load."""
+    fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+    fields["state"] = states(fields["state"])
+    return cls(**fields)
+
+
 def new_stream_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -100,15 +113,11 @@ class StreamRecord:
     updated_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        return _record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        fields["state"] = StreamState(fields["state"])
-        return cls(**fields)
+        return _record_from_dict(cls, data, StreamState)
 
     def move_to(self, new: StreamState, *, error: str | None = None) -> None:
         check_transition(self.state, new)
@@ -153,15 +162,11 @@ class UrlRecord:
     updated_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        return _record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UrlRecord:
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        fields["state"] = UrlState(fields["state"])
-        return cls(**fields)
+        return _record_from_dict(cls, data, UrlState)
 
     def move_to(self, new: UrlState, *, error: str | None = None) -> None:
         self.state = new

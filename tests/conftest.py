@@ -6,13 +6,15 @@ Redis tests run against a real redis-server (tests/support/redis_server.py), flu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from chunkd.devserver import LocalS3Server
+from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
 
@@ -77,3 +79,29 @@ def input_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "input"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture
+def chunkd_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts real `chunkd run` processes on `input_dir` against a given S3 server; kills leftovers.
+
+    `start(server, state_url=None, extra_env=None, **settings)`: state defaults to SQLite in
+    tmp_path, settings become CHUNKD_* variables, the log goes to tmp_path/daemon.log.
+    """
+    started: list[DaemonProcess] = []
+
+    def start(server: Any, *, state_url: str | None = None, extra_env: dict[str, str] | None = None,
+              **settings: Any) -> DaemonProcess:
+        env = daemon_env(
+            input_dir=input_dir, state_url=state_url or f"sqlite:///{tmp_path / 'state.db'}",
+            endpoint_url=server.endpoint_url, access_key=server.access_key, secret_key=server.secret_key,
+            **settings,
+        )
+        env.update(extra_env or {})
+        process = DaemonProcess(env, tmp_path / "daemon.log").start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

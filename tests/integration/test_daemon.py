@@ -6,14 +6,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chunkd.store import open_store
-from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.s3_servers import MotoServer
 
 MiB = 1024 * 1024
@@ -66,21 +66,8 @@ def state_url_for(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> st
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, moto: MotoServer, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(state_url: str, **settings: Any) -> DaemonProcess:
-        env = daemon_env(
-            input_dir=input_dir, state_url=state_url, endpoint_url=moto.endpoint_url,
-            access_key=moto.access_key, secret_key=moto.secret_key, **settings,
-        )
-        process = DaemonProcess(env, tmp_path / "daemon.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer) -> Callable[..., DaemonProcess]:
+    return lambda state_url, **settings: chunkd_daemon(moto, state_url=state_url, **settings)
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
-from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.media import make_mp4, make_text_as_mp4, make_truncated_copy, require_ffmpeg
 from tests.support.s3_servers import make_client
 
@@ -23,21 +23,8 @@ BUCKET = "chunkd"
 
 
 @pytest.fixture
-def run_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(server: Any, **settings: Any) -> DaemonProcess:
-        env = daemon_env(
-            input_dir=input_dir, state_url=f"sqlite:///{tmp_path / 'state.db'}", endpoint_url=server.endpoint_url,
-            access_key=server.access_key, secret_key=server.secret_key, **{"invalid_media": "quarantine", **settings},
-        )
-        process = DaemonProcess(env, tmp_path / "daemon.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+def run_daemon(chunkd_daemon: Callable[..., DaemonProcess]) -> Callable[..., DaemonProcess]:
+    return lambda server, **settings: chunkd_daemon(server, **{"invalid_media": "quarantine", **settings})
 
 
 def ffprobe_json(path: Path) -> dict[str, Any]:

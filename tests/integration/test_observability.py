@@ -7,14 +7,13 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.test_daemon import MiB, read_manifest, write_random
-from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.s3_servers import MotoServer
 
 
@@ -25,22 +24,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, moto: MotoServer, input_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(extra_env: dict[str, str] | None = None, **settings: Any) -> DaemonProcess:
-        env = daemon_env(
-            input_dir=input_dir, state_url=f"sqlite:///{tmp_path / 'state.db'}", endpoint_url=moto.endpoint_url,
-            access_key=moto.access_key, secret_key=moto.secret_key, **settings,
-        )
-        env.update(extra_env or {})
-        process = DaemonProcess(env, tmp_path / "daemon.log").start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer) -> Callable[..., DaemonProcess]:
+    return lambda extra_env=None, **settings: chunkd_daemon(moto, extra_env=extra_env, **settings)
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes]:
