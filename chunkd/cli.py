@@ -22,7 +22,7 @@ from chunkd.config import SETTING_NAMES, Settings, env_name, load_settings
 from chunkd.errors import ChunkdError, ConfigError
 from chunkd.logs import setup_logging
 from chunkd.s3 import S3Target
-from chunkd.states import StreamRecord, StreamState
+from chunkd.states import StreamRecord, StreamState, UrlState
 from chunkd.store import CheckpointStore
 
 logger = logging.getLogger("chunkd.cli")
@@ -287,13 +287,16 @@ def _open_store(settings: Settings) -> Iterator[CheckpointStore]:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd.status import collect, render_json, render_table
+    from chunkd.status import collect, render_downloads, render_json, render_table
 
     states = [StreamState(s.upper()) for s in args.state] if args.state else None
     since = None if args.since is None else time.time() - args.since
     with _open_store(settings) as store:
         statuses = collect(store, states, since=since)
+        downloads = [] if args.json or args.state else store.list_urls()
     print(render_json(statuses) if args.json else render_table(statuses))
+    if downloads:
+        print("\n" + render_downloads(downloads))
     return EXIT_OK
 
 
@@ -374,9 +377,14 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
             record.move_to(StreamState.PENDING)  # also clears last_error
             store.save_stream(record)
             print(f"retry  {record.id}  {record.relpath}  FAILED -> PENDING")
+        urls = store.list_urls([UrlState.FAILED]) if args.failed else []
+        for url in urls:
+            url.move_to(UrlState.PENDING)
+            store.save_url(url)
+            print(f"retry  {url.display}  FAILED -> PENDING")
     print(
-        f"chunkd: {len(records)} stream(s) set to PENDING; a running daemon picks them up at its next rescan "
-        f"(every {settings.rescan_seconds:g}s) or start"
+        f"chunkd: {len(records)} stream(s) and {len(urls)} download(s) set to PENDING; a running daemon picks "
+        f"them up at its next rescan (every {settings.rescan_seconds:g}s) or start"
     )
     return EXIT_OK
 

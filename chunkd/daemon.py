@@ -6,14 +6,17 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from chunkd import systemd
 from chunkd.bandwidth import TokenBucket
 from chunkd.config import Settings
+from chunkd.downloader import Downloader
 from chunkd.engine import Engine
 from chunkd.errors import EndpointError, StoreError, TransferError, endpoint_error
 from chunkd.events import EventSink
 from chunkd.http import HttpServer
+from chunkd.linkbatch import LinkManager
 from chunkd.logs import redact
 from chunkd.media import ffprobe_available
 from chunkd.metrics import Metrics, store_snapshot
@@ -64,6 +67,18 @@ def preflight(engine: Engine, target: S3Target) -> None:
         raise endpoint_error(exc, bucket=bucket, where=target.endpoint_url or "AWS S3") from None
 
 
+def _downloader(settings: Settings) -> Downloader:
+    return Downloader(
+        settings.staging_path,
+        concurrency=settings.download_concurrency,
+        per_host_requests=settings.download_host_requests,
+        per_host_window=settings.download_host_window,
+        proxy=settings.download_proxy,
+        max_filesize=settings.max_download_size or None,
+        min_free_bytes=int(settings.min_free_gb * 1e9),
+    )
+
+
 class Daemon:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -71,14 +86,16 @@ class Daemon:
         self.scheduler = Scheduler(
             self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority)
         )
-        own_dirs = (settings.quarantine_path, settings.done_path)
+        own_dirs = (settings.quarantine_path, settings.done_path, settings.staging_path)
         skip = tuple(rel for rel in (relpath_of(engine.input_dir, folder) for folder in own_dirs) if rel)
         self.watcher = Watcher(
             engine.input_dir,
             PathFilter(settings.include, settings.exclude, skip_dirs=skip),
             self.scheduler.submit,
             rescan_seconds=settings.rescan_seconds,
+            links=(PathFilter(settings.links_pattern, skip_dirs=skip), self._links_submit),
         )
+        self.links = LinkManager(engine, _downloader(settings), self._upload_download)
         self.events = EventSink(
             engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
             maxlen=settings.events_maxlen,
@@ -89,7 +106,10 @@ class Daemon:
 
     def _run_job(self, path: Path, relpath: str) -> Outcome:
         job = StreamJob(self.engine, path, relpath)
-        outcome = job.run()
+        return self._finish(job, job.run())
+
+    def _finish(self, job: StreamJob, outcome: Outcome) -> Outcome:
+        """Count the outcome and tell the world, once per finished file."""
         if outcome is Outcome.COMPLETED:
             deduplicated = job.record is not None and job.record.dedup_of
             self.engine.metrics.file_finished("deduplicated" if deduplicated else "completed")
@@ -99,6 +119,15 @@ class Daemon:
             # The store's copy: after a cancel, the job's in-memory record is behind it.
             self.events.emit(outcome.value, self.engine.store.get_stream(job.record.id) or job.record)
         return outcome
+
+    def _links_submit(self, path: Path, relpath: str) -> bool:
+        return self.links.submit(path, relpath)
+
+    def _upload_download(self, path: Path, relpath: str, origin: dict[str, Any]) -> tuple[Outcome, str | None]:
+        """A finished download enters the same pipeline as a dropped file."""
+        job = StreamJob(self.engine, path, relpath, final=True, origin=origin)
+        outcome = self._finish(job, job.run())
+        return outcome, job.record.key if job.record is not None else None
 
     def _http_server(self) -> HttpServer | None:
         settings, engine = self.engine.settings, self.engine
@@ -130,6 +159,8 @@ class Daemon:
         if not ffprobe_available():
             logger.warning("ffprobe not found: manifests get media: null and unreadable files are not quarantined")
         resumed = self.resume_unfinished()
+        self.links.resume()
+        self.links.start()
         self.scheduler.start()
         self.watcher.start()
         systemd.notify("READY=1\nSTATUS=watching " + str(engine.input_dir))
@@ -149,9 +180,11 @@ class Daemon:
             if time.monotonic() >= next_resume:  # picks up `chunkd retry` from any host
                 next_resume = time.monotonic() + resume_every
                 self.resume_unfinished()
+                self.links.resume()
         systemd.notify("STOPPING=1")
         logger.info("stopping: letting in-flight parts finish (up to %.0fs)", engine.settings.shutdown_timeout)
         self.watcher.stop()
+        self.links.stop(timeout=engine.settings.shutdown_timeout)
         self.scheduler.stop(timeout=engine.settings.shutdown_timeout + 5)
         self.events.close(timeout=min(10.0, engine.settings.shutdown_timeout))
         engine.shutdown()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chunkd.logs import redact
-from chunkd.states import StreamRecord, StreamState
+from chunkd.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.store import CheckpointStore
 
 _ACTIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
@@ -141,3 +141,19 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def render_downloads(records: list[UrlRecord]) -> str:
+    """URLs from links files: state, progress, and the object or the error."""
+    rows = [("DOWNLOAD", "DONE", "SIZE", "URL", "OBJECT / ERROR")]
+    for record in records:
+        percent = 100.0 if record.state is UrlState.COMPLETED else (
+            100.0 * record.bytes_done / record.size if record.size else 0.0
+        )
+        outcome = record.key or redact(record.last_error or "")
+        rows.append((record.state.value, f"{percent:5.1f}%", human_size(record.size or 0), record.display, outcome[:80]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    ).rstrip()

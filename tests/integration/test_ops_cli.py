@@ -272,7 +272,7 @@ def test_retry_one_and_all_failed(env: dict[str, str]) -> None:
     assert f1 is not None and f1.state is StreamState.PENDING and f1.last_error is None
 
     out = ok("retry", "--failed", env=env)
-    assert "2 stream(s) set to PENDING" in out and "gone" not in out
+    assert "2 stream(s) and 0 download(s) set to PENDING" in out and "gone" not in out
     assert [load(env, i).state for i in ("f2", "f3", "gone")] == [  # type: ignore[union-attr]
         StreamState.PENDING, StreamState.PENDING, StreamState.FAILED,
     ]

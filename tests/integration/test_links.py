@@ -1,0 +1,198 @@
+"""links.txt batches end to end: a real `chunkd run`, a local HTTP server serving real MP4s made
+with ffmpeg (Range, dropped connections, 429), and moto's S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_daemon import read_manifest, sha256_object
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.media import make_mp4, require_ffmpeg
+from tests.support.media_server import MediaServer
+from tests.support.s3_servers import MotoServer
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Iterator[tuple[MediaServer, dict[str, bytes]]]:
+    require_ffmpeg()
+    files = {}
+    for index, seconds in enumerate((1.0, 1.5, 2.0), start=1):
+        files[f"/v/clip{index}.mp4"] = make_mp4(tmp_path / f"clip{index}.mp4", seconds, size="640x480").read_bytes()
+    with MediaServer(files) as server:
+        yield server, files
+
+
+@pytest.fixture
+def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer) -> Callable[..., DaemonProcess]:
+    return lambda **settings: chunkd_daemon(
+        moto, **{"allow_private_urls": "true", "invalid_media": "quarantine", **settings}
+    )
+
+
+def objects(moto: MotoServer) -> set[str]:
+    return {item["Key"] for item in moto.client().list_objects_v2(Bucket="chunkd").get("Contents", [])}
+
+
+def videos(moto: MotoServer) -> set[str]:
+    return {key for key in objects(moto) if not key.endswith(".manifest.json")}
+
+
+def test_a_links_file_with_good_bad_and_duplicate_lines(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    server, files = media
+    base = server.url
+    (input_dir / "links.txt").write_text(
+        "\ufeff# my batch\n"
+        f"{base}/v/clip1.mp4\n"
+        f"{base}/v/clip2.mp4\n"
+        "\n"
+        f"{base}/v/clip3.mp4#t=10\n"
+        f"{base.replace('http://', 'HTTP://')}/v/clip1.mp4#again\n"  # the same URL once normalized
+        "file:///etc/passwd\n"
+        "this is not a url\n"
+        f"{base}/v/missing.mp4\n"
+    )
+    start_daemon()
+    report_path = input_dir / "links.txt.report.json"
+    wait_for(report_path.is_file, timeout=120, what="the links report")
+    assert (input_dir / "links.txt.done").is_file() and not (input_dir / "links.txt").exists()
+    report = {entry["line"]: entry for entry in json.loads(report_path.read_text())["lines"]}
+    assert [report[n]["state"] for n in (2, 3, 5)] == ["COMPLETED"] * 3
+    assert report[6]["state"] == "DUPLICATE" and report[6]["duplicate_of_line"] == 2
+    assert report[7]["state"] == "REJECTED" and "scheme" in report[7]["error"]
+    assert report[8]["state"] == "REJECTED"
+    assert report[9]["state"] == "FAILED" and "404" in report[9]["error"]
+    assert len(videos(moto)) == 3
+    client = moto.client()
+    for line, path in ((2, "/v/clip1.mp4"), (3, "/v/clip2.mp4"), (5, "/v/clip3.mp4")):
+        key = report[line]["key"]
+        assert sha256_object(client, key) == sha(files[path])
+        manifest = read_manifest(client, key)
+        assert manifest is not None and manifest["source"]["url"].endswith(path)
+        assert manifest["source"]["extractor"] == "generic"
+    fetched = [entry for entry in server.log if entry.method == "GET" and entry.status in (200, 206)]
+    assert sorted({entry.path for entry in fetched}) == ["/v/clip1.mp4", "/v/clip2.mp4", "/v/clip3.mp4"]
+    assert not (input_dir / ".staging").exists() or not any((input_dir / ".staging").iterdir())
+
+
+def test_dropped_connection_resumes_with_range_and_a_second_drop_of_the_file_does_nothing(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    server, files = media
+    size = len(files["/v/clip3.mp4"])
+    server.drop_after("/v/clip3.mp4", int(size * 0.4))
+    (input_dir / "a.links.txt").write_text(f"{server.url}/v/clip3.mp4\n")
+    start_daemon()
+    wait_for((input_dir / "a.links.txt.report.json").is_file, timeout=120, what="the report")
+    ranged = [entry for entry in server.log if entry.path == "/v/clip3.mp4" and entry.range]
+    assert ranged and ranged[0].range.startswith("bytes=") and int(ranged[0].range[6:].split("-")[0]) > 0
+    key = json.loads((input_dir / "a.links.txt.report.json").read_text())["lines"][0]["key"]
+    assert sha256_object(moto.client(), key) == sha(files["/v/clip3.mp4"])
+
+    moto.reset_counts()
+    requests_before = len(server.log)
+    (input_dir / "again.links.txt").write_text(f"{server.url}/v/clip3.mp4\n")
+    wait_for((input_dir / "again.links.txt.report.json").is_file, timeout=60, what="the second report")
+    entry = json.loads((input_dir / "again.links.txt.report.json").read_text())["lines"][0]
+    assert entry["state"] == "COMPLETED" and entry["key"] == key and entry.get("already_uploaded") is True
+    assert len(server.log) == requests_before, "a completed URL must not be fetched again"
+    counts = moto.counts()
+    assert counts["UploadPart"] + counts["PutObject"] + counts["CreateMultipartUpload"] == 0
+
+
+def test_429_with_retry_after_is_waited_out(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    server, _ = media
+    server.answer_429("/v/clip1.mp4", times=1, retry_after=2)
+    (input_dir / "links.txt").write_text(f"{server.url}/v/clip1.mp4\n")
+    start_daemon()
+    wait_for((input_dir / "links.txt.report.json").is_file, timeout=120, what="the report")
+    hits = [entry for entry in server.log if entry.path == "/v/clip1.mp4"]
+    first_429 = next(i for i, entry in enumerate(hits) if entry.status == 429)
+    gap = hits[first_429 + 1].time - hits[first_429].time
+    assert gap >= 2.0, f"retried {gap:.2f}s after a 429 with Retry-After: 2"
+    assert len(videos(moto)) == 1
+
+
+def test_private_addresses_are_refused_unless_allowed(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    server, _ = media
+    (input_dir / "links.txt").write_text(f"{server.url}/v/clip1.mp4\nhttp://169.254.169.254/latest/meta-data/\n")
+    start_daemon(allow_private_urls="false")
+    wait_for((input_dir / "links.txt.report.json").is_file, timeout=60, what="the report")
+    lines = json.loads((input_dir / "links.txt.report.json").read_text())["lines"]
+    assert [entry["state"] for entry in lines] == ["FAILED", "FAILED"]
+    assert "private" in lines[0]["error"] and "metadata" in lines[1]["error"]
+    assert not server.log and not videos(moto)
+
+
+def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    import subprocess
+    import sys
+
+    server, files = media
+    (input_dir / "links.txt").write_text(f"{server.url}/v/late.mp4\n")
+    daemon = start_daemon()
+    wait_for((input_dir / "links.txt.report.json").is_file, timeout=60, what="the report")
+    assert json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]["state"] == "FAILED"
+
+    def chunkd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chunkd", *args], env=daemon.env, capture_output=True,
+                              text=True, timeout=30)
+
+    status = chunkd("status")
+    assert "FAILED" in status.stdout and "/v/late.mp4" in status.stdout and "404" in status.stdout
+    server.add("/v/late.mp4", files["/v/clip2.mp4"])  # the file is there now
+    retried = chunkd("retry", "--failed")
+    assert retried.returncode == 0 and "1 download(s)" in retried.stdout
+    wait_for(lambda: len(videos(moto)) == 1, timeout=60, what="the retried download uploaded")
+    status = chunkd("status")
+    assert "COMPLETED" in status.stdout and "100.0%" in status.stdout
+
+
+def test_kill_9_during_a_download_resumes_from_the_partial_file(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    server, files = media
+    path = "/v/clip3.mp4"
+    size = len(files[path])
+    server.pace(path, size / 6)  # about six seconds for the whole file
+    (input_dir / "links.txt").write_text(f"{server.url}{path}\n")
+    first = start_daemon()
+    staging = input_dir / ".staging"
+
+    def partial_bytes() -> int:
+        return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.is_dir() else 0
+
+    wait_for(lambda: partial_bytes() > size * 0.3, timeout=60, what="a partial download on disk")
+    first.kill()
+    on_disk = partial_bytes()
+    server.pace(path, None)
+    start_daemon()
+    wait_for((input_dir / "links.txt.report.json").is_file, timeout=120, what="the report")
+    entry = json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]
+    assert entry["state"] == "COMPLETED"
+    assert sha256_object(moto.client(), entry["key"]) == sha(files[path])
+    assert server.bytes_served(path) < 1.2 * size
+    ranged = [req for req in server.requests_for(path, "GET") if req.range]
+    assert ranged and int(ranged[-1].range[6:].split("-")[0]) >= on_disk * 0.9
