@@ -105,3 +105,13 @@ def chunkd_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., Dae
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
+    """Environment for a chunkd subprocess: moto endpoint, SQLite state and an input folder in tmp_path."""
+    (tmp_path / "input").mkdir(exist_ok=True)
+    return daemon_env(
+        input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key,
+    )

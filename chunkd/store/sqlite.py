@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +140,9 @@ class SqliteStore:
         return _stream(row[0]) if row else None
 
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        query, args = "SELECT data FROM streams", []
-        if states is not None:
-            args = [StreamState(state).value for state in states]
-            query += f" WHERE state IN ({', '.join('?' * len(args))})"
+        where, args = _state_filter(states, StreamState)
         with self._read("list streams") as conn:
-            rows = conn.execute(query + " ORDER BY discovered_at, id", args).fetchall()
+            rows = conn.execute(f"SELECT data FROM streams{where} ORDER BY discovered_at, id", args).fetchall()
         return [_stream(data) for (data,) in rows]
 
     def record_part(self, stream_id: str, part: PartRecord) -> None:
@@ -208,12 +206,9 @@ class SqliteStore:
         return UrlRecord.from_dict(json.loads(row[0])) if row else None
 
     def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
-        query, args = "SELECT data FROM urls", []
-        if states is not None:
-            args = [UrlState(state).value for state in states]
-            query += f" WHERE state IN ({', '.join('?' * len(args))})"
+        where, args = _state_filter(states, UrlState)
         with self._read("list urls") as conn:
-            rows = conn.execute(query + " ORDER BY created_at, url", args).fetchall()
+            rows = conn.execute(f"SELECT data FROM urls{where} ORDER BY created_at, url", args).fetchall()
         return [UrlRecord.from_dict(json.loads(data)) for (data,) in rows]
 
     def ping(self) -> None:
@@ -223,6 +218,14 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock, self._errors("close"):
             self._conn.close()
+
+
+def _state_filter(states: Iterable[Any] | None, kind: type[Enum]) -> tuple[str, list[str]]:
+    """` WHERE state IN (?, …)` and its arguments, or nothing when every state is wanted."""
+    if states is None:
+        return "", []
+    args = [kind(state).value for state in states]
+    return f" WHERE state IN ({', '.join('?' * len(args))})", args
 
 
 def _stream(data: str) -> StreamRecord:

@@ -5,36 +5,27 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
-from tests.support.daemon import daemon_env, wait_for
+from chunkd.devserver import free_port
+from tests.integration.test_daemon import (
+    MiB,
+    read_manifest,
+    sha256_file,
+    sha256_object,
+    write_random,
+)
+from tests.support.daemon import wait_for
 from tests.support.s3_servers import MotoServer
 
 
 def run_chunkd(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chunkd", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
-    (tmp_path / "input").mkdir()
-    return daemon_env(
-        input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key,
     )
 
 
@@ -69,7 +60,7 @@ def test_bad_flag_value_names_the_flag(env: dict[str, str]) -> None:
 
 
 def test_unreachable_endpoint_is_one_clear_line(env: dict[str, str]) -> None:
-    result = run_chunkd("run", env={**env, "CHUNKD_S3_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"})
+    result = run_chunkd("run", env={**env, "CHUNKD_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
     assert result.returncode == 1
     lines = error_lines(result)
     assert len(lines) == 1 and "cannot reach S3 endpoint" in lines[0], result.stderr
@@ -83,7 +74,7 @@ def test_wrong_bucket_is_one_clear_line(env: dict[str, str]) -> None:
 
 
 def test_unreachable_redis_is_one_clear_line_without_password(env: dict[str, str]) -> None:
-    url = f"redis://user:hunter2@127.0.0.1:{closed_port()}/0"
+    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
     result = run_chunkd("run", env={**env, "CHUNKD_STATE_URL": url})
     assert result.returncode == 1
     lines = error_lines(result)

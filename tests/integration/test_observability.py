@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from chunkd.devserver import free_port
 from tests.integration.test_daemon import MiB, read_manifest, write_random
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.s3_servers import MotoServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import pytest
 from chunkd.gc import MultipartUpload, orphans
 from chunkd.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
-from tests.integration.test_cli import closed_port, run_chunkd
+from chunkd.devserver import free_port
+from tests.integration.test_cli import run_chunkd
 from tests.support.daemon import daemon_env
 from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
 
@@ -31,11 +32,6 @@ def make_env(tmp_path: Path, s3: MotoServer | LocalS3Server, state_url: str | No
         input_dir=tmp_path / "input", state_url=state_url or f"sqlite:///{tmp_path / 'state.db'}",
         endpoint_url=s3.endpoint_url, access_key=s3.access_key, secret_key=s3.secret_key,
     )
-
-
-@pytest.fixture
-def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
-    return make_env(tmp_path, moto)
 
 
 def stream(stream_id: str, state: StreamState, **fields: Any) -> StreamRecord:
@@ -164,7 +160,7 @@ def test_doctor_names_the_wrong_bucket_and_exits_1(env: dict[str, str]) -> None:
 
 
 def test_doctor_reports_unreachable_redis_without_password(env: dict[str, str], tmp_path: Path) -> None:
-    url = f"redis://:hunter2@127.0.0.1:{closed_port()}/0"
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     result = run_chunkd("doctor", env={**env, "CHUNKD_STATE_URL": url, "CHUNKD_INPUT_DIR": str(tmp_path / "nope")})
     assert result.returncode == 1
     checks = doctor_lines(result.stdout)
@@ -249,7 +245,7 @@ def test_gc_expires_old_finished_records(env: dict[str, str], moto: MotoServer) 
 
 
 def test_gc_with_an_unreachable_endpoint_is_one_line(env: dict[str, str]) -> None:
-    result = run_chunkd("gc", env={**env, "CHUNKD_S3_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"})
+    result = run_chunkd("gc", env={**env, "CHUNKD_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
     assert result.returncode == 1
     assert "cannot reach S3 endpoint" in result.stderr
 

@@ -10,22 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_cli import closed_port, error_lines, run_chunkd
+from chunkd.devserver import free_port
+from tests.integration.test_cli import error_lines, run_chunkd
 from tests.integration.test_daemon import MiB, read_manifest, write_random
-from tests.support.daemon import daemon_env
 from tests.support.s3_servers import MotoServer
 
 BUCKET = "chunkd"
-
-
-@pytest.fixture
-def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
-    """Settings for a chunkd subprocess: moto endpoint, SQLite state and an input folder in tmp_path."""
-    (tmp_path / "input").mkdir()
-    return daemon_env(
-        input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key,
-    )
 
 
 def upload(path: Path, env: dict[str, str]) -> None:
@@ -161,7 +151,7 @@ def test_manifest_whose_parts_do_not_tile_the_object_fails_the_parts_check(
 
 
 def test_unreachable_endpoint_is_one_clear_line(env: dict[str, str]) -> None:
-    unreachable = f"http://127.0.0.1:{closed_port()}"
+    unreachable = f"http://127.0.0.1:{free_port()}"
     result = run_chunkd("verify", "clip.mp4", env={**env, "CHUNKD_S3_ENDPOINT_URL": unreachable})
     assert result.returncode == 1
     lines = error_lines(result)
