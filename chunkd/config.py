@@ -151,6 +151,9 @@ class Settings:
     max_download_size: int = 0
     min_free_gb: float = 0.0
     staging_dir: Path | None = None
+    lease_seconds: float = 30.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 5.0
 
     @property
     def fixed_parts(self) -> bool:
@@ -216,6 +219,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_download_size": parse_size,
     "min_free_gb": _non_negative_float,
     "staging_dir": lambda v: Path(v).expanduser() if v else None,
+    "lease_seconds": _non_negative_float,
+    "breaker_failures": _positive_int,
+    "breaker_cooldown": _non_negative_float,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)
@@ -281,6 +287,8 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise ConfigError(where("s3_endpoint_url"), "must look like http://host:port or https://host")
     if not settings.state_url.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
         raise ConfigError(where("state_url"), "must start with redis://, rediss:// or sqlite:///")
+    if settings.lease_seconds < 2:
+        raise ConfigError(where("lease_seconds"), "must be at least 2 seconds (leases are renewed every third of it)")
     if not settings.manifest_suffix:
         raise ConfigError(where("manifest_suffix"), "must not be empty")
     for url in settings.webhook_urls:
