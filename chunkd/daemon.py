@@ -41,7 +41,7 @@ def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event 
     stop = stop or threading.Event()
     pool = settings.file_concurrency * settings.part_concurrency + 4
     limiter = TokenBucket(settings.bandwidth_limit) if settings.bandwidth_limit else None
-    store = open_store(settings.state_url)
+    store = open_store(settings.state_url, exclusive=True)
     metrics = Metrics(snapshot=lambda: store_snapshot(store))
 
     def on_retry(error: TransferError, attempt: int) -> None:
@@ -146,6 +146,16 @@ class Daemon:
             self.scheduler.submit(self.engine.input_dir / record.relpath, record.relpath)
         return len(unfinished)
 
+    def _resume_quietly(self) -> None:
+        """The periodic pass must survive a store outage; the outage is logged once, by StoreHealth."""
+        try:
+            self.resume_unfinished()
+            self.links.resume()
+        except StoreError as exc:
+            self.engine.store_health.failed(exc)
+        else:
+            self.engine.store_health.ok()
+
     def run(self) -> None:
         """Block until the stop event is set, then stop warm: in-flight parts finish and are recorded."""
         engine = self.engine
@@ -177,10 +187,9 @@ class Daemon:
             if watchdog_every is not None and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog_every
-            if time.monotonic() >= next_resume:  # picks up `chunkd retry` from any host
+            if time.monotonic() >= next_resume:  # picks up `chunkd retry` and other daemons' leftovers
                 next_resume = time.monotonic() + resume_every
-                self.resume_unfinished()
-                self.links.resume()
+                self._resume_quietly()
         systemd.notify("STOPPING=1")
         logger.info("stopping: letting in-flight parts finish (up to %.0fs)", engine.settings.shutdown_timeout)
         self.watcher.stop()

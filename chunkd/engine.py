@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import threading
@@ -11,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkd.config import Settings
+from chunkd.lease import LeaseKeeper
 from chunkd.metrics import Metrics
 from chunkd.store import CheckpointStore
+from chunkd.store.health import StoreHealth
 from chunkd.uploader import Uploader
 
 
@@ -27,10 +30,21 @@ class Engine:
     on_progress: Callable[[str, int], None] | None = None  # (relpath, bytes newly acknowledged)
     metrics: Metrics = field(default_factory=Metrics)
     part_pool: ThreadPoolExecutor = field(init=False)
+    leases: LeaseKeeper = field(init=False)
+    store_health: StoreHealth = field(init=False)
 
     def __post_init__(self) -> None:
         workers = self.settings.file_concurrency * self.settings.part_concurrency
         self.part_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunkd-part")
+        self.leases = LeaseKeeper(self.store, self.settings.lease_seconds)
+        self.store_health = StoreHealth()
+
+    def with_store(self, store: CheckpointStore) -> Engine:
+        """The same engine (pool, uploader, stop flag) seen through another store, e.g. one job's
+        fenced view of it."""
+        view = copy.copy(self)
+        view.store = store
+        return view
 
     def progress(self, relpath: str, nbytes: int) -> None:
         if self.on_progress is not None:
@@ -38,6 +52,7 @@ class Engine:
 
     def shutdown(self) -> None:
         self.part_pool.shutdown(wait=True, cancel_futures=True)
+        self.leases.close()
 
 
 class StreamLog(logging.LoggerAdapter):

@@ -78,3 +78,14 @@ def endpoint_error(exc: TransferError, *, bucket: str, where: str, what: str | N
     if exc.code in _DENIED_CODES:
         return EndpointError(f"access to bucket {bucket!r} at {where} denied: {exc}", exit_code=2)
     return EndpointError(f"{what or f'bucket {bucket!r}'} at {where}: {exc}")
+
+
+class LeaseLostError(ChunkdError):
+    """Another daemon holds a newer lease on this file: stop touching its stream at once.
+
+    Deliberately not a StoreError: the store answered, and waiting would not change the answer.
+    """
+
+
+class StoreResetError(LeaseLostError):
+    """The store no longer knows this lease at all: it restarted empty or was flushed."""

@@ -18,19 +18,23 @@ from typing import Any
 
 from chunkd.engine import Engine, StreamLog
 from chunkd.errors import (
+    LeaseLostError,
     PermanentError,
     SourceChangedError,
     SourceGoneError,
     StoreError,
+    StoreResetError,
     TransferError,
     UploadGoneError,
 )
 from chunkd.finalizer import Finalizer, Quarantined, after_upload, completed_earlier
 from chunkd.keys import render_key
+from chunkd.lease import HeldLease
 from chunkd.monitor import Change, IdleTracker, Snapshot, take_snapshot
 from chunkd.partreader import FileIdentity, digest_range, open_checked
 from chunkd.planner import Part, PartSchedule, plan_schedule
 from chunkd.states import PartRecord, StreamRecord, StreamState, new_stream_id
+from chunkd.store.fenced import FencedStore
 
 logger = logging.getLogger("chunkd.stream")
 
@@ -44,6 +48,7 @@ class Outcome(enum.Enum):
     QUARANTINED = "quarantined"  # not media: moved aside, nothing uploaded
     INTERRUPTED = "interrupted"  # shutdown: resumes on next start
     RETRY_LATER = "retry_later"  # transient trouble outlasted the retries
+    BUSY = "busy"  # another daemon holds the file's lease; it is that daemon's to upload
 
 
 class Interrupted(Exception):
@@ -68,8 +73,50 @@ class StreamJob:
         self.origin = origin  # where a downloaded file came from, for the manifest
         self.record: StreamRecord | None = None
         self.log = StreamLog(logger, {"relpath": relpath})
+        self.held: HeldLease | None = None
 
     def run(self) -> Outcome:
+        """Upload the file while holding its lease; never touch it once another daemon took over."""
+        base = self.engine
+        try:
+            held = base.leases.acquire(self.relpath)
+        except StoreError as exc:
+            base.metrics.store_error()
+            base.store_health.failed(exc)
+            return Outcome.RETRY_LATER
+        base.store_health.ok()
+        if held is None:
+            self.log.debug("another daemon holds this file's lease; leaving the file to it")
+            return Outcome.BUSY
+        try:
+            for _ in range(MAX_RESTARTS):
+                self.held = held
+                self.engine = base.with_store(
+                    FencedStore(base.store, held, health=base.store_health, wait=base.stop.wait)
+                )
+                try:
+                    return self._run_owned()
+                except StoreResetError:
+                    self.log.warning(
+                        "the state store lost its records (restarted empty or flushed); rebuilding this "
+                        "upload from what the bucket holds"
+                    )
+                    base.leases.release(held, quiet=True)
+                    held = base.leases.acquire(self.relpath)
+                    if held is None:
+                        return Outcome.BUSY
+            return Outcome.FAILED
+        except LeaseLostError as exc:
+            self.log.warning("stopped: %s (its lease expired); that daemon carries on from the checkpoint", exc)
+            return Outcome.BUSY
+        except StoreError as exc:  # only on shutdown: the fenced store waits out outages
+            self.log.info("stopped while the state store was unreachable: %s", exc)
+            return Outcome.RETRY_LATER
+        finally:
+            self.engine = base
+            base.leases.release(held)
+
+    def _run_owned(self) -> Outcome:
         fresh = False
         for _ in range(MAX_RESTARTS):
             try:
@@ -191,6 +238,7 @@ class StreamJob:
             if self.engine.stop.is_set():
                 self._drain(record, in_flight, done)
                 raise Interrupted
+            self._check_lease(in_flight)
             if time.monotonic() >= next_cancel_check:
                 next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
                 self._check_cancelled(record, in_flight, done)
@@ -218,6 +266,21 @@ class StreamJob:
                 wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
             else:
                 self.engine.stop.wait(self.engine.settings.poll_seconds)
+
+    def _check_lease(self, in_flight: dict[Future[PartRecord], Part]) -> None:
+        """Lost: stop at once. Forgotten by a store that restarted empty: let the parts in flight
+        land first, so the rebuild from the bucket finds them there."""
+        if self.held is None or not self.held.lost.is_set():
+            return
+        if self.held.forgotten and in_flight:
+            wait(list(in_flight), timeout=self.engine.settings.shutdown_timeout)
+        self.held.check()
+
+    def _may_start_parts(self) -> bool:
+        """Not while the lease could not be renewed lately (another daemon may own the file by
+        now) or the store is down (the part could not be recorded)."""
+        held_ok = self.held is None or self.held.fresh
+        return held_ok and not self.engine.store_health.down
 
     def _save_unless_cancelled(self, record: StreamRecord) -> None:
         """Save, unless an operator cancelled the stream meanwhile: never write over that."""
@@ -265,7 +328,7 @@ class StreamJob:
     ) -> None:
         """Start every part the file already holds in full, up to the per-file concurrency."""
         limit = self.engine.settings.part_concurrency
-        if len(in_flight) >= limit:
+        if len(in_flight) >= limit or not self._may_start_parts():
             return
         busy = {part.number for part in in_flight.values()}
         for number in self._next_numbers(schedule, done, busy):
@@ -349,7 +412,8 @@ class StreamJob:
                 if self.engine.stop.is_set():
                     self._drain(record, in_flight, done)
                     raise Interrupted
-                while queue and len(in_flight) < limit:
+                self._check_lease(in_flight)
+                while queue and len(in_flight) < limit and self._may_start_parts():
                     part = queue.pop(0)
                     in_flight[self._submit(record, part)] = part
                 wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
@@ -366,7 +430,7 @@ class StreamJob:
         if record.upload_id is None:
             if ledger:
                 store.drop_parts(record.id)
-            return {}
+            return self._adopt_upload(record, schedule, snap)
         try:
             remote = uploader.list_parts(record.bucket, record.key, record.upload_id)
         except UploadGoneError:
@@ -385,6 +449,41 @@ class StreamJob:
         self.log.info("resumed", extra={"parts_recorded": len(ledger), "parts_on_server": len(remote)})
         return ledger
 
+    def _adopt_upload(self, record: StreamRecord, schedule: PartSchedule, snap: Snapshot) -> dict[int, PartRecord]:
+        """A new record for a file whose upload the bucket may already hold (the state store came
+        back empty, or lost the record): adopt the newest upload for the key whose parts match the
+        local bytes, instead of sending them again."""
+        if snap.size < schedule.part(1).end:
+            return {}  # no full part yet: nothing can have been sent
+        uploader = self.engine.uploader
+        try:
+            candidates = uploader.list_uploads(record.bucket, record.key)[:3]
+        except PermanentError as exc:  # a server without ListMultipartUploads: nothing to adopt
+            self.log.debug("cannot list unfinished uploads: %s", exc)
+            return {}
+        for upload_id in candidates:
+            try:
+                remote = uploader.list_parts(record.bucket, record.key, upload_id)
+            except UploadGoneError:
+                continue
+            adopted = {}
+            for number, remote_part in sorted(remote.items()):
+                part = self._adopt(record, schedule, snap, number, remote_part.size, remote_part.etag)
+                if part is not None:
+                    adopted[number] = part
+            if not adopted:
+                continue
+            record.upload_id = upload_id
+            self._save_unless_cancelled(record)
+            for part in adopted.values():
+                self.engine.store.record_part(record.id, part)
+            self.log.info(
+                "adopted an unfinished upload found in the bucket",
+                extra={"upload_id": upload_id, "parts_adopted": len(adopted), "parts_on_server": len(remote)},
+            )
+            return adopted
+        return {}
+
     def _adopt(
         self, record: StreamRecord, schedule: PartSchedule, snap: Snapshot, number: int, size: int, etag: str
     ) -> PartRecord | None:
@@ -397,7 +496,7 @@ class StreamJob:
             digest = digest_range(handle, part.offset, part.size)
         if digest.md5_hex != etag.strip('"').lower():
             return None
-        self.log.info("adopted a part the server had but the checkpoint missed", extra={"part": number})
+        self.log.debug("adopted a part the server had but the checkpoint missed", extra={"part": number})
         return PartRecord(number=number, offset=part.offset, size=part.size, etag=etag, sha256=digest.sha256_hex)
 
     def _upload_gone(self, record: StreamRecord, ledger: dict[int, PartRecord]) -> dict[int, PartRecord]:

@@ -15,7 +15,7 @@ from typing import Any
 from botocore.client import BaseClient
 
 from chunkd.bandwidth import TokenBucket
-from chunkd.errors import PermanentError, RetryableError
+from chunkd.errors import PermanentError, RetryableError, UploadGoneError
 from chunkd.partreader import (
     Digest,
     FileIdentity,
@@ -174,6 +174,29 @@ class Uploader:
             if not response.get("IsTruncated"):
                 return found
             marker = int(response.get("NextPartNumberMarker", 0))
+
+    def list_uploads(self, bucket: str, key: str) -> list[str]:
+        """Ids of the unfinished multipart uploads for exactly this key, newest first."""
+        found: list[tuple[Any, str]] = []
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                response = self._call(
+                    "ListMultipartUploads",
+                    lambda: self._client.list_multipart_uploads(Bucket=bucket, Prefix=key, **markers),
+                    key=key,
+                )
+            except UploadGoneError:  # `rclone serve s3` answers NoSuchUpload when there are none
+                break
+            for item in response.get("Uploads", []):
+                if item.get("Key") == key:
+                    found.append((item.get("Initiated"), str(item["UploadId"])))
+            if not response.get("IsTruncated"):
+                break
+            markers = {"KeyMarker": response.get("NextKeyMarker", ""),
+                       "UploadIdMarker": response.get("NextUploadIdMarker", "")}
+        found.sort(key=lambda item: str(item[0]), reverse=True)
+        return [upload_id for _, upload_id in found]
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:

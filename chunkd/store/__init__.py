@@ -8,8 +8,11 @@ from chunkd.store.protocol import CheckpointStore
 __all__ = ["CheckpointStore", "open_store"]
 
 
-def open_store(url: str) -> CheckpointStore:
-    """Open `redis://…`/`rediss://…` or `sqlite:///path` (path relative to the working dir)."""
+def open_store(url: str, *, exclusive: bool = False) -> CheckpointStore:
+    """Open `redis://…`/`rediss://…` or `sqlite:///path` (path relative to the working dir).
+
+    `exclusive` is for the daemon: a SQLite database then refuses a second daemon (Redis is shared
+    by design; leases coordinate its users)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         from chunkd.store.redis import RedisStore
 
@@ -17,5 +20,5 @@ def open_store(url: str) -> CheckpointStore:
     if url.startswith("sqlite:///"):
         from chunkd.store.sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///") :])
+        return SqliteStore(url[len("sqlite:///") :], exclusive=exclusive)
     raise ConfigError("CHUNKD_STATE_URL", f"unsupported scheme in {url.split('://')[0]!r}; use redis:// or sqlite:///")

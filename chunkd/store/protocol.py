@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from chunkd.lease import Lease, Renewal
 from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 
@@ -12,10 +13,12 @@ class CheckpointStore(Protocol):
     """Durable ledger of streams and their acknowledged parts.
 
     Every write is atomic on its own: a crash between two calls leaves the store in the state of
-    the last call that returned.
+    the last call that returned. Writes that take a `fence` are refused with LeaseLostError (or
+    StoreResetError when the store has no trace of the lease) unless the lease's token is still the
+    newest one issued for its name; the check and the write are one atomic step.
     """
 
-    def save_stream(self, record: StreamRecord) -> None:
+    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None) -> None:
         """Insert or replace a stream record and point its relpath at it."""
 
     def get_stream(self, stream_id: str) -> StreamRecord | None: ...
@@ -26,13 +29,15 @@ class CheckpointStore(Protocol):
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         """Streams (optionally only those in `states`), oldest discovery first."""
 
-    def record_part(self, stream_id: str, part: PartRecord) -> None:
+    def record_part(self, stream_id: str, part: PartRecord, *, fence: Lease | None = None) -> None:
         """Record an acknowledged part; replaces an earlier record with the same number."""
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         """Recorded parts ordered by part number."""
 
-    def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
+    def drop_parts(
+        self, stream_id: str, numbers: Iterable[int] | None = None, *, fence: Lease | None = None
+    ) -> None:
         """Forget some parts (or all when `numbers` is None), e.g. after the upload vanished."""
 
     def index_content(self, sha256: str, stream_id: str) -> None:
@@ -62,6 +67,18 @@ class CheckpointStore(Protocol):
 
     def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
         """URL records, oldest first."""
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
+        """A new fencing token if `name` is free (or held by `owner` or by `steal_from`), else None."""
+
+    def lease_owner(self, name: str) -> str | None:
+        """Who holds the lease on `name` now, if anyone."""
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Renewal:
+        """Extend the lease; also re-takes an expired one that nobody else took meanwhile."""
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give the lease up if it is still ours, so another daemon need not wait for it to expire."""
 
     def ping(self) -> None:
         """Raise StoreError when the backend is unreachable."""

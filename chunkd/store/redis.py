@@ -11,6 +11,8 @@ Keys, with the default prefix:
     chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
     chunkd:urls                  sorted set: url keys scored by created_at
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
+    chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds
+    chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
 """
 
 from __future__ import annotations
@@ -18,20 +20,48 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
-from chunkd.errors import StoreError
+from chunkd.errors import LeaseLostError, StoreError, StoreResetError
+from chunkd.lease import Lease, Renewal
 from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
 _EVENT_CLOCK_SLACK_SECONDS = 300.0
 _EVENT_PAGE = 500
+
+# KEYS: lease, fence. ARGV: owner, ttl ms, an owner we may take the lease from ("" for none).
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local holder = string.match(current, '^(.*)|%d+$')
+  if holder ~= ARGV[1] and holder ~= ARGV[3] then return 0 end
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: lease, fence. ARGV: "owner|token", ttl ms, token. 1 held, 0 lost, -1 forgotten.
+_RENEW = """
+local fence = redis.call('GET', KEYS[2])
+if not fence then return -1 end
+if tonumber(fence) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: lease. ARGV: "owner|token".
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisStore:
@@ -46,6 +76,9 @@ class RedisStore:
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -85,6 +118,12 @@ class RedisStore:
     def _events_key(self) -> str:
         return f"{self.prefix}events"
 
+    def _lease_key(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"
+
+    def _fence_key(self, name: str) -> str:
+        return f"{self.prefix}fence:{name}"
+
     # errors
 
     @contextmanager
@@ -110,14 +149,32 @@ class RedisStore:
         """`with store.batch() as pipe:` queue writes with `pipeline=pipe`; one MULTI/EXEC on exit."""
         return _Batch(self)
 
-    def save_stream(self, record: StreamRecord, *, pipeline: Pipeline | None = None) -> None:
+    def _write(self, action: str, queue: Callable[[Pipeline], object], fence: Lease | None) -> None:
+        """One MULTI/EXEC; with a fence, WATCHed so the token check and the write are atomic."""
+        with self._errors(action), self.client.pipeline(transaction=True) as pipe:
+            if fence is None:
+                queue(pipe)
+                pipe.execute()
+                return
+            fence_key = self._fence_key(fence.name)
+            while True:
+                try:
+                    pipe.watch(fence_key)
+                    _check_fence(fence, pipe.get(fence_key))
+                    pipe.multi()
+                    queue(pipe)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # the fence moved under us: check it again
+
+    def save_stream(
+        self, record: StreamRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
+    ) -> None:
         if pipeline is not None:
             self._queue_save(pipeline, record)
             return
-        with self._errors(f"save stream {record.id}"):
-            pipe = self.client.pipeline(transaction=True)
-            self._queue_save(pipe, record)
-            pipe.execute()
+        self._write(f"save stream {record.id}", lambda pipe: self._queue_save(pipe, record), fence)
 
     def _queue_save(self, pipe: Pipeline, record: StreamRecord) -> None:
         score = {record.id: record.discovered_at}
@@ -131,26 +188,61 @@ class RedisStore:
         pipe.zadd(self._streams_key(record.state), score)
         pipe.zadd(self._path_key(record.relpath), score)
 
-    def record_part(self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None) -> None:
+    def record_part(
+        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
+    ) -> None:
         args = (self._parts_key(stream_id), str(part.number), json.dumps(part.to_dict()))
         if pipeline is not None:
             pipeline.hset(*args)
             return
-        with self._errors(f"record part {part.number} of stream {stream_id}"):
-            self.client.hset(*args)
+        self._write(f"record part {part.number} of stream {stream_id}", lambda pipe: pipe.hset(*args), fence)
 
     def drop_parts(
-        self, stream_id: str, numbers: Iterable[int] | None = None, *, pipeline: Pipeline | None = None
+        self,
+        stream_id: str,
+        numbers: Iterable[int] | None = None,
+        *,
+        pipeline: Pipeline | None = None,
+        fence: Lease | None = None,
     ) -> None:
         fields = None if numbers is None else [str(int(number)) for number in numbers]
         if fields == []:
             return  # HDEL with no fields is a syntax error
-        target = pipeline if pipeline is not None else self.client
-        with self._errors(f"drop parts of stream {stream_id}"):
+        key = self._parts_key(stream_id)
+
+        def queue(pipe: Pipeline) -> None:
             if fields is None:
-                target.delete(self._parts_key(stream_id))
+                pipe.delete(key)
             else:
-                target.hdel(self._parts_key(stream_id), *fields)
+                pipe.hdel(key, *fields)
+
+        if pipeline is not None:
+            queue(pipeline)
+            return
+        self._write(f"drop parts of stream {stream_id}", queue, fence)
+
+    # leases
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
+        keys = [self._lease_key(name), self._fence_key(name)]
+        with self._errors(f"acquire lease on {name!r}"):
+            token = int(self._acquire(keys=keys, args=[owner, _ms(ttl), steal_from or ""]))
+        return token or None
+
+    def lease_owner(self, name: str) -> str | None:
+        with self._errors(f"read lease on {name!r}"):
+            value = self.client.get(self._lease_key(name))
+        return value.rpartition("|")[0] if value else None
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Renewal:
+        keys = [self._lease_key(lease.name), self._fence_key(lease.name)]
+        with self._errors(f"renew lease on {lease.name!r}"):
+            result = int(self._renew(keys=keys, args=[_lease_value(lease), _ms(ttl), lease.token]))
+        return {1: Renewal.HELD, 0: Renewal.LOST}.get(result, Renewal.FORGOTTEN)
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._errors(f"release lease on {lease.name!r}"):
+            self._release(keys=[self._lease_key(lease.name)], args=[_lease_value(lease)])
 
     def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
@@ -301,6 +393,21 @@ class _Batch:
                     self._pipe.execute()
         finally:
             self._pipe.reset()
+
+
+def _check_fence(fence: Lease, current: str | None) -> None:
+    if current is None:
+        raise StoreResetError(f"the state store has no lease on {fence.name!r}: it restarted empty or was flushed")
+    if int(current) != fence.token:
+        raise LeaseLostError(f"another daemon took over {fence.name!r} (token {current} > {fence.token})")
+
+
+def _lease_value(lease: Lease) -> str:
+    return f"{lease.owner}|{lease.token}"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _redact(url: str) -> str:

@@ -1,8 +1,14 @@
-"""SQLite checkpoint store: one file next to the daemon, no server to run."""
+"""SQLite checkpoint store: one file next to the daemon, no server to run.
+
+Single host, single daemon: the daemon takes an exclusive lock on `<db>.lock` (see `exclusive`),
+and leases live in this process's memory. Several daemons need the Redis store.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -12,7 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from chunkd.errors import StoreError
+from chunkd.errors import LeaseLostError, StoreError
+from chunkd.lease import Lease, Renewal
 from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 _SCHEMA = """
@@ -72,10 +79,13 @@ class SqliteStore:
     keeps each call one transaction without per-thread connection bookkeeping.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, exclusive: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._lock_file = _take_lock(path) if exclusive and path != ":memory:" else None
         self._conn = self._connect(path)
+        self._leases: dict[str, tuple[str, int, float]] = {}  # name -> (owner, token, expires)
+        self._fences: dict[str, int] = {}
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -121,9 +131,10 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {action} failed: {exc}") from exc
 
-    def save_stream(self, record: StreamRecord) -> None:
+    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None) -> None:
         row = (record.id, record.relpath, record.state.value, record.discovered_at, json.dumps(record.to_dict()))
         with self._transaction(f"save stream {record.id}") as conn:
+            self._check_fence(fence)
             conn.execute(_SAVE_STREAM, row)
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
@@ -145,8 +156,9 @@ class SqliteStore:
             rows = conn.execute(f"SELECT data FROM streams{where} ORDER BY discovered_at, id", args).fetchall()
         return [_stream(data) for (data,) in rows]
 
-    def record_part(self, stream_id: str, part: PartRecord) -> None:
+    def record_part(self, stream_id: str, part: PartRecord, *, fence: Lease | None = None) -> None:
         with self._transaction(f"record part {part.number} of stream {stream_id}") as conn:
+            self._check_fence(fence)
             conn.execute(_RECORD_PART, (stream_id, part.number, json.dumps(part.to_dict())))
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
@@ -155,8 +167,11 @@ class SqliteStore:
             rows = conn.execute(query, (stream_id,)).fetchall()
         return [PartRecord.from_dict(json.loads(data)) for (data,) in rows]
 
-    def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
+    def drop_parts(
+        self, stream_id: str, numbers: Iterable[int] | None = None, *, fence: Lease | None = None
+    ) -> None:
         with self._transaction(f"drop parts of stream {stream_id}") as conn:
+            self._check_fence(fence)
             if numbers is None:
                 conn.execute("DELETE FROM parts WHERE stream_id = ?", (stream_id,))
             else:
@@ -211,6 +226,41 @@ class SqliteStore:
             rows = conn.execute(f"SELECT data FROM urls{where} ORDER BY created_at, url", args).fetchall()
         return [UrlRecord.from_dict(json.loads(data)) for (data,) in rows]
 
+    # leases: in memory, as only this process may use the database (see `exclusive`)
+
+    def _check_fence(self, fence: Lease | None) -> None:
+        """Called with the store lock held, inside the write's transaction."""
+        if fence is not None and self._fences.get(fence.name) != fence.token:
+            raise LeaseLostError(f"a newer lease on {fence.name!r} was issued")
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is not None and held[2] > time.monotonic() and held[0] not in (owner, steal_from):
+                return None
+            token = self._fences.get(name, 0) + 1
+            self._fences[name] = token
+            self._leases[name] = (owner, token, time.monotonic() + ttl)
+            return token
+
+    def lease_owner(self, name: str) -> str | None:
+        with self._lock:
+            held = self._leases.get(name)
+            return held[0] if held is not None and held[2] > time.monotonic() else None
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Renewal:
+        with self._lock:
+            if self._fences.get(lease.name) != lease.token:
+                return Renewal.LOST
+            self._leases[lease.name] = (lease.owner, lease.token, time.monotonic() + ttl)
+            return Renewal.HELD
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._lock:
+            held = self._leases.get(lease.name)
+            if held is not None and held[:2] == (lease.owner, lease.token):
+                del self._leases[lease.name]
+
     def ping(self) -> None:
         with self._read("ping") as conn:
             conn.execute("SELECT 1").fetchone()
@@ -218,6 +268,33 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock, self._errors("close"):
             self._conn.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor drops the flock
+
+
+def _take_lock(path: str) -> Any:
+    """Refuse a second daemon on this database: SQLite state is for one daemon on one host."""
+    lock_path = f"{path}.lock"
+    try:
+        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the store's lifetime
+    except OSError as exc:
+        raise StoreError(f"sqlite {path}: cannot open lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise StoreError(
+            f"sqlite {path} is in use by another chunkd daemon (pid {holder}); SQLite state is for one "
+            "daemon on one host — run several daemons against Redis (CHUNKD_STATE_URL=redis://…)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _state_filter(states: Iterable[Any] | None, kind: type[Enum]) -> tuple[str, list[str]]:

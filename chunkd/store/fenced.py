@@ -1,0 +1,69 @@
+"""The state store as one stream job sees it: writes fenced by the job's lease, outages waited out.
+
+While the store is unreachable a job blocks in its next store call: no new part starts, parts
+already in flight finish, and the first write after the store returns records them. A shutdown
+ends the wait with the StoreError, so the job stops and resumes on the next start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from chunkd.errors import StoreError
+from chunkd.lease import HeldLease
+from chunkd.states import PartRecord, StreamRecord
+from chunkd.store.health import StoreHealth
+from chunkd.store.protocol import CheckpointStore
+
+T = TypeVar("T")
+
+_FIRST_WAIT = 0.5
+_LONGEST_WAIT = 5.0
+
+
+class FencedStore:
+    """Delegates to the daemon's store; the three ledger writes carry the lease's fencing token."""
+
+    def __init__(
+        self, store: CheckpointStore, held: HeldLease, *, health: StoreHealth, wait: Callable[[float], bool]
+    ) -> None:
+        self._store = store
+        self.held = held
+        self._health = health
+        self._wait = wait  # stop_event.wait: True once shutdown was requested
+
+    def patiently(self, call: Callable[[], T]) -> T:
+        delay = _FIRST_WAIT
+        while True:
+            self.held.check()
+            try:
+                result = call()
+            except StoreError as exc:
+                self._health.failed(exc)
+                if self._wait(delay):
+                    raise
+                delay = min(delay * 2, _LONGEST_WAIT)
+                continue
+            self._health.ok()
+            return result
+
+    def save_stream(self, record: StreamRecord) -> None:
+        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease))
+
+    def record_part(self, stream_id: str, part: PartRecord) -> None:
+        self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease))
+
+    def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
+        self.patiently(lambda: self._store.drop_parts(stream_id, numbers, fence=self.held.lease))
+
+    def __getattr__(self, name: str) -> Any:
+        """Every other store call (reads, content index, events), waited out the same way."""
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.patiently(lambda: attribute(*args, **kwargs))
+
+        return call

@@ -1,0 +1,43 @@
+"""Whether the state store answers: one log line when it goes away and one when it is back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger("chunkd.store")
+
+
+class StoreHealth:
+    """Shared by every job, so a Redis outage is reported once, not once per retry per file."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self.outages = 0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, error: Exception) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = self._clock()
+            self.outages += 1
+        logger.warning(
+            "state store unreachable (%s); no new parts start until it is back, parts in flight finish "
+            "and are recorded when it returns", error,
+        )
+
+    def ok(self) -> None:
+        with self._lock:
+            if self._down_since is None:
+                return
+            seconds = self._clock() - self._down_since
+            self._down_since = None
+        logger.info("state store reachable again after %.1fs; uploads carry on", seconds)
