@@ -233,6 +233,23 @@ class StreamJob:
         tracker = IdleTracker(self.engine.settings.idle_seconds, snap)
         in_flight: dict[Future[PartRecord], Part] = {}
         finalizer = Finalizer(self.engine, record, self.path, self.log, self._send_parts_now(record, done))
+        try:
+            self._loop(record, schedule, snap, tracker, in_flight, done, finalizer)
+        except StoreResetError:
+            # Let the parts in flight land before the rebuild lists what the server holds.
+            wait(list(in_flight), timeout=self.engine.settings.shutdown_timeout)
+            raise
+
+    def _loop(
+        self,
+        record: StreamRecord,
+        schedule: PartSchedule,
+        snap: Snapshot,
+        tracker: IdleTracker,
+        in_flight: dict[Future[PartRecord], Part],
+        done: dict[int, PartRecord],
+        finalizer: Finalizer,
+    ) -> None:
         next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
         while True:
             if self.engine.stop.is_set():

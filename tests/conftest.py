@@ -86,19 +86,19 @@ def chunkd_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., Dae
     """Starts real `chunkd run` processes on `input_dir` against a given S3 server; kills leftovers.
 
     `start(server, state_url=None, extra_env=None, **settings)`: state defaults to SQLite in
-    tmp_path, settings become CHUNKD_* variables, the log goes to tmp_path/daemon.log.
+    tmp_path, settings become CHUNKD_* variables, the log goes to tmp_path/<log_name> (daemon.log).
     """
     started: list[DaemonProcess] = []
 
     def start(server: Any, *, state_url: str | None = None, extra_env: dict[str, str] | None = None,
-              **settings: Any) -> DaemonProcess:
+              log_name: str = "daemon.log", **settings: Any) -> DaemonProcess:
         env = daemon_env(
             input_dir=input_dir, state_url=state_url or f"sqlite:///{tmp_path / 'state.db'}",
             endpoint_url=server.endpoint_url, access_key=server.access_key, secret_key=server.secret_key,
             **settings,
         )
         env.update(extra_env or {})
-        process = DaemonProcess(env, tmp_path / "daemon.log").start()
+        process = DaemonProcess(env, tmp_path / log_name).start()
         started.append(process)
         return process
 

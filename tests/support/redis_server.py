@@ -40,10 +40,11 @@ class RedisServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, *, port: int | None = None, startup_timeout: float = 10.0) -> None:
+    def __init__(self, *, port: int | None = None, startup_timeout: float = 10.0, persistent: bool = False) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
+        self.persistent = persistent  # append-only file, fsynced on every write: survives stop/start
         self.dir = tempfile.mkdtemp(prefix="chunkd-redis-")
         self._log_path = os.path.join(self.dir, "redis.log")
         self._process: subprocess.Popen[bytes] | None = None
@@ -60,7 +61,10 @@ class RedisServer:
         if self.running:
             return
         args = [self.binary, "--port", str(self.port), "--bind", self.host]
-        args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
+        if self.persistent:
+            args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
+        else:
+            args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
         with open(self._log_path, "ab") as log:
             self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self._wait_until_ready()

@@ -1,0 +1,195 @@
+"""Several daemons on one Redis, and Redis itself going away: real processes, real servers.
+
+Each test runs real `chunkd run` processes against the moto server and a real redis-server; faults
+are real too (SIGKILL, SIGSTOP/SIGCONT, redis-server stopped and restarted, with or without its data).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from chunkd.states import StreamState
+from chunkd.store.redis import RedisStore
+from tests.integration.test_daemon import BUCKET, read_manifest, sha256_file, sha256_object, write_random
+from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.redis_server import RedisServer
+from tests.support.s3_servers import MotoServer
+
+MiB = 1024 * 1024
+LEASE = {"lease_seconds": 3, "rescan_seconds": 1, "part_size": "5MiB"}
+
+
+def acked_parts(moto: MotoServer, key: str) -> set[int]:
+    return {number for _, number in moto.uploaded_parts(key=key, ok_only=True)}
+
+
+def stream_state(url: str, relpath: str) -> StreamState | None:
+    store = RedisStore.from_url(url)
+    try:
+        found = store.find_by_relpath(relpath)
+        return found.state if found else None
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Callable[..., RedisServer]]:
+    """A redis-server of the test's own, which the test may stop, wipe and start again."""
+    servers: list[RedisServer] = []
+
+    def start(*, persistent: bool) -> RedisServer:
+        server = RedisServer(persistent=persistent)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_two_daemons_upload_each_file_exactly_once(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, redis_url: str, input_dir: Path, tmp_path: Path
+) -> None:
+    first = chunkd_daemon(moto, state_url=redis_url, log_name="a.log", **LEASE)
+    second = chunkd_daemon(moto, state_url=redis_url, log_name="b.log", **LEASE)
+    rng = random.Random(7)
+    sources: dict[str, Path] = {}
+    for index in range(40):
+        size = 12 * MiB if index % 10 == 0 else rng.randint(10_000, 300_000)
+        staged = write_random(tmp_path / f"f{index:02d}.mp4", size)
+        sources[staged.name] = staged
+    for name, staged in sources.items():
+        os.replace(staged, input_dir / name)
+    client = moto.client()
+    wait_for(lambda: all(read_manifest(client, name) for name in sources), timeout=180, what="40 manifests")
+
+    creations = Counter(
+        request.key for request in moto.requests()
+        if request.operation in ("CreateMultipartUpload", "PutObject") and not request.key.endswith(".manifest.json")
+    )
+    assert creations == Counter({name: 1 for name in sources}), "every object started exactly once"
+    completes = Counter(request.key for request in moto.requests() if request.operation == "CompleteMultipartUpload")
+    assert all(count == 1 for count in completes.values())
+    for name in sources:
+        assert sha256_object(client, name) == sha256_file(input_dir / name)
+    logs = first.log_path.read_text() + second.log_path.read_text()
+    assert "uploaded" in logs or "completed" in logs
+    worked = [sum('"completed"' in line for line in p.log_path.read_text().splitlines()) for p in (first, second)]
+    assert sum(worked) == 40
+    assert first.process and first.process.poll() is None and second.process and second.process.poll() is None
+
+
+def test_sigkill_one_daemon_the_other_finishes_without_resending(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, redis_url: str, input_dir: Path, tmp_path: Path
+) -> None:
+    source = write_random(input_dir / "big.mp4", 60 * MiB)
+    victim = chunkd_daemon(moto, state_url=redis_url, log_name="victim.log", bandwidth_limit="6MB",
+                           part_concurrency=2, **LEASE)
+    wait_for(lambda: len(acked_parts(moto, "big.mp4")) >= 3, timeout=60, what="3 acknowledged parts")
+    survivor = chunkd_daemon(moto, state_url=redis_url, log_name="survivor.log", **LEASE)
+    time.sleep(1.5)  # the survivor has seen the stream and found its lease taken
+    assert stream_state(redis_url, "big.mp4") in (StreamState.UPLOADING, StreamState.FINALIZING)
+    victim.kill()
+    acknowledged = acked_parts(moto, "big.mp4")
+    before = len(moto.requests())
+
+    client = moto.client()
+    manifest = wait_for(lambda: read_manifest(client, "big.mp4"), timeout=120, what="manifest")
+    resent = {r.part_number for r in moto.requests()[before:] if r.operation == "UploadPart"} & acknowledged
+    assert resent == set(), f"parts acknowledged before the kill were sent again: {sorted(resent)}"
+    assert manifest["sha256"] == sha256_file(source) == sha256_object(client, "big.mp4")
+    assert sum(r.operation == "CreateMultipartUpload" for r in moto.requests()) == 1
+    assert survivor.logged("took over") or survivor.logged("resumed")
+
+
+def test_paused_daemon_loses_its_lease_and_cannot_overwrite_the_new_owner(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, redis_url: str, input_dir: Path, tmp_path: Path
+) -> None:
+    source = write_random(input_dir / "long.mp4", 50 * MiB)
+    paused = chunkd_daemon(moto, state_url=redis_url, log_name="paused.log", bandwidth_limit="5MB",
+                           part_concurrency=2, **LEASE)
+    wait_for(lambda: len(acked_parts(moto, "long.mp4")) >= 2, timeout=60, what="2 acknowledged parts")
+    assert paused.process is not None
+    os.kill(paused.process.pid, signal.SIGSTOP)
+    try:
+        successor = chunkd_daemon(moto, state_url=redis_url, log_name="successor.log", **LEASE)
+        client = moto.client()
+        manifest = wait_for(lambda: read_manifest(client, "long.mp4"), timeout=120, what="manifest by the successor")
+        assert successor.logged("completed")
+    finally:
+        os.kill(paused.process.pid, signal.SIGCONT)
+    wait_for(lambda: paused.logged("another daemon took over"), timeout=30, what="the paused daemon to stand down")
+    time.sleep(2)  # whatever the paused daemon still had queued has been tried by now
+    assert stream_state(redis_url, "long.mp4") is StreamState.COMPLETED, "a late write went through"
+    assert manifest["sha256"] == sha256_file(source) == sha256_object(client, "long.mp4")
+    assert sum(r.operation == "CompleteMultipartUpload" and r.key == "long.mp4" for r in moto.requests()) == 1
+    assert paused.process.poll() is None, "standing down is not crashing"
+
+
+def test_redis_down_for_20s_then_back_everything_completes(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, own_redis: Callable[..., RedisServer],
+    input_dir: Path,
+) -> None:
+    server = own_redis(persistent=True)
+    sources = [write_random(input_dir / f"cam{i}.mp4", 30 * MiB) for i in range(3)]
+    daemon = chunkd_daemon(moto, state_url=server.url, bandwidth_limit="8MB", part_concurrency=2, **LEASE)
+    wait_for(lambda: sum(len(acked_parts(moto, s.name)) for s in sources) >= 3, timeout=60, what="3 parts")
+    server.stop()
+    time.sleep(20)
+    assert daemon.process is not None and daemon.process.poll() is None, "the daemon stays up"
+    server.start()
+    client = moto.client()
+    for source in sources:
+        manifest = wait_for(lambda s=source: read_manifest(client, s.name), timeout=120, what=f"{source.name}")
+        assert manifest["sha256"] == sha256_file(source) == sha256_object(client, source.name)
+        assert stream_state(server.url, source.name) is StreamState.COMPLETED
+    lines = daemon.log_path.read_text().splitlines()
+    assert sum("state store unreachable" in line for line in lines) == 1, "one line per state change"
+    assert sum("state store reachable again" in line for line in lines) == 1
+
+
+def test_redis_restarted_empty_mid_upload_is_rebuilt_from_the_bucket(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, own_redis: Callable[..., RedisServer],
+    input_dir: Path,
+) -> None:
+    server = own_redis(persistent=False)  # a restart loses everything, as without persistence
+    source = write_random(input_dir / "rec.mp4", 60 * MiB)
+    daemon = chunkd_daemon(moto, state_url=server.url, bandwidth_limit="8MB", part_concurrency=2, **LEASE)
+    wait_for(lambda: len(acked_parts(moto, "rec.mp4")) >= 3, timeout=60, what="3 acknowledged parts")
+    before = redis.Redis.from_url(server.url).keys("chunkd:stream:*")
+    server.stop()
+    server.start()
+    assert before and not redis.Redis.from_url(server.url).exists(*before), "the restart lost the records"
+
+    client = moto.client()
+    manifest = wait_for(lambda: read_manifest(client, "rec.mp4"), timeout=120, what="manifest")
+    assert manifest["sha256"] == sha256_file(source) == sha256_object(client, "rec.mp4")
+    sent = Counter(number for _, number in moto.uploaded_parts(key="rec.mp4", ok_only=True))
+    assert [n for n, count in sent.items() if count > 1] == [], "a part already on the server was sent again"
+    assert sum(r.operation == "CreateMultipartUpload" for r in moto.requests()) == 1
+    assert daemon.logged("the state store lost its records")
+    assert daemon.logged("adopted an unfinished upload found in the bucket")
+    assert stream_state(server.url, "rec.mp4") is StreamState.COMPLETED
+
+
+def test_sqlite_state_refuses_a_second_daemon(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, tmp_path: Path
+) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    first = chunkd_daemon(moto, state_url=state_url, log_name="first.log")
+    wait_for(lambda: first.logged("watching"), timeout=30, what="the first daemon to start")
+    second = chunkd_daemon(moto, state_url=state_url, log_name="second.log")
+    assert second.process is not None
+    assert second.process.wait(timeout=30) == 1
+    assert second.logged("in use by another chunkd daemon")
+    assert first.process is not None and first.process.poll() is None
