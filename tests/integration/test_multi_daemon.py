@@ -6,8 +6,11 @@ are real too (SIGKILL, SIGSTOP/SIGCONT, redis-server stopped and restarted, with
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import urllib.error
+import urllib.request
 import signal
 import time
 from collections import Counter
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from chunkd.devserver import free_port
 from chunkd.states import StreamState
 from chunkd.store.redis import RedisStore
 from tests.integration.test_daemon import BUCKET, read_manifest, sha256_file, sha256_object, write_random
@@ -30,6 +34,16 @@ LEASE = {"lease_seconds": 3, "rescan_seconds": 1, "part_size": "5MiB"}
 
 def acked_parts(moto: MotoServer, key: str) -> set[int]:
     return {number for _, number in moto.uploaded_parts(key=key, ok_only=True)}
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def stream_state(url: str, relpath: str) -> StreamState | None:
@@ -142,12 +156,20 @@ def test_redis_down_for_20s_then_back_everything_completes(
 ) -> None:
     server = own_redis(persistent=True)
     sources = [write_random(input_dir / f"cam{i}.mp4", 30 * MiB) for i in range(3)]
-    daemon = chunkd_daemon(moto, state_url=server.url, bandwidth_limit="8MB", part_concurrency=2, **LEASE)
+    port = free_port()
+    daemon = chunkd_daemon(moto, state_url=server.url, bandwidth_limit="8MB", part_concurrency=2,
+                           http_addr=f"127.0.0.1:{port}", **LEASE)
+    ready = f"http://127.0.0.1:{port}/readyz"
     wait_for(lambda: sum(len(acked_parts(moto, s.name)) for s in sources) >= 3, timeout=60, what="3 parts")
+    assert http_get(ready)[0] == 200
     server.stop()
-    time.sleep(20)
+    outage_started = time.monotonic()
+    status, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=15, what="/readyz 503")
+    assert json.loads(body)["store"] is not True and json.loads(body)["s3"] is True
+    time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
     assert daemon.process is not None and daemon.process.poll() is None, "the daemon stays up"
     server.start()
+    wait_for(lambda: http_get(ready)[0] == 200, timeout=30, what="/readyz 200 again")
     client = moto.client()
     for source in sources:
         manifest = wait_for(lambda s=source: read_manifest(client, s.name), timeout=120, what=f"{source.name}")
