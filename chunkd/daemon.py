@@ -10,6 +10,7 @@ from typing import Any
 
 from chunkd import systemd
 from chunkd.bandwidth import TokenBucket
+from chunkd.breaker import endpoint_breaker
 from chunkd.config import Settings
 from chunkd.downloader import Downloader
 from chunkd.engine import Engine
@@ -49,7 +50,8 @@ def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event 
         metrics.retry(error.code)
 
     policy = RetryPolicy(max_attempts=settings.max_attempts, stop_event=stop, on_retry=on_retry)
-    uploader = Uploader(make_client(target, max_pool_connections=pool), policy, limiter=limiter)
+    breaker = endpoint_breaker(settings, target.endpoint_url, metrics=metrics)
+    uploader = Uploader(make_client(target, max_pool_connections=pool), policy, limiter=limiter, breaker=breaker)
     return Engine(settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop, metrics=metrics)
 
 

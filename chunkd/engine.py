@@ -6,6 +6,7 @@ import copy
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Engine:
     hostname: str = field(default_factory=socket.gethostname)
     on_progress: Callable[[str, int], None] | None = None  # (relpath, bytes newly acknowledged)
     metrics: Metrics = field(default_factory=Metrics)
+    started_at: float = field(default_factory=time.time)
     part_pool: ThreadPoolExecutor = field(init=False)
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)

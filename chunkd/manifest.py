@@ -16,7 +16,7 @@ def manifest_key(key: str, suffix: str) -> str:
     return f"{key}{suffix}"
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso_time(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
@@ -48,14 +48,14 @@ def build_manifest(
         "part_schedule": record.schedule,
         "parts": [part.to_dict() for part in parts],
         "source": {
-            "relpath": record.relpath, "hostname": hostname, "mtime": _iso(record.mtime), **(record.origin or {})
+            "relpath": record.relpath, "hostname": hostname, "mtime": iso_time(record.mtime), **(record.origin or {})
         },
         "media": media,
         "media_error": media_error,
         "timestamps": {
-            "discovered": _iso(record.discovered_at),
-            "first_byte_sent": _iso(record.first_byte_at),
-            "completed": _iso(completed_at),
+            "discovered": iso_time(record.discovered_at),
+            "first_byte_sent": iso_time(record.first_byte_at),
+            "completed": iso_time(completed_at),
         },
     }
 

@@ -7,7 +7,6 @@ several engines in one process never clash over metric names.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import time
@@ -24,6 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from chunkd.breaker import BreakerState
 from chunkd.states import StreamState
 from chunkd.store import CheckpointStore
 
@@ -32,12 +32,6 @@ logger = logging.getLogger("chunkd.metrics")
 FILE_OUTCOMES = ("completed", "failed", "quarantined", "deduplicated")
 # Finalizing ranges from a small PutObject (tens of ms) to re-reading a large file (minutes).
 FINALIZE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-
-
-class BreakerState(enum.IntEnum):
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from chunkd.breaker import Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
@@ -44,6 +45,38 @@ _RETRYABLE_CODES = frozenset(
         "500", "502", "503", "504", "429",
     }
 )
+
+
+# Answers that say the endpoint itself is overloaded or failing, whatever the request was.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "SlowDown", "Throttling", "ThrottlingException", "ServiceUnavailable", "InternalError",
+        "TooManyRequests", "RequestLimitExceeded", "ConnectionError",
+    }
+)
+_CONNECTION_FAILURES = (
+    bexc.EndpointConnectionError, bexc.ConnectionError, bexc.HTTPClientError, ConnectionError, TimeoutError,
+)
+
+
+def breaker_verdict(exc: BaseException) -> Verdict:
+    """What an S3 call's exception says about the endpoint, for its circuit breaker.
+
+    Only a failed connection, a 5xx or throttling counts against the endpoint. Any other answer
+    (AccessDenied, NoSuchUpload, a part whose ETag disagrees) shows the server is up. A local
+    error (the file changed, no credentials, a bug) says nothing either way.
+    """
+    if isinstance(exc, bexc.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
+            return Verdict.UNAVAILABLE
+        return Verdict.ANSWERED
+    if isinstance(exc, _CONNECTION_FAILURES):
+        return Verdict.UNAVAILABLE
+    if isinstance(exc, TransferError):  # raised by our own check of a response the server gave
+        return Verdict.UNAVAILABLE if exc.code in _UNAVAILABLE_CODES else Verdict.ANSWERED
+    return Verdict.UNKNOWN
 
 
 def classify(exc: BaseException, *, key: str = "", part: int | None = None) -> TransferError:

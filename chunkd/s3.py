@@ -23,6 +23,9 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClie
     botocore's own retries are off (tenacity does ours, with our classification), and its default
     CRC checksums are sent only when required, since several S3-compatible servers reject them.
     Path-style addressing when an endpoint is given: MinIO and local servers expect it.
+    Payloads are not SHA-256-signed (UNSIGNED-PAYLOAD, which botocore otherwise forces over plain
+    http): every request with a body carries Content-MD5, which the server checks, and signing would
+    hash every byte once more.
     """
     config = Config(
         max_pool_connections=max_pool_connections,
@@ -31,7 +34,7 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClie
         read_timeout=120,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path"} if target.endpoint_url else {},
+        s3={"payload_signing_enabled": False, **({"addressing_style": "path"} if target.endpoint_url else {})},
         tcp_keepalive=True,
     )
     session = boto3.session.Session()

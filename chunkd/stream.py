@@ -33,6 +33,7 @@ from chunkd.lease import HeldLease
 from chunkd.monitor import Change, IdleTracker, Snapshot, take_snapshot
 from chunkd.partreader import FileIdentity, digest_range, open_checked
 from chunkd.planner import Part, PartSchedule, plan_schedule
+from chunkd.recovery import restore_completed
 from chunkd.states import PartRecord, StreamRecord, StreamState, new_stream_id
 from chunkd.store.fenced import FencedStore
 
@@ -191,7 +192,14 @@ class StreamJob:
                 if same_file:
                     return existing
                 self._fail(existing, "replaced by a new file with the same name", abort=True)
+        elif not fresh and snap.mtime < self.engine.started_at and self._uploaded_before(snap):
+            return None
         return self._new_record(snap)
+
+    def _uploaded_before(self, snap: Snapshot) -> bool:
+        """A file older than this run with no record: maybe the store forgot it (see recovery)."""
+        key = render_key(self.engine.settings.key_template, self.relpath, hostname=self.engine.hostname)
+        return restore_completed(self.engine, key, self.relpath, self.path, snap) is not None
 
     def _forget_vanished(self) -> None:
         existing = self.engine.store.find_by_relpath(self.relpath)

@@ -1,11 +1,13 @@
 """S3 operations for one object at a time: create, send parts, complete, verify, abort.
 
 Every call goes through the RetryPolicy, so transient failures are retried with backoff and
-everything that escapes is a classified TransferError carrying key and part number.
+everything that escapes is a classified TransferError carrying key and part number. With a
+CircuitBreaker, each attempt first passes the endpoint's breaker (see chunkd.breaker).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 from botocore.client import BaseClient
 
 from chunkd.bandwidth import TokenBucket
+from chunkd.breaker import CircuitBreaker
 from chunkd.errors import PermanentError, RetryableError, UploadGoneError
 from chunkd.partreader import (
     Digest,
@@ -24,7 +27,7 @@ from chunkd.partreader import (
     open_checked,
 )
 from chunkd.planner import Part
-from chunkd.retry import RetryPolicy
+from chunkd.retry import RetryPolicy, breaker_verdict
 from chunkd.states import PartRecord
 
 
@@ -59,22 +62,43 @@ class Uploader:
         *,
         limiter: TokenBucket | None = None,
         on_request: Callable[[str], None] | None = None,
+        breaker: CircuitBreaker | None = None,
+        wait_for_breaker: bool = True,
     ) -> None:
         self._client = client
         self._policy = policy
         self._limiter = limiter
         self._on_request = on_request or (lambda op: None)
+        self._breaker = breaker
+        self._wait_for_breaker = wait_for_breaker
 
-    def with_policy(self, policy: RetryPolicy) -> Uploader:
-        """The same client and limiter under another retry policy (e.g. a quick start-up check)."""
-        return Uploader(self._client, policy, limiter=self._limiter, on_request=self._on_request)
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._breaker
+
+    def with_policy(self, policy: RetryPolicy, *, wait_for_breaker: bool = False) -> Uploader:
+        """The same client, limiter and breaker under another retry policy, for quick checks
+        (start-up preflight, /readyz): by default they fail at once with CircuitOpenError while the
+        breaker is open instead of waiting for it, though they may serve as its half-open probe."""
+        return Uploader(
+            self._client, policy, limiter=self._limiter, on_request=self._on_request,
+            breaker=self._breaker, wait_for_breaker=wait_for_breaker,
+        )
+
+    def _attempt(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """One attempt of `fn`, let through (or held back) by the endpoint's breaker."""
+        breaker = self._breaker
+        if breaker is None:
+            return fn
+        wait, stop = self._wait_for_breaker, self._policy.stop_event
+        return lambda: breaker.call(fn, breaker_verdict, wait=wait, stop=stop)
 
     def _call(self, op: str, fn: Callable[[], Any], *, key: str, part: int | None = None) -> Any:
         def counted() -> Any:
             self._on_request(op)
             return fn()
 
-        return self._policy.call(counted, key=key, part=part)
+        return self._policy.call(self._attempt(counted), key=key, part=part)
 
     def create(self, bucket: str, key: str, *, content_type: str | None = None) -> str:
         extra = {"ContentType": content_type} if content_type else {}
@@ -101,7 +125,7 @@ class Uploader:
                 )
             return _part_record(part, digest, str(response["ETag"]))
 
-        return self._policy.call(send, key=key, part=part.number)
+        return self._policy.call(self._attempt(send), key=key, part=part.number)
 
     def put_object(
         self, bucket: str, key: str, path: Path, size: int, identity: FileIdentity | None,
@@ -120,12 +144,15 @@ class Uploader:
                 )
             return digest, str(response["ETag"])
 
-        return self._policy.call(send, key=key)
+        return self._policy.call(self._attempt(send), key=key)
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
         self._call(
             "PutObject",
-            lambda: self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type),
+            lambda: self._client.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                ContentMD5=base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode(),
+            ),
             key=key,
         )
 
@@ -197,6 +224,17 @@ class Uploader:
                        "UploadIdMarker": response.get("NextUploadIdMarker", "")}
         found.sort(key=lambda item: str(item[0]), reverse=True)
         return [upload_id for _, upload_id in found]
+
+    def get_small(self, bucket: str, key: str, *, limit: int = 1 << 20) -> bytes | None:
+        """A small object's bytes (a manifest), or None when there is no such key."""
+        try:
+            response = self._call("GetObject", lambda: self._client.get_object(Bucket=bucket, Key=key), key=key)
+        except PermanentError as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        with response["Body"] as body:
+            return bytes(body.read(limit))
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:

@@ -215,3 +215,29 @@ def test_sqlite_state_refuses_a_second_daemon(
     assert second.process.wait(timeout=30) == 1
     assert second.logged("in use by another chunkd daemon")
     assert first.process is not None and first.process.poll() is None
+
+
+def test_files_uploaded_before_redis_came_back_empty_are_not_uploaded_again(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, own_redis: Callable[..., RedisServer],
+    input_dir: Path,
+) -> None:
+    server = own_redis(persistent=False)
+    small = write_random(input_dir / "small.mp4", 200_000)
+    large = write_random(input_dir / "large.mp4", 12 * MiB)
+    first = chunkd_daemon(moto, state_url=server.url, log_name="first.log", **LEASE)
+    client = moto.client()
+    for source in (small, large):
+        wait_for(lambda s=source: read_manifest(client, s.name), timeout=60, what=f"manifest of {source.name}")
+    first.terminate()
+    server.stop()
+    server.start()  # empty: nothing says these files were uploaded, except the bucket
+    moto.reset_counts()
+    again = chunkd_daemon(moto, state_url=server.url, log_name="again.log", **LEASE)
+    wait_for(lambda: stream_state(server.url, "small.mp4") is StreamState.COMPLETED
+             and stream_state(server.url, "large.mp4") is StreamState.COMPLETED, timeout=30, what="records restored")
+    time.sleep(2.5)  # two more rescans
+    counts = moto.counts()
+    assert counts["PutObject"] == 0 and counts["CreateMultipartUpload"] == 0 and counts["UploadPart"] == 0
+    assert again.log_path.read_text().count("record restored") == 2
+    touched = write_random(input_dir / "new.mp4", 100_000)  # a new file still goes up
+    wait_for(lambda: read_manifest(client, touched.name), timeout=30, what="manifest of a new file")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import botocore.exceptions as bexc
 import pytest
 
+from chunkd.breaker import Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
@@ -17,7 +18,7 @@ from chunkd.errors import (
     TransferError,
     UploadGoneError,
 )
-from chunkd.retry import RetryPolicy, classify
+from chunkd.retry import RetryPolicy, breaker_verdict, classify
 
 
 def client_error(code: str, status: int, operation: str = "UploadPart", message: str = "boom") -> bexc.ClientError:
@@ -278,3 +279,39 @@ def test_local_file_errors_pass_through_unretried(failure: BaseException) -> Non
     assert info.value is failure
     assert fn.calls == 1
     assert sleeps == []
+
+
+# --- what a failure says about the endpoint (for its circuit breaker) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (bexc.EndpointConnectionError(endpoint_url="http://s3.local"), Verdict.UNAVAILABLE),
+        (bexc.ConnectTimeoutError(endpoint_url="http://s3.local"), Verdict.UNAVAILABLE),
+        (bexc.ReadTimeoutError(endpoint_url="http://s3.local"), Verdict.UNAVAILABLE),
+        (bexc.ConnectionClosedError(endpoint_url="http://s3.local"), Verdict.UNAVAILABLE),
+        (ConnectionResetError("reset by peer"), Verdict.UNAVAILABLE),
+        (client_error("SlowDown", 503), Verdict.UNAVAILABLE),
+        (client_error("", 503, "HeadObject"), Verdict.UNAVAILABLE),
+        (client_error("InternalError", 500), Verdict.UNAVAILABLE),
+        (client_error("SomethingNew", 502), Verdict.UNAVAILABLE),
+        (client_error("TooManyRequests", 429), Verdict.UNAVAILABLE),
+        (client_error("Throttling", 400), Verdict.UNAVAILABLE),
+        (client_error("AccessDenied", 403), Verdict.ANSWERED),
+        (client_error("NoSuchUpload", 404), Verdict.ANSWERED),
+        (client_error("404", 404, "HeadObject"), Verdict.ANSWERED),
+        (client_error("BadDigest", 400), Verdict.ANSWERED),
+        (client_error("RequestTimeout", 400), Verdict.ANSWERED),
+        (RetryableError("server ETag != local MD5", code="BadDigest"), Verdict.ANSWERED),
+        (bexc.NoCredentialsError(), Verdict.UNKNOWN),
+        (PermissionError("denied"), Verdict.UNKNOWN),
+        (SourceChangedError("file shrank"), Verdict.UNKNOWN),
+        (SourceGoneError("gone"), Verdict.UNKNOWN),
+        (ValueError("bug"), Verdict.UNKNOWN),
+    ],
+)
+def test_breaker_verdict(failure: BaseException, expected: Verdict) -> None:
+    # Retryable is not the same as "the endpoint is down": a BadDigest is retried, but the server
+    # that answered it is up; only connection failures, 5xx and throttling may open the breaker.
+    assert breaker_verdict(failure) is expected

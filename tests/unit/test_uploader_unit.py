@@ -5,20 +5,29 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions as bexc
 import pytest
 from moto import mock_aws
 
-from chunkd.errors import PermanentError, RetryableError, SourceChangedError, SourceGoneError
+from chunkd.breaker import BreakerState, CircuitBreaker, CircuitOpenError, Verdict
+from chunkd.errors import (
+    PermanentError,
+    RetryableError,
+    SourceChangedError,
+    SourceGoneError,
+)
 from chunkd.partreader import FileIdentity
 from chunkd.planner import Part
 from chunkd.retry import RetryPolicy
 from chunkd.s3 import S3Target, make_client
 from chunkd.states import PartRecord
 from chunkd.uploader import RemotePart, Uploader, multipart_etag, same_etag
+from tests.support.daemon import wait_for
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # S3's minimum for every part but the last
@@ -279,3 +288,116 @@ def test_a_non_md5_etag_is_accepted(tmp_path: Path) -> None:
     record = uploader.upload_part(BUCKET, "k", "u", path, Part(1, 0, 7), None)
     assert record.etag == '"server-specific-etag"'
     assert record.sha256 == hashlib.sha256(b"payload").hexdigest()
+
+
+# --- the endpoint's circuit breaker ------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class UnreachableClient:
+    """A client whose endpoint refuses connections until `up` is set; counts the requests sent."""
+
+    def __init__(self) -> None:
+        self.up = threading.Event()
+        self.calls = 0
+
+    def head_bucket(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        if not self.up.is_set():
+            raise bexc.EndpointConnectionError(endpoint_url="http://s3.test:9000")
+        return {}
+
+
+def test_an_open_breaker_keeps_requests_off_the_network() -> None:
+    fake = UnreachableClient()
+    breaker = CircuitBreaker("http://s3.test:9000", failures=3, cooldown=5.0, clock=Clock())
+    uploader = Uploader(fake, RetryPolicy(max_attempts=8, sleep=lambda s: None), breaker=breaker)  # type: ignore[arg-type]
+    quick = uploader.with_policy(RetryPolicy(max_attempts=3, sleep=lambda s: None))
+
+    with pytest.raises(RetryableError):
+        quick.head_bucket(BUCKET)
+    assert (fake.calls, breaker.state) == (3, BreakerState.OPEN)
+
+    for _ in range(5):  # a quick check fails at once instead of waiting, and sends nothing
+        with pytest.raises(CircuitOpenError):
+            quick.head_bucket(BUCKET)
+    assert fake.calls == 3
+
+
+def test_waiting_for_the_breaker_uses_up_no_attempts() -> None:
+    fake = UnreachableClient()
+    clock = Clock()
+    breaker = CircuitBreaker("http://s3.test:9000", failures=1, cooldown=30.0, clock=clock)
+    stop = threading.Event()
+    uploader = Uploader(fake, RetryPolicy(max_attempts=2, sleep=lambda s: None, stop_event=stop), breaker=breaker)  # type: ignore[arg-type]
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(uploader.head_bucket(BUCKET)), daemon=True)
+    try:
+        thread.start()
+        # Attempt 1 failed and opened the breaker; attempt 2 waits for it rather than failing.
+        wait_for(lambda: breaker.waiting == 1, timeout=10, what="the call waiting for the breaker")
+        assert fake.calls == 1
+        fake.up.set()
+        clock.now += 30.0  # the cooldown ends: the waiting attempt is the probe, and it succeeds
+        thread.join(timeout=10)
+    finally:
+        stop.set()
+    assert outcome == [None]
+    assert fake.calls == 2
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_stop_releases_a_call_waiting_for_the_breaker() -> None:
+    fake = UnreachableClient()
+    breaker = CircuitBreaker("http://s3.test:9000", failures=1, cooldown=30.0, clock=Clock())
+    stop = threading.Event()
+    uploader = Uploader(fake, RetryPolicy(max_attempts=8, sleep=lambda s: None, stop_event=stop), breaker=breaker)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            uploader.head_bucket(BUCKET)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            errors.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    wait_for(lambda: breaker.waiting == 1, timeout=10, what="the call waiting for the breaker")
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert [type(e) for e in errors] == [CircuitOpenError]
+    assert fake.calls == 1
+
+
+def test_parts_go_through_the_breaker_too(client: Any, video: tuple[Path, bytes]) -> None:
+    path, _ = video
+    breaker = CircuitBreaker("moto", failures=1, cooldown=30.0, clock=Clock())
+    uploader = Uploader(client, RetryPolicy(max_attempts=1, sleep=lambda s: None), breaker=breaker)
+    upload_id = uploader.create(BUCKET, "raw/clip.mp4")
+    breaker.settle(Verdict.UNAVAILABLE, probe=False)  # the endpoint just failed elsewhere
+
+    with pytest.raises(CircuitOpenError):
+        uploader.with_policy(RetryPolicy(max_attempts=1)).upload_part(BUCKET, "raw/clip.mp4", upload_id, path, Part(1, 0, PART), None)
+    with pytest.raises(CircuitOpenError):
+        uploader.with_policy(RetryPolicy(max_attempts=1)).put_object(BUCKET, "raw/small.mp4", path, 10, None)
+
+    assert client.list_parts(Bucket=BUCKET, Key="raw/clip.mp4", UploadId=upload_id).get("Parts", []) == []
+    assert "Contents" not in client.list_objects_v2(Bucket=BUCKET)
+
+
+def test_answers_from_the_server_never_open_the_breaker(uploader: Uploader, client: Any) -> None:
+    breaker = CircuitBreaker("moto", failures=2, cooldown=30.0, clock=Clock())
+    guarded = Uploader(client, RetryPolicy(max_attempts=2, sleep=lambda s: None), breaker=breaker)
+    for number in range(5):
+        assert guarded.head(BUCKET, f"missing/{number}.mp4") is None  # 404s
+        with pytest.raises(PermanentError):
+            guarded.head_bucket("no-such-bucket")
+    assert breaker.state is BreakerState.CLOSED
