@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.scheduler import Scheduler
+from chunkd.scheduler import (
+    LARGE_FILE_BYTES,
+    Entry,
+    ReadyQueue,
+    Scheduler,
+    SizeClass,
+    pick_class,
+    priority_rules,
+    size_class,
+)
 from chunkd.stream import Outcome
 
 WAIT = 5.0  # generous upper bound for anything that should happen "soon"
@@ -235,8 +244,6 @@ def test_queued_work_is_not_started_after_stop(make_scheduler: Callable[..., Sch
 
 
 def test_higher_priority_first_then_oldest_first(tmp_path: Path) -> None:
-    from chunkd.scheduler import priority_rules
-
     order: list[str] = []
     finished = threading.Event()
     names = ["backlog/new.mp4", "backlog/old.mp4", "urgent/late.mp4", "urgent/early.mp4"]
@@ -264,9 +271,142 @@ def test_higher_priority_first_then_oldest_first(tmp_path: Path) -> None:
 
 
 def test_priority_rules_first_match_wins() -> None:
-    from chunkd.scheduler import priority_rules
-
     rule = priority_rules([("urgent/**", 10), ("*.mov", 5), ("urgent/*.mov", 99)])
     assert rule("urgent/a/b.mov") == 10
     assert rule("x.mov") == 5
     assert rule("x.mp4") == 0
+
+
+# -- size classes: large files are not starved by a backlog of small ones, nor the reverse ------
+
+SMALL, LARGE = SizeClass.SMALL, SizeClass.LARGE
+
+
+def entry(relpath: str, cls: SizeClass, *, mtime: float, priority: int = 0, arrival: int = 0) -> Entry:
+    return Entry(-priority, mtime, arrival, relpath, Path("/in") / relpath, cls)
+
+
+def make_file(folder: Path, name: str, size: int, *, age: float) -> Path:
+    """A sparse file: the scheduler only looks at its size and mtime."""
+    path = folder / name
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_size_class_boundary() -> None:
+    assert size_class(LARGE_FILE_BYTES - 1) is SMALL
+    assert size_class(LARGE_FILE_BYTES) is LARGE
+    assert size_class(0) is SMALL  # a file that vanished before it was queued
+    assert size_class(10, large_file_bytes=10) is LARGE
+
+
+def test_pick_class_prefers_the_class_with_fewer_files_in_progress() -> None:
+    heads = {SMALL: entry("old-small", SMALL, mtime=1.0), LARGE: entry("new-large", LARGE, mtime=9.0)}
+    assert pick_class(heads, {SMALL: 3, LARGE: 0}, {}) is LARGE
+    assert pick_class(heads, {SMALL: 1, LARGE: 2}, {}) is SMALL
+
+
+def test_pick_class_alternates_when_both_have_as_many_in_progress() -> None:
+    heads = {SMALL: entry("old-small", SMALL, mtime=1.0), LARGE: entry("new-large", LARGE, mtime=9.0)}
+    assert pick_class(heads, {}, {}) is SMALL  # neither served yet: the older file
+    assert pick_class(heads, {SMALL: 2, LARGE: 2}, {SMALL: 5, LARGE: 4}) is LARGE  # large waited longer
+    assert pick_class(heads, {SMALL: 2, LARGE: 2}, {SMALL: 4, LARGE: 5}) is SMALL
+
+
+def test_pick_class_never_overrides_the_users_priority() -> None:
+    heads = {SMALL: entry("urgent/a", SMALL, mtime=9.0, priority=10), LARGE: entry("b", LARGE, mtime=1.0)}
+    assert pick_class(heads, {SMALL: 4, LARGE: 0}, {SMALL: 9}) is SMALL
+
+
+def test_ready_queue_with_one_worker_interleaves_classes_then_drains_the_rest() -> None:
+    ready = ReadyQueue()
+    for number in range(5):
+        ready.push(entry(f"small-{number}", SMALL, mtime=float(number), arrival=number))
+    for number in range(2):
+        ready.push(entry(f"large-{number}", LARGE, mtime=100.0 + number, arrival=10 + number))
+    order = []
+    while (taken := ready.take()) is not None:
+        order.append(taken.relpath)
+        ready.done(taken)  # one worker: each job finishes before the next is taken
+    assert order == ["small-0", "large-0", "small-1", "large-1", "small-2", "small-3", "small-4"]
+    assert ready.running == {SMALL: 0, LARGE: 0}
+
+
+def test_a_large_file_dropped_after_a_small_backlog_starts_at_once(
+    make_scheduler: Callable[..., Scheduler], jobs: Jobs, tmp_path: Path
+) -> None:
+    smalls = [f"clip-{n:02d}.mp4" for n in range(20)]
+    for age, name in enumerate(reversed(smalls), start=10):  # older than the large file
+        make_file(tmp_path, name, 100 * 1024, age=age)
+    make_file(tmp_path, "big.mp4", LARGE_FILE_BYTES, age=1)
+    jobs.hold.update([*smalls, "big.mp4"])
+    scheduler = make_scheduler(workers=2)
+    for name in [*smalls, "big.mp4"]:
+        assert scheduler.submit(tmp_path / name, name)
+    scheduler.start()
+
+    assert wait_until(lambda: len(jobs.calls) == 2)
+    assert not wait_until(lambda: len(jobs.calls) > 2, timeout=0.3), "more jobs than workers"
+    assert sorted(jobs.calls) == ["big.mp4", "clip-00.mp4"]  # the oldest small one, and the large one
+    assert scheduler.running() == {SMALL: 1, LARGE: 1}
+    assert scheduler.queue_depth == 19
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+    assert len(jobs.calls) == 21
+
+
+def test_small_files_keep_flowing_while_older_large_files_run(
+    make_scheduler: Callable[..., Scheduler], jobs: Jobs, tmp_path: Path
+) -> None:
+    larges = [f"big-{n}.mp4" for n in range(3)]
+    for age, name in enumerate(larges, start=100):
+        make_file(tmp_path, name, 2 * LARGE_FILE_BYTES, age=age)
+    for name in ("a.mp4", "b.mp4"):
+        make_file(tmp_path, name, 1024, age=1)
+    jobs.hold.update(larges)  # large files that take long: they must not hold every worker
+    scheduler = make_scheduler(workers=3)
+    for name in [*larges, "a.mp4", "b.mp4"]:
+        scheduler.submit(tmp_path / name, name)
+    scheduler.start()
+
+    # Two workers hold the two oldest large files; the third one serves the small files, and only
+    # once they are done does it take the last large file.
+    assert wait_until(lambda: len(jobs.calls) == 5)
+    assert scheduler.outcomes.get("a.mp4") is Outcome.COMPLETED
+    assert scheduler.outcomes.get("b.mp4") is Outcome.COMPLETED
+    assert set(jobs.calls[:4]) == {"big-2.mp4", "big-1.mp4", "a.mp4", "b.mp4"}
+    assert jobs.calls[4] == "big-0.mp4"
+    assert scheduler.running() == {SMALL: 0, LARGE: 3}
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+    assert sorted(jobs.calls) == sorted([*larges, "a.mp4", "b.mp4"])
+
+
+def test_a_retried_file_is_classed_by_its_size_when_it_comes_back(
+    make_scheduler: Callable[..., Scheduler], jobs: Jobs, tmp_path: Path
+) -> None:
+    """A recording that started small and grew while it waited for its retry is large now."""
+    clock = FakeClock()
+    recording = make_file(tmp_path, "rec.ts", 1024, age=50)
+    make_file(tmp_path, "other.ts", 1024, age=40)
+    jobs.outcomes["rec.ts"] = [Outcome.RETRY_LATER, Outcome.COMPLETED]
+    jobs.hold.add("other.ts")
+    scheduler = make_scheduler(workers=2, retry_delay=30.0, clock=clock)
+    scheduler.submit(recording, "rec.ts")
+    scheduler.start()
+    assert wait_until(lambda: scheduler.outcomes.get("rec.ts") is Outcome.RETRY_LATER)
+    scheduler.submit(tmp_path / "other.ts", "other.ts")
+    assert jobs.event(jobs.started, "other.ts").wait(WAIT)
+
+    with open(recording, "ab") as handle:
+        handle.truncate(LARGE_FILE_BYTES)
+    jobs.hold.add("rec.ts")
+    clock.advance(30.0)
+    assert wait_until(lambda: jobs.count("rec.ts") == 2)
+    assert wait_until(lambda: scheduler.running() == {SMALL: 1, LARGE: 1})
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+    assert scheduler.outcomes["rec.ts"] is Outcome.COMPLETED
