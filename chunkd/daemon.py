@@ -86,7 +86,8 @@ class Daemon:
         self.engine = engine
         settings = engine.settings
         self.scheduler = Scheduler(
-            self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority)
+            self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority),
+            large_file_bytes=4 * settings.part_size,
         )
         own_dirs = (settings.quarantine_path, settings.done_path, settings.staging_path)
         skip = tuple(rel for rel in (relpath_of(engine.input_dir, folder) for folder in own_dirs) if rel)

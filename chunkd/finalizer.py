@@ -2,21 +2,24 @@
 complete, verify, write the manifest.
 
 The object must equal the file as it is at finalize time, so the whole file is read once more:
-that single pass yields the whole-file SHA-256 (manifest, dedup index) and each part's SHA-256,
-compared with the ledger; parts whose bytes changed since they were sent (a writer that seeks back
-to patch a header, or rewrites the file for faststart) are sent again before completing. A server
-that refuses to replace a part gets a fresh upload of the whole file instead.
+that pass yields the whole-file SHA-256 (manifest, dedup index) and the SHA-256 of every part sent
+earlier, compared with the ledger; parts whose bytes changed since they were sent (a writer that
+seeks back to patch a header, or rewrites the file for faststart) are sent again before completing.
+A server that refuses to replace a part gets a fresh upload of the whole file instead.
+
+When no indexed content has the file's size it cannot be a duplicate, so the read runs beside the
+sending of the parts not sent yet instead of before it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,9 +36,9 @@ from chunkd.errors import (
 from chunkd.manifest import build_manifest, encode, manifest_key
 from chunkd.media import UNAVAILABLE_REASON, ProbeIncomplete, probe
 from chunkd.monitor import Change, Snapshot, compare, take_snapshot
-from chunkd.partreader import READ_SIZE, FileIdentity, open_checked
 from chunkd.paths import free_name
 from chunkd.planner import Part, PartSchedule
+from chunkd.scan import LocalScan, Scan, whole_md5
 from chunkd.states import PartRecord, StreamRecord, StreamState
 from chunkd.uploader import ObjectInfo, multipart_etag, same_etag
 
@@ -46,41 +49,6 @@ VIDEO_SUFFIXES = frozenset(pattern.removeprefix("*").lower() for pattern in DEFA
 
 class Quarantined(ChunkdError):
     """The file is not readable as media and was moved aside; nothing was uploaded."""
-
-
-@dataclass(frozen=True)
-class LocalScan:
-    sha256: str
-    part_sha256: dict[int, str]
-
-
-def scan_file(path: Path, identity: FileIdentity, parts: list[Part]) -> LocalScan:
-    """One sequential read: the whole file's SHA-256 and each part's."""
-    whole = hashlib.sha256()
-    digests: dict[int, str] = {}
-    with open_checked(path, identity) as handle:
-        fd = handle.fileno()
-        for part in parts:
-            part_hash = hashlib.sha256()
-            position, remaining = part.offset, part.size
-            while remaining > 0:
-                chunk = os.pread(fd, min(READ_SIZE, remaining), position)
-                if not chunk:
-                    raise SourceChangedError("file shrank while being finalized")
-                whole.update(chunk)
-                part_hash.update(chunk)
-                position += len(chunk)
-                remaining -= len(chunk)
-            digests[part.number] = part_hash.hexdigest()
-    return LocalScan(whole.hexdigest(), digests)
-
-
-def whole_md5(path: Path, snap: Snapshot) -> str:
-    md5 = hashlib.md5(usedforsecurity=False)
-    with open_checked(path, snap.identity) as handle:
-        for chunk in iter(lambda: handle.read(READ_SIZE), b""):
-            md5.update(chunk)
-    return md5.hexdigest()
 
 
 class Finalizer:
@@ -99,6 +67,8 @@ class Finalizer:
         self._send_parts = send_parts
         self._media: dict[str, Any] | None = None
         self._media_error: str | None = None
+        self._scan: LocalScan | None = None
+        self._pending_scan: Future[LocalScan] | None = None
 
     def finalize(self, schedule: PartSchedule, done: dict[int, PartRecord], snap: Snapshot) -> bool:
         """Complete the object for the file as `snap` saw it; False if the file moved on meanwhile.
@@ -110,17 +80,46 @@ class Finalizer:
             record.move_to(StreamState.FINALIZING)
             self._engine.store.save_stream(record)
         needed = list(schedule.parts_for(snap.size))
-        scan = scan_file(self._path, snap.identity, needed)
+        multipart = record.upload_id is not None or snap.size >= schedule.part_size(1)
+        scan = Scan(
+            self._path, snap.identity, needed,
+            part_hashes=set(done), md5=multipart and self._engine.uploader.plain_md5_etags is True,
+        )
+        if multipart and not self._may_be_duplicate(snap.size):
+            return self._finalize_overlapped(scan, needed, done, snap)
+        self._scan = scan.run()
         if _moved_on(self._path, snap):
             return False
-        record.sha256 = scan.sha256
+        record.sha256 = self._scan.sha256
         self._check_media(snap)
-        original = self._duplicate_of(scan.sha256, snap.size)
+        original = self._duplicate_of(self._scan.sha256, snap.size)
         if original is not None:
             return self._finish_duplicate(original, snap)
-        if record.upload_id is None and snap.size < schedule.part_size(1):
-            return self._finish_single(snap, scan)
-        return self._finish_multipart(needed, done, snap, scan)
+        if not multipart:
+            return self._finish_single(snap, self._scan)
+        return self._finish_multipart(needed, done, snap, self._scan)
+
+    def _may_be_duplicate(self, size: int) -> bool:
+        return self._engine.settings.dedup != "off" and self._engine.store.may_hold_size(size)
+
+    def _finalize_overlapped(
+        self, scan: Scan, needed: list[Part], done: dict[int, PartRecord], snap: Snapshot
+    ) -> bool:
+        """Send the parts never sent while the file is read for its hashes, instead of after."""
+        cancel = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-scan")
+        try:
+            self._pending_scan = pool.submit(dataclasses.replace(scan, cancel=cancel).run)
+            self._check_media(snap)
+            self._send_parts([p for p in needed if not _sent(done.get(p.number), p)])
+            self._scan = self._pending_scan.result()
+        finally:
+            cancel.set()  # a no-op once the scan finished; else it stops reading at once
+            pool.shutdown(wait=True)
+        if _moved_on(self._path, snap):
+            return False
+        self._record.sha256 = self._scan.sha256
+        return self._finish_multipart(needed, done, snap, self._scan)
 
     # -- media -------------------------------------------------------------------------------
 
@@ -153,6 +152,8 @@ class Finalizer:
         target = free_name(engine.settings.quarantine_path / record.relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(self._path), target)
+        if record.sha256 is None and self._pending_scan is not None:
+            record.sha256 = self._pending_scan.result().sha256
         note = {
             "relpath": record.relpath, "stream_id": record.id, "reason": reason, "size": snap.size,
             "sha256": record.sha256, "quarantined_at": time.time(), "media": self._media,
@@ -287,10 +288,14 @@ class Finalizer:
             return info.etag  # a server-side copy: its ETag depends on how the server copied
         if "-" in info.etag:
             expected = multipart_etag(parts)
+            self._engine.uploader.plain_md5_etags = False
         elif len(parts) == 1 and parts[0].etag:
             expected = parts[0].etag
         else:
-            expected = f'"{whole_md5(self._path, snap)}"'
+            # The server gives the whole object's MD5: remembered, so later scans compute it too.
+            self._engine.uploader.plain_md5_etags = True
+            known = self._scan.md5 if self._scan is not None else None
+            expected = f'"{known or whole_md5(self._path, snap.identity)}"'
         if not same_etag(info.etag, expected):
             raise PermanentError(f"verification failed: ETag {info.etag} != expected {expected}", key=record.key)
         return info.etag
@@ -311,7 +316,7 @@ class Finalizer:
         record.move_to(StreamState.COMPLETED)
         engine.store.save_stream(record)
         if record.sha256 and upload in ("single", "multipart"):
-            engine.store.index_content(record.sha256, record.id)
+            engine.store.index_content(record.sha256, record.id, size=record.size)
 
 
 def after_upload(engine: Engine, record: StreamRecord, path: Path, log: StreamLog) -> None:
@@ -348,8 +353,15 @@ def completed_earlier(info: ObjectInfo | None, parts: list[PartRecord]) -> bool:
     return info.size == size and (not _is_md5_etag(info.etag) or same_etag(info.etag, multipart_etag(parts)))
 
 
+def _sent(recorded: PartRecord | None, part: Part) -> bool:
+    return recorded is not None and recorded.size == part.size
+
+
 def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
-    return recorded is not None and recorded.size == part.size and recorded.sha256 == scan.part_sha256[part.number]
+    """Sent, and (if it was sent before the scan) its bytes are still the ones sent."""
+    if recorded is None or not _sent(recorded, part):
+        return False
+    return scan.part_sha256.get(part.number, recorded.sha256) == recorded.sha256
 
 
 def _moved_on(path: Path, snap: Snapshot) -> bool:

@@ -43,7 +43,7 @@ def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: 
     for part in manifest.get("parts") or []:
         engine.store.record_part(record.id, PartRecord.from_dict(part))
     if record.sha256:
-        engine.store.index_content(record.sha256, record.id)
+        engine.store.index_content(record.sha256, record.id, size=record.size)
     logger.info(
         "already uploaded (its manifest in the bucket says so); record restored",
         extra={"relpath": relpath, "stream_id": record.id, "key": key},

@@ -406,7 +406,12 @@ class StreamJob:
                 error = error or exc
                 continue
             previous = done.get(part.number)
-            self.engine.store.record_part(record.id, part)
+            try:
+                self.engine.store.record_part(record.id, part)
+            except StoreResetError:
+                # The rebuild from the bucket must find every part in flight already there.
+                wait(list(in_flight), timeout=self.engine.settings.shutdown_timeout)
+                raise
             self.engine.metrics.part_uploaded(part.size)
             done[part.number] = part
             self.engine.progress(self.relpath, part.size - (previous.size if previous else 0))

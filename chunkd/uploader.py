@@ -69,6 +69,9 @@ class Uploader:
         self._policy = policy
         self._limiter = limiter
         self._on_request = on_request or (lambda op: None)
+        # Learned at the first verified multipart object: True when the server's ETag for it is the
+        # whole object's MD5 (`rclone serve s3`) rather than MD5-of-MD5s, so scans compute that too.
+        self.plain_md5_etags: bool | None = None
         self._breaker = breaker
         self._wait_for_breaker = wait_for_breaker
 

@@ -40,8 +40,13 @@ class CheckpointStore(Protocol):
     ) -> None:
         """Forget some parts (or all when `numbers` is None), e.g. after the upload vanished."""
 
-    def index_content(self, sha256: str, stream_id: str) -> None:
-        """Remember that a completed stream's object holds exactly these bytes (content dedup)."""
+    def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
+        """Remember that a completed stream's object holds exactly these bytes (content dedup),
+        and that some indexed content has this size."""
+
+    def may_hold_size(self, size: int) -> bool:
+        """False only when no indexed content has this size: a file of that size cannot be a
+        duplicate, so it need not be hashed before its first byte is sent."""
 
     def find_by_content(self, sha256: str) -> StreamRecord | None:
         """The stream last indexed under this SHA-256, if any."""

@@ -8,6 +8,7 @@ Keys, with the default prefix:
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
     chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
+    chunkd:sizes                 set: sizes of indexed content (a file of another size is no duplicate)
     chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
     chunkd:urls                  sorted set: url keys scored by created_at
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
@@ -328,9 +329,22 @@ class RedisStore:
             found = self.client.hgetall(self._parts_key(stream_id))
         return sorted((PartRecord.from_dict(json.loads(data)) for data in found.values()), key=lambda p: p.number)
 
-    def index_content(self, sha256: str, stream_id: str) -> None:
+    def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
         with self._errors(f"index content of stream {stream_id}"):
-            self.client.set(self._content_key(sha256), stream_id)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self._content_key(sha256), stream_id)
+            if size is not None:
+                pipe.sadd(f"{self.prefix}sizes", size)
+            pipe.execute()
+
+    def may_hold_size(self, size: int) -> bool:
+        with self._errors("look up content size"):
+            if self.client.sismember(f"{self.prefix}sizes", size):
+                return True
+            # Content indexed before sizes were kept: cannot rule it out.
+            return not self.client.exists(f"{self.prefix}sizes") and bool(
+                next(iter(self.client.scan_iter(f"{self.prefix}sha256:*", count=100)), None)
+            )
 
     def find_by_content(self, sha256: str) -> StreamRecord | None:
         with self._errors("find stream by content"):
