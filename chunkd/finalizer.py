@@ -83,7 +83,9 @@ class Finalizer:
         multipart = record.upload_id is not None or snap.size >= schedule.part_size(1)
         scan = Scan(
             self._path, snap.identity, needed,
-            part_hashes=set(done), md5=multipart and self._engine.uploader.plain_md5_etags is True,
+            # Unless the server is known to give MD5-of-MD5s, the whole-file MD5 its ETag may be is
+            # computed alongside: after completion it would be one more read, on the critical path.
+            part_hashes=set(done), md5=multipart and self._engine.uploader.plain_md5_etags is not False,
         )
         if multipart and not self._may_be_duplicate(snap.size):
             return self._finalize_overlapped(scan, needed, done, snap)
