@@ -36,6 +36,7 @@ from chunkd.errors import (
 from chunkd.manifest import build_manifest, encode, manifest_key
 from chunkd.media import UNAVAILABLE_REASON, ProbeIncomplete, probe
 from chunkd.monitor import Change, Snapshot, compare, take_snapshot
+from chunkd.partreader import FileIdentity
 from chunkd.paths import free_name
 from chunkd.planner import Part, PartSchedule
 from chunkd.scan import LocalScan, Scan, whole_md5
@@ -262,6 +263,9 @@ class Finalizer:
         record.upload_id = None
         self._engine.store.save_stream(record)
 
+    def _snap_identity(self) -> FileIdentity:
+        return FileIdentity(self._record.device, self._record.inode)
+
     def _complete(self, parts: list[PartRecord]) -> None:
         record, uploader = self._record, self._engine.uploader
         assert record.upload_id is not None
@@ -269,7 +273,8 @@ class Finalizer:
             uploader.complete(record.bucket, record.key, record.upload_id, parts)
         except UploadGoneError:
             # A crash after CompleteMultipartUpload but before we recorded it: the object is there.
-            if not completed_earlier(uploader.head(record.bucket, record.key), parts):
+            info = uploader.head(record.bucket, record.key)
+            if not completed_earlier(info, parts, lambda: whole_md5(self._path, self._snap_identity())):
                 raise
             self._log.info("upload was already completed before a restart; adopting the object")
 
@@ -348,11 +353,19 @@ def after_upload(engine: Engine, record: StreamRecord, path: Path, log: StreamLo
     log.info("moved local file after verified upload", extra={"path": str(target)})
 
 
-def completed_earlier(info: ObjectInfo | None, parts: list[PartRecord]) -> bool:
-    if info is None:
+def completed_earlier(
+    info: ObjectInfo | None, parts: list[PartRecord], whole_md5: Callable[[], str] | None = None
+) -> bool:
+    """The object is what completing these parts makes: its size, and its ETag where that is an
+    MD5 — of the part MD5s (`-N`), or of the whole object (`rclone serve s3`; `whole_md5` reads
+    the local file for it)."""
+    if info is None or info.size != sum(p.size for p in parts):
         return False
-    size = sum(p.size for p in parts)
-    return info.size == size and (not _is_md5_etag(info.etag) or same_etag(info.etag, multipart_etag(parts)))
+    if not _is_md5_etag(info.etag):
+        return True
+    if "-" in info.etag or whole_md5 is None:
+        return same_etag(info.etag, multipart_etag(parts))
+    return same_etag(info.etag, f'"{whole_md5()}"')
 
 
 def _sent(recorded: PartRecord | None, part: Part) -> bool:

@@ -34,6 +34,7 @@ from chunkd.monitor import Change, IdleTracker, Snapshot, take_snapshot
 from chunkd.partreader import FileIdentity, digest_range, open_checked
 from chunkd.planner import Part, PartSchedule, plan_schedule
 from chunkd.recovery import restore_completed
+from chunkd.scan import whole_md5
 from chunkd.states import PartRecord, StreamRecord, StreamState, new_stream_id
 from chunkd.store.fenced import FencedStore
 
@@ -491,10 +492,14 @@ class StreamJob:
         except PermanentError as exc:  # a server without ListMultipartUploads: nothing to adopt
             self.log.debug("cannot list unfinished uploads: %s", exc)
             return {}
+        empty: str | None = None  # created by a daemon that died before its first part landed
         for upload_id in candidates:
             try:
                 remote = uploader.list_parts(record.bucket, record.key, upload_id)
             except UploadGoneError:
+                continue
+            if not remote:
+                empty = empty or upload_id
                 continue
             adopted = {}
             for number, remote_part in sorted(remote.items()):
@@ -512,6 +517,10 @@ class StreamJob:
                 extra={"upload_id": upload_id, "parts_adopted": len(adopted), "parts_on_server": len(remote)},
             )
             return adopted
+        if empty is not None:  # ours to use (we hold the file's lease) rather than leave for gc
+            record.upload_id = empty
+            self._save_unless_cancelled(record)
+            self.log.info("reusing an empty unfinished upload found in the bucket", extra={"upload_id": empty})
         return {}
 
     def _adopt(
@@ -532,7 +541,14 @@ class StreamJob:
     def _upload_gone(self, record: StreamRecord, ledger: dict[int, PartRecord]) -> dict[int, PartRecord]:
         store, uploader = self.engine.store, self.engine.uploader
         parts = [ledger[n] for n in sorted(ledger)]
-        if record.state is StreamState.FINALIZING and parts and completed_earlier(uploader.head(record.bucket, record.key), parts):
+        identity = FileIdentity(record.device, record.inode)
+        if (
+            record.state is StreamState.FINALIZING
+            and parts
+            and completed_earlier(
+                uploader.head(record.bucket, record.key), parts, lambda: whole_md5(self.path, identity)
+            )
+        ):
             # Completed on the server before a crash; only the manifest and the record are missing.
             return ledger
         self.log.warning("multipart upload no longer exists on the server; starting a fresh upload")
