@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def test_dropped_connection_resumes_with_range_and_a_second_drop_of_the_file_doe
 
     moto.reset_counts()
     requests_before = len(server.log)
-    (input_dir / "again.links.txt").write_text(f"{server.url}/v/clip3.mp4\n")
+    staged = input_dir.parent / "again.links.txt"  # written whole, then moved in, as a user's `mv` does
+    staged.write_text(f"{server.url}/v/clip3.mp4\n")
+    os.replace(staged, input_dir / "again.links.txt")
     wait_for((input_dir / "again.links.txt.report.json").is_file, timeout=60, what="the second report")
     entry = json.loads((input_dir / "again.links.txt.report.json").read_text())["lines"][0]
     assert entry["state"] == "COMPLETED" and entry["key"] == key and entry.get("already_uploaded") is True
