@@ -21,7 +21,7 @@ from chunkd.linkbatch import LinkManager
 from chunkd.logs import redact
 from chunkd.media import ffprobe_available
 from chunkd.metrics import Metrics, store_snapshot
-from chunkd.paths import PathFilter, relpath_of
+from chunkd.paths import PathFilter, local_path, relpath_of
 from chunkd.probes import Probes
 from chunkd.retry import RetryPolicy
 from chunkd.s3 import S3Target, make_client
@@ -146,7 +146,7 @@ class Daemon:
         """Queue every stream a previous run left unfinished, before new arrivals."""
         unfinished = self.engine.store.list_streams([StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING])
         for record in unfinished:
-            self.scheduler.submit(self.engine.input_dir / record.relpath, record.relpath)
+            self.scheduler.submit(local_path(self.engine.input_dir, record.relpath), record.relpath)
         return len(unfinished)
 
     def _resume_quietly(self) -> None:

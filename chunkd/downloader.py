@@ -79,13 +79,15 @@ class DownloadError(ChunkdError):
     server's answer when there was one, `retry_after` its Retry-After in seconds."""
 
     def __init__(
-        self, reason: str, *, retryable: bool, http_status: int | None = None, retry_after: float | None = None
+        self, reason: str, *, retryable: bool, http_status: int | None = None, retry_after: float | None = None,
+        disk_full: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.http_status = http_status
         self.retry_after = retry_after
+        self.disk_full = disk_full  # the staging disk filled up: the partial file is given up at the end
 
 
 @dataclass
@@ -168,8 +170,11 @@ def classify(exc: BaseException) -> DownloadError:
         if isinstance(cause, (TransportError, ContentTooShortError, ConnectionError, TimeoutError)):
             return DownloadError(f"connection failed: {_message(cause)}", retryable=True)
         if isinstance(cause, OSError) and cause.errno is not None:
-            retryable = cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
-            return DownloadError(f"cannot write the download: {_message(cause)}", retryable=retryable)
+            disk_full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+            retryable = disk_full or cause.errno == errno.EIO  # space may be freed meanwhile
+            return DownloadError(
+                f"cannot write the download: {_message(cause)}", retryable=retryable, disk_full=disk_full
+            )
     for cause in _causes(exc):
         if isinstance(cause, ExtractorError) and cause.expected:
             return DownloadError(_message(cause), retryable=False)  # unsupported URL, private or removed video
@@ -267,12 +272,15 @@ class _Attempt:
     """What one yt-dlp run needs from us: its requests (probe, throttling, size) and progress."""
 
     def __init__(
-        self, url: str, *, stop: threading.Event, max_filesize: int | None, on_progress: Progress | None
+        self, url: str, *, stop: threading.Event, max_filesize: int | None, on_progress: Progress | None,
+        room: Callable[[], int] | None = None, on_disk: int = 0,
     ) -> None:
         self.url = url
         self.stop = stop
         self.max_filesize = max_filesize
         self.on_progress = on_progress
+        self.room = room  # free bytes where the download is written
+        self.on_disk = on_disk  # bytes of this file already there (a .part being resumed, then progress)
         self.downloading = False  # False while extracting, True once yt-dlp fetches the media
         self._probe_urls = {url}
         self._refused_range: str | None = None
@@ -338,6 +346,7 @@ class _Attempt:
         done = int(event.get("downloaded_bytes") or 0)
         total = event.get("total_bytes") or event.get("total_bytes_estimate")
         total = int(total) if total else None
+        self.on_disk = max(self.on_disk, done)
         self._check_size(max(done, total or 0), None)
         if self.on_progress is not None:
             try:
@@ -346,14 +355,32 @@ class _Attempt:
                 logger.exception("progress callback failed for %s", redact(self.url))
 
     def _check_size(self, size: int | None, response: Any) -> None:
-        if self.max_filesize is not None and size is not None and size > self.max_filesize:
+        if size is None:
+            return
+        error = None
+        if self.max_filesize is not None and size > self.max_filesize:
+            error = too_large(size, self.max_filesize)
+        elif self.room is not None and size - self.on_disk > 0:
+            free = self.room()
+            if size - self.on_disk > free:
+                error = no_room(size, size - self.on_disk, free)
+        if error is not None:
             if response is not None:
                 response.close()
-            raise _Abort(too_large(size, self.max_filesize))
+            raise _Abort(error)
 
 
 def too_large(size: int, limit: int) -> DownloadError:
     return DownloadError(f"file is {size} bytes, larger than max_filesize ({limit} bytes)", retryable=False)
+
+
+def no_room(size: int, needed: int, free: int) -> DownloadError:
+    """Known before a byte is written: failing now beats filling the disk and failing then.
+    Not retried on its own (the space is not coming back by itself); `chunkd retry` once it is."""
+    return DownloadError(
+        f"not enough space in the staging folder: the file is {size} bytes, {needed} still to download, "
+        f"{free} bytes free", retryable=False, disk_full=True,
+    )
 
 
 def _plain_get(request: Request) -> bool:
@@ -462,8 +489,10 @@ class Downloader:
         except DownloadError as exc:
             if exc.retryable and stop.is_set():
                 return DownloadResult(self.staging / name_hint, {}, 0)
-            if not exc.retryable:
-                self._remove_partial(name_hint)  # the same answer next time: the bytes are no use
+            if not exc.retryable or exc.disk_full:
+                # The same answer next time: the bytes are no use. Or the disk is full, and a
+                # partial file left there would keep it full for every other download.
+                self._remove_partial(name_hint)
             raise
 
     # -- one attempt ---------------------------------------------------------------------------
@@ -497,7 +526,10 @@ class Downloader:
     def _run_ytdlp(
         self, url: str, name_hint: str, stop: threading.Event, on_progress: Progress | None
     ) -> DownloadResult:
-        attempt = _Attempt(url, stop=stop, max_filesize=self.max_filesize, on_progress=on_progress)
+        attempt = _Attempt(
+            url, stop=stop, max_filesize=self.max_filesize, on_progress=on_progress,
+            room=lambda: self._free_bytes(self.staging), on_disk=self._partial_size(name_hint),
+        )
         try:
             with _YoutubeDL(self._params(name_hint, attempt, stop), attempt) as ydl:
                 info = ydl.extract_info(url, download=False)
@@ -590,11 +622,21 @@ class Downloader:
                 self._disk_paused = False
                 logger.info("downloads resumed: %d bytes free in %s", free, self.staging)
 
-    def _remove_partial(self, name_hint: str) -> None:
+    def _partials(self, name_hint: str) -> Iterator[Path]:
         pattern = re.compile(re.escape(name_hint) + r"\.[A-Za-z0-9]+\.(?:part|ytdl)$")
-        for leftover in self.staging.iterdir():
-            if pattern.match(leftover.name):
-                leftover.unlink(missing_ok=True)
+        try:
+            entries = list(self.staging.iterdir())
+        except FileNotFoundError:
+            return
+        yield from (entry for entry in entries if pattern.match(entry.name))
+
+    def _partial_size(self, name_hint: str) -> int:
+        """Bytes of this download already in staging (a `.part` a resume appends to)."""
+        return max((_size(path) for path in self._partials(name_hint) if path.suffix == ".part"), default=0)
+
+    def _remove_partial(self, name_hint: str) -> None:
+        for leftover in self._partials(name_hint):
+            leftover.unlink(missing_ok=True)
 
 
 def _check_name_hint(name_hint: str) -> None:

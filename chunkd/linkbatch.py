@@ -4,13 +4,20 @@ report beside it and is renamed `<name>.done`.
 
 URL records are keyed by the normalized URL, so a URL that shows up again in a later links file is
 neither downloaded nor uploaded again: the report names the object it already is.
+
+Big files stay linear: a links file is read at most once per change (events for it coalesce), and
+its report is built once, when the last URL it waits for is settled, not after every download. A
+file larger than `MAX_LINKS_FILE_BYTES` is not read at all (one error line says so), and only the
+first `REJECTS_LOGGED` rejected lines of a file are logged one by one; the report lists them all.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -24,14 +31,16 @@ from chunkd.downloader import Downloader, DownloadError
 from chunkd.engine import Engine
 from chunkd.errors import StoreError
 from chunkd.links import LinkLine, check_host, parse_links_bytes, redact_url
-from chunkd.paths import free_name
-from chunkd.states import UrlRecord, UrlState
+from chunkd.paths import free_name, local_path
+from chunkd.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.stream import Outcome
 
 logger = logging.getLogger("chunkd.links")
 
 ORIGIN_FIELDS = ("url", "webpage_url", "extractor", "title", "uploader", "upload_date")
 PROGRESS_EVERY = 1.0  # seconds between progress writes to the store
+MAX_LINKS_FILE_BYTES = 32 * 1024 * 1024  # ~300,000 URLs; a bigger file is refused, not read
+REJECTS_LOGGED = 10  # rejected or refused lines logged one by one per links file; the rest summarized
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 UploadRunner = Callable[[Path, str, dict[str, Any]], tuple[Outcome, str | None]]
@@ -62,14 +71,25 @@ class LinkManager:
         self._upload = upload
         self._files: queue.Queue[tuple[Path, str] | None] = queue.Queue()
         self._urls: queue.Queue[str | None] = queue.Queue()
-        self._active: set[str] = set()
+        self._waiting_files: set[str] = set()  # links files queued for reading (each once)
+        self._active: dict[str, set[str]] = {}  # URL queued or in progress -> links files waiting on it
+        self._outstanding: collections.Counter[str] = collections.Counter()  # links file -> URLs it waits on
+        self._logged: dict[str, tuple[int, int]] = {}  # links file -> (last line judged, lines logged)
+        self._refused_size: dict[str, tuple[int, int]] = {}  # links file -> (size, mtime_ns) refused as too big
+        self._rechecks: set[str] = set()  # links files with a read-again timer running
         self._lock = threading.Lock()
+        self._settle_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     # -- intake ------------------------------------------------------------------------------
 
     def submit(self, path: Path, relpath: str) -> bool:
-        """A links file appeared or changed (the watcher's callback): read it on our own thread."""
+        """A links file appeared or changed (the watcher's callback): read it on our own thread,
+        once however many events arrive before it is read."""
+        with self._lock:
+            if relpath in self._waiting_files:
+                return True
+            self._waiting_files.add(relpath)
         self._files.put((path, relpath))
         return True
 
@@ -79,7 +99,7 @@ class LinkManager:
             [UrlState.PENDING, UrlState.DOWNLOADING, UrlState.DOWNLOADED, UrlState.UPLOADING]
         )
         for record in records:
-            self._queue_url(record.url)
+            self._queue_url(record.url, record.links_file)
         return len(records)
 
     def start(self) -> None:
@@ -98,12 +118,31 @@ class LinkManager:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _queue_url(self, url: str) -> None:
+    def _queue_url(self, url: str, links_file: str) -> None:
+        """Queue a URL once; `links_file` is settled when the last URL it waits for is."""
         with self._lock:
-            if url in self._active:
+            waiting = self._active.get(url)
+            if waiting is not None:
+                if links_file not in waiting:
+                    waiting.add(links_file)
+                    self._outstanding[links_file] += 1
                 return
-            self._active.add(url)
+            self._active[url] = {links_file}
+            self._outstanding[links_file] += 1
         self._urls.put(url)
+
+    def _url_settled(self, url: str) -> list[str]:
+        """The links files that waited on `url` and now wait on nothing."""
+        with self._lock:
+            return [links_file for links_file in self._active.pop(url, ()) if self._release(links_file)]
+
+    def _release(self, links_file: str) -> bool:
+        """One thing `links_file` waited on is done; True when nothing is left (under the lock)."""
+        self._outstanding[links_file] -= 1
+        if self._outstanding[links_file] > 0:
+            return False
+        del self._outstanding[links_file]
+        return True
 
     # -- links files -------------------------------------------------------------------------
 
@@ -113,6 +152,8 @@ class LinkManager:
             if item is None or self._engine.stop.is_set():
                 return
             path, relpath = item
+            with self._lock:
+                self._waiting_files.discard(relpath)
             try:
                 self._read_file(path, relpath)
             except Exception:  # noqa: BLE001 - one bad links file must not stop the others
@@ -120,27 +161,58 @@ class LinkManager:
 
     def _read_file(self, path: Path, relpath: str) -> None:
         try:
-            lines = parse_links_bytes(path.read_bytes())
+            data = self._read_bounded(path, relpath)
         except FileNotFoundError:
             return  # renamed to .done meanwhile
-        seen: dict[str, int] = {}
+        if data is None:
+            return
+        with self._lock:
+            self._outstanding[relpath] += 1  # the read itself: no download settles the file meanwhile
+        try:
+            self._admit_lines(parse_links_bytes(data), relpath)
+        finally:
+            with self._lock:
+                ready = self._release(relpath)
+        if ready:  # else the last of its URLs to settle settles the file
+            self._settle(path, relpath)
+
+    def _admit_lines(self, lines: list[LinkLine], relpath: str) -> None:
+        log = self._reject_log(relpath)
+        seen: set[str] = set()
         for line in lines:
             if line.url is None:
-                logger.warning("links file line %d rejected: %s", line.lineno, line.error, extra={"relpath": relpath})
-                continue
-            if line.url in seen:
-                continue
-            seen[line.url] = line.lineno
-            self._admit(line, relpath)
-        self._settle(path, relpath)
+                log(line.lineno, "links file line %d rejected: %s", line.lineno, line.error)
+            elif line.url not in seen:
+                seen.add(line.url)
+                self._admit(line, relpath, log)
+        log.close()
 
-    def _admit(self, line: LinkLine, links_relpath: str) -> None:
+    def _read_bounded(self, path: Path, relpath: str) -> bytes | None:
+        """The file's bytes, or None (logged once per version of the file) when it is too big."""
+        info = path.stat()
+        if info.st_size <= MAX_LINKS_FILE_BYTES:
+            self._refused_size.pop(relpath, None)
+            return path.read_bytes()
+        version = (info.st_size, info.st_mtime_ns)
+        if self._refused_size.get(relpath) != version:
+            self._refused_size[relpath] = version
+            logger.error(
+                "links file is %d bytes, more than the %d MiB limit: not read; split it into smaller files",
+                info.st_size, MAX_LINKS_FILE_BYTES // (1024 * 1024), extra={"relpath": relpath},
+            )
+        return None
+
+    def _reject_log(self, relpath: str) -> _RejectLog:
+        last_line, logged = self._logged.get(relpath, (0, 0))
+        return _RejectLog(relpath, last_line, logged, lambda state: self._logged.__setitem__(relpath, state))
+
+    def _admit(self, line: LinkLine, links_relpath: str, log: _RejectLog) -> None:
         assert line.url is not None
         store = self._engine.store
         record = store.get_url(line.url)
         if record is not None:
             if not record.state.terminal:
-                self._queue_url(record.url)
+                self._queue_url(record.url, links_relpath)
             return
         folder = str(PurePosixPath(links_relpath).parent)
         hint = name_hint(line.url)
@@ -152,10 +224,10 @@ class LinkManager:
         if refused:
             record.move_to(UrlState.FAILED, error=refused)
             store.save_url(record)
-            logger.warning("refused %s: %s", record.display, refused, extra={"relpath": links_relpath})
+            log(line.lineno, "refused %s: %s", record.display, refused)
             return
         store.save_url(record)
-        self._queue_url(record.url)
+        self._queue_url(record.url, links_relpath)
 
     # -- one URL: download, then upload ------------------------------------------------------
 
@@ -171,8 +243,9 @@ class LinkManager:
             except Exception:  # noqa: BLE001 - one URL's bug must not stop the others
                 logger.exception("unexpected error while handling a download")
             finally:
-                with self._lock:
-                    self._active.discard(url)
+                ready = self._url_settled(url)
+            for links_file in ready:
+                self._settle_quietly(links_file)
 
     def _process(self, url: str) -> None:
         store = self._engine.store
@@ -183,10 +256,8 @@ class LinkManager:
         if record.state in (UrlState.PENDING, UrlState.DOWNLOADING) or staged is None or not staged.exists():
             staged = self._download(record)
             if staged is None:
-                self._settle_links_file(record)
                 return
         self._send(record, staged)
-        self._settle_links_file(record)
 
     def _download(self, record: UrlRecord) -> Path | None:
         store = self._engine.store
@@ -242,35 +313,76 @@ class LinkManager:
         elif outcome in (Outcome.FAILED, Outcome.QUARANTINED):
             stream = store.find_by_relpath(record.relpath)
             record.move_to(UrlState.FAILED, error=(stream.last_error if stream else None) or outcome.value)
+        elif outcome is Outcome.SKIPPED and (stream := store.find_by_relpath(record.relpath)) and stream.state.terminal:
+            # Nothing new to upload: its stream already ended (a failure stays one until `chunkd
+            # retry`); say so instead of sending the same file again and again.
+            self._settle_from_stream(record, stream, staged)
         else:
             record.move_to(UrlState.DOWNLOADED)  # interrupted or set aside: uploaded on the next pass
         store.save_url(record)
 
+    @staticmethod
+    def _settle_from_stream(record: UrlRecord, stream: StreamRecord, staged: Path) -> None:
+        if stream.state is StreamState.COMPLETED:
+            record.key = stream.key
+            record.move_to(UrlState.COMPLETED)
+            staged.unlink(missing_ok=True)
+            record.staged_path = None
+        else:
+            record.move_to(UrlState.FAILED, error=stream.last_error or stream.state.value)
+
     # -- links file lifecycle ----------------------------------------------------------------
 
-    def _settle_links_file(self, record: UrlRecord) -> None:
-        path = self._engine.input_dir / record.links_file
-        if path.exists():
-            self._settle(path, record.links_file)
+    def _settle_quietly(self, links_file: str) -> None:
+        try:
+            path = local_path(self._engine.input_dir, links_file)
+            if path.exists():
+                self._settle(path, links_file)
+        except StoreError as exc:
+            logger.error("state store unavailable while settling a links file: %s", exc, extra={"relpath": links_file})
+        except Exception:  # noqa: BLE001 - the next read of the file tries again
+            logger.exception("could not settle links file", extra={"relpath": links_file})
 
     def _settle(self, path: Path, relpath: str) -> None:
-        """Once every line is terminal: write `<name>.report.json` and rename to `<name>.done`."""
-        with self._lock:
+        """Once every line is terminal and the file has been quiet for `idle_seconds` (a writer
+        may not be done with it yet): write `<name>.report.json` and rename to `<name>.done`."""
+        with self._settle_lock:
             try:
+                quiet_for = time.time() - path.stat().st_mtime
+                if quiet_for < self._engine.settings.idle_seconds:
+                    self._read_again_later(path, relpath, self._engine.settings.idle_seconds - quiet_for)
+                    return
                 lines = parse_links_bytes(path.read_bytes())
             except FileNotFoundError:
                 return
             report = self._report(lines, relpath)
-            if any(entry.state not in ("COMPLETED", "FAILED", "REJECTED", "DUPLICATE") for entry in report):
+            if report is None:
                 return
-            body = {"links_file": relpath, "lines": [_entry_dict(entry) for entry in report]}
             done = free_name(path.with_name(path.name + ".done"))
-            done.with_name(done.name.removesuffix(".done") + ".report.json").write_text(json.dumps(body, indent=2) + "\n")
+            _write_report(done.with_name(done.name.removesuffix(".done") + ".report.json"), relpath, report)
             path.rename(done)
+            self._logged.pop(relpath, None)
         failed = sum(entry.state != "COMPLETED" for entry in report)
         logger.info("links file done: %d line(s), %d not uploaded", len(report), failed, extra={"relpath": relpath})
 
-    def _report(self, lines: list[LinkLine], relpath: str) -> list[ReportLine]:
+    def _read_again_later(self, path: Path, relpath: str, delay: float) -> None:
+        """One timer per file: whatever was appended by then is read, then the file settles."""
+        with self._lock:
+            if relpath in self._rechecks or self._engine.stop.is_set():
+                return
+            self._rechecks.add(relpath)
+
+        def again() -> None:
+            with self._lock:
+                self._rechecks.discard(relpath)
+            self.submit(path, relpath)
+
+        timer = threading.Timer(max(0.05, delay + 0.05), again)
+        timer.daemon = True
+        timer.start()
+
+    def _report(self, lines: list[LinkLine], relpath: str) -> list[ReportLine] | None:
+        """One entry per line, or None as soon as a line turns out not to be settled yet."""
         report: list[ReportLine] = []
         seen: dict[str, int] = {}
         for line in lines:
@@ -283,9 +395,8 @@ class LinkManager:
                 continue
             seen[line.url] = line.lineno
             record = self._engine.store.get_url(line.url)
-            if record is None:
-                report.append(ReportLine(line.lineno, shown, "PENDING"))
-                continue
+            if record is None or not record.state.terminal:
+                return None
             # Asked for by an earlier links file: not fetched again, the report names the object.
             already = record.state is UrlState.COMPLETED and record.links_file != relpath
             report.append(
@@ -293,6 +404,51 @@ class LinkManager:
                            already_uploaded=already)
             )
         return report
+
+
+class _RejectLog:
+    """Logs a links file's rejected and refused lines: each line once (lines already judged in an
+    earlier read of the file are not logged again), the first `REJECTS_LOGGED` one by one, the
+    rest as one count per read."""
+
+    def __init__(self, relpath: str, last_line: int, logged: int, save: Callable[[tuple[int, int]], None]) -> None:
+        self._relpath = relpath
+        self._last_line = last_line
+        self._logged = logged
+        self._save = save
+        self._unlogged = 0
+        self._newest = last_line
+
+    def __call__(self, lineno: int, message: str, *args: Any) -> None:
+        if lineno <= self._last_line:
+            return
+        self._newest = max(self._newest, lineno)
+        if self._logged < REJECTS_LOGGED:
+            self._logged += 1
+            logger.warning(message, *args, extra={"relpath": self._relpath})
+        else:
+            self._unlogged += 1
+
+    def close(self) -> None:
+        if self._unlogged:
+            logger.warning(
+                "links file: %d more line(s) rejected or refused, not logged one by one (the report lists them)",
+                self._unlogged, extra={"relpath": self._relpath},
+            )
+        self._save((self._newest, self._logged))
+
+
+def _write_report(target: Path, relpath: str, report: list[ReportLine]) -> None:
+    """The report as JSON, one line per entry, written to a temporary name and renamed into place:
+    a reader never sees half a report, and 100,000 entries never sit in memory as one string."""
+    temporary = target.with_name(target.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write('{\n  "links_file": ' + json.dumps(relpath) + ',\n  "lines": [')
+        handle.writelines(
+            ("\n    " if index == 0 else ",\n    ") + json.dumps(_entry_dict(entry)) for index, entry in enumerate(report)
+        )
+        handle.write("\n  ]\n}\n")
+    os.replace(temporary, target)
 
 
 def _entry_dict(entry: ReportLine) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def _split(url: str) -> _Url:
         if _PORT_ONLY.match(rest):
             raise _Rejected(MALFORMED)
         raise _Rejected(f"scheme '{scheme[:20]}' not allowed (only http and https)")
-    if any(_is_unsafe_char(char) for char in url):
+    if not _plainly_safe(url) and any(_is_unsafe_char(char) for char in url):
         raise _Rejected(MALFORMED)
     if not rest.startswith("//"):
         raise _Rejected(MALFORMED)  # "http:example.com", "http:/x": no authority
@@ -136,6 +136,11 @@ def _split(url: str) -> _Url:
         path=path,
         query=query if question else None,
     )
+
+
+def _plainly_safe(url: str) -> bool:
+    """The common case, decided without a Unicode lookup per character: printable ASCII, no space."""
+    return url.isascii() and url.isprintable() and " " not in url
 
 
 def _is_unsafe_char(char: str) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chunkd.logs import redact
+from chunkd.paths import printable
 from chunkd.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.store import CheckpointStore
 
@@ -43,7 +44,7 @@ class StreamStatus:
 
     def to_dict(self) -> dict[str, Any]:
         data = self.record.to_dict()
-        data["last_error"] = redact(data["last_error"]) if data["last_error"] else None
+        data["last_error"] = printable(redact(data["last_error"])) if data["last_error"] else None
         progress = {"bytes_done": self.bytes_done, "parts_done": self.parts_done, "percent": round(self.percent, 1)}
         rates = {
             "speed": None if self.speed is None else round(self.speed, 1),
@@ -107,12 +108,12 @@ def render_table(statuses: list[StreamStatus]) -> str:
         rows.append(
             (
                 record.state.value,
-                record.relpath,
+                printable(record.relpath),
                 f"{status.percent:5.1f}%",
                 human_size(record.size),
                 "-" if status.speed is None else f"{human_size(int(status.speed))}/s",
                 "-" if status.eta is None else _duration(status.eta),
-                redact(record.last_error or "")[:80],
+                printable(redact(record.last_error or ""))[:80],
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -150,8 +151,10 @@ def render_downloads(records: list[UrlRecord]) -> str:
         percent = 100.0 if record.state is UrlState.COMPLETED else (
             100.0 * record.bytes_done / record.size if record.size else 0.0
         )
-        outcome = record.key or redact(record.last_error or "")
-        rows.append((record.state.value, f"{percent:5.1f}%", human_size(record.size or 0), record.display, outcome[:80]))
+        outcome = record.key or printable(redact(record.last_error or ""))
+        rows.append(
+            (record.state.value, f"{percent:5.1f}%", human_size(record.size or 0), printable(record.display), outcome[:80])
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

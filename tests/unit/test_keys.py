@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import calendar
+import os
+from urllib.parse import unquote_to_bytes
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from chunkd.keys import FIELDS, render_key, validate_template
+from chunkd.keys import FIELDS, key_problem, render_key, validate_template
+from chunkd.paths import escape_name
 
 NOW = calendar.timegm((2026, 11, 23, 23, 59, 0))  # late in the UTC day: catches local-time dates
 
@@ -85,3 +90,43 @@ def test_validate_template_errors(template: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         validate_template(template)
     assert message in str(info.value)
+
+
+# --- hostile names ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "relpath", "expected"),
+    [
+        ("{relpath}", "caf%E9/new%0Aline.mp4", "caf%E9/new%0Aline.mp4"),  # already escaped: kept as is
+        ("{relpath}", "fifty %2520.mp4", "fifty %2520.mp4"),  # a '%' escaped once stays escaped once
+        ("{stem}/{ext}", "a/b%FF.mp4", "b%FF/mp4"),
+        ("../{relpath}", "a.mp4", "%2E%2E/a.mp4"),  # a template cannot climb out of a mirror's folder
+        ("./x/./{relpath}", "a.mp4", "%2E/x/%2E/a.mp4"),
+        ("{dir}/../{stem}", "d/a.mp4", "d/%2E%2E/a"),
+        ("tab\there/{relpath}", "a.mp4", "tab%09here/a.mp4"),  # a control character from the template
+        ("{hostname}/{relpath}", "a.mp4", "bad%0Ahost%2Fname/a.mp4"),
+    ],
+)
+def test_keys_are_safe_whatever_the_template_and_name(template: str, relpath: str, expected: str) -> None:
+    assert render_key(template, relpath, now=NOW, hostname="bad\nhost/name") == expected
+
+
+@given(st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b), st.integers(0, 3))
+def test_the_default_key_is_the_escaped_relpath_and_gives_the_bytes_back(name: bytes, depth: int) -> None:
+    relpath = "/".join([escape_name(os.fsdecode(name))] * (depth + 1))
+    key = render_key("{relpath}", relpath, now=NOW, hostname="h")
+    if not any(segment in (".", "..") for segment in relpath.split("/")):
+        assert key == relpath
+        assert unquote_to_bytes(key) == b"/".join([name] * (depth + 1))
+    assert all(segment not in ("", ".", "..") for segment in key.split("/"))
+    assert not any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in key)
+    key.encode("utf-8")
+
+
+def test_a_key_longer_than_s3_allows_is_named_before_any_upload() -> None:
+    deep = "d/" * 520 + "clip.mp4"
+    assert key_problem(render_key("{relpath}", deep, now=NOW, hostname="h")) == (
+        "object key is 1048 bytes long; S3 allows at most 1024"
+    )
+    assert key_problem("é" * 512) is None and key_problem("é" * 513) is not None  # bytes, not characters

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chunkd.linkbatch import REJECTS_LOGGED, LinkManager, ReportLine, _RejectLog, _write_report
 from chunkd.links import (
     INVALID_PORT,
     MALFORMED,
     AddressClass,
     LinkLine,
+    _is_unsafe_char,
+    _plainly_safe,
     address_problem,
     check_host,
     classify_address,
@@ -481,3 +488,83 @@ def test_address_problem_and_classes() -> None:
     assert classify_address(ipaddress.ip_address("169.254.169.254")) is AddressClass.METADATA
     assert classify_address(ipaddress.ip_address("::a9fe:a9fe")) is AddressClass.METADATA  # IPv4-compatible
     assert classify_address(ipaddress.ip_address("::8.8.8.8")) is AddressClass.PRIVATE  # deprecated form
+
+
+# -- big and hostile links files -------------------------------------------------------------------
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+def test_the_ascii_shortcut_agrees_with_the_per_character_check(text: str) -> None:
+    assert _plainly_safe(text) == (text.isascii() and not any(_is_unsafe_char(char) for char in text))
+
+
+def test_parsing_time_grows_linearly_with_the_lines() -> None:
+    line = "https://cdn.example.net/clips/{}.mp4\n# a comment\nnot a url {}\n"
+    small = "".join(line.format(i, i) for i in range(1_000)).encode()
+    big = "".join(line.format(i, i) for i in range(20_000)).encode()  # 60,000 lines
+
+    def seconds(data: bytes) -> float:
+        began = time.perf_counter()
+        parse_links_bytes(data)
+        return time.perf_counter() - began
+
+    seconds(small)  # warm up
+    assert len(parse_links_bytes(big)) == 40_000
+    # 20 times the lines: linear is ~20 times the time, quadratic ~400 (slack for a busy machine).
+    assert seconds(big) < 60 * max(seconds(small), 0.005) + 2.0
+
+
+def test_rejected_lines_are_logged_once_the_first_ten_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="chunkd.links")
+    saved: list[tuple[int, int]] = []
+    log = _RejectLog("big.links.txt", 0, 0, saved.append)
+    for lineno in range(1, 26):
+        log(lineno, "links file line %d rejected: %s", lineno, "malformed URL")
+    log.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[:REJECTS_LOGGED] == [f"links file line {n} rejected: malformed URL" for n in range(1, 11)]
+    assert messages[REJECTS_LOGGED:] == [
+        "links file: 15 more line(s) rejected or refused, not logged one by one (the report lists them)"
+    ]
+    assert saved == [(25, 10)]
+
+    caplog.clear()
+    again = _RejectLog("big.links.txt", *saved[-1], saved.append)  # the file read again after an append
+    for lineno in range(1, 28):
+        again(lineno, "links file line %d rejected: %s", lineno, "malformed URL")
+    again.close()
+    assert [record.getMessage() for record in caplog.records] == [
+        "links file: 2 more line(s) rejected or refused, not logged one by one (the report lists them)"
+    ]
+
+
+def test_the_report_is_valid_json_one_entry_a_line_and_appears_whole(tmp_path: Path) -> None:
+    entries = [ReportLine(n, f"https://a.example/{n}", "REJECTED", error="malformed URL") for n in range(1, 1001)]
+    entries.append(ReportLine(1001, "https://a.example/1", "DUPLICATE", duplicate_of_line=1))
+    target = tmp_path / "x.links.txt.report.json"
+    _write_report(target, "x.links.txt", entries)
+    body = json.loads(target.read_text())
+    assert body["links_file"] == "x.links.txt" and len(body["lines"]) == 1001
+    assert body["lines"][-1] == {"line": 1001, "url": "https://a.example/1", "state": "DUPLICATE", "key": None,
+                                 "error": None, "duplicate_of_line": 1}
+    assert len(target.read_text().splitlines()) == 1001 + 5
+    assert [p.name for p in tmp_path.iterdir()] == [target.name], "no temporary file left behind"
+    _write_report(target, "empty.links.txt", [])
+    assert json.loads(target.read_text()) == {"links_file": "empty.links.txt", "lines": []}
+
+
+def test_a_links_file_over_the_size_limit_is_not_read_and_said_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="chunkd.links")
+    monkeypatch.setattr("chunkd.linkbatch.MAX_LINKS_FILE_BYTES", 1024 * 1024)
+    manager = LinkManager(None, None, None)  # type: ignore[arg-type]  # reading needs none of them
+    path = tmp_path / "huge.links.txt"
+    path.write_bytes(b"https://a.example/x.mp4\n" * 50_000)  # 1.2 MB
+    assert manager._read_bounded(path, "huge.links.txt") is None
+    assert manager._read_bounded(path, "huge.links.txt") is None
+    assert [record.getMessage() for record in caplog.records] == [
+        "links file is 1200000 bytes, more than the 1 MiB limit: not read; split it into smaller files"
+    ]
+    path.write_bytes(b"https://a.example/x.mp4\n")
+    assert manager._read_bounded(path, "huge.links.txt") == b"https://a.example/x.mp4\n"

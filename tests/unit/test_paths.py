@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chunkd.config import DEFAULT_INCLUDE
-from chunkd.paths import PathFilter, relpath_of, safe_regular_file, walk_files
+from chunkd.paths import (
+    PathFilter,
+    Refusal,
+    check_file,
+    escape_name,
+    local_path,
+    name_bytes,
+    printable,
+    relpath_of,
+    safe_regular_file,
+    walk,
+    walk_files,
+)
 
 DEFAULT = PathFilter(include=DEFAULT_INCLUDE)
 
@@ -228,3 +243,144 @@ def test_walk_files_lists_symlinked_files_for_the_safety_check_to_judge(root: Pa
 
 def test_walk_files_of_missing_root_yields_nothing(tmp_path: Path) -> None:
     assert list(walk_files(tmp_path / "missing")) == []
+
+
+# --- names as text -------------------------------------------------------------------------------
+
+# A file name is any bytes but '/' and NUL.
+NAME_BYTES = st.binary(min_size=1, max_size=60).filter(lambda b: b"/" not in b and b"\0" not in b)
+
+
+@given(NAME_BYTES)
+def test_escaped_names_are_clean_text_that_gives_the_bytes_back(raw: bytes) -> None:
+    text = escape_name(os.fsdecode(raw))
+    text.encode("utf-8")  # no surrogates: storable in SQLite, Redis, JSON, S3 keys
+    assert not any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in text)
+    assert name_bytes(text) == raw
+
+
+@given(NAME_BYTES, NAME_BYTES)
+def test_different_names_never_share_an_escaped_spelling(a: bytes, b: bytes) -> None:
+    if a != b:
+        assert escape_name(os.fsdecode(a)) != escape_name(os.fsdecode(b))
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (b"plain name.mp4", "plain name.mp4"),
+        (b"-leading dash.mp4", "-leading dash.mp4"),
+        (b"quotes \"'`.mp4", "quotes \"'`.mp4"),
+        ("ünïcödé 🎬.mp4".encode(), "ünïcödé 🎬.mp4"),
+        (b"100% sure.mp4", "100% sure.mp4"),
+        (b"a%20b.mp4", "a%2520b.mp4"),
+        (b"new\nline.mp4", "new%0Aline.mp4"),
+        (b"caf\xe9.mp4", "caf%E9.mp4"),
+        (b"\xc2\x9bcsi.mp4", "%C2%9Bcsi.mp4"),  # a C1 control a terminal would act on
+    ],
+)
+def test_escape_examples(raw: bytes, text: str) -> None:
+    assert escape_name(os.fsdecode(raw)) == text
+
+
+def test_relpath_of_escapes_every_segment_and_local_path_finds_the_file(root: Path) -> None:
+    folder = os.path.join(os.fsencode(root), b"d\xff\nir")
+    os.mkdir(folder)
+    path = os.path.join(folder, b"f%41\xe9.mp4")
+    Path(os.fsdecode(path)).write_bytes(b"x")
+    relpath = relpath_of(root, Path(os.fsdecode(path)))
+    assert relpath == "d%FF%0Air/f%2541%E9.mp4"
+    assert local_path(root, relpath).read_bytes() == b"x"
+    assert local_path(root, "plain/a.mp4") == root / "plain" / "a.mp4"
+
+
+# --- check_file: why a path is refused ------------------------------------------------------------
+
+
+def test_check_file_names_the_reason(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.mp4"
+    outside.write_bytes(b"s")
+    (root / "out.mp4").symlink_to(outside)
+    (root / "a.mp4").symlink_to(root / "b.mp4")
+    (root / "b.mp4").symlink_to(root / "a.mp4")
+    (root / "gone.mp4").symlink_to(root / "nowhere")
+    os.mkfifo(root / "pipe.mp4")
+    (root / "ok.mp4").write_bytes(b"ok")
+
+    assert check_file(root, root / "out.mp4").refusal is Refusal.OUTSIDE
+    assert str(check_file(root, root / "out.mp4")) == f"symlink points outside the input folder ({outside})"
+    assert check_file(root, root / "a.mp4").refusal is Refusal.LOOP
+    assert check_file(root, root / "gone.mp4").refusal is Refusal.DANGLING
+    assert str(check_file(root, root / "pipe.mp4")) == "not a regular file (FIFO)"
+    assert check_file(root, root / "missing.mp4").refusal is Refusal.GONE and Refusal.GONE.quiet
+    verdict = check_file(root, root / "ok.mp4")
+    assert verdict.ok and verdict.info is not None and verdict.info.st_size == 2
+
+
+def test_a_device_node_is_refused_without_being_opened(root: Path) -> None:
+    try:
+        os.mknod(root / "zero.mp4", 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+    assert str(check_file(root, root / "zero.mp4")) == "not a regular file (character device)"
+
+
+def test_a_folder_on_the_way_that_leads_outside_is_refused(root: Path, tmp_path: Path) -> None:
+    """The event said `cam/clip.mp4`; by the time it is checked, `cam` is a symlink out."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "clip.mp4").write_bytes(b"secret")
+    (root / "cam").symlink_to(outside, target_is_directory=True)
+    verdict = check_file(root, root / "cam" / "clip.mp4")
+    assert verdict.refusal is Refusal.OUTSIDE and verdict.detail == "through a symlinked folder"
+
+
+def test_a_root_given_through_a_symlink_still_accepts_its_files(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.mp4").write_bytes(b"a")
+    alias = tmp_path / "alias"
+    alias.symlink_to(real, target_is_directory=True)
+    assert check_file(alias, alias / "a.mp4").ok
+
+
+def test_walk_files_goes_1200_folders_deep_without_recursion(root: Path) -> None:
+    depth = 1200  # past Python's recursion limit (1,000 frames), within PATH_MAX
+    bottom = root
+    for _ in range(depth):  # one level at a time: mkdir(parents=True) itself recurses
+        bottom = bottom / "d"
+        bottom.mkdir()
+    (bottom / "deep.mp4").write_bytes(b"")
+    try:
+        folders = [0]
+        assert list(walk_files(root, folders=folders)) == [bottom / "deep.mp4"]
+        assert folders == [depth + 1]
+    finally:  # bottom up, one level at a time: shutil.rmtree (pytest's clean-up) would recurse
+        (bottom / "deep.mp4").unlink()
+        while bottom != root:
+            bottom.rmdir()
+            bottom = bottom.parent
+
+
+def test_printable_keeps_one_line_and_never_fails_to_encode() -> None:
+    message = "permission denied reading /in/caf" + os.fsdecode(b"\xe9") + "\nx\x1b[31m.mp4 (50%20)"
+    shown = printable(message)
+    assert shown == "permission denied reading /in/caf%E9%0Ax%1B[31m.mp4 (50%20)"
+    shown.encode("utf-8")
+    assert printable("caf%E9/a%2520b.mp4") == "caf%E9/a%2520b.mp4", "escaped relpaths are shown as they are"
+
+
+def test_a_folder_swapped_for_a_symlink_between_listing_and_entering_is_skipped(root: Path, tmp_path: Path) -> None:
+    (root / "a.mp4").write_bytes(b"a")
+    (root / "cam").mkdir()
+    (root / "cam" / "clip.mp4").write_bytes(b"inside")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "clip.mp4").write_bytes(b"secret")
+    walker = walk(root)
+    first = next(walker)  # the root is listed: `cam` was a real folder then
+    assert first.relpath == "a.mp4" and first.verdict.ok
+    (root / "cam" / "clip.mp4").unlink()
+    (root / "cam").rmdir()
+    (root / "cam").symlink_to(outside, target_is_directory=True)
+    assert list(walker) == []
