@@ -139,7 +139,7 @@ def test_paused_daemon_loses_its_lease_and_cannot_overwrite_the_new_owner(
         successor = chunkd_daemon(moto, state_url=redis_url, log_name="successor.log", **LEASE)
         client = moto.client()
         manifest = wait_for(lambda: read_manifest(client, "long.mp4"), timeout=120, what="manifest by the successor")
-        assert successor.logged("completed")
+        wait_for(lambda: successor.logged('"completed"'), timeout=30, what="the successor to log completion")
     finally:
         os.kill(paused.process.pid, signal.SIGCONT)
     wait_for(lambda: paused.logged("another daemon took over"), timeout=30, what="the paused daemon to stand down")
