@@ -38,11 +38,12 @@ _EVENT_CLOCK_SLACK_SECONDS = 300.0
 _EVENT_PAGE = 500
 
 # KEYS: lease, fence. ARGV: owner, ttl ms, an owner we may take the lease from ("" for none).
+# A lease held by anyone else — this daemon's own other job included — is not handed out.
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local holder = string.match(current, '^(.*)|%d+$')
-  if holder ~= ARGV[1] and holder ~= ARGV[3] then return 0 end
+  if holder ~= ARGV[3] then return 0 end
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])

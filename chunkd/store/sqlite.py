@@ -251,7 +251,7 @@ class SqliteStore:
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
         with self._lock:
             held = self._leases.get(name)
-            if held is not None and held[2] > time.monotonic() and held[0] not in (owner, steal_from):
+            if held is not None and held[2] > time.monotonic() and held[0] != steal_from:
                 return None
             token = self._fences.get(name, 0) + 1
             self._fences[name] = token

@@ -47,6 +47,8 @@ def test_one_owner_at_a_time_and_tokens_grow(store: CheckpointStore) -> None:
     second = store.acquire_lease("cam/a.mp4", "host/2/bb", 30)
     assert second is not None and second > first
     assert store.acquire_lease("cam/other.mp4", "host/1/aa", 30) is not None  # leases are per file
+    # Not even its own holder gets a held lease twice: two jobs of one daemon never share a file.
+    assert store.acquire_lease("cam/other.mp4", "host/1/aa", 30) is None
 
 
 def test_expired_lease_is_taken_over_and_the_old_token_is_fenced(store: CheckpointStore) -> None:
