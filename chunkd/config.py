@@ -154,6 +154,7 @@ class Settings:
     lease_seconds: float = 30.0
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0
+    content_md5: bool = False
 
     @property
     def fixed_parts(self) -> bool:
@@ -222,6 +223,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "lease_seconds": _non_negative_float,
     "breaker_failures": _positive_int,
     "breaker_cooldown": _non_negative_float,
+    "content_md5": _parse_bool,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)

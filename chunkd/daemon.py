@@ -51,7 +51,10 @@ def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event 
 
     policy = RetryPolicy(max_attempts=settings.max_attempts, stop_event=stop, on_retry=on_retry)
     breaker = endpoint_breaker(settings, target.endpoint_url, metrics=metrics)
-    uploader = Uploader(make_client(target, max_pool_connections=pool), policy, limiter=limiter, breaker=breaker)
+    uploader = Uploader(
+        make_client(target, max_pool_connections=pool), policy, limiter=limiter, breaker=breaker,
+        content_md5=settings.content_md5,
+    )
     return Engine(settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop, metrics=metrics)
 
 

@@ -84,9 +84,10 @@ class Finalizer:
         multipart = record.upload_id is not None or snap.size >= schedule.part_size(1)
         scan = Scan(
             self._path, snap.identity, needed,
-            # Unless the server is known to give MD5-of-MD5s, the whole-file MD5 its ETag may be is
-            # computed alongside: after completion it would be one more read, on the critical path.
-            part_hashes=set(done), md5=multipart and self._engine.uploader.plain_md5_etags is not False,
+            # When MD5s are checked at all and the server is not known to give MD5-of-MD5s, the
+            # whole-file MD5 its ETag may be is computed alongside: after completion it would be one
+            # more read, on the critical path.
+            part_hashes=set(done), md5=multipart and self._wants_whole_md5(),
         )
         if multipart and not self._may_be_duplicate(snap.size):
             return self._finalize_overlapped(scan, needed, done, snap)
@@ -263,6 +264,10 @@ class Finalizer:
         record.upload_id = None
         self._engine.store.save_stream(record)
 
+    def _wants_whole_md5(self) -> bool:
+        uploader = self._engine.uploader
+        return uploader.content_md5 and uploader.plain_md5_etags is not False
+
     def _snap_identity(self) -> FileIdentity:
         return FileIdentity(self._record.device, self._record.inode)
 
@@ -284,7 +289,8 @@ class Finalizer:
         """HeadObject must show our size, and an ETag that matches our MD5s where it is one.
 
         Multipart ETags are normally MD5-of-part-MD5s plus "-N"; some servers (rclone) give the
-        whole object's MD5 instead, which costs one more read of the file to check.
+        whole object's MD5 instead, which is checked only with content_md5 on (it costs one more
+        MD5 pass over the file; the parts' bytes were checked as they were sent).
         """
         record = self._record
         info = self._engine.uploader.head(record.bucket, record.key)
@@ -301,6 +307,8 @@ class Finalizer:
         else:
             # The server gives the whole object's MD5: remembered, so later scans compute it too.
             self._engine.uploader.plain_md5_etags = True
+            if not self._engine.uploader.content_md5:
+                return info.etag
             known = self._scan.md5 if self._scan is not None else None
             expected = f'"{known or whole_md5(self._path, snap.identity)}"'
         if not same_etag(info.etag, expected):

@@ -1,8 +1,9 @@
 """Reading one part of a file lazily by byte offset: digests first, then a throttled body stream.
 
 A part is never held in memory whole: it is hashed in 1 MiB reads, then sent through a file-like
-view that botocore reads block by block. If the bytes change between the two passes, the server
-rejects the part (Content-MD5 mismatch) and the retry hashes again.
+view that botocore reads block by block. The part's SHA-256 rides along with the view as the
+request's signed payload hash (see chunkd.s3), so a server that checks it rejects bytes that
+changed between the two passes or on the wire, and the retry hashes again.
 """
 
 from __future__ import annotations
@@ -34,16 +35,16 @@ class FileIdentity:
 
 @dataclass(frozen=True)
 class Digest:
-    md5_hex: str
     sha256_hex: str
+    md5_hex: str | None = None  # only when asked for: MD5 costs more than SHA-256 on CPUs with SHA-NI
 
     @property
-    def md5_b64(self) -> str:
-        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode("ascii")
+    def md5_b64(self) -> str | None:
+        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode("ascii") if self.md5_hex else None
 
     @property
-    def etag(self) -> str:
-        return f'"{self.md5_hex}"'
+    def etag(self) -> str | None:
+        return f'"{self.md5_hex}"' if self.md5_hex else None
 
 
 def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader:
@@ -58,30 +59,38 @@ def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader
     return handle
 
 
-def digest_range(handle: io.BufferedReader, offset: int, size: int) -> Digest:
-    """MD5 (for Content-MD5 / ETag checks) and SHA-256 (for the manifest) of one byte range."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+def digest_range(handle: io.BufferedReader, offset: int, size: int, *, md5: bool = False) -> Digest:
+    """SHA-256 (manifest, signed payload) of one byte range, and its MD5 (Content-MD5, ETag checks)
+    when asked for."""
+    md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
+    sha = hashlib.sha256()
     fd, position, remaining = handle.fileno(), offset, size
     while remaining > 0:
         chunk = os.pread(fd, min(READ_SIZE, remaining), position)
         if not chunk:
             raise SourceChangedError(f"file shrank: expected {size} bytes at offset {offset}")
-        md5.update(chunk)
+        if md5_hash is not None:
+            md5_hash.update(chunk)
         sha.update(chunk)
         position += len(chunk)
         remaining -= len(chunk)
-    return Digest(md5.hexdigest(), sha.hexdigest())
+    return Digest(sha.hexdigest(), md5_hash.hexdigest() if md5_hash is not None else None)
 
 
 class RangeReader(io.RawIOBase):
     """A seekable, read-only view of [offset, offset + size) of an open file.
 
     The shared TokenBucket is charged for every block read, which is how the bandwidth limit
-    covers all uploads at once without the uploader ever sleeping itself.
+    covers all uploads at once without the uploader ever sleeping itself. `payload_sha256`, when
+    known, is what the request signer uses instead of reading the range once more to hash it.
     """
 
-    def __init__(self, handle: io.BufferedReader, offset: int, size: int, limiter: TokenBucket | None = None) -> None:
+    def __init__(
+        self, handle: io.BufferedReader, offset: int, size: int, limiter: TokenBucket | None = None,
+        *, payload_sha256: str | None = None,
+    ) -> None:
         super().__init__()
+        self.payload_sha256 = payload_sha256
         self._fd = handle.fileno()
         self._offset = offset
         self._size = size

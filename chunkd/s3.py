@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
+import botocore.auth
+from botocore.awsrequest import AWSRequest
 from botocore.client import BaseClient
 from botocore.config import Config
+from botocore.handlers import set_operation_specific_signer
+
+_SIGNER = "chunkd-s3v4"
+
+
+class PrecomputedPayloadAuth(botocore.auth.S3SigV4Auth):
+    """SigV4 for S3 that signs a body's SHA-256 computed beforehand.
+
+    A part's SHA-256 is computed anyway (manifest, rewrite detection); handing it to the signer
+    makes it the request's `x-amz-content-sha256`, which S3, MinIO and Ceph check against the bytes
+    they receive, for free. botocore would otherwise read the body once more to hash it, or (with
+    payload signing off) send UNSIGNED-PAYLOAD. Bodies without a known hash are signed as botocore
+    signs them.
+    """
+
+    def payload(self, request: AWSRequest) -> str:
+        known = getattr(request.body, "payload_sha256", None)
+        return known if isinstance(known, str) else str(super().payload(request))
+
+
+botocore.auth.AUTH_TYPE_MAPS.setdefault(_SIGNER, PrecomputedPayloadAuth)
+
+
+def _choose_signer(signing_name: str, signature_version: Any, context: dict[str, Any], **_: Any) -> Any:
+    """botocore's own choice of signer, with plain S3 SigV4 swapped for PrecomputedPayloadAuth."""
+    chosen = set_operation_specific_signer(context=context, signing_name=signing_name) or signature_version
+    return _SIGNER if chosen == "s3v4" else chosen
 
 
 @dataclass(frozen=True)
@@ -23,9 +53,8 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClie
     botocore's own retries are off (tenacity does ours, with our classification), and its default
     CRC checksums are sent only when required, since several S3-compatible servers reject them.
     Path-style addressing when an endpoint is given: MinIO and local servers expect it.
-    Payloads are not SHA-256-signed (UNSIGNED-PAYLOAD, which botocore otherwise forces over plain
-    http): every request with a body carries Content-MD5, which the server checks, and signing would
-    hash every byte once more.
+    Payloads are signed with a SHA-256 the caller computed (see PrecomputedPayloadAuth); bodies
+    without one go UNSIGNED-PAYLOAD rather than being hashed by botocore a second time.
     """
     config = Config(
         max_pool_connections=max_pool_connections,
@@ -38,7 +67,7 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClie
         tcp_keepalive=True,
     )
     session = boto3.session.Session()
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=target.endpoint_url,
         region_name=target.region or "us-east-1",
@@ -46,3 +75,6 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClie
         aws_secret_access_key=target.secret_key,
         config=config,
     )
+    for operation in ("PutObject", "UploadPart"):
+        client.meta.events.register_first(f"choose-signer.s3.{operation}", _choose_signer)
+    return client

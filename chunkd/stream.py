@@ -532,7 +532,7 @@ class StreamJob:
         if size != part.size or part.end > snap.size:
             return None
         with open_checked(self.path, snap.identity) as handle:
-            digest = digest_range(handle, part.offset, part.size)
+            digest = digest_range(handle, part.offset, part.size, md5=True)
         if digest.md5_hex != etag.strip('"').lower():
             return None
         self.log.debug("adopted a part the server had but the checkpoint missed", extra={"part": number})

@@ -188,7 +188,8 @@ class StrictS3Middleware:
       them with a KeyError, i.e. 500 InternalError, which a client would retry (the same moto
       bug localstack worked around in localstack#8396).
     * A Content-MD5 that does not match the body gets 400 BadDigest (or InvalidDigest when it is
-      not a base64 MD5); moto ignores the header altogether.
+      not a base64 MD5), and a signed payload whose bytes do not hash to its x-amz-content-sha256
+      gets 400 XAmzContentSHA256Mismatch; moto checks neither.
     """
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -203,15 +204,10 @@ class StrictS3Middleware:
             if _upload_missing(request):
                 _drain(environ)
                 return _error(start_response, 404, "NoSuchUpload", _NO_SUCH_UPLOAD, UploadId=request.upload_id or "")
-        if request.operation in ("UploadPart", "PutObject") and "HTTP_CONTENT_MD5" in environ:
-            streaming = environ.get("HTTP_X_AMZ_CONTENT_SHA256", "").startswith("STREAMING-")
-            if not streaming:
-                body = _drain(environ)
-                environ["wsgi.input"] = io.BytesIO(body)
-                environ["CONTENT_LENGTH"] = str(len(body))
-                problem = _digest_problem(environ["HTTP_CONTENT_MD5"], body)
-                if problem:
-                    return _error(start_response, 400, problem, _DIGEST_MESSAGES[problem])
+        if request.operation in ("UploadPart", "PutObject"):
+            problem = _body_problem(environ)
+            if problem:
+                return _error(start_response, 400, problem, _DIGEST_MESSAGES[problem])
         return self.app(environ, start_response)
 
 
@@ -221,6 +217,7 @@ _NO_SUCH_UPLOAD = (
 _DIGEST_MESSAGES = {
     "BadDigest": "The Content-MD5 you specified did not match what we received.",
     "InvalidDigest": "The Content-MD5 you specified was invalid.",
+    "XAmzContentSHA256Mismatch": "The provided 'x-amz-content-sha256' header does not match what was computed.",
 }
 
 
@@ -238,6 +235,26 @@ def _upload_missing(request: S3Request) -> bool:
         return False  # moto answers NoSuchBucket itself
     upload = bucket.multiparts.get(request.upload_id or "")
     return upload is None or upload.key_name != request.key
+
+
+def _body_problem(environ: dict[str, Any]) -> str | None:
+    """What S3 would say of the body: a Content-MD5 or a signed payload SHA-256 it does not match."""
+    payload_hash = environ.get("HTTP_X_AMZ_CONTENT_SHA256", "")
+    signed = len(payload_hash) == 64
+    if "HTTP_CONTENT_MD5" not in environ and not signed:
+        return None
+    if payload_hash.startswith("STREAMING-"):
+        return None
+    body = _drain(environ)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    if "HTTP_CONTENT_MD5" in environ:
+        problem = _digest_problem(environ["HTTP_CONTENT_MD5"], body)
+        if problem:
+            return problem
+    if signed and hashlib.sha256(body).hexdigest() != payload_hash.lower():
+        return "XAmzContentSHA256Mismatch"
+    return None
 
 
 def _digest_problem(header: str, body: bytes) -> str | None:

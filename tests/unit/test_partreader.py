@@ -62,16 +62,20 @@ def test_digest_range_equals_hashlib(data_file: Path, span: tuple[int, int], rea
     offset, size = span
     expected = DATA[offset : offset + size]
     with open(data_file, "rb") as handle, mock.patch.object(partreader, "READ_SIZE", read_size):
-        digest = digest_range(handle, offset, size)
+        digest = digest_range(handle, offset, size, md5=True)
+        plain = digest_range(handle, offset, size)
     assert digest.md5_hex == hashlib.md5(expected).hexdigest()
     assert digest.sha256_hex == hashlib.sha256(expected).hexdigest()
+    assert plain == Digest(digest.sha256_hex)
 
 
 def test_digest_formats_for_headers_and_etags() -> None:
     md5 = hashlib.md5(b"abc")
-    digest = Digest(md5.hexdigest(), hashlib.sha256(b"abc").hexdigest())
+    digest = Digest(sha256_hex=hashlib.sha256(b"abc").hexdigest(), md5_hex=md5.hexdigest())
     assert digest.md5_b64 == base64.b64encode(md5.digest()).decode("ascii")
     assert digest.etag == f'"{md5.hexdigest()}"'
+    assert Digest(digest.sha256_hex).md5_b64 is None
+    assert Digest(digest.sha256_hex).etag is None
 
 
 def test_digest_range_past_the_end_means_the_file_shrank(handle: io.BufferedReader) -> None:

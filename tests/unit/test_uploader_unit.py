@@ -183,13 +183,13 @@ def test_put_object_roundtrip(uploader: Uploader, client: Any, tmp_path: Path) -
         BUCKET, "raw/small.mp4", path, len(data), FileIdentity.of(os.stat(path)), content_type="video/mp4"
     )
 
-    assert digest.md5_hex == hashlib.md5(data).hexdigest()
+    assert digest.md5_hex is None  # content_md5 is off by default: SHA-256 only
     assert digest.sha256_hex == hashlib.sha256(data).hexdigest()
-    assert same_etag(etag, digest.etag)
+    assert same_etag(etag, hashlib.md5(data).hexdigest())
     info = uploader.head(BUCKET, "raw/small.mp4")
     assert info is not None
     assert info.size == len(data)
-    assert same_etag(info.etag, digest.etag)
+    assert same_etag(info.etag, etag)
     assert client.get_object(Bucket=BUCKET, Key="raw/small.mp4")["Body"].read() == data
 
 
@@ -262,8 +262,23 @@ class FixedEtagClient:
 
     def upload_part(self, **kwargs: Any) -> dict[str, Any]:
         self.calls += 1
+        self.kwargs = kwargs
+        self.payload_sha256 = kwargs["Body"].payload_sha256
         kwargs["Body"].read()
         return {"ETag": self.etag}
+
+
+def test_a_part_is_signed_with_its_sha256_and_carries_no_md5_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"payload")
+    fake = FixedEtagClient('"' + "0" * 32 + '"')
+    uploader = Uploader(fake, RetryPolicy(max_attempts=3, sleep=lambda s: None))  # type: ignore[arg-type]
+
+    record = uploader.upload_part(BUCKET, "k", "u", path, Part(1, 0, 7), None)
+
+    assert fake.payload_sha256 == record.sha256 == hashlib.sha256(b"payload").hexdigest()
+    assert "ContentMD5" not in fake.kwargs
+    assert fake.calls == 1  # an ETag is not checked without an MD5 of our own
 
 
 def test_a_part_acknowledged_with_another_md5_is_retried_then_fails(tmp_path: Path) -> None:
@@ -271,7 +286,7 @@ def test_a_part_acknowledged_with_another_md5_is_retried_then_fails(tmp_path: Pa
     path.write_bytes(b"payload")
     fake = FixedEtagClient('"' + "0" * 32 + '"')
     sleeps: list[float] = []
-    uploader = Uploader(fake, RetryPolicy(max_attempts=3, sleep=sleeps.append))  # type: ignore[arg-type]
+    uploader = Uploader(fake, RetryPolicy(max_attempts=3, sleep=sleeps.append), content_md5=True)  # type: ignore[arg-type]
 
     with pytest.raises(RetryableError) as info:
         uploader.upload_part(BUCKET, "k", "u", path, Part(1, 0, 7), None)

@@ -1,0 +1,118 @@
+"""Bodies are signed with the SHA-256 chunkd computed for them, against a real server over HTTP.
+
+The strict moto server checks x-amz-content-sha256 the way S3 and MinIO do, so bytes that differ
+from the ones hashed (the file rewritten between the hash pass and the send, or damaged on the
+wire) are refused and the part is hashed and sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+import chunkd.uploader as uploader_module
+from chunkd.partreader import Digest, FileIdentity, RangeReader, digest_range
+from chunkd.planner import Part
+from chunkd.retry import RetryPolicy
+from chunkd.s3 import S3Target, make_client
+from chunkd.uploader import Uploader
+from tests.support.s3_servers import MotoServer
+
+BUCKET = "chunkd"
+MiB = 1024 * 1024
+
+
+def chunkd_client(moto: MotoServer) -> Any:
+    return make_client(S3Target(moto.endpoint_url, None, "testing", "testing"))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def sent_headers(client: Any) -> list[dict[str, str]]:
+    seen: list[dict[str, str]] = []
+    client.meta.events.register(
+        "before-send.s3", lambda request, **_: seen.append({k.lower(): _text(v) for k, v in request.headers.items()})
+    )
+    return seen
+
+
+def test_the_signed_payload_hash_is_the_part_sha256_and_no_md5_is_sent(moto: MotoServer, tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    data = os.urandom(6 * MiB)
+    path.write_bytes(data)
+    client = chunkd_client(moto)
+    seen = sent_headers(client)
+    uploader = Uploader(client, RetryPolicy(max_attempts=1))
+    upload_id = uploader.create(BUCKET, "clip.mp4")
+
+    record = uploader.upload_part(BUCKET, "clip.mp4", upload_id, path, Part(1, 0, len(data)), None)
+
+    part_request = seen[-1]
+    assert part_request["x-amz-content-sha256"] == record.sha256 == hashlib.sha256(data).hexdigest()
+    assert "content-md5" not in part_request
+    assert record.etag.strip('"') == hashlib.md5(data).hexdigest()  # the server got these bytes
+
+
+def test_a_body_that_does_not_match_its_signed_hash_is_refused(moto: MotoServer, tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"the bytes on disk")
+    client = chunkd_client(moto)
+    with open(path, "rb") as handle, pytest.raises(ClientError) as info:
+        body = RangeReader(handle, 0, 17, payload_sha256=hashlib.sha256(b"other bytes").hexdigest())
+        client.put_object(Bucket=BUCKET, Key="clip.mp4", Body=body, ContentLength=17)
+    assert info.value.response["Error"]["Code"] == "XAmzContentSHA256Mismatch"
+    assert moto.counts()["PutObject"] == 1
+
+
+def test_a_file_rewritten_between_hash_and_send_is_refused_then_sent_again(
+    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "clip.mp4"
+    before, after = os.urandom(5 * MiB), os.urandom(5 * MiB)
+    path.write_bytes(before)
+    identity = FileIdentity.of(os.stat(path))
+    hashed: list[str] = []
+
+    def hash_then_rewrite(handle: Any, offset: int, size: int, *, md5: bool = False) -> Digest:
+        digest = digest_range(handle, offset, size, md5=md5)
+        hashed.append(digest.sha256_hex)
+        if len(hashed) == 1:
+            with open(path, "r+b") as writer:  # same inode, same size: only the bytes differ
+                writer.write(after)
+        return digest
+
+    monkeypatch.setattr(uploader_module, "digest_range", hash_then_rewrite)
+    retries: list[str] = []
+    policy = RetryPolicy(max_attempts=3, sleep=lambda _: None, on_retry=lambda error, attempt: retries.append(error.code))
+    uploader = Uploader(chunkd_client(moto), policy)
+    upload_id = uploader.create(BUCKET, "clip.mp4")
+
+    record = uploader.upload_part(BUCKET, "clip.mp4", upload_id, path, Part(1, 0, len(after)), identity)
+
+    assert retries == ["XAmzContentSHA256Mismatch"]
+    assert hashed == [hashlib.sha256(before).hexdigest(), hashlib.sha256(after).hexdigest()]
+    assert record.sha256 == hashlib.sha256(after).hexdigest()
+    uploader.complete(BUCKET, "clip.mp4", upload_id, [record])
+    assert moto.client().get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read() == after
+
+
+def test_content_md5_on_sends_both_and_checks_the_etag(moto: MotoServer, tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    data = os.urandom(MiB)
+    path.write_bytes(data)
+    client = chunkd_client(moto)
+    seen = sent_headers(client)
+    uploader = Uploader(client, RetryPolicy(max_attempts=1), content_md5=True)
+
+    digest, etag = uploader.put_object(BUCKET, "clip.mp4", path, len(data), None)
+
+    assert seen[-1]["x-amz-content-sha256"] == digest.sha256_hex
+    assert "content-md5" in seen[-1]
+    assert digest.md5_hex == hashlib.md5(data).hexdigest() == etag.strip('"')
