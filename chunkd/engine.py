@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chunkd.config import Settings
 from chunkd.lease import LeaseKeeper
+from chunkd.listing import FolderListings
 from chunkd.metrics import Metrics
 from chunkd.store import CheckpointStore
 from chunkd.store.health import StoreHealth
@@ -34,12 +35,14 @@ class Engine:
     part_pool: ThreadPoolExecutor = field(init=False)
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)
+    folders: FolderListings = field(init=False)
 
     def __post_init__(self) -> None:
         workers = self.settings.file_concurrency * self.settings.part_concurrency
         self.part_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunkd-part")
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds)
         self.store_health = StoreHealth()
+        self.folders = FolderListings(self.uploader)
 
     def with_store(self, store: CheckpointStore) -> Engine:
         """The same engine (pool, uploader, stop flag) seen through another store, e.g. one job's

@@ -8,7 +8,9 @@ seeks back to patch a header, or rewrites the file for faststart) are sent again
 A server that refuses to replace a part gets a fresh upload of the whole file instead.
 
 When no indexed content has the file's size it cannot be a duplicate, so the read runs beside the
-sending of the parts not sent yet instead of before it.
+sending of the parts not sent yet instead of before it. And a file that grew and went quiet is read
+while its idle period runs (a prescan, from half of idle_seconds on): if it is still exactly as the
+prescan saw it when the period ends, finalizing does not read it again.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Finalizer:
         self._media_error: str | None = None
         self._scan: LocalScan | None = None
         self._pending_scan: Future[LocalScan] | None = None
+        self._prescan: Prescan | None = None
+        self.prescans_used = 0
 
     def finalize(self, schedule: PartSchedule, done: dict[int, PartRecord], snap: Snapshot) -> bool:
         """Complete the object for the file as `snap` saw it; False if the file moved on meanwhile.
@@ -82,16 +86,11 @@ class Finalizer:
             self._engine.store.save_stream(record)
         needed = list(schedule.parts_for(snap.size))
         multipart = record.upload_id is not None or snap.size >= schedule.part_size(1)
-        scan = Scan(
-            self._path, snap.identity, needed,
-            # When MD5s are checked at all and the server is not known to give MD5-of-MD5s, the
-            # whole-file MD5 its ETag may be is computed alongside: after completion it would be one
-            # more read, on the critical path.
-            part_hashes=set(done), md5=multipart and self._wants_whole_md5(),
-        )
+        scan = self._scan_for(schedule, snap, set(done))
+        prescanned = self._take_prescan(snap)
         if multipart and not self._may_be_duplicate(snap.size):
-            return self._finalize_overlapped(scan, needed, done, snap)
-        self._scan = scan.run()
+            return self._finalize_overlapped(scan, needed, done, snap, prescanned)
+        self._scan = prescanned.future.result() if prescanned is not None else scan.run()
         if _moved_on(self._path, snap):
             return False
         record.sha256 = self._scan.sha256
@@ -103,17 +102,60 @@ class Finalizer:
             return self._finish_single(snap, self._scan)
         return self._finish_multipart(needed, done, snap, self._scan)
 
+    def _scan_for(self, schedule: PartSchedule, snap: Snapshot, part_hashes: set[int]) -> Scan:
+        multipart = self._record.upload_id is not None or snap.size >= schedule.part_size(1)
+        return Scan(
+            self._path, snap.identity, list(schedule.parts_for(snap.size)),
+            # When MD5s are checked at all and the server is not known to give MD5-of-MD5s, the
+            # whole-file MD5 its ETag may be is computed alongside: after completion it would be one
+            # more read, on the critical path.
+            part_hashes=part_hashes, md5=multipart and self._wants_whole_md5(),
+        )
+
+    # -- prescan: reading a quiet file while its idle period runs -------------------------------
+
+    def prescan(self, schedule: PartSchedule, snap: Snapshot, part_hashes: set[int]) -> None:
+        """Start reading the file as `snap` saw it, in the background.
+
+        `part_hashes` must name every part sent or in flight: a part read before a rewrite that
+        happened before `snap` is caught by comparing its hash from this read.
+        """
+        if self._prescan is not None and compare(self._prescan.snap, snap) is Change.UNCHANGED:
+            return
+        self.drop_prescan()
+        self._prescan = Prescan.start(self._scan_for(schedule, snap, part_hashes), snap)
+
+    def drop_prescan(self) -> None:
+        """The file moved on: the prescan's result can no longer be used."""
+        if self._prescan is not None:
+            self._prescan.cancel()
+            self._prescan = None
+
+    def _take_prescan(self, snap: Snapshot) -> Prescan | None:
+        prescan, self._prescan = self._prescan, None
+        if prescan is None:
+            return None
+        if compare(prescan.snap, snap) is not Change.UNCHANGED or not prescan.usable():
+            prescan.cancel()
+            return None
+        self.prescans_used += 1
+        return prescan
+
     def _may_be_duplicate(self, size: int) -> bool:
         return self._engine.settings.dedup != "off" and self._engine.store.may_hold_size(size)
 
     def _finalize_overlapped(
-        self, scan: Scan, needed: list[Part], done: dict[int, PartRecord], snap: Snapshot
+        self, scan: Scan, needed: list[Part], done: dict[int, PartRecord], snap: Snapshot,
+        prescanned: Prescan | None = None,
     ) -> bool:
         """Send the parts never sent while the file is read for its hashes, instead of after."""
-        cancel = threading.Event()
+        cancel = prescanned.cancel_event if prescanned is not None else threading.Event()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-scan")
         try:
-            self._pending_scan = pool.submit(dataclasses.replace(scan, cancel=cancel).run)
+            if prescanned is not None:
+                self._pending_scan = prescanned.future
+            else:
+                self._pending_scan = pool.submit(dataclasses.replace(scan, cancel=cancel).run)
             self._check_media(snap)
             self._send_parts([p for p in needed if not _sent(done.get(p.number), p)])
             self._scan = self._pending_scan.result()
@@ -213,7 +255,9 @@ class Finalizer:
         part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=digest.sha256_hex)
         self._engine.progress(record.relpath, snap.size)
         self._engine.metrics.object_uploaded(snap.size)
-        self._write_manifest([part], self._verify_object(snap, [part]), snap, upload="single")
+        # No HeadObject: the 200 to a PutObject of exactly these bytes (signed SHA-256, length) is
+        # the server's word; for multipart objects the check after Complete stays.
+        self._write_manifest([part], etag, snap, upload="single")
         return True
 
     # -- multipart -----------------------------------------------------------------------------
@@ -242,9 +286,26 @@ class Finalizer:
             raise SourceChangedError("file kept changing during finalize")
         parts = [done[p.number] for p in needed]
         _check_layout(parts, snap.size)
-        self._complete(parts)
-        self._write_manifest(parts, self._verify_object(snap, parts), snap, upload="multipart")
+        completed_etag = self._complete(parts)
+        self._write_manifest(parts, self._verified_etag(snap, parts, completed_etag), snap, upload="multipart")
         return True
+
+    def _verified_etag(self, snap: Snapshot, parts: list[PartRecord], completed_etag: str) -> str:
+        """The object's ETag, checked.
+
+        A Complete answered with the MD5-of-part-MD5s of exactly our parts proves the object is
+        those parts, whose sizes tile the file: no HeadObject is needed (it would also cost
+        `rclone serve s3` a read of the whole object, 1.6 s per GiB, to compute its own ETag).
+        With content_md5 on, or any other answer, HeadObject checks size and ETag.
+        """
+        if (
+            not self._engine.uploader.content_md5
+            and "-" in completed_etag
+            and _is_md5_etag(completed_etag)
+            and same_etag(completed_etag, multipart_etag(parts))
+        ):
+            return completed_etag
+        return self._verify_object(snap, parts)
 
     def _restart_upload(self, done: dict[int, PartRecord]) -> None:
         self._abort_upload()
@@ -271,17 +332,19 @@ class Finalizer:
     def _snap_identity(self) -> FileIdentity:
         return FileIdentity(self._record.device, self._record.inode)
 
-    def _complete(self, parts: list[PartRecord]) -> None:
+    def _complete(self, parts: list[PartRecord]) -> str:
+        """Complete the upload; the ETag the server answered with ("" after a crash's adoption)."""
         record, uploader = self._record, self._engine.uploader
         assert record.upload_id is not None
         try:
-            uploader.complete(record.bucket, record.key, record.upload_id, parts)
+            return uploader.complete(record.bucket, record.key, record.upload_id, parts)
         except UploadGoneError:
             # A crash after CompleteMultipartUpload but before we recorded it: the object is there.
             info = uploader.head(record.bucket, record.key)
             if not completed_earlier(info, parts, lambda: whole_md5(self._path, self._snap_identity())):
                 raise
             self._log.info("upload was already completed before a restart; adopting the object")
+            return ""
 
     # -- verify and record ---------------------------------------------------------------------
 
@@ -405,3 +468,33 @@ def _check_layout(parts: list[PartRecord], size: int) -> None:
         offset += part.size
     if offset != size:
         raise PermanentError(f"internal error: parts cover {offset} bytes, file has {size}")
+
+
+@dataclasses.dataclass
+class Prescan:
+    """One background read of a quiet file, as `snap` saw it."""
+
+    snap: Snapshot
+    future: Future[LocalScan]
+    cancel_event: threading.Event
+
+    @classmethod
+    def start(cls, scan: Scan, snap: Snapshot) -> Prescan:
+        cancel = threading.Event()
+        future: Future[LocalScan] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(dataclasses.replace(scan, cancel=cancel).run())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the result
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="chunkd-prescan", daemon=True).start()
+        return cls(snap, future, cancel)
+
+    def usable(self) -> bool:
+        """Still running, or done without an error (a failed read is simply done again)."""
+        return not self.future.done() or self.future.exception() is None
+
+    def cancel(self) -> None:
+        self.cancel_event.set()

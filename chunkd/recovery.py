@@ -4,6 +4,10 @@ A Redis restarted without persistence (or flushed) forgets which files were uplo
 in the drop folder would then be uploaded again on the next scan. Its manifest says otherwise: when
 it names this relpath, size and mtime and the object is there with that size, the COMPLETED record
 is written back instead.
+
+Every file older than the run without a record asks, so a first run over a folder of thousands of
+files would cost a GET each; the bucket folder is listed once instead (a page per 1,000 keys, the
+way `rclone copy` compares), and only manifests the listing shows are read.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from chunkd.states import PartRecord, StreamRecord, StreamState, new_stream_id
 
 logger = logging.getLogger("chunkd.recovery")
 
-
 def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord | None:
     """The COMPLETED record this file's manifest proves, saved back to the store; else None."""
     bucket = engine.settings.bucket
+    manifest_name = manifest_key(key, engine.settings.manifest_suffix)
+    if not engine.folders.may_hold(bucket, manifest_name):
+        return None
     try:
-        raw = engine.uploader.get_small(bucket, manifest_key(key, engine.settings.manifest_suffix))
+        raw = engine.uploader.get_small(bucket, manifest_name)
         if raw is None:
             return None
         manifest = json.loads(raw)

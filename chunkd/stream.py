@@ -62,6 +62,9 @@ class Cancelled(Exception):
 
 
 CANCEL_CHECK_SECONDS = 2.0
+GROWING_POLL_SECONDS = 0.1
+GROWTH_SAVE_SECONDS = 1.0  # a growing file's new size is recorded at most this often
+PRESCAN_MIN_IDLE_SECONDS = 2.0
 
 
 class StreamJob:
@@ -248,6 +251,8 @@ class StreamJob:
             # Let the parts in flight land before the rebuild lists what the server holds.
             wait(list(in_flight), timeout=self.engine.settings.shutdown_timeout)
             raise
+        finally:
+            finalizer.drop_prescan()
 
     def _loop(
         self,
@@ -260,6 +265,7 @@ class StreamJob:
         finalizer: Finalizer,
     ) -> None:
         next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
+        next_growth_save = 0.0
         while True:
             if self.engine.stop.is_set():
                 self._drain(record, in_flight, done)
@@ -272,8 +278,11 @@ class StreamJob:
             change = tracker.observe(snap)
             self._check_change(change, snap, done)
             if change is not Change.UNCHANGED:
+                finalizer.drop_prescan()
                 record.size, record.mtime = snap.size, snap.mtime
-                self._save_unless_cancelled(record)
+                if change is not Change.GREW or time.monotonic() >= next_growth_save:
+                    next_growth_save = time.monotonic() + GROWTH_SAVE_SECONDS
+                    self._save_unless_cancelled(record)
             self._harvest(record, in_flight, done, block=False)
             settled = self.final or tracker.idle
             if settled and not in_flight:
@@ -288,10 +297,22 @@ class StreamJob:
                 continue
             if not settled:
                 self._fill(record, schedule, in_flight, done, snap)
+                if self._prescan_due(tracker):
+                    finalizer.prescan(schedule, snap, set(done) | {part.number for part in in_flight.values()})
+            # A growing file is looked at more often, so a part is sent soon after it fills.
+            poll = self.engine.settings.poll_seconds
+            if change is Change.GREW:
+                poll = min(poll, GROWING_POLL_SECONDS)
             if in_flight:
-                wait(list(in_flight), timeout=self.engine.settings.poll_seconds, return_when=FIRST_COMPLETED)
+                wait(list(in_flight), timeout=poll, return_when=FIRST_COMPLETED)
             else:
-                self.engine.stop.wait(self.engine.settings.poll_seconds)
+                self.engine.stop.wait(poll)
+
+    def _prescan_due(self, tracker: IdleTracker) -> bool:
+        """Half way through the idle period: late enough that a writer that paused is rarely back,
+        early enough that the read is done when the period ends."""
+        idle = self.engine.settings.idle_seconds
+        return idle >= PRESCAN_MIN_IDLE_SECONDS and tracker.quiet_for >= idle / 2
 
     def _check_lease(self, in_flight: dict[Future[PartRecord], Part]) -> None:
         """Lost: stop at once. Forgotten by a store that restarted empty: let the parts in flight

@@ -238,6 +238,23 @@ class Uploader:
         found.sort(key=lambda item: str(item[0]), reverse=True)
         return [upload_id for _, upload_id in found]
 
+    def list_folder(self, bucket: str, folder: str, *, max_pages: int) -> set[str] | None:
+        """The keys directly in `folder` ("" or "a/b/"), or None when there are more than
+        `max_pages` pages of them (listing would cost more than asking about each key)."""
+        keys: set[str] = set()
+        token: dict[str, str] = {}
+        for _ in range(max_pages):
+            response = self._call(
+                "ListObjectsV2",
+                lambda: self._client.list_objects_v2(Bucket=bucket, Prefix=folder, Delimiter="/", **token),
+                key=folder,
+            )
+            keys.update(str(item["Key"]) for item in response.get("Contents", []))
+            if not response.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": str(response["NextContinuationToken"])}
+        return None
+
     def get_small(self, bucket: str, key: str, *, limit: int = 1 << 20) -> bytes | None:
         """A small object's bytes (a manifest), or None when there is no such key."""
         try:

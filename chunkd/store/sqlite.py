@@ -71,8 +71,10 @@ INSERT INTO parts (stream_id, number, data) VALUES (?, ?, ?)
 ON CONFLICT (stream_id, number) DO UPDATE SET data = excluded.data
 """
 
-# Keeps the newest `maxlen` rows: everything at or below the id `maxlen` rows down from the top.
-_PRUNE_EVENTS = "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)"
+# Keeps the newest `maxlen` rows. Ids grow by one per event (AUTOINCREMENT, and rows only ever go
+# from the bottom), so "maxlen rows down from the newest" is an id range: a seek, not the walk of
+# `maxlen` rows an ORDER BY ... OFFSET makes on every append.
+_PRUNE_EVENTS = "DELETE FROM events WHERE id <= ?"
 
 
 class SqliteStore:
@@ -216,8 +218,8 @@ class SqliteStore:
     def append_event(self, event: dict[str, Any], *, maxlen: int) -> None:
         row = (float(event.get("ts") or time.time()), json.dumps(event))
         with self._transaction("append event") as conn:
-            conn.execute("INSERT INTO events (ts, data) VALUES (?, ?)", row)
-            conn.execute(_PRUNE_EVENTS, (max(1, maxlen),))
+            newest = conn.execute("INSERT INTO events (ts, data) VALUES (?, ?)", row).lastrowid or 0
+            conn.execute(_PRUNE_EVENTS, (newest - max(1, maxlen),))
 
     def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         query = "SELECT data FROM events WHERE ts >= ? ORDER BY id DESC LIMIT ?"

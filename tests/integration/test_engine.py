@@ -200,8 +200,10 @@ def test_after_upload_delete_keeps_the_file_when_verification_fails(
 
     engine = make_engine(after_upload="delete")
     source = write_random(engine.input_dir / "b.mp4", 6 * MiB)
-    real_head = engine.uploader.head
-    # Fault injection: the server reports an object one byte short after completing it.
+    real_head, real_complete = engine.uploader.head, engine.uploader.complete
+    # Fault injection: the server answers Complete without the ETag of our parts, and reports an
+    # object one byte short when asked.
+    monkeypatch.setattr(engine.uploader, "complete", lambda *args: real_complete(*args) and '"unexpected-2"')
     monkeypatch.setattr(engine.uploader, "head", lambda bucket, key: (
         ObjectInfo(info.size - 1, info.etag) if (info := real_head(bucket, key)) else None))
     assert run_job(engine, "b.mp4") is Outcome.FAILED
@@ -209,6 +211,15 @@ def test_after_upload_delete_keeps_the_file_when_verification_fails(
     record = engine.store.find_by_relpath("b.mp4")
     assert record is not None and record.state is StreamState.FAILED
     assert "verification failed" in (record.last_error or "")
+
+
+def test_a_complete_answered_with_our_parts_etag_needs_no_head(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine()
+    write_random(engine.input_dir / "b.mp4", 12 * MiB)
+    assert run_job(engine, "b.mp4") is Outcome.COMPLETED
+    requests = engine.requests  # type: ignore[attr-defined]
+    assert requests["CompleteMultipartUpload"] == 1
+    assert requests["HeadObject"] == 0
 
 
 def test_file_renamed_during_upload_goes_up_under_its_new_name(

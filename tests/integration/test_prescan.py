@@ -1,0 +1,93 @@
+"""A file that grew and went quiet is read during its idle period (the prescan), once, and never
+at the cost of an object that differs from the file: any write after the prescan began makes
+finalizing read the file again, and parts rewritten before it are sent again."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chunkd.engine import Engine
+from chunkd.scan import Scan
+from chunkd.stream import Outcome
+from tests.integration.test_daemon import MiB, sha256_file, sha256_object
+from tests.integration.test_engine import client, make_engine, run_in_thread  # noqa: F401 - fixtures
+from tests.support.daemon import wait_for
+
+IDLE = 2.0
+
+
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The thread of every whole-file read, in order ("chunkd-prescan" for prescans)."""
+    threads: list[str] = []
+    real = Scan.run
+
+    def counted(self: Scan) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(Scan, "run", counted)
+    yield threads
+
+
+def grow(path: Path, chunks: int, size: int = 3 * MiB, pause: float = 0.2) -> None:
+    with open(path, "ab") as handle:
+        for _ in range(chunks):
+            handle.write(os.urandom(size))
+            handle.flush()
+            time.sleep(pause)
+
+
+def test_a_quiet_file_is_read_once_during_its_idle_period(
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]  # noqa: F811
+) -> None:
+    engine = make_engine(idle_seconds=IDLE)
+    path = engine.input_dir / "live.ts"
+    path.write_bytes(b"")
+    thread, outcome = run_in_thread(engine, "live.ts")
+    grow(path, 5)
+    thread.join(timeout=60)
+    assert outcome == [Outcome.COMPLETED]
+    assert scans == ["chunkd-prescan"]
+    assert sha256_object(client, "live.ts") == sha256_file(path)
+
+
+def test_a_write_after_the_prescan_began_makes_finalize_read_again(
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]  # noqa: F811
+) -> None:
+    engine = make_engine(idle_seconds=IDLE)
+    path = engine.input_dir / "live.ts"
+    path.write_bytes(b"")
+    thread, outcome = run_in_thread(engine, "live.ts")
+    grow(path, 5)
+    wait_for(lambda: scans, timeout=IDLE * 2)
+    with open(path, "r+b") as handle:  # a muxer patching its header, same size
+        handle.write(os.urandom(4096))
+    thread.join(timeout=60)
+    assert outcome == [Outcome.COMPLETED]
+    assert len(scans) >= 2
+    assert sha256_object(client, "live.ts") == sha256_file(path)
+
+
+def test_a_part_rewritten_before_the_quiet_period_is_sent_again(
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]  # noqa: F811
+) -> None:
+    engine = make_engine(idle_seconds=IDLE)
+    path = engine.input_dir / "live.ts"
+    path.write_bytes(b"")
+    thread, outcome = run_in_thread(engine, "live.ts")
+    grow(path, 5)
+    wait_for(lambda: engine.requests["UploadPart"] >= 2, timeout=30)  # type: ignore[attr-defined]
+    with open(path, "r+b") as handle:  # part 1 was sent with other bytes
+        handle.write(os.urandom(4096))
+    thread.join(timeout=60)
+    assert outcome == [Outcome.COMPLETED]
+    assert scans == ["chunkd-prescan"]  # the rewrite came before the quiet period began
+    assert sha256_object(client, "live.ts") == sha256_file(path)
