@@ -299,14 +299,19 @@ class StreamJob:
                 self._fill(record, schedule, in_flight, done, snap)
                 if self._prescan_due(tracker):
                     finalizer.prescan(schedule, snap, set(done) | {part.number for part in in_flight.values()})
-            # A growing file is looked at more often, so a part is sent soon after it fills.
-            poll = self.engine.settings.poll_seconds
-            if change is Change.GREW:
-                poll = min(poll, GROWING_POLL_SECONDS)
+            poll = self._next_look(change, tracker)
             if in_flight:
                 wait(list(in_flight), timeout=poll, return_when=FIRST_COMPLETED)
             else:
                 self.engine.stop.wait(poll)
+
+    def _next_look(self, change: Change, tracker: IdleTracker) -> float:
+        """A growing file is looked at more often, so a part is sent soon after it fills; a quiet
+        one again the moment its idle period ends, so finalizing starts then."""
+        settings = self.engine.settings
+        poll = min(settings.poll_seconds, GROWING_POLL_SECONDS) if change is Change.GREW else settings.poll_seconds
+        until_idle = settings.idle_seconds - tracker.quiet_for
+        return max(0.01, min(poll, until_idle)) if until_idle > 0 else poll
 
     def _prescan_due(self, tracker: IdleTracker) -> bool:
         """Half way through the idle period: late enough that a writer that paused is rarely back,
