@@ -55,6 +55,13 @@ def _parse_bool(text: str | bool) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _parse_switch(text: str | bool) -> str:
+    """auto | on | off (booleans as on/off)."""
+    if isinstance(text, bool) or str(text).strip().lower() != "auto":
+        return "on" if _parse_bool(text) else "off"
+    return "auto"
+
+
 def _positive_int(text: str | int) -> int:
     value = int(text)
     if value < 1:
@@ -154,7 +161,7 @@ class Settings:
     lease_seconds: float = 30.0
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0
-    content_md5: bool = False
+    content_md5: str = "auto"
 
     @property
     def fixed_parts(self) -> bool:
@@ -223,7 +230,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "lease_seconds": _non_negative_float,
     "breaker_failures": _positive_int,
     "breaker_cooldown": _non_negative_float,
-    "content_md5": _parse_bool,
+    "content_md5": lambda v: _parse_switch(v),
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)

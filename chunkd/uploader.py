@@ -8,6 +8,7 @@ CircuitBreaker, each attempt first passes the endpoint's breaker (see chunkd.bre
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.client import BaseClient
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chunkd.bandwidth import TokenBucket
 from chunkd.breaker import CircuitBreaker
@@ -159,6 +161,24 @@ class Uploader:
         digest = digest_range(handle, offset, size, md5=self.content_md5)
         return digest, RangeReader(handle, offset, size, self._limiter, payload_sha256=digest.sha256_hex)
 
+    def checks_payload_hash(self, bucket: str, key: str) -> bool | None:
+        """Whether the server refuses a body that does not hash to its signed SHA-256.
+
+        Sends a few bytes signed with another body's hash: S3, MinIO and Ceph refuse them
+        (`XAmzContentSHA256Mismatch`). A server that stores them anyway (`rclone serve s3`, moto)
+        would also keep a body cut short by a client killed mid-part, so it needs Content-MD5; the
+        stored probe is deleted. None: the probe itself was refused (permissions), so nobody knows.
+        """
+        body = _BytesBody(b"chunkd probe", payload_sha256=hashlib.sha256(b"not these bytes").hexdigest())
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body.data))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return True if code in PAYLOAD_HASH_REFUSALS else None
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.delete_object(Bucket=bucket, Key=key)
+        return False
+
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
         self._call(
             "PutObject",
@@ -277,6 +297,18 @@ class Uploader:
 
     def head_bucket(self, bucket: str) -> None:
         self._call("HeadBucket", lambda: self._client.head_bucket(Bucket=bucket), key="")
+
+
+PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
+
+
+class _BytesBody(io.BytesIO):
+    """Bytes with a signed hash of our choosing (see chunkd.s3.PrecomputedPayloadAuth)."""
+
+    def __init__(self, data: bytes, *, payload_sha256: str) -> None:
+        super().__init__(data)
+        self.data = data
+        self.payload_sha256 = payload_sha256
 
 
 def _md5_header(digest: Digest) -> dict[str, str]:

@@ -16,6 +16,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 import chunkd.uploader as uploader_module
+from chunkd.config import load_settings
+from chunkd.daemon import build_engine, preflight
+from chunkd.devserver import LocalS3Server
 from chunkd.partreader import Digest, FileIdentity, RangeReader, digest_range
 from chunkd.planner import Part
 from chunkd.retry import RetryPolicy
@@ -116,3 +119,38 @@ def test_content_md5_on_sends_both_and_checks_the_etag(moto: MotoServer, tmp_pat
     assert seen[-1]["x-amz-content-sha256"] == digest.sha256_hex
     assert "content-md5" in seen[-1]
     assert digest.md5_hex == hashlib.md5(data).hexdigest() == etag.strip('"')
+
+
+# -- CHUNKD_CONTENT_MD5=auto: asking the server once -------------------------------------------------
+
+
+def test_the_probe_finds_moto_strict_checks_signed_hashes(moto: MotoServer) -> None:
+    uploader = Uploader(chunkd_client(moto), RetryPolicy(max_attempts=1))
+    assert uploader.checks_payload_hash(BUCKET, "cams/.chunkd-probe-1") is True
+    assert "Contents" not in moto.client().list_objects_v2(Bucket=BUCKET)  # refused: nothing stored
+
+
+def test_the_probe_finds_rclone_stores_what_it_does_not_check_and_cleans_up(rclone_s3: LocalS3Server) -> None:
+    client = make_client(S3Target(rclone_s3.endpoint_url, None, rclone_s3.access_key, rclone_s3.secret_key))
+    uploader = Uploader(client, RetryPolicy(max_attempts=1))
+    assert uploader.checks_payload_hash(BUCKET, "cams/.chunkd-probe-1") is False
+    assert client.list_objects_v2(Bucket=BUCKET).get("Contents", []) == []  # the probe was deleted
+
+
+@pytest.mark.parametrize(("server_name", "md5_expected"), [("moto", False), ("rclone", True)])
+def test_auto_sends_content_md5_only_to_servers_that_do_not_check_hashes(
+    server_name: str, md5_expected: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server = request.getfixturevalue("moto" if server_name == "moto" else "rclone_s3")
+    settings = load_settings(env={}, overrides={
+        "input_dir": str(tmp_path), "state_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "key_template": "cams/{relpath}", "s3_endpoint_url": server.endpoint_url,
+    })
+    target = S3Target(server.endpoint_url, None, server.access_key, server.secret_key)
+    engine = build_engine(settings, target)
+    try:
+        preflight(engine, target)
+        assert engine.uploader.content_md5 is md5_expected
+    finally:
+        engine.shutdown()
+        engine.store.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from chunkd.devserver import free_port
+from chunkd.devserver import LocalS3Server, free_port
 from tests.integration.test_cli import error_lines, run_chunkd
 from tests.integration.test_daemon import MiB, read_manifest, write_random
+from tests.support.daemon import daemon_env
 from tests.support.s3_servers import MotoServer
 
 BUCKET = "chunkd"
@@ -164,3 +166,21 @@ def test_missing_bucket_is_a_config_error(env: dict[str, str]) -> None:
     assert result.returncode == 2
     lines = error_lines(result)
     assert len(lines) == 1 and "'no-such-bucket' does not exist" in lines[0], result.stderr
+
+
+def test_a_multipart_upload_to_rclone_verifies(rclone_s3: LocalS3Server, tmp_path: Path) -> None:
+    """`rclone serve s3` reports the whole object's MD5 on HeadObject; the manifest records that
+    ETag (the server checks only Content-MD5, so chunkd sends it and verifies with HeadObject)."""
+    env = daemon_env(
+        input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        endpoint_url=rclone_s3.endpoint_url, access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key,
+    )
+    source = write_random(tmp_path / "clip.mp4", 7 * MiB)
+    upload(source, env)
+
+    code, report = verify_json("clip.mp4", "--deep", env=env)
+
+    assert code == 0, report
+    etag = next(check for check in report["checks"] if check["name"] == "etag")
+    assert etag["detail"] == '"' + hashlib.md5(source.read_bytes()).hexdigest() + '"'
+    assert all(check["ok"] for check in report["checks"])
