@@ -27,6 +27,8 @@ from moto.server import DomainDispatcherApplication, MotoRequestHandler, Threade
 from werkzeug.serving import make_server
 from werkzeug.wsgi import get_input_stream
 
+from chunkd.daemon import PROBE_NAME
+
 from chunkd.devserver import LocalS3Server, free_port
 
 RcloneS3Server = LocalS3Server  # one name for tests that want to say which server they mean
@@ -70,6 +72,10 @@ class S3Request:
     part_number: int | None = None
     upload_id: str | None = None
     status: int | None = None  # filled in once the response starts; None if it never did
+
+
+def is_probe(request: S3Request) -> bool:
+    return PROBE_NAME in request.key.rpartition("/")[2]
 
 
 def classify(method: str, path: str, query: str, headers: dict[str, str] | None = None) -> S3Request:
@@ -417,8 +423,13 @@ class MotoServer:
         return self._log.snapshot()
 
     def counts(self) -> Counter[str]:
-        """How many requests of each operation were received (attempts, whatever the status)."""
-        return Counter(request.operation for request in self._log.snapshot())
+        """How many requests of each operation were received (attempts, whatever the status), not
+        counting chunkd's start-up probe (CHUNKD_CONTENT_MD5=auto; see probes())."""
+        return Counter(request.operation for request in self._log.snapshot() if not is_probe(request))
+
+    def probes(self) -> int:
+        """Start-up probes of whether the server checks signed SHA-256s."""
+        return sum(1 for request in self._log.snapshot() if is_probe(request))
 
     def uploaded_parts(self, *, key: str | None = None, ok_only: bool = False) -> list[tuple[str, int]]:
         """(key, part number) of every UploadPart received, in arrival order."""
