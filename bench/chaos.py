@@ -79,6 +79,7 @@ import redis
 from botocore.exceptions import ClientError
 from werkzeug.wsgi import ClosingIterator
 
+from chunkd.daemon import PROBE_NAME
 from chunkd.devserver import LocalS3Server
 from chunkd.errors import ChunkdError
 from chunkd.states import StreamState
@@ -240,8 +241,10 @@ class RequestEvent:
 
     @property
     def data(self) -> bool:
-        """Carries file bytes: a part, or a small file's PutObject (not a manifest)."""
-        return self.operation in DATA_OPERATIONS and not self.key.endswith(MANIFEST_SUFFIX)
+        """Carries file bytes: a part, or a small file's PutObject (not a manifest, nor the start-up
+        probe of whether the server checks signed SHA-256s)."""
+        return (self.operation in DATA_OPERATIONS and not self.key.endswith(MANIFEST_SUFFIX)
+                and PROBE_NAME not in self.key)
 
     @property
     def manifest(self) -> bool:

@@ -419,8 +419,9 @@ class MotoServer:
     # -- counting ---------------------------------------------------------------------------
 
     def requests(self) -> list[S3Request]:
-        """Every S3 request received since the last reset_counts(), in arrival order."""
-        return self._log.snapshot()
+        """Every S3 request received since the last reset_counts(), in arrival order, but chunkd's
+        start-up probes (see probes())."""
+        return [request for request in self._log.snapshot() if not is_probe(request)]
 
     def counts(self) -> Counter[str]:
         """How many requests of each operation were received (attempts, whatever the status), not
