@@ -373,8 +373,10 @@ def test_input_folder_deleted_and_recreated_while_running(
 
     for round_ in range(2):
         shutil.rmtree(input_dir)
-        wait_for(lambda: daemon.logged(f"input folder {input_dir} disappeared; waiting for it"), timeout=30,
-                 what="the disappearance to be logged")
+        # Counted, not just found: round 1 must not take round 0's line for its own and re-create
+        # the folder before the watcher noticed it gone (it would then be "replaced", not "back").
+        wait_for(lambda seen=round_: len(events(daemon, f"input folder {input_dir} disappeared; waiting for it")) > seen,
+                 timeout=30, what="the disappearance to be logged")
         assert daemon.process.poll() is None
         with urllib.request.urlopen(health, timeout=10) as response:
             assert response.status == 200
