@@ -80,9 +80,9 @@ from botocore.exceptions import ClientError
 from werkzeug.wsgi import ClosingIterator
 
 from chunkd.daemon import PROBE_NAME
-from chunkd.devserver import LocalS3Server
+from chunkd.s3.devserver import LocalS3Server
 from chunkd.errors import ChunkdError
-from chunkd.states import StreamState
+from chunkd.model.states import StreamState
 from chunkd.store import open_store
 from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer

@@ -29,7 +29,7 @@ import boto3
 from botocore.config import Config
 
 from bench.measure import tail
-from chunkd.devserver import LocalS3Server, free_port
+from chunkd.s3.devserver import LocalS3Server, free_port
 
 BUCKET = "bench"
 REGION = "us-east-1"

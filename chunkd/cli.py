@@ -20,9 +20,9 @@ from typing import Any
 from chunkd import __version__
 from chunkd.config import SETTING_NAMES, Settings, env_name, load_settings
 from chunkd.errors import ChunkdError, ConfigError
-from chunkd.logs import setup_logging
-from chunkd.s3 import S3Target
-from chunkd.states import StreamRecord, StreamState, UrlState
+from chunkd.observe.logs import setup_logging
+from chunkd.s3.client import S3Target
+from chunkd.model.states import StreamRecord, StreamState, UrlState
 from chunkd.store import CheckpointStore
 
 logger = logging.getLogger("chunkd.cli")
@@ -98,7 +98,7 @@ def _add_operator_commands(commands: Any, parent: argparse.ArgumentParser) -> No
 
 
 def _duration(text: str) -> float:
-    from chunkd.status import parse_duration
+    from chunkd.observe.overview import parse_duration
 
     try:
         return parse_duration(text)
@@ -144,7 +144,7 @@ class _DevEndpoint:
     """`--dev`: a local S3 endpoint on disk under ./.chunkd/s3, started and stopped with us."""
 
     def __init__(self, settings: Settings) -> None:
-        from chunkd.devserver import LocalS3Server
+        from chunkd.s3.devserver import LocalS3Server
 
         self.root = DEV_ROOT.resolve() / "s3"
         self.server = LocalS3Server(self.root, buckets=(settings.bucket,), log_file=DEV_ROOT / "rclone.log")
@@ -209,7 +209,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path, str]]:
-    from chunkd.paths import PathFilter, relpath_of, safe_regular_file, walk_files
+    from chunkd.intake.paths import PathFilter, relpath_of, safe_regular_file, walk_files
 
     items: list[tuple[Path, str]] = []
     wanted = PathFilter(settings.include, settings.exclude)
@@ -229,8 +229,8 @@ def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path,
 
 def _upload(settings: Settings, target: S3Target, paths: Sequence[Path]) -> int:
     from chunkd.daemon import build_engine, preflight
-    from chunkd.scheduler import Scheduler
-    from chunkd.stream import Outcome, StreamJob
+    from chunkd.intake.scheduler import Scheduler
+    from chunkd.pipeline.job import Outcome, StreamJob
 
     if settings.invalid_media == "quarantine":
         settings = dataclasses.replace(settings, invalid_media="reject")  # fail, but leave the file be
@@ -287,7 +287,7 @@ def _open_store(settings: Settings) -> Iterator[CheckpointStore]:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd.status import collect, render_downloads, render_json, render_table
+    from chunkd.observe.overview import collect, render_downloads, render_json, render_table
 
     states = [StreamState(s.upper()) for s in args.state] if args.state else None
     since = None if args.since is None else time.time() - args.since
@@ -301,7 +301,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd.verify import verify
+    from chunkd.ops.verify import verify
 
     if args.dev:
         with _DevEndpoint(settings) as target:
@@ -319,8 +319,8 @@ CANCELLED = "cancelled by operator"
 
 def _quick_s3(settings: Settings) -> tuple[Any, Any]:
     """An S3 client and a short retry policy: an operator command should fail in seconds."""
-    from chunkd.retry import RetryPolicy
-    from chunkd.s3 import make_client
+    from chunkd.s3.retry import RetryPolicy
+    from chunkd.s3.client import make_client
 
     return make_client(_target(settings)), RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
 
@@ -339,7 +339,7 @@ def _get_stream(store: CheckpointStore, stream_id: str) -> StreamRecord:
 
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd.doctor import FAIL, run_checks
+    from chunkd.ops.doctor import FAIL, run_checks
 
     failed = False
     for check in run_checks(settings, _target(settings)):
@@ -350,7 +350,7 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.errors import TransferError
-    from chunkd.gc import Collector
+    from chunkd.ops.gc import Collector
 
     hours = settings.gc_hours if args.hours is None else args.hours
     client, policy = _quick_s3(settings)
@@ -422,7 +422,7 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 def _abort_cancelled(settings: Settings, record: StreamRecord, upload_id: str) -> bool:
     from chunkd.errors import TransferError, UploadGoneError
-    from chunkd.uploader import Uploader
+    from chunkd.s3.uploader import Uploader
 
     try:
         Uploader(*_quick_s3(settings)).abort(record.bucket, record.key, upload_id)
@@ -448,7 +448,7 @@ def _forget_upload(store: CheckpointStore, stream_id: str, upload_id: str) -> No
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd import stats
+    from chunkd.observe import daily as stats
 
     finished = [StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED]
     with _open_store(settings) as store:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.errors import ConfigError
-from chunkd.planner import MAX_PART_SIZE, MIN_PART_SIZE
+from chunkd.model.planner import MAX_PART_SIZE, MIN_PART_SIZE
 
 DEFAULT_INCLUDE = ("*.mp4", "*.mov", "*.mkv", "*.webm", "*.m4v", "*.ts", "*.avi")
 DEFAULT_STATE_URL = "sqlite:///.chunkd/state.db"
@@ -303,7 +303,7 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
     for url in settings.webhook_urls:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(where("webhook_urls"), "only http:// and https:// URLs are accepted")
-    from chunkd.keys import validate_template
+    from chunkd.model.keys import validate_template
 
     try:
         validate_template(settings.key_template)

@@ -11,30 +11,30 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError
 
-from chunkd import systemd
-from chunkd.bandwidth import TokenBucket
-from chunkd.breaker import endpoint_breaker
+from chunkd.observe import systemd
+from chunkd.s3.bandwidth import TokenBucket
+from chunkd.s3.breaker import endpoint_breaker
 from chunkd.config import Settings
-from chunkd.downloader import Downloader
-from chunkd.engine import Engine
+from chunkd.links.download import Downloader
+from chunkd.pipeline.engine import Engine
 from chunkd.errors import EndpointError, StoreError, TransferError, endpoint_error
-from chunkd.events import EventSink
-from chunkd.http import HttpServer
-from chunkd.linkbatch import LinkManager
-from chunkd.logs import redact
-from chunkd.media import ffprobe_available
-from chunkd.metrics import Metrics, store_snapshot
-from chunkd.paths import PathFilter, local_path, relpath_of
-from chunkd.probes import Probes
-from chunkd.retry import RetryPolicy
-from chunkd.s3 import S3Target, make_client
-from chunkd.scheduler import Scheduler, priority_rules
-from chunkd.states import StreamState
-from chunkd.status import collect
+from chunkd.observe.events import EventSink
+from chunkd.observe.http import HttpServer
+from chunkd.links.batch import LinkManager
+from chunkd.observe.logs import redact
+from chunkd.pipeline.media import ffprobe_available
+from chunkd.observe.metrics import Metrics, store_snapshot
+from chunkd.intake.paths import PathFilter, local_path, relpath_of
+from chunkd.observe.probes import Probes
+from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.client import S3Target, make_client
+from chunkd.intake.scheduler import Scheduler, priority_rules
+from chunkd.model.states import StreamState
+from chunkd.observe.overview import collect
 from chunkd.store import open_store
-from chunkd.stream import Outcome, StreamJob
-from chunkd.uploader import Uploader
-from chunkd.watcher import Watcher
+from chunkd.pipeline.job import Outcome, StreamJob
+from chunkd.s3.uploader import Uploader
+from chunkd.intake.watcher import Watcher
 
 logger = logging.getLogger("chunkd.daemon")
 

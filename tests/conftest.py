@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from chunkd.devserver import LocalS3Server
+from chunkd.s3.devserver import LocalS3Server
 from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer

@@ -43,7 +43,7 @@ from bench.scenarios.common import (
 )
 from bench.servers import Endpoint, delete_prefix, s3_client
 from chunkd.config import Settings
-from chunkd.devserver import free_port
+from chunkd.s3.devserver import free_port
 
 NAME = "growing"
 TITLE = "4. Growing file"

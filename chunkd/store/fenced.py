@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from chunkd.errors import StoreError
-from chunkd.lease import HeldLease
-from chunkd.states import PartRecord, StreamRecord
+from chunkd.store.lease import HeldLease
+from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.store.health import StoreHealth
 from chunkd.store.protocol import CheckpointStore
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from chunkd.lease import Lease, Renewal
-from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
+from chunkd.store.lease import Lease, Renewal
+from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 
 class CheckpointStore(Protocol):

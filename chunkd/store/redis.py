@@ -29,8 +29,8 @@ import redis
 from redis.client import Pipeline
 
 from chunkd.errors import LeaseLostError, StoreError, StoreResetError
-from chunkd.lease import Lease, Renewal
-from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
+from chunkd.store.lease import Lease, Renewal
+from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.errors import LeaseLostError, StoreError
-from chunkd.lease import Lease, Renewal
-from chunkd.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
+from chunkd.store.lease import Lease, Renewal
+from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (

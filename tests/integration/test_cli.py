@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.devserver import free_port
+from chunkd.s3.devserver import free_port
 from tests.integration.test_daemon import (
     MiB,
     read_manifest,
@@ -124,7 +124,7 @@ def test_upload_command_sends_files_and_fails_on_missing_path(env: dict[str, str
 
 
 def test_status_table_shows_failed_file_with_reason(env: dict[str, str], tmp_path: Path) -> None:
-    from chunkd.states import StreamRecord, StreamState
+    from chunkd.model.states import StreamRecord, StreamState
     from chunkd.store import open_store
 
     store = open_store(env["CHUNKD_STATE_URL"])

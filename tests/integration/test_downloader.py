@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from chunkd.downloader import Downloader, DownloadError
+from chunkd.links.download import Downloader, DownloadError
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import LoggedRequest, MediaServer
 

@@ -15,11 +15,11 @@ import pytest
 
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine
-from chunkd.engine import Engine
-from chunkd.planner import plan_schedule
-from chunkd.s3 import S3Target
-from chunkd.states import StreamState
-from chunkd.stream import Outcome, StreamJob
+from chunkd.pipeline.engine import Engine
+from chunkd.model.planner import plan_schedule
+from chunkd.s3.client import S3Target
+from chunkd.model.states import StreamState
+from chunkd.pipeline.job import Outcome, StreamJob
 from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
 from tests.support.daemon import wait_for
 from tests.support.s3_servers import make_client
@@ -198,7 +198,7 @@ def test_after_upload_acts_only_once_the_object_is_verified(
 def test_after_upload_delete_keeps_the_file_when_verification_fails(
     make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chunkd.uploader import ObjectInfo
+    from chunkd.s3.uploader import ObjectInfo
 
     engine = make_engine(after_upload="delete")
     source = write_random(engine.input_dir / "b.mp4", 6 * MiB)

@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from chunkd.devserver import free_port
+from chunkd.s3.devserver import free_port
 from tests.integration.test_daemon import read_manifest, sha256_file, sha256_object, write_random
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for
 from tests.support.media import make_mp4, require_ffmpeg

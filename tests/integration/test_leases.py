@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from chunkd.errors import LeaseLostError, StoreError, StoreResetError
-from chunkd.lease import Lease, LeaseKeeper, Renewal, owner_is_dead
-from chunkd.states import PartRecord, StreamRecord
+from chunkd.store.lease import Lease, LeaseKeeper, Renewal, owner_is_dead
+from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.store import CheckpointStore, open_store
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore

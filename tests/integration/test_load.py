@@ -31,7 +31,7 @@ from typing import Any, Self
 
 import pytest
 
-from chunkd.devserver import LocalS3Server
+from chunkd.s3.devserver import LocalS3Server
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.s3_servers import make_client
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from chunkd.devserver import free_port
-from chunkd.states import StreamState
+from chunkd.s3.devserver import free_port
+from chunkd.model.states import StreamState
 from chunkd.store.redis import RedisStore
 from tests.integration.test_daemon import BUCKET, read_manifest, sha256_file, sha256_object, write_random
 from tests.support.daemon import DaemonProcess, wait_for

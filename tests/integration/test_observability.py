@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.devserver import free_port
+from chunkd.s3.devserver import free_port
 from tests.integration.test_daemon import MiB, read_manifest, write_random
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.s3_servers import MotoServer

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from chunkd.gc import MultipartUpload, orphans
-from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.ops.gc import MultipartUpload, orphans
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
-from chunkd.devserver import free_port
+from chunkd.s3.devserver import free_port
 from tests.integration.test_cli import run_chunkd
 from tests.support.daemon import daemon_env
 from tests.support.s3_servers import LocalS3Server, MotoServer, make_client

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-import chunkd.uploader as uploader_module
+import chunkd.s3.uploader as uploader_module
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine, preflight
-from chunkd.devserver import LocalS3Server
-from chunkd.partreader import Digest, FileIdentity, RangeReader, digest_range
-from chunkd.planner import Part
-from chunkd.retry import RetryPolicy
-from chunkd.s3 import S3Target, make_client
-from chunkd.uploader import Uploader
+from chunkd.s3.devserver import LocalS3Server
+from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range
+from chunkd.model.planner import Part
+from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.uploader import Uploader
 from tests.support.s3_servers import MotoServer
 
 BUCKET = "chunkd"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chunkd.engine import Engine
-from chunkd.scan import Scan
-from chunkd.stream import Outcome
+from chunkd.pipeline.engine import Engine
+from chunkd.pipeline.hashing import Scan
+from chunkd.pipeline.job import Outcome
 from tests.integration.test_daemon import MiB, sha256_file, sha256_object
 from tests.integration.test_engine import client, make_engine, run_in_thread  # noqa: F401 - fixtures
 from tests.support.daemon import wait_for

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from chunkd.devserver import DevServerError, LocalS3Server
+from chunkd.s3.devserver import DevServerError, LocalS3Server
 from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_client
 
 BUCKET = "chunkd"
@@ -265,7 +265,7 @@ def test_rclone_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from chunkd.devserver import LocalS3Server\n"
+        "from chunkd.s3.devserver import LocalS3Server\n"
         "server = LocalS3Server(Path(sys.argv[1])).start()\n"
         "print(server._process.pid, flush=True)\n"
         "time.sleep(60)\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chunkd.errors import ConfigError
-from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
@@ -452,7 +452,7 @@ def test_redis_batch_is_one_transaction(redis_url: str) -> None:
 
 
 def test_url_records_round_trip_and_filter(store: CheckpointStore) -> None:
-    from chunkd.states import UrlRecord, UrlState
+    from chunkd.model.states import UrlRecord, UrlState
 
     first = UrlRecord(url="https://a.example/x.mp4", display="https://a.example/x.mp4", links_file="links.txt",
                       relpath="x.mp4", created_at=1.0, info={"title": "X", "nested": {"n": 1}})

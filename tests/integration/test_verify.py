@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chunkd.devserver import LocalS3Server, free_port
+from chunkd.s3.devserver import LocalS3Server, free_port
 from tests.integration.test_cli import error_lines, run_chunkd
 from tests.integration.test_daemon import MiB, read_manifest, write_random
 from tests.support.daemon import daemon_env

@@ -29,7 +29,7 @@ from werkzeug.wsgi import get_input_stream
 
 from chunkd.daemon import PROBE_NAME
 
-from chunkd.devserver import LocalS3Server, free_port
+from chunkd.s3.devserver import LocalS3Server, free_port
 
 RcloneS3Server = LocalS3Server  # one name for tests that want to say which server they mean
 

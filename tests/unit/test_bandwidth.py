@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chunkd.bandwidth import TokenBucket
+from chunkd.s3.bandwidth import TokenBucket
 
 MB = 1_000_000
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chunkd.breaker import (
+from chunkd.s3.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
@@ -19,7 +19,7 @@ from chunkd.breaker import (
     endpoint_breaker,
 )
 from chunkd.config import load_settings
-from chunkd.metrics import Metrics
+from chunkd.observe.metrics import Metrics
 from tests.support.daemon import wait_for
 
 ENDPOINT = "http://s3.test:9000"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from chunkd.finalizer import completed_earlier
-from chunkd.states import PartRecord
-from chunkd.uploader import ObjectInfo, multipart_etag
+from chunkd.pipeline.finalize import completed_earlier
+from chunkd.model.states import PartRecord
+from chunkd.s3.uploader import ObjectInfo, multipart_etag
 
 FIRST, SECOND = b"a" * 10, b"b" * 6
 

@@ -17,7 +17,7 @@ from yt_dlp.networking.exceptions import HTTPError, IncompleteRead, TransportErr
 from yt_dlp.utils import DownloadError as YtdlpDownloadError
 from yt_dlp.utils import ExtractorError, UnsupportedError
 
-from chunkd.downloader import (
+from chunkd.links.download import (
     Downloader,
     DownloadError,
     HostRateLimiter,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from chunkd.http import Check, HttpServer, parse_addr
-from chunkd.metrics import Metrics
+from chunkd.observe.http import Check, HttpServer, parse_addr
+from chunkd.observe.metrics import Metrics
 
 TOKEN = "s3cr3t-t0ken"
 POLL = 0.01  # stop() returns this fast

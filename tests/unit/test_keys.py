@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkd.keys import FIELDS, key_problem, render_key, validate_template
-from chunkd.paths import escape_name
+from chunkd.model.keys import FIELDS, key_problem, render_key, validate_template
+from chunkd.intake.paths import escape_name
 
 NOW = calendar.timegm((2026, 11, 23, 23, 59, 0))  # late in the UTC day: catches local-time dates
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from chunkd.errors import RetryableError
-from chunkd.listing import FolderListings
+from chunkd.s3.listing import FolderListings
 
 
 class FakeUploader:

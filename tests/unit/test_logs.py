@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chunkd.logs import redact, setup_logging
+from chunkd.observe.logs import redact, setup_logging
 
 SECRET_URL = "redis://:hunter2@h:6379"
 

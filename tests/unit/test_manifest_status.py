@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from chunkd import __version__
-from chunkd.manifest import SCHEMA_VERSION, build_manifest, encode, manifest_key
-from chunkd.states import PartRecord, StreamRecord, StreamState
-from chunkd.status import collect, render_json, render_table
+from chunkd.model.manifest import SCHEMA_VERSION, build_manifest, encode, manifest_key
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.observe.overview import collect, render_json, render_table
 from chunkd.store.sqlite import SqliteStore
 
 MiB = 1024 * 1024

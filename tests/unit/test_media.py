@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chunkd import media
-from chunkd.media import MediaInfo, probe
+from chunkd.pipeline import media
+from chunkd.pipeline.media import MediaInfo, probe
 from tests.support.media import (
     make_mp4,
     make_text_as_mp4,

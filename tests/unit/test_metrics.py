@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chunkd.errors import StoreError
-from chunkd.metrics import BreakerState, Metrics, StoreSnapshot, store_snapshot
-from chunkd.states import PartRecord, StreamRecord, StreamState
+from chunkd.observe.metrics import BreakerState, Metrics, StoreSnapshot, store_snapshot
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store.sqlite import SqliteStore
 
 MiB = 1024 * 1024

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from chunkd.errors import SourceGoneError
-from chunkd.monitor import Change, IdleTracker, Snapshot, compare, take_snapshot
-from chunkd.partreader import FileIdentity
+from chunkd.pipeline.monitor import Change, IdleTracker, Snapshot, compare, take_snapshot
+from chunkd.pipeline.partreader import FileIdentity
 
 SAME = FileIdentity(device=1, inode=100)
 OTHER = FileIdentity(device=1, inode=200)

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkd import partreader
+from chunkd.pipeline import partreader
 from chunkd.errors import SourceChangedError, SourceGoneError
-from chunkd.partreader import Digest, FileIdentity, RangeReader, digest_range, open_checked
+from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range, open_checked
 
 FILE_SIZE = 64 * 1024
 DATA = random.Random(20240501).randbytes(FILE_SIZE)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chunkd.config import DEFAULT_INCLUDE
-from chunkd.paths import (
+from chunkd.intake.paths import (
     PathFilter,
     Refusal,
     check_file,

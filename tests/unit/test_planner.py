@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkd.planner import (
+from chunkd.model.planner import (
     GiB,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,

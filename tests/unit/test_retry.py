@@ -9,7 +9,7 @@ from collections.abc import Callable
 import botocore.exceptions as bexc
 import pytest
 
-from chunkd.breaker import Verdict
+from chunkd.s3.breaker import Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
@@ -18,7 +18,7 @@ from chunkd.errors import (
     TransferError,
     UploadGoneError,
 )
-from chunkd.retry import RetryPolicy, breaker_verdict, classify
+from chunkd.s3.retry import RetryPolicy, breaker_verdict, classify
 
 
 def client_error(code: str, status: int, operation: str = "UploadPart", message: str = "boom") -> bexc.ClientError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.scheduler import (
+from chunkd.intake.scheduler import (
     LARGE_FILE_BYTES,
     Entry,
     ReadyQueue,
@@ -23,7 +23,7 @@ from chunkd.scheduler import (
     priority_rules,
     size_class,
 )
-from chunkd.stream import Outcome
+from chunkd.pipeline.job import Outcome
 
 WAIT = 5.0  # generous upper bound for anything that should happen "soon"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkd.states import (
+from chunkd.model.states import (
     InvalidTransition,
     PartRecord,
     StreamRecord,

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chunkd.states import StreamRecord, StreamState
-from chunkd.stats import TOTAL, aggregate, render_csv, render_json, render_table, throughput
+from chunkd.model.states import StreamRecord, StreamState
+from chunkd.observe.daily import TOTAL, aggregate, render_csv, render_json, render_table, throughput
 
 MiB = 1024 * 1024
 DAY1 = datetime(2024, 5, 1, 23, 59, 0, tzinfo=UTC).timestamp()

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from chunkd.errors import StoreError
-from chunkd.states import PartRecord, StreamRecord
+from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.store.redis import RedisStore
 from tests.support.redis_server import free_port
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkd import systemd
+from chunkd.observe import systemd
 
 
 @pytest.fixture

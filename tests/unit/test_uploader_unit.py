@@ -14,19 +14,19 @@ import botocore.exceptions as bexc
 import pytest
 from moto import mock_aws
 
-from chunkd.breaker import BreakerState, CircuitBreaker, CircuitOpenError, Verdict
+from chunkd.s3.breaker import BreakerState, CircuitBreaker, CircuitOpenError, Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
     SourceChangedError,
     SourceGoneError,
 )
-from chunkd.partreader import FileIdentity
-from chunkd.planner import Part
-from chunkd.retry import RetryPolicy
-from chunkd.s3 import S3Target, make_client
-from chunkd.states import PartRecord
-from chunkd.uploader import RemotePart, Uploader, multipart_etag, same_etag
+from chunkd.pipeline.partreader import FileIdentity
+from chunkd.model.planner import Part
+from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.client import S3Target, make_client
+from chunkd.model.states import PartRecord
+from chunkd.s3.uploader import RemotePart, Uploader, multipart_etag, same_etag
 from tests.support.daemon import wait_for
 
 MiB = 1024 * 1024

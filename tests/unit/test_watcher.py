@@ -15,8 +15,8 @@ import pytest
 from watchdog.events import FileClosedNoWriteEvent, FileCreatedEvent, FileOpenedEvent
 
 from chunkd.config import DEFAULT_INCLUDE
-from chunkd.paths import PathFilter
-from chunkd.watcher import Watcher, _Enqueue, _Pending
+from chunkd.intake.paths import PathFilter
+from chunkd.intake.watcher import Watcher, _Enqueue, _Pending
 from tests.support.daemon import wait_for
 
 
@@ -108,7 +108,7 @@ def test_a_file_the_scheduler_already_has_is_not_offered_again_while_unchanged(
 def test_an_unchanged_file_is_offered_again_after_a_while(
     watcher: Watcher, root: Path, submit: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chunkd.watcher.REOFFER_SECONDS", 0.05)
+    monkeypatch.setattr("chunkd.intake.watcher.REOFFER_SECONDS", 0.05)
     (root / "a.mp4").write_bytes(b"x")
     watcher.scan(everything=False)
     time.sleep(0.1)  # past 1.5 times the re-offer period

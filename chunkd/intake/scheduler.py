@@ -1,0 +1,249 @@
+"""The per-file work queue: each path is queued or worked on at most once at a time.
+
+Order: the highest priority first (rules like `urgent/**=10`). Within a priority, files are in
+two size classes, small and large (`LARGE_FILE_BYTES`), and the classes share the workers: a
+free worker takes the next file of the class with fewer files in progress, and when both have
+as many it takes the class it served less recently. Within a class, the oldest file (by mtime)
+goes first. Without the classes a backlog of thousands of small files, older than the large
+ones dropped with them, would hold every worker until the last small file was done; with them
+large files start at once and small ones keep flowing, and neither needs a setting.
+
+A job that hit transient trouble is put back after a delay, so one bad endpoint minute never
+turns into a FAILED file.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chunkd.pipeline.job import Outcome
+
+logger = logging.getLogger("chunkd.scheduler")
+
+JobRunner = Callable[[Path, str], Outcome]
+
+# About where sending a file's bytes takes as long as its fixed costs (ffprobe, a handful of
+# requests, checkpoint writes: a quarter of a second or so on a busy 2-core machine). Below it a
+# file is quick whatever its size; above it the bytes dominate and it holds its worker many times
+# longer than a small one. Four parts of the default size.
+LARGE_FILE_BYTES = 32 * 1024 * 1024
+
+
+class SizeClass(enum.Enum):
+    SMALL = "small"
+    LARGE = "large"
+
+
+def size_class(size: int, large_file_bytes: int = LARGE_FILE_BYTES) -> SizeClass:
+    return SizeClass.LARGE if size >= large_file_bytes else SizeClass.SMALL
+
+
+def priority_rules(rules: Sequence[tuple[str, int]]) -> Callable[[str], int]:
+    """relpath -> priority: the first glob that matches wins, 0 when none does."""
+
+    def priority(relpath: str) -> int:
+        for glob, value in rules:
+            if fnmatch.fnmatchcase(relpath, glob):
+                return value
+        return 0
+
+    return priority
+
+
+@dataclass(frozen=True, order=True)
+class Entry:
+    """A queued path; entries order by (-priority, mtime, arrival)."""
+
+    neg_priority: int
+    mtime: float
+    arrival: int
+    relpath: str = field(compare=False)
+    path: Path = field(compare=False)
+    size_class: SizeClass = field(compare=False)
+
+
+def pick_class(
+    heads: Mapping[SizeClass, Entry], running: Mapping[SizeClass, int], last_served: Mapping[SizeClass, int]
+) -> SizeClass:
+    """Which class a free worker serves, given each non-empty class's first entry.
+
+    The user's priority comes first; between classes of equal top priority, the one with fewer
+    files in progress, then the one served less recently (`last_served`: higher = more recent).
+    """
+    top = min(head.neg_priority for head in heads.values())
+    contenders = [cls for cls, head in heads.items() if head.neg_priority == top]
+    return min(contenders, key=lambda cls: (running.get(cls, 0), last_served.get(cls, -1), heads[cls]))
+
+
+class ReadyQueue:
+    """The queued entries, one heap per size class, and what each class has in progress.
+
+    Not thread-safe on its own: the scheduler calls it under its lock.
+    """
+
+    def __init__(self) -> None:
+        self._heaps: dict[SizeClass, list[Entry]] = {cls: [] for cls in SizeClass}
+        self.running: dict[SizeClass, int] = {cls: 0 for cls in SizeClass}
+        self._last_served: dict[SizeClass, int] = {}
+        self._served = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(len(heap) for heap in self._heaps.values())
+
+    def push(self, entry: Entry) -> None:
+        heapq.heappush(self._heaps[entry.size_class], entry)
+
+    def take(self) -> Entry | None:
+        """The next entry to work on, counted as running until `done(entry)`."""
+        heads = {cls: heap[0] for cls, heap in self._heaps.items() if heap}
+        if not heads:
+            return None
+        cls = pick_class(heads, self.running, self._last_served)
+        self.running[cls] += 1
+        self._last_served[cls] = next(self._served)
+        return heapq.heappop(self._heaps[cls])
+
+    def done(self, entry: Entry) -> None:
+        self.running[entry.size_class] -= 1
+
+
+@dataclass(order=True)
+class _Delayed:
+    due: float
+    relpath: str = field(compare=False)
+    path: Path = field(compare=False)
+
+
+class Scheduler:
+    """`workers` threads taking entries in the order the module docstring describes."""
+
+    def __init__(
+        self,
+        run_job: JobRunner,
+        *,
+        workers: int,
+        retry_delay: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        priority: Callable[[str], int] | None = None,
+        large_file_bytes: int = LARGE_FILE_BYTES,
+    ) -> None:
+        self._run_job = run_job
+        self._workers = workers
+        self._retry_delay = retry_delay
+        self._clock = clock
+        self._priority = priority or (lambda relpath: 0)
+        self._large_file_bytes = large_file_bytes
+        self._arrivals = itertools.count()
+        self._ready = ReadyQueue()
+        self._known: set[str] = set()  # queued, active or delayed
+        self._delayed: list[_Delayed] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.outcomes: dict[str, Outcome] = {}
+
+    def submit(self, path: Path, relpath: str) -> bool:
+        """Queue a path unless it is already queued or being worked on; True if queued."""
+        with self._lock:
+            if relpath in self._known or self._stop.is_set():
+                return False
+            self._known.add(relpath)
+        self._enqueue(path, relpath)
+        return True
+
+    def _entry(self, path: Path, relpath: str) -> Entry:
+        try:
+            stat = path.stat()
+            mtime, size = stat.st_mtime, stat.st_size
+        except OSError:
+            mtime, size = time.time(), 0  # gone or unreadable: the job itself will say what happened
+        return Entry(
+            -self._priority(relpath), mtime, next(self._arrivals), relpath, path,
+            size_class(size, self._large_file_bytes),
+        )
+
+    def _enqueue(self, path: Path, relpath: str) -> None:
+        entry = self._entry(path, relpath)  # stat outside the lock: a slow disk must not stall workers
+        with self._wake:
+            self._ready.push(entry)
+            self._wake.notify()
+
+    def start(self) -> None:
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"chunkd-file-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float) -> None:
+        """Stop taking new work and wait (bounded) for running jobs, which drain on their own."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        deadline = self._clock() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - self._clock()))
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._known)
+
+    @property
+    def queue_depth(self) -> int:
+        with self._lock:
+            return len(self._ready)
+
+    def running(self) -> dict[SizeClass, int]:
+        """Files in progress per size class."""
+        with self._lock:
+            return dict(self._ready.running)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._promote_due()
+            entry = self._take(timeout=0.2)
+            if entry is None:
+                continue
+            outcome = self._run_safely(entry.path, entry.relpath)
+            with self._lock:
+                self._ready.done(entry)
+                self.outcomes[entry.relpath] = outcome
+                if outcome is Outcome.RETRY_LATER and not self._stop.is_set():
+                    heapq.heappush(self._delayed, _Delayed(self._clock() + self._retry_delay, entry.relpath, entry.path))
+                else:
+                    self._known.discard(entry.relpath)
+
+    def _take(self, timeout: float) -> Entry | None:
+        """The next entry to run, or None after `timeout` without one, or once stopping."""
+        with self._wake:
+            if not len(self._ready) and not self._stop.is_set():
+                self._wake.wait(timeout)
+            if self._stop.is_set():
+                return None
+            return self._ready.take()
+
+    def _run_safely(self, path: Path, relpath: str) -> Outcome:
+        try:
+            return self._run_job(path, relpath)
+        except Exception:  # noqa: BLE001 - one file's bug must not stop the others
+            logger.exception("unexpected error; will try this file again later", extra={"relpath": relpath})
+            return Outcome.RETRY_LATER
+
+    def _promote_due(self) -> None:
+        now = self._clock()
+        with self._lock:
+            due = []
+            while self._delayed and self._delayed[0].due <= now:
+                due.append(heapq.heappop(self._delayed))
+        for item in due:
+            self._enqueue(item.path, item.relpath)

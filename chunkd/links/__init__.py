@@ -1,0 +1,1 @@
+"""links.txt files: parsing and validating URLs, batches, downloads into the staging folder."""

@@ -1,0 +1,1 @@
+"""Pure values: stream states and records, the part planner, key templates, manifests."""

@@ -1,0 +1,204 @@
+"""The daemon's HTTP endpoint: /healthz and /readyz for orchestrators, /metrics for Prometheus,
+/status for people.
+
+A stdlib ThreadingHTTPServer on a daemon thread: no framework, nothing to install. With a token
+set, /metrics and /status want `Authorization: Bearer <token>`; the health probes stay open for
+container health checks and so only ever say ok and the names of their checks.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from chunkd.observe.metrics import Metrics
+
+logger = logging.getLogger("chunkd.http")
+
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request; a stuck one holds a thread
+JSON = "application/json"
+
+
+@dataclass
+class Check:
+    """A probe's verdict. `detail` maps check name -> True when it passes, or anything else
+    (False, an error message) when it does not; only the names and pass/fail go over HTTP."""
+
+    ok: bool
+    detail: dict[str, Any]
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); port 0 asks the OS for a free one."""
+    host, sep, port = addr.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"http address {addr!r} is not host:port (example: 127.0.0.1:8765)")
+    return host, int(port)
+
+
+class HttpServer:
+    def __init__(
+        self,
+        addr: str,
+        *,
+        token: str | None,
+        metrics: Metrics,
+        health: Callable[[], Check],
+        ready: Callable[[], Check],
+        status: Callable[[], list[dict[str, Any]]],
+        poll_interval: float = 0.5,
+    ) -> None:
+        self._bind = parse_addr(addr)
+        self._poll_interval = poll_interval  # how long stop() may wait for the serving loop to notice
+        self._token = token.encode() if token else None
+        self._metrics = metrics
+        self._health = health
+        self._ready = ready
+        self._status = status
+        self._last_ok: dict[str, bool] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the real port when 0 was asked for."""
+        if self._server is None:
+            raise RuntimeError("HTTP server is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("HTTP server already started")
+        host, port = self._bind
+        server_class = _Server6 if ":" in host else _Server
+        handler = type("Handler", (_Handler,), {"app": self})
+        try:
+            self._server = server_class((host, port), handler)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port} (CHUNKD_HTTP_ADDR): {exc.strerror}") from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": self._poll_interval},
+            name="chunkd-http",
+            daemon=True,
+        )
+        self._thread.start()
+        host, port = self.address
+        access = "need a bearer token" if self._token else "open"
+        logger.info("HTTP endpoint on %s:%d (/metrics and /status %s)", host, port, access)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; the port is free when this returns."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+        self._server = self._thread = None
+
+    # -- routing (called on request threads) ------------------------------------------------
+
+    def respond(self, path: str, authorization: str | None) -> tuple[int, bytes, str, dict[str, str]]:
+        """(status, body, content type, extra headers) for a GET of `path`."""
+        if path == "/healthz":
+            return self._probe("healthz", self._health)
+        if path == "/readyz":
+            return self._probe("readyz", self._ready)
+        if path not in ("/metrics", "/status"):
+            return _json(404, {"error": "not found"})
+        if not self._authorized(authorization):
+            return _json(401, {"error": "unauthorized"}, {"WWW-Authenticate": 'Bearer realm="chunkd"'})
+        if path == "/metrics":
+            body, content_type = self._metrics.render()
+            return 200, body, content_type, {}
+        return _json(200, self._status())
+
+    def _authorized(self, authorization: str | None) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    def _probe(self, name: str, probe: Callable[[], Check]) -> tuple[int, bytes, str, dict[str, str]]:
+        check = probe()
+        failing = {key: value for key, value in check.detail.items() if value is not True}
+        if self._last_ok.get(name, True) != check.ok:  # log changes, not every probe
+            if check.ok:
+                logger.info("%s: ok again", name)
+            else:
+                logger.warning("%s: failing: %s", name, failing)
+        self._last_ok[name] = check.ok
+        public = {key: value is True for key, value in check.detail.items() if key != "ok"}
+        return _json(200 if check.ok else 503, {"ok": check.ok, **public})
+
+
+def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> tuple[int, bytes, str, dict[str, str]]:
+    return status, (json.dumps(data) + "\n").encode(), JSON, headers or {}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call getfqdn(), a reverse DNS lookup that can stall start-up.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: HttpServer  # set on the per-server subclass
+    server_version = "chunkd"
+    timeout = REQUEST_TIMEOUT
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = urlsplit(self.path).path
+        try:
+            status, body, content_type, headers = self.app.respond(path, self.headers.get("Authorization"))
+        except Exception:  # noqa: BLE001 - one broken request must not take the endpoint down
+            logger.exception("HTTP %s failed", path)
+            status, body, content_type, headers = _json(500, {"error": "internal error"})
+        self._send(status, body, content_type, headers)
+
+    def _not_allowed(self) -> None:
+        status, body, content_type, _ = _json(405, {"error": "method not allowed"})
+        self._send(status, body, content_type, {"Allow": "GET"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        # The request line only (never headers, so never the token), and at DEBUG: probes are chatty.
+        logger.debug("%s %s", self.address_string(), format % args)

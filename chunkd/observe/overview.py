@@ -1,0 +1,162 @@
+"""`chunkd status`: what the checkpoint store says about every stream, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from chunkd.observe.logs import redact
+from chunkd.intake.paths import printable
+from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
+from chunkd.store import CheckpointStore
+
+_ACTIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '2h', '7d' (also 's', 'w', and combinations like '1d12h') -> seconds."""
+    pieces = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text.strip().lower())
+    if not pieces or "".join(n + u for n, u in pieces) != text.strip().lower():
+        raise ValueError(f"not a duration: {text!r} (examples: 30m, 2h, 7d)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in pieces)
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    record: StreamRecord
+    bytes_done: int
+    parts_done: int
+    speed: float | None = None  # bytes/s since the first byte (until completion or failure)
+    eta: float | None = None  # seconds left at that speed; unfinished streams only
+
+    @property
+    def percent(self) -> float:
+        if self.record.state is StreamState.COMPLETED:
+            return 100.0
+        if self.record.size <= 0:
+            return 0.0
+        return min(100.0, 100.0 * self.bytes_done / self.record.size)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.record.to_dict()
+        data["last_error"] = printable(redact(data["last_error"])) if data["last_error"] else None
+        progress = {"bytes_done": self.bytes_done, "parts_done": self.parts_done, "percent": round(self.percent, 1)}
+        rates = {
+            "speed": None if self.speed is None else round(self.speed, 1),
+            "eta": None if self.eta is None else round(self.eta, 1),
+        }
+        return {**data, **progress, **rates}
+
+
+def collect(
+    store: CheckpointStore,
+    states: Iterable[StreamState] | None = None,
+    *,
+    since: float | None = None,
+    now: float | None = None,
+) -> list[StreamStatus]:
+    """Every stream (in `states`, updated at or after `since`) with its progress, speed and ETA."""
+    now = time.time() if now is None else now
+    result = []
+    for record in store.list_streams(states):
+        if since is not None and record.updated_at < since:
+            continue
+        if record.state is StreamState.COMPLETED:
+            bytes_done, parts_done = record.size, 0
+        else:
+            parts = store.list_parts(record.id)
+            bytes_done, parts_done = sum(p.size for p in parts), len(parts)
+        speed, eta = rates(record, bytes_done, now=now)
+        result.append(StreamStatus(record, bytes_done, parts_done, speed, eta))
+    return result
+
+
+def rates(record: StreamRecord, bytes_done: int, *, now: float) -> tuple[float | None, float | None]:
+    """(bytes/s, seconds left): measured from the first byte sent to completion, failure or now."""
+    if record.first_byte_at is None:
+        return None, None
+    if record.state is StreamState.COMPLETED:
+        end, sent = record.completed_at, record.size
+    elif record.state in _ACTIVE:
+        end, sent = now, bytes_done
+    else:
+        end, sent = record.updated_at, bytes_done
+    if end is None or end <= record.first_byte_at or sent <= 0:
+        return None, None
+    speed = sent / (end - record.first_byte_at)
+    if record.state not in _ACTIVE:
+        return speed, None
+    return speed, max(0.0, record.size - bytes_done) / speed
+
+
+def render_json(statuses: list[StreamStatus]) -> str:
+    return json.dumps([status.to_dict() for status in statuses], indent=2)
+
+
+def render_table(statuses: list[StreamStatus]) -> str:
+    if not statuses:
+        return "no streams recorded yet"
+    # STATE first: scripts split a row on whitespace, and a file name may contain spaces.
+    rows = [("STATE", "FILE", "DONE %", "SIZE", "SPEED", "ETA", "ERROR")]
+    for status in statuses:
+        record = status.record
+        rows.append(
+            (
+                record.state.value,
+                printable(record.relpath),
+                f"{status.percent:5.1f}%",
+                human_size(record.size),
+                "-" if status.speed is None else f"{human_size(int(status.speed))}/s",
+                "-" if status.eta is None else _duration(status.eta),
+                printable(redact(record.last_error or ""))[:80],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    ).rstrip()
+
+
+def _duration(seconds: float) -> str:
+    """42s, 3m05s, 1h02m, 2d03h: two units at most, enough for an ETA."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def render_downloads(records: list[UrlRecord]) -> str:
+    """URLs from links files: state, progress, and the object or the error."""
+    rows = [("DOWNLOAD", "DONE", "SIZE", "URL", "OBJECT / ERROR")]
+    for record in records:
+        percent = 100.0 if record.state is UrlState.COMPLETED else (
+            100.0 * record.bytes_done / record.size if record.size else 0.0
+        )
+        outcome = record.key or printable(redact(record.last_error or ""))
+        rows.append(
+            (record.state.value, f"{percent:5.1f}%", human_size(record.size or 0), printable(record.display), outcome[:80])
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    ).rstrip()

@@ -1,0 +1,1 @@
+"""Operator tasks behind the CLI: verify, gc, doctor."""

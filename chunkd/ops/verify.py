@@ -1,0 +1,366 @@
+"""`chunkd verify`: does an uploaded object still match its manifest, and does the local file?
+
+Read-only everywhere: HeadObject and GetObject on S3, one lookup in the checkpoint store, reads of
+the local file. Every comparison becomes a `Check`; the caller decides how to print the `Report`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from botocore.client import BaseClient
+
+from chunkd.config import Settings
+from chunkd.errors import (
+    EndpointError,
+    PermanentError,
+    StoreError,
+    TransferError,
+    endpoint_error,
+)
+from chunkd.model.keys import render_key
+from chunkd.observe.logs import redact
+from chunkd.model.manifest import SCHEMA_VERSION, manifest_key
+from chunkd.intake.paths import relpath_of
+from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.client import S3Target, make_client
+from chunkd.model.states import StreamRecord
+from chunkd.store import CheckpointStore, open_store
+from chunkd.s3.uploader import same_etag
+
+READ_SIZE = 1024 * 1024
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 10,000 parts take ~2 MB; anything far bigger is not ours
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the user pointed at: the object key, and the local file if they named one."""
+
+    key: str
+    local_path: Path | None = None
+    found_by: str = "object key"
+
+
+@dataclass
+class Report:
+    bucket: str
+    key: str
+    deep: bool = False
+    found_by: str = "object key"
+    local_path: Path | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def failed(self) -> list[Check]:
+        return [check for check in self.checks if not check.ok]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "bucket": self.bucket,
+            "ok": self.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "deep": self.deep,
+            "local_path": str(self.local_path) if self.local_path else None,
+        }
+
+    def render_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def render_text(self) -> str:
+        width = max(len(check.name) for check in self.checks)
+        lines = [f"{self.url} ({self.found_by})", f"local file: {self.local_path or 'none'}"]
+        lines += [f"{'PASS' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in self.checks]
+        if self.ok:
+            if not self.deep:
+                lines.append("note: the object's bytes were not read; --deep compares their SHA-256 too")
+            lines.append(f"OK: {self.url} verified")
+        else:
+            names = ", ".join(c.name for c in self.failed)
+            lines.append(f"FAILED: {len(self.failed)} check(s) failed ({names})")
+        return "\n".join(lines)
+
+
+# -- what the manifest promises ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The fields of a manifest that verification compares against (README "Manifest schema")."""
+
+    key: str
+    size: int
+    etag: str
+    sha256: str
+    parts: list[tuple[int, int, int]]  # (number, offset, size)
+    relpath: str | None
+    stream_id: str | None
+
+
+def parse_manifest(raw: bytes) -> Expected:
+    """Raise ValueError saying what is wrong with a manifest that cannot be trusted."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {doc.get('schema_version')!r}, this chunkd reads {SCHEMA_VERSION}")
+    bad = [name for name, kind in (("key", str), ("size", int), ("etag", str), ("sha256", str), ("parts", list))
+           if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool)]
+    if bad:
+        raise ValueError(f"missing or malformed field(s): {', '.join(bad)}")
+    try:
+        parts = [(_int(p["number"]), _int(p["offset"]), _int(p["size"])) for p in doc["parts"]]
+    except (TypeError, KeyError, ValueError):
+        raise ValueError("malformed parts[]: each needs integer number, offset and size") from None
+    source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
+    relpath = source.get("relpath")
+    return Expected(
+        key=doc["key"], size=doc["size"], etag=doc["etag"], sha256=doc["sha256"].lower(), parts=parts,
+        relpath=relpath if isinstance(relpath, str) and relpath else None,
+        stream_id=str(doc["stream_id"]) if doc.get("stream_id") else None,
+    )
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(value)
+    return value
+
+
+# -- the checks (pure) -------------------------------------------------------------------------
+
+
+def check_size(name: str, actual: int, expected: int) -> Check:
+    if actual == expected:
+        return Check(name, True, f"{actual} bytes")
+    return Check(name, False, f"{actual} bytes, manifest says {expected}")
+
+
+def check_etag(actual: str, expected: str) -> Check:
+    if same_etag(actual, expected):
+        return Check("etag", True, actual)
+    return Check("etag", False, f"object {actual} != manifest {expected}")
+
+
+def check_sha256(name: str, actual: str, expected: str) -> Check:
+    if actual == expected:
+        return Check(name, True, actual)
+    return Check(name, False, f"{actual} != manifest {expected}")
+
+
+def check_parts(parts: list[tuple[int, int, int]], size: int) -> Check:
+    """The manifest's parts must tile [0, size) exactly, numbered 1..N."""
+    offset = 0
+    for index, (number, start, length) in enumerate(parts, start=1):
+        if number != index:
+            return Check("parts", False, f"part #{index} is numbered {number}")
+        if start != offset:
+            return Check("parts", False, f"part {number} starts at {start}, previous part ended at {offset}")
+        if length < 0:
+            return Check("parts", False, f"part {number} has negative size {length}")
+        offset += length
+    if offset != size:
+        return Check("parts", False, f"{len(parts)} part(s) cover {offset} bytes, manifest size is {size}")
+    return Check("parts", True, f"{len(parts)} part(s) tile [0, {size})")
+
+
+def sha256_of(chunks: Iterator[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_chunks(handle: BinaryIO) -> Iterator[bytes]:
+    return iter(lambda: handle.read(READ_SIZE), b"")
+
+
+# -- finding the object ------------------------------------------------------------------------
+
+
+def resolve(
+    argument: str, settings: Settings, *, store_opener: Callable[[str], CheckpointStore] = open_store
+) -> Subject:
+    """An existing local path names a file whose key we look up; anything else is a key."""
+    path = Path(argument)
+    if not path.exists():
+        return Subject(key=argument)
+    if not path.is_file():
+        raise EndpointError(f"{argument}: not a regular file; verify takes one file or one object key", exit_code=2)
+    local = path.parent.resolve() / path.name  # keep a symlink's own name, as the watcher does
+    # Outside the drop folder, `chunkd upload PATH` records the file name as the relpath.
+    relpath = relpath_of(settings.input_dir.resolve(), local) or local.name
+    record = _find_stream(settings.state_url, relpath, store_opener)
+    if record is not None:
+        found = f"key found in the checkpoint store: stream {record.id}, {record.state.value}, relpath {relpath!r}"
+        return Subject(record.key, local, found)
+    key = render_key(settings.key_template, relpath)
+    return Subject(key, local, f"no stream recorded for {relpath!r}; key from CHUNKD_KEY_TEMPLATE")
+
+
+def _find_stream(
+    url: str, relpath: str, store_opener: Callable[[str], CheckpointStore]
+) -> StreamRecord | None:
+    # Opening an SQLite store creates it; a read-only command must not leave a fresh one behind.
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return None
+    try:
+        store = store_opener(url)
+        try:
+            return store.find_by_relpath(relpath)
+        finally:
+            store.close()
+    except StoreError as exc:
+        raise EndpointError(f"cannot reach the state store {redact(url)}: {exc}") from None
+
+
+# -- talking to S3 -----------------------------------------------------------------------------
+
+
+class _Bucket:
+    """The three reads verification needs, retried briefly and translated into one-line errors."""
+
+    def __init__(self, client: BaseClient, bucket: str, where: str) -> None:
+        self._client = client
+        self.bucket = bucket
+        self._where = where
+        self._policy = RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
+
+    def _call(self, fn: Callable[[], Any], key: str) -> Any:
+        try:
+            return self._policy.call(fn, key=key)
+        except TransferError as exc:
+            if not exc.retryable and exc.code in _NOT_FOUND:
+                raise
+            raise endpoint_error(exc, bucket=self.bucket, where=self._where, what=f"s3://{self.bucket}/{key}") from None
+
+    def read_small(self, key: str, limit: int) -> bytes | None:
+        def fetch() -> bytes:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                return body.read(limit + 1)
+            finally:
+                body.close()
+
+        try:
+            return self._call(fetch, key)
+        except PermanentError:  # only "not found" gets here
+            return None
+
+    def head(self, key: str) -> tuple[int, str] | None:
+        try:
+            response = self._call(lambda: self._client.head_object(Bucket=self.bucket, Key=key), key)
+        except PermanentError:
+            return None
+        return int(response["ContentLength"]), str(response.get("ETag", ""))
+
+    def sha256(self, key: str) -> str | None:
+        """Streamed in 1 MiB reads; a dropped connection restarts the hash from the first byte."""
+
+        def stream() -> str:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                return sha256_of(body.iter_chunks(READ_SIZE))
+            finally:
+                body.close()
+
+        try:
+            return self._call(stream, key)
+        except PermanentError:  # deleted since HeadObject
+            return None
+
+
+# -- putting it together -----------------------------------------------------------------------
+
+
+def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -> Report:
+    subject = resolve(argument, settings)
+    bucket = _Bucket(make_client(target, max_pool_connections=2), settings.bucket, target.endpoint_url or "AWS S3")
+    report = Report(settings.bucket, subject.key, deep=deep, found_by=subject.found_by, local_path=subject.local_path)
+    expected = _check_manifest(report, bucket, manifest_key(subject.key, settings.manifest_suffix))
+    head = bucket.head(subject.key)
+    if head is None:
+        report.checks.append(Check("object", False, f"no object at {report.url}"))
+    else:
+        report.checks.append(Check("object", True, f"HeadObject: {head[0]} bytes, ETag {head[1]}"))
+    if expected is None:
+        return report
+    if head is not None:
+        report.checks += [check_size("size", head[0], expected.size), check_etag(head[1], expected.etag)]
+    report.checks.append(check_parts(expected.parts, expected.size))
+    if deep and head is not None:
+        digest = bucket.sha256(subject.key)
+        if digest is None:
+            report.checks.append(Check("object_sha256", False, "object disappeared before it could be read"))
+        else:
+            report.checks.append(check_sha256("object_sha256", digest, expected.sha256))
+    report.local_path = _local_file(subject, expected, settings)
+    if report.local_path is not None:
+        report.checks += _check_local(report.local_path, expected)
+    return report
+
+
+def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Expected | None:
+    where = f"s3://{bucket.bucket}/{key}"
+    raw = bucket.read_small(key, MAX_MANIFEST_BYTES)
+    if raw is None:
+        report.checks.append(Check("manifest", False, f"no manifest at {where}"))
+        return None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        report.checks.append(Check("manifest", False, f"{where} is over {MAX_MANIFEST_BYTES} bytes: not a manifest"))
+        return None
+    try:
+        expected = parse_manifest(raw)
+    except ValueError as exc:
+        report.checks.append(Check("manifest", False, f"{where}: {exc}"))
+        return None
+    if expected.key != report.key:
+        report.checks.append(Check("manifest", False, f"{where} describes key {expected.key!r}"))
+        return None
+    stream = f", stream {expected.stream_id}" if expected.stream_id else ""
+    report.checks.append(Check("manifest", True, f"{where}{stream}"))
+    return expected
+
+
+def _local_file(subject: Subject, expected: Expected, settings: Settings) -> Path | None:
+    if subject.local_path is not None:
+        return subject.local_path
+    if expected.relpath is None:
+        return None
+    candidate = settings.input_dir / expected.relpath
+    return candidate if candidate.is_file() else None
+
+
+def _check_local(path: Path, expected: Expected) -> list[Check]:
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            digest = sha256_of(read_chunks(handle))
+    except OSError as exc:
+        return [Check("local_file", False, f"cannot read {path}: {exc.strerror}")]
+    return [check_size("local_size", size, expected.size), check_sha256("local_sha256", digest, expected.sha256)]

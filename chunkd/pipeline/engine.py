@@ -1,0 +1,69 @@
+"""What every stream job shares: settings, store, uploader, the part pool and the stop flag."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chunkd.config import Settings
+from chunkd.store.lease import LeaseKeeper
+from chunkd.s3.listing import FolderListings
+from chunkd.observe.metrics import Metrics
+from chunkd.store import CheckpointStore
+from chunkd.store.health import StoreHealth
+from chunkd.s3.uploader import Uploader
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    store: CheckpointStore
+    uploader: Uploader
+    input_dir: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    hostname: str = field(default_factory=socket.gethostname)
+    on_progress: Callable[[str, int], None] | None = None  # (relpath, bytes newly acknowledged)
+    metrics: Metrics = field(default_factory=Metrics)
+    started_at: float = field(default_factory=time.time)
+    part_pool: ThreadPoolExecutor = field(init=False)
+    leases: LeaseKeeper = field(init=False)
+    store_health: StoreHealth = field(init=False)
+    folders: FolderListings = field(init=False)
+
+    def __post_init__(self) -> None:
+        workers = self.settings.file_concurrency * self.settings.part_concurrency
+        self.part_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunkd-part")
+        self.leases = LeaseKeeper(self.store, self.settings.lease_seconds)
+        self.store_health = StoreHealth()
+        self.folders = FolderListings(self.uploader)
+
+    def with_store(self, store: CheckpointStore) -> Engine:
+        """The same engine (pool, uploader, stop flag) seen through another store, e.g. one job's
+        fenced view of it."""
+        view = copy.copy(self)
+        view.store = store
+        return view
+
+    def progress(self, relpath: str, nbytes: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(relpath, nbytes)
+
+    def shutdown(self) -> None:
+        self.part_pool.shutdown(wait=True, cancel_futures=True)
+        self.leases.close()
+
+
+class StreamLog(logging.LoggerAdapter):
+    """Every line about a file carries its stream id and relpath, in JSON and in text."""
+
+    def process(self, msg: str, kwargs: dict) -> tuple[str, dict]:  # type: ignore[override]
+        extra = {**(self.extra or {}), **kwargs.get("extra", {})}
+        kwargs["extra"] = extra
+        return msg, kwargs

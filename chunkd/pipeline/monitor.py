@@ -1,0 +1,96 @@
+"""Stream monitor: notices growth, shrinking, replacement and the quiet period that means "done".
+
+Idle detection stands on its own (size and mtime unchanged for `idle_seconds`), because the
+"file closed" event exists only on Linux and writers may close and reopen between bursts.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkd.errors import SourceGoneError
+from chunkd.pipeline.partreader import FileIdentity
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    size: int
+    mtime_ns: int
+    identity: FileIdentity
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
+
+
+class Change(enum.Enum):
+    UNCHANGED = "unchanged"
+    GREW = "grew"
+    TOUCHED = "touched"  # same size, new mtime: rewritten in place, or just touched
+    SHRANK = "shrank"
+    REPLACED = "replaced"  # a different inode under the same name
+
+
+def take_snapshot(path: Path) -> Snapshot:
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SourceGoneError(f"{path} no longer exists") from None
+    return Snapshot(stat.st_size, stat.st_mtime_ns, FileIdentity.of(stat))
+
+
+def compare(before: Snapshot, after: Snapshot) -> Change:
+    if before.identity != after.identity:
+        return Change.REPLACED
+    if after.size < before.size:
+        return Change.SHRANK
+    if after.size > before.size:
+        return Change.GREW
+    if after.mtime_ns != before.mtime_ns:
+        return Change.TOUCHED
+    return Change.UNCHANGED
+
+
+class IdleTracker:
+    """Says when a file has been quiet long enough to finalize.
+
+    A file first seen with an old mtime (dropped while the daemon was down, or copied with its
+    times preserved) counts as quiet since that mtime, so it need not wait a full period again.
+    """
+
+    def __init__(
+        self,
+        idle_seconds: float,
+        first: Snapshot,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._idle_seconds = idle_seconds
+        self._clock = clock
+        self._last = first
+        self._changed_at = clock() - max(0.0, wall() - first.mtime)
+
+    def observe(self, snapshot: Snapshot) -> Change:
+        change = compare(self._last, snapshot)
+        if change is not Change.UNCHANGED:
+            self._changed_at = self._clock()
+            self._last = snapshot
+        return change
+
+    @property
+    def last(self) -> Snapshot:
+        return self._last
+
+    @property
+    def quiet_for(self) -> float:
+        return self._clock() - self._changed_at
+
+    @property
+    def idle(self) -> bool:
+        return self.quiet_for >= self._idle_seconds

@@ -1,0 +1,132 @@
+"""Reading one part of a file lazily by byte offset: digests first, then a throttled body stream.
+
+A part is never held in memory whole: it is hashed in 1 MiB reads, then sent through a file-like
+view that botocore reads block by block. The part's SHA-256 rides along with the view as the
+request's signed payload hash (see chunkd.s3.client), so a server that checks it rejects bytes that
+changed between the two passes or on the wire, and the retry hashes again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkd.s3.bandwidth import TokenBucket
+from chunkd.errors import SourceChangedError, SourceGoneError
+
+READ_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes "the same file": a new inode under the same name is a different file."""
+
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, stat: os.stat_result) -> FileIdentity:
+        return cls(stat.st_dev, stat.st_ino)
+
+
+@dataclass(frozen=True)
+class Digest:
+    sha256_hex: str
+    md5_hex: str | None = None  # only when asked for: MD5 costs more than SHA-256 on CPUs with SHA-NI
+
+    @property
+    def md5_b64(self) -> str | None:
+        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode("ascii") if self.md5_hex else None
+
+    @property
+    def etag(self) -> str | None:
+        return f'"{self.md5_hex}"' if self.md5_hex else None
+
+
+def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader:
+    """Open for reading, refusing a file that was replaced by another inode meanwhile."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    except FileNotFoundError:
+        raise SourceGoneError(f"{path} no longer exists") from None
+    if identity is not None and FileIdentity.of(os.fstat(handle.fileno())) != identity:
+        handle.close()
+        raise SourceChangedError("file was replaced by a new file (different inode)")
+    return handle
+
+
+def digest_range(handle: io.BufferedReader, offset: int, size: int, *, md5: bool = False) -> Digest:
+    """SHA-256 (manifest, signed payload) of one byte range, and its MD5 (Content-MD5, ETag checks)
+    when asked for."""
+    md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
+    sha = hashlib.sha256()
+    fd, position, remaining = handle.fileno(), offset, size
+    while remaining > 0:
+        chunk = os.pread(fd, min(READ_SIZE, remaining), position)
+        if not chunk:
+            raise SourceChangedError(f"file shrank: expected {size} bytes at offset {offset}")
+        if md5_hash is not None:
+            md5_hash.update(chunk)
+        sha.update(chunk)
+        position += len(chunk)
+        remaining -= len(chunk)
+    return Digest(sha.hexdigest(), md5_hash.hexdigest() if md5_hash is not None else None)
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable, read-only view of [offset, offset + size) of an open file.
+
+    The shared TokenBucket is charged for every block read, which is how the bandwidth limit
+    covers all uploads at once without the uploader ever sleeping itself. `payload_sha256`, when
+    known, is what the request signer uses instead of reading the range once more to hash it.
+    """
+
+    def __init__(
+        self, handle: io.BufferedReader, offset: int, size: int, limiter: TokenBucket | None = None,
+        *, payload_sha256: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.payload_sha256 = payload_sha256
+        self._fd = handle.fileno()
+        self._offset = offset
+        self._size = size
+        self._position = 0
+        self._limiter = limiter
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, min(self._size, base + position))
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self._size - self._position
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size <= 0:
+            return b""
+        if self._limiter is not None:
+            self._limiter.consume(size)
+        data = os.pread(self._fd, size, self._offset + self._position)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

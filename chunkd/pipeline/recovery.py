@@ -1,0 +1,86 @@
+"""Records the state store lost, rebuilt from the manifests in the bucket.
+
+A Redis restarted without persistence (or flushed) forgets which files were uploaded; a file still
+in the drop folder would then be uploaded again on the next scan. Its manifest says otherwise: when
+it names this relpath, size and mtime and the object is there with that size, the COMPLETED record
+is written back instead.
+
+Every file older than the run without a record asks, so a first run over a folder of thousands of
+files would cost a GET each; the bucket folder is listed once instead (a page per 1,000 keys, the
+way `rclone copy` compares), and only manifests the listing shows are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from chunkd.pipeline.engine import Engine
+from chunkd.errors import TransferError
+from chunkd.model.manifest import iso_time, manifest_key
+from chunkd.pipeline.monitor import Snapshot
+from chunkd.model.states import PartRecord, StreamRecord, StreamState, new_stream_id
+
+logger = logging.getLogger("chunkd.recovery")
+
+def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord | None:
+    """The COMPLETED record this file's manifest proves, saved back to the store; else None."""
+    bucket = engine.settings.bucket
+    manifest_name = manifest_key(key, engine.settings.manifest_suffix)
+    if not engine.folders.may_hold(bucket, manifest_name):
+        return None
+    try:
+        raw = engine.uploader.get_small(bucket, manifest_name)
+        if raw is None:
+            return None
+        manifest = json.loads(raw)
+        if not _describes(manifest, relpath, snap):
+            return None
+        info = engine.uploader.head(bucket, key)
+    except (TransferError, ValueError, TypeError, AttributeError) as exc:
+        logger.debug("no usable manifest for %s: %s", relpath, exc, extra={"relpath": relpath})
+        return None
+    if info is None or info.size != snap.size:
+        return None
+    record = _record(manifest, key, relpath, path, snap)
+    engine.store.save_stream(record)
+    for part in manifest.get("parts") or []:
+        engine.store.record_part(record.id, PartRecord.from_dict(part))
+    if record.sha256:
+        engine.store.index_content(record.sha256, record.id, size=record.size)
+    logger.info(
+        "already uploaded (its manifest in the bucket says so); record restored",
+        extra={"relpath": relpath, "stream_id": record.id, "key": key},
+    )
+    return record
+
+
+def _describes(manifest: dict[str, Any], relpath: str, snap: Snapshot) -> bool:
+    source = manifest.get("source") or {}
+    return (
+        manifest.get("size") == snap.size
+        and source.get("relpath") == relpath
+        and source.get("mtime") == iso_time(snap.mtime)
+    )
+
+
+def _record(manifest: dict[str, Any], key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord:
+    return StreamRecord(
+        id=str(manifest.get("stream_id") or new_stream_id()),
+        relpath=relpath,
+        source_path=str(path),
+        bucket=str(manifest.get("bucket")),
+        key=key,
+        schedule=dict(manifest.get("part_schedule") or {}),
+        state=StreamState.COMPLETED,
+        device=snap.identity.device,
+        inode=snap.identity.inode,
+        size=snap.size,
+        mtime=snap.mtime,
+        sha256=manifest.get("sha256"),
+        dedup_of=manifest.get("dedup_of"),
+        origin={k: v for k, v in (manifest.get("source") or {}).items() if k not in ("relpath", "hostname", "mtime")}
+        or None,
+    )
