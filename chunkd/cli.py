@@ -322,7 +322,7 @@ def _quick_s3(settings: Settings) -> tuple[Any, Any]:
     from chunkd.s3.retry import RetryPolicy
     from chunkd.s3.client import make_client
 
-    return make_client(_target(settings)), RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
+    return make_client(_target(settings)), RetryPolicy.quick()
 
 
 def _s3_error(settings: Settings, exc: Any) -> ChunkdError:

@@ -70,7 +70,7 @@ def preflight(engine: Engine, target: S3Target) -> None:
     except StoreError as exc:
         raise EndpointError(f"cannot reach the state store {redact(engine.settings.state_url)}: {exc}") from None
     bucket = engine.settings.bucket
-    quick = RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
+    quick = RetryPolicy.quick()
     try:
         engine.uploader.with_policy(quick).head_bucket(bucket)
     except TransferError as exc:

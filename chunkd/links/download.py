@@ -48,6 +48,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_when_event_set,
     wait_random_exponential,
 )
 from tenacity.stop import stop_base
@@ -58,7 +59,6 @@ from yt_dlp.utils import ContentTooShortError, DownloadCancelled, ExtractorError
 
 from chunkd.errors import ChunkdError
 from chunkd.observe.logs import redact
-from chunkd.s3.retry import stop_when_set
 
 logger = logging.getLogger("chunkd.downloader")
 
@@ -475,7 +475,7 @@ class Downloader:
         stop = stop or threading.Event()
         self.staging.mkdir(parents=True, exist_ok=True)
         retrying = Retrying(
-            stop=stop_after_attempt(self.retries + 1) | stop_when_set(stop) | stop_when_told_to_wait_long(),
+            stop=stop_after_attempt(self.retries + 1) | stop_when_event_set(stop) | stop_when_told_to_wait_long(),
             wait=wait_retry_after(wait_random_exponential(multiplier=self.backoff, max=self.backoff_max)),
             retry=retry_if_exception(lambda exc: isinstance(exc, DownloadError) and exc.retryable),
             sleep=lambda seconds: self._pause(seconds, stop),

@@ -28,14 +28,14 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_when_event_set,
     wait_random_exponential,
 )
 
 from chunkd import __version__
 from chunkd.errors import StoreError
-from chunkd.observe.logs import redact
-from chunkd.s3.retry import stop_when_set
 from chunkd.model.states import StreamRecord
+from chunkd.observe.logs import redact
 from chunkd.store import CheckpointStore
 
 logger = logging.getLogger("chunkd.events")
@@ -200,7 +200,7 @@ class EventSink:
     def _deliver(self, delivery: _Delivery) -> None:
         delivery_id = str(uuid.uuid4())  # the same on every attempt, so a receiver can de-duplicate
         retrying = Retrying(
-            stop=stop_after_attempt(self._attempts) | stop_when_set(self._abandon),
+            stop=stop_after_attempt(self._attempts) | stop_when_event_set(self._abandon),
             wait=self._wait,
             retry=retry_if_exception_type(_RetryableDelivery),
             sleep=self._sleep,

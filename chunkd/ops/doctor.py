@@ -76,7 +76,7 @@ def check_credentials(target: S3Target) -> Check:
 
 def check_bucket(bucket: str, target: S3Target) -> Check:
     where = target.endpoint_url or "AWS S3"
-    uploader = Uploader(make_client(target), RetryPolicy(max_attempts=2, initial=0.2, maximum=1.0))
+    uploader = Uploader(make_client(target), RetryPolicy.quick(max_attempts=2))
     try:
         uploader.head_bucket(bucket)
     except TransferError as exc:

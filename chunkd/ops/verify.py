@@ -248,7 +248,7 @@ class _Bucket:
         self._client = client
         self.bucket = bucket
         self._where = where
-        self._policy = RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
+        self._policy = RetryPolicy.quick()
 
     def _call(self, fn: Callable[[], Any], key: str) -> Any:
         try:

@@ -10,14 +10,16 @@ from typing import TypeVar
 
 import botocore.exceptions as bexc
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
+    sleep_using_event,
     stop_after_attempt,
+    stop_when_event_set,
     wait_random_exponential,
 )
 from tenacity.stop import stop_base
 
-from chunkd.s3.breaker import Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
@@ -26,6 +28,7 @@ from chunkd.errors import (
     TransferError,
     UploadGoneError,
 )
+from chunkd.s3.breaker import Verdict
 
 T = TypeVar("T")
 
@@ -79,8 +82,12 @@ def breaker_verdict(exc: BaseException) -> Verdict:
     return Verdict.UNKNOWN
 
 
-def classify(exc: BaseException, *, key: str = "", part: int | None = None) -> TransferError:
-    """Map any exception from an S3 call to the TransferError subclass that says what to do next."""
+def classify(exc: BaseException, *, key: str = "", part: int | None = None) -> TransferError | None:
+    """The TransferError subclass that says what to do next about an S3 call's exception.
+
+    None for anything that is not an S3, network or permission failure: that is a bug in chunkd,
+    and dressing it up as a PermanentError would mark the user's file FAILED for it.
+    """
     if isinstance(exc, TransferError):
         return exc
     if isinstance(exc, bexc.ClientError):
@@ -103,56 +110,77 @@ def classify(exc: BaseException, *, key: str = "", part: int | None = None) -> T
         return PermanentError(f"permission denied reading {exc.filename}", code="PermissionDenied", key=key, part=part)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return RetryableError(f"connection failed: {exc}", code="ConnectionError", key=key, part=part)
-    return PermanentError(f"{type(exc).__name__}: {exc}", code="Unexpected", key=key, part=part)
-
-
-class stop_when_set(stop_base):
-    """Stop retrying as soon as shutdown is requested, so SIGTERM is never stuck in a backoff."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, retry_state: object) -> bool:
-        return self.event.is_set()
+    if isinstance(exc, bexc.BotoCoreError):  # the request could not be built or sent as asked
+        return PermanentError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__, key=key, part=part)
+    return None
 
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded attempts; sleep and stop are injectable."""
+    """Exponential backoff with full jitter, bounded attempts; sleep and stop are injectable.
+
+    With a `stop_event`, shutdown cuts a backoff short and no attempt starts after it: the call
+    raises the last classified error at once. `sleep` replaces the wait (tests record it instead).
+    """
 
     max_attempts: int = 8
     initial: float = 0.5
     maximum: float = 30.0
     stop_event: threading.Event | None = None
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None  # None: wait on stop_event if given, else time.sleep
     on_retry: Callable[[TransferError, int], None] | None = None
 
+    @classmethod
+    def quick(cls, *, max_attempts: int = 3) -> RetryPolicy:
+        """A few attempts within about a second: start-up checks and operator commands fail fast."""
+        return cls(max_attempts=max_attempts, initial=0.2, maximum=1.0)
+
     def call(self, fn: Callable[[], T], *, key: str = "", part: int | None = None) -> T:
-        """Run `fn`, retrying RetryableError; raise the classified error when attempts run out."""
-        stop = stop_after_attempt(self.max_attempts)
+        """Run `fn`, retrying RetryableError; raise the classified error when attempts run out.
+
+        Exceptions that `classify` does not know (bugs) leave at once, unchanged.
+        """
+        stop: stop_base = stop_after_attempt(self.max_attempts)
         if self.stop_event is not None:
-            stop = stop | stop_when_set(self.stop_event)
+            stop = stop | stop_when_event_set(self.stop_event)
         retrying = Retrying(
             stop=stop,
             wait=wait_random_exponential(multiplier=self.initial, max=self.maximum),
             retry=retry_if_exception(lambda e: isinstance(e, TransferError) and e.retryable),
-            sleep=self.sleep,
+            sleep=self._sleeper(),
             reraise=True,
             before_sleep=self._before_sleep,
         )
+        failures: list[TransferError] = []
 
         def attempt() -> T:
+            if failures and self.stop_event is not None and self.stop_event.is_set():
+                raise failures[-1]  # shutdown came during the backoff: send nothing more
             try:
                 return fn()
             except (SourceChangedError, SourceGoneError):
                 raise  # the local file, not S3: the caller restarts or gives up, never retries here
-            except Exception as exc:  # noqa: BLE001 - classified and re-raised
-                raise classify(exc, key=key, part=part) from exc
+            except Exception as exc:
+                error = classify(exc, key=key, part=part)
+                if error is None:
+                    raise
+                failures.append(error)
+                if error is exc:
+                    raise  # already ours: no cause pointing at itself
+                raise error from exc
 
         return retrying(attempt)
 
-    def _before_sleep(self, retry_state: object) -> None:
-        if self.on_retry is None:
+    def _sleeper(self) -> Callable[[float], None]:
+        if self.sleep is not None:
+            return self.sleep
+        if self.stop_event is not None:
+            return sleep_using_event(self.stop_event)  # returns as soon as shutdown is requested
+        return time.sleep
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        if self.on_retry is None or retry_state.outcome is None:
             return
-        outcome = retry_state.outcome  # type: ignore[attr-defined]
-        self.on_retry(outcome.exception(), retry_state.attempt_number)  # type: ignore[attr-defined]
+        error = retry_state.outcome.exception()
+        if isinstance(error, TransferError):  # always: only TransferErrors are retried
+            self.on_retry(error, retry_state.attempt_number)

@@ -1,7 +1,8 @@
 """S3 operations for one object at a time: create, send parts, complete, verify, abort.
 
 Every call goes through the RetryPolicy, so transient failures are retried with backoff and
-everything that escapes is a classified TransferError carrying key and part number. With a
+every S3 failure that escapes is a classified TransferError carrying key and part number (a bug
+in chunkd escapes as itself, after one attempt). With a
 CircuitBreaker, each attempt first passes the endpoint's breaker (see chunkd.s3.breaker).
 """
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import botocore.exceptions as bexc
 import pytest
 
-from chunkd.s3.breaker import Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
@@ -18,6 +17,7 @@ from chunkd.errors import (
     TransferError,
     UploadGoneError,
 )
+from chunkd.s3.breaker import Verdict
 from chunkd.s3.retry import RetryPolicy, breaker_verdict, classify
 
 
@@ -61,13 +61,19 @@ def test_classify_client_errors(code: str, status: int, expected: type[TransferE
     assert "key=a.mp4, part=3" in str(error)
 
 
+def known(exc: BaseException) -> TransferError:
+    error = classify(exc)
+    assert error is not None, f"{exc!r} was not classified"
+    return error
+
+
 def test_classify_keeps_the_error_code() -> None:
-    assert classify(client_error("AccessDenied", 403)).code == "AccessDenied"
-    assert classify(client_error("", 404)).code == "404"
+    assert known(client_error("AccessDenied", 403)).code == "AccessDenied"
+    assert known(client_error("", 404)).code == "404"
 
 
 def test_upload_gone_is_not_retryable() -> None:
-    assert not classify(client_error("NoSuchUpload", 404)).retryable
+    assert not known(client_error("NoSuchUpload", 404)).retryable
 
 
 def test_endpoint_connection_error_is_retryable() -> None:
@@ -96,10 +102,16 @@ def test_no_credentials_is_permanent() -> None:
     assert error.code == "NoCredentials"
 
 
-def test_unexpected_exception_is_permanent() -> None:
-    error = classify(ValueError("bug"))
+def test_other_botocore_errors_are_permanent() -> None:
+    error = classify(bexc.ParamValidationError(report="Invalid bucket name"), key="k")
     assert type(error) is PermanentError
-    assert "ValueError" in str(error)
+    assert error.code == "ParamValidationError"
+
+
+def test_unknown_exceptions_are_not_classified() -> None:
+    # A KeyError in chunkd is a bug to report, not an S3 failure that marks the user's file FAILED.
+    assert classify(ValueError("bug")) is None
+    assert classify(KeyError("part")) is None
 
 
 def test_transfer_errors_pass_through_unchanged() -> None:
@@ -191,7 +203,6 @@ def test_gives_up_after_max_attempts_with_the_classified_error() -> None:
         (client_error("AccessDenied", 403), PermanentError),
         (client_error("NoSuchUpload", 404), UploadGoneError),
         (bexc.NoCredentialsError(), PermanentError),
-        (ValueError("bug"), PermanentError),
     ],
 )
 def test_non_retryable_errors_are_not_retried(failure: BaseException, expected: type[TransferError]) -> None:
@@ -201,6 +212,20 @@ def test_non_retryable_errors_are_not_retried(failure: BaseException, expected: 
     with pytest.raises(expected):
         policy(sleeps, max_attempts=8).call(fn)
 
+    assert fn.calls == 1
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "bug", [KeyError("part"), TypeError("unsupported operand"), ValueError("bug")], ids=["key", "type", "value"]
+)
+def test_unknown_exceptions_propagate_unchanged_after_one_attempt(bug: Exception) -> None:
+    sleeps: list[float] = []
+    fn = Flaky(bug, client_error("SlowDown", 503))
+    with pytest.raises(type(bug)) as info:
+        policy(sleeps, max_attempts=8, stop_event=threading.Event()).call(fn, key="k", part=2)
+    assert info.value is bug
+    assert not isinstance(info.value, TransferError)
     assert fn.calls == 1
     assert sleeps == []
 
@@ -221,7 +246,12 @@ def test_stop_event_set_before_the_call_allows_one_attempt() -> None:
 def test_stop_event_set_during_retries_stops_early() -> None:
     sleeps: list[float] = []
     stop = threading.Event()
-    fn = Flaky(*[client_error("SlowDown", 503) for _ in range(10)], hook=lambda calls: calls == 2 and stop.set())
+
+    def stop_at_the_second_call(calls: int) -> None:
+        if calls == 2:
+            stop.set()
+
+    fn = Flaky(*[client_error("SlowDown", 503) for _ in range(10)], hook=stop_at_the_second_call)
 
     with pytest.raises(RetryableError):
         policy(sleeps, max_attempts=8, stop_event=stop).call(fn)

@@ -416,3 +416,35 @@ def test_answers_from_the_server_never_open_the_breaker(uploader: Uploader, clie
         with pytest.raises(PermanentError):
             guarded.head_bucket("no-such-bucket")
     assert breaker.state is BreakerState.CLOSED
+
+
+class BrokenClient:
+    """A client whose every call hits a bug (a KeyError) rather than the network; counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _bug(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        raise KeyError("UploadId")
+
+    head_bucket = create_multipart_upload = upload_part = _bug
+
+
+def test_a_bug_under_an_s3_call_comes_out_as_itself(tmp_path: Path) -> None:
+    # Not a PermanentError: that would mark the user's file FAILED for a fault in chunkd.
+    fake = BrokenClient()
+    breaker = CircuitBreaker("http://s3.test:9000", failures=1, cooldown=30.0, clock=Clock())
+    uploader = Uploader(fake, RetryPolicy(max_attempts=5, sleep=lambda s: None), breaker=breaker)  # type: ignore[arg-type]
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"payload")
+
+    with pytest.raises(KeyError, match="UploadId"):
+        uploader.head_bucket(BUCKET)
+    with pytest.raises(KeyError, match="UploadId"):
+        uploader.create(BUCKET, "raw/a.mp4")
+    with pytest.raises(KeyError, match="UploadId"):
+        uploader.upload_part(BUCKET, "raw/a.mp4", "u", path, Part(1, 0, 7), None)
+
+    assert fake.calls == 3  # one attempt each
+    assert breaker.state is BreakerState.CLOSED  # says nothing about the endpoint
