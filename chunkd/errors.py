@@ -1,10 +1,18 @@
-"""One hierarchy for every error chunkd raises, split by what the caller should do about it."""
+"""Every exception chunkd raises, grouped by what the caller should do about it.
+
+Almost all derive from ChunkdError. Three deliberately do not: ProbeIncomplete and ScanCancelled
+are signals between two pieces of our own code rather than failures to report, and
+InvalidTransition is a bug, a ValueError that no handler of ours should swallow.
+"""
 
 from __future__ import annotations
 
 
 class ChunkdError(Exception):
     """Base class for chunkd's own errors."""
+
+
+# -- Fix the setup: the daemon or command cannot start as configured -------------------------------
 
 
 class ConfigError(ChunkdError):
@@ -15,8 +23,19 @@ class ConfigError(ChunkdError):
         self.setting = setting
 
 
-class StoreError(ChunkdError):
-    """The checkpoint store could not be reached or refused a write."""
+class EndpointError(ChunkdError):
+    """An endpoint is unreachable or refuses us; exit_code 2 when the fix is in the configuration."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class DevServerError(ChunkdError):
+    """The local S3 server could not be found, started or reached."""
+
+
+# -- An S3 call failed: the subclass says whether to try again ------------------------------------
 
 
 class TransferError(ChunkdError):
@@ -38,32 +57,19 @@ class RetryableError(TransferError):
     retryable = True
 
 
+class CircuitOpenError(RetryableError):
+    """The breaker kept this call off the network: the endpoint is down (or we are stopping)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="CircuitOpen")
+
+
 class PermanentError(TransferError):
     """Trying again cannot help: bad credentials, missing bucket, access denied."""
 
 
 class UploadGoneError(TransferError):
     """The multipart upload no longer exists on the server (aborted or expired)."""
-
-
-class SourceChangedError(ChunkdError):
-    """The local file changed under us in a way that invalidates the upload so far."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class SourceGoneError(ChunkdError):
-    """The local file disappeared before its upload was finished."""
-
-
-class EndpointError(ChunkdError):
-    """An endpoint is unreachable or refuses us; exit_code 2 when the fix is in the configuration."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 _DENIED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoCredentials"})
@@ -80,6 +86,13 @@ def endpoint_error(exc: TransferError, *, bucket: str, where: str, what: str | N
     return EndpointError(f"{what or f'bucket {bucket!r}'} at {where}: {exc}")
 
 
+# -- The checkpoint store: wait for it, or let go of the file ------------------------------------
+
+
+class StoreError(ChunkdError):
+    """The checkpoint store could not be reached or refused a write."""
+
+
 class LeaseLostError(ChunkdError):
     """Another daemon holds a newer lease on this file: stop touching its stream at once.
 
@@ -89,3 +102,52 @@ class LeaseLostError(ChunkdError):
 
 class StoreResetError(LeaseLostError):
     """The store no longer knows this lease at all: it restarted empty or was flushed."""
+
+
+# -- The local file: restart its upload, stop, or look again later -------------------------------
+
+
+class SourceChangedError(ChunkdError):
+    """The local file changed under us in a way that invalidates the upload so far."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SourceGoneError(ChunkdError):
+    """The local file disappeared before its upload was finished."""
+
+
+class ProbeIncomplete(Exception):
+    """ffprobe did not finish (timed out, or killed by a signal): says nothing about the file."""
+
+
+class ScanCancelled(Exception):
+    """The caller no longer needs the scan (shutdown, or an error while it ran alongside)."""
+
+
+# -- A link's download: `retryable` says whether a later try can help -----------------------------
+
+
+class DownloadError(ChunkdError):
+    """A download failed. `retryable` says whether trying later can help; `http_status` is the
+    server's answer when there was one, `retry_after` its Retry-After in seconds."""
+
+    def __init__(
+        self, reason: str, *, retryable: bool, http_status: int | None = None, retry_after: float | None = None,
+        disk_full: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.disk_full = disk_full  # the staging disk filled up: the partial file is given up at the end
+
+
+# -- Bugs: nothing catches these on purpose --------------------------------------------------------------
+
+
+class InvalidTransition(ValueError):
+    """A state change the per-file state machine does not allow (chunkd.model.states)."""

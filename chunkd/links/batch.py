@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from chunkd.links.download import Downloader, DownloadError
-from chunkd.pipeline.engine import Engine
-from chunkd.errors import StoreError
-from chunkd.links.parse import LinkLine, check_host, parse_links_bytes, redact_url
+from chunkd.errors import DownloadError, StoreError
 from chunkd.intake.paths import free_name, local_path
+from chunkd.links.download import Downloader
+from chunkd.links.parse import LinkLine, check_host, parse_links_bytes, redact_url
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
+from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome
 
 logger = logging.getLogger("chunkd.links")

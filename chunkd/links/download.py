@@ -57,7 +57,7 @@ from yt_dlp.networking import Request
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import ContentTooShortError, DownloadCancelled, ExtractorError
 
-from chunkd.errors import ChunkdError
+from chunkd.errors import DownloadError
 from chunkd.observe.logs import redact
 
 logger = logging.getLogger("chunkd.downloader")
@@ -72,22 +72,6 @@ _CONTENT_RANGE_TOTAL = re.compile(r"/\s*(\d+)\s*$")
 
 FreeBytes = Callable[[Path], int]
 Progress = Callable[[int, int | None], None]
-
-
-class DownloadError(ChunkdError):
-    """A download failed. `retryable` says whether trying later can help; `http_status` is the
-    server's answer when there was one, `retry_after` its Retry-After in seconds."""
-
-    def __init__(
-        self, reason: str, *, retryable: bool, http_status: int | None = None, retry_after: float | None = None,
-        disk_full: bool = False,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
-        self.http_status = http_status
-        self.retry_after = retry_after
-        self.disk_full = disk_full  # the staging disk filled up: the partial file is given up at the end
 
 
 @dataclass

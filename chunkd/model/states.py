@@ -8,6 +8,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from chunkd.errors import InvalidTransition
+
 
 class StreamState(str, enum.Enum):
     PENDING = "PENDING"  # discovered, waiting for a worker
@@ -34,10 +36,6 @@ _ALLOWED: dict[StreamState, frozenset[StreamState]] = {
     # A failed stream can be retried from where it stopped.
     StreamState.FAILED: frozenset({StreamState.PENDING, StreamState.UPLOADING}),
 }
-
-
-class InvalidTransition(ValueError):
-    pass
 
 
 def check_transition(current: StreamState, new: StreamState) -> None:

@@ -14,13 +14,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chunkd.errors import SourceChangedError
-from chunkd.pipeline.partreader import READ_SIZE, FileIdentity, open_checked
+from chunkd.errors import ScanCancelled, SourceChangedError
 from chunkd.model.planner import Part
-
-
-class ScanCancelled(Exception):
-    """The caller no longer needs the scan (shutdown, or an error while it ran alongside)."""
+from chunkd.pipeline.partreader import READ_SIZE, FileIdentity, open_checked
 
 
 @dataclass(frozen=True)

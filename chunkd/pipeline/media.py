@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# re-exported for pipeline/ (finalize.py imports it from here)
+from chunkd.errors import ProbeIncomplete as ProbeIncomplete  # noqa: PLC0414
+
 log = logging.getLogger("chunkd.media")
 
 UNAVAILABLE_REASON = "ffprobe not installed"
@@ -68,10 +71,6 @@ class MediaInfo:
 
 def ffprobe_available() -> bool:
     return shutil.which("ffprobe") is not None
-
-
-class ProbeIncomplete(Exception):
-    """ffprobe did not finish (timed out, or killed by a signal): says nothing about the file."""
 
 
 def probe(path: Path, *, timeout: float = 60) -> MediaInfo | None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from chunkd.errors import RetryableError
+from chunkd.errors import CircuitOpenError
 from chunkd.observe.logs import redact
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ class Verdict(enum.Enum):
     ANSWERED = "answered"  # it responded: a success, or an error about the request (4xx)
     UNAVAILABLE = "unavailable"  # connection failed, 5xx, throttled: counts towards opening
     UNKNOWN = "unknown"  # nothing learned (a local error, shutdown): changes nothing
-
-
-class CircuitOpenError(RetryableError):
-    """The breaker kept this call off the network: the endpoint is down (or we are stopping)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="CircuitOpen")
 
 
 class CircuitBreaker:

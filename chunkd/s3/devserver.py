@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from chunkd.errors import ChunkdError
+from chunkd.errors import DevServerError
 
 DEFAULT_ACCESS_KEY = "chunkdlocal"
 DEFAULT_SECRET_KEY = "chunkdlocalsecret"
@@ -48,10 +48,6 @@ def _load_prctl() -> Callable[..., int] | None:
 
 _PRCTL = _load_prctl()
 _PR_SET_PDEATHSIG = 1
-
-
-class DevServerError(ChunkdError):
-    """The local S3 server could not be found, started or reached."""
 
 
 class LocalS3Server:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from chunkd.links.download import Downloader, DownloadError
+from chunkd.errors import DownloadError
+from chunkd.links.download import Downloader
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import LoggedRequest, MediaServer
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from chunkd.s3.devserver import DevServerError, LocalS3Server
+from chunkd.errors import DevServerError
+from chunkd.s3.devserver import LocalS3Server
 from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_client
 
 BUCKET = "chunkd"

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from chunkd.config import load_settings
+from chunkd.errors import CircuitOpenError
+from chunkd.observe.metrics import Metrics
 from chunkd.s3.breaker import (
     BreakerState,
     CircuitBreaker,
-    CircuitOpenError,
     Verdict,
     endpoint_breaker,
 )
-from chunkd.config import load_settings
-from chunkd.observe.metrics import Metrics
 from tests.support.daemon import wait_for
 
 ENDPOINT = "http://s3.test:9000"

@@ -17,9 +17,9 @@ from yt_dlp.networking.exceptions import HTTPError, IncompleteRead, TransportErr
 from yt_dlp.utils import DownloadError as YtdlpDownloadError
 from yt_dlp.utils import ExtractorError, UnsupportedError
 
+from chunkd.errors import DownloadError
 from chunkd.links.download import (
     Downloader,
-    DownloadError,
     HostRateLimiter,
     _YtdlpLogger,
     classify,

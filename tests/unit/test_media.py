@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkd.errors import ProbeIncomplete
 from chunkd.pipeline import media
 from chunkd.pipeline.media import MediaInfo, probe
 from tests.support.media import (
@@ -139,7 +140,7 @@ def test_a_probe_that_hangs_times_out(tmp_path: Path) -> None:
     fifo = tmp_path / "stuck.mp4"
     os.mkfifo(fifo)  # ffprobe blocks opening a FIFO that no one writes
     started = time.monotonic()
-    with pytest.raises(media.ProbeIncomplete, match=media.TIMEOUT_REASON):
+    with pytest.raises(ProbeIncomplete, match=media.TIMEOUT_REASON):
         probe(fifo, timeout=0.5)  # says nothing about the file: never a reason to quarantine it
     assert time.monotonic() - started < 5
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chunkd.errors import InvalidTransition
 from chunkd.model.states import (
-    InvalidTransition,
     PartRecord,
     StreamRecord,
     StreamState,
