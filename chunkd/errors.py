@@ -89,3 +89,15 @@ class LeaseLostError(ChunkdError):
 
 class StoreResetError(LeaseLostError):
     """The store no longer knows this lease at all: it restarted empty or was flushed."""
+
+
+class CancelledError(ChunkdError):
+    """An operator cancelled the stream; the store refused to write over that."""
+
+
+class Interrupted(ChunkdError):
+    """Shutdown reached a job: it stops where it is and resumes on the next start."""
+
+
+class Quarantined(ChunkdError):
+    """The file is not readable as media and was moved aside; nothing was uploaded."""
