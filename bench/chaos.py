@@ -79,7 +79,7 @@ import redis
 from botocore.exceptions import ClientError
 from werkzeug.wsgi import ClosingIterator
 
-from chunkd.daemon import PROBE_NAME
+from chunkd.s3.traits import PROBE_NAME
 from chunkd.s3.devserver import LocalS3Server
 from chunkd.errors import ChunkdError
 from chunkd.model.states import StreamState

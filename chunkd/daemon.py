@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError
 
 from chunkd.observe import systemd
 from chunkd.s3.bandwidth import TokenBucket
@@ -28,6 +26,7 @@ from chunkd.intake.paths import PathFilter, local_path, relpath_of
 from chunkd.observe.probes import Probes
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.traits import decide_traits
 from chunkd.intake.scheduler import Scheduler, priority_rules
 from chunkd.model.states import StreamState
 from chunkd.observe.overview import collect
@@ -37,8 +36,6 @@ from chunkd.s3.uploader import Uploader
 from chunkd.intake.watcher import Watcher
 
 logger = logging.getLogger("chunkd.daemon")
-
-PROBE_NAME = ".chunkd-probe-"
 
 _EVENT_OUTCOMES = frozenset({Outcome.COMPLETED, Outcome.FAILED, Outcome.QUARANTINED})
 
@@ -75,26 +72,9 @@ def preflight(engine: Engine, target: S3Target) -> None:
         engine.uploader.with_policy(quick).head_bucket(bucket)
     except TransferError as exc:
         raise endpoint_error(exc, bucket=bucket, where=target.endpoint_url or "AWS S3") from None
-    if engine.settings.content_md5 == "auto":
-        choose_content_md5(engine)
-
-
-def choose_content_md5(engine: Engine) -> None:
-    """CHUNKD_CONTENT_MD5=auto: Content-MD5 only where the server does not check signed hashes."""
-    # Beside the objects (the key template's fixed start), where a prefix-scoped key may write.
-    folder = engine.settings.key_template.split("{", 1)[0].rpartition("/")[0]
-    probe_key = f"{folder}/{PROBE_NAME}{uuid.uuid4().hex}" if folder else f"{PROBE_NAME}{uuid.uuid4().hex}"
-    try:
-        checked = engine.uploader.checks_payload_hash(engine.settings.bucket, probe_key)
-    except (BotoCoreError, OSError) as exc:
-        checked = None
-        logger.debug("payload hash probe failed: %s", exc)
-    engine.uploader.content_md5 = checked is not True
-    if checked is False:
-        logger.info("the server stores bodies that do not match their signed SHA-256: every body also carries "
-                    "Content-MD5 (CHUNKD_CONTENT_MD5=off to skip)")
-    elif checked is None:
-        logger.info("could not tell whether the server checks signed SHA-256s: every body also carries Content-MD5")
+    engine.adopt_traits(decide_traits(
+        engine.uploader, bucket, content_md5=engine.settings.content_md5, key_template=engine.settings.key_template,
+    ))
 
 
 def _downloader(settings: Settings) -> Downloader:

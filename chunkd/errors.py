@@ -119,6 +119,21 @@ class SourceGoneError(ChunkdError):
     """The local file disappeared before its upload was finished."""
 
 
+class Quarantined(ChunkdError):
+    """The file is not readable as media and was moved aside; nothing was uploaded."""
+
+
+# -- A stream job stops: on shutdown, or because an operator said so -------------------------------
+
+
+class Interrupted(ChunkdError):
+    """Shutdown reached a job: it stops where it is and resumes on the next start."""
+
+
+class CancelledError(ChunkdError):
+    """An operator cancelled the stream; the store refused to write over that."""
+
+
 class ProbeIncomplete(Exception):
     """ffprobe did not finish (timed out, or killed by a signal): says nothing about the file."""
 

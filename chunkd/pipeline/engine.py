@@ -13,12 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkd.config import Settings
-from chunkd.store.lease import LeaseKeeper
-from chunkd.s3.listing import FolderListings
 from chunkd.observe.metrics import Metrics
+from chunkd.s3.listing import FolderListings
+from chunkd.s3.traits import ServerTraits
+from chunkd.s3.uploader import Uploader
 from chunkd.store import CheckpointStore
 from chunkd.store.health import StoreHealth
-from chunkd.s3.uploader import Uploader
+from chunkd.store.lease import LeaseKeeper
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How often the loop looks at things; tests shorten these instead of patching constants."""
+
+    cancel_check_seconds: float = 2.0
+    growing_poll_seconds: float = 0.1
+    growth_save_seconds: float = 1.0  # a growing file's new size is recorded at most this often
+    prescan_min_idle_seconds: float = 2.0  # below this idle period a prescan would not pay off
 
 
 @dataclass
@@ -32,6 +43,9 @@ class Engine:
     on_progress: Callable[[str, int], None] | None = None  # (relpath, bytes newly acknowledged)
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
+    wall: Callable[[], float] = time.time  # timestamps users see
+    monotonic: Callable[[], float] = time.monotonic  # intervals
+    pacing: Pacing = field(default_factory=Pacing)
     part_pool: ThreadPoolExecutor = field(init=False)
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)
@@ -50,6 +64,10 @@ class Engine:
         view = copy.copy(self)
         view.store = store
         return view
+
+    def adopt_traits(self, traits: ServerTraits) -> None:
+        """At start, before any job runs: the gateway from now on is the one for this server."""
+        self.uploader = self.uploader.with_traits(traits)
 
     def progress(self, relpath: str, nbytes: int) -> None:
         if self.on_progress is not None:

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# re-exported for pipeline/ (finalize.py imports it from here)
-from chunkd.errors import ProbeIncomplete as ProbeIncomplete  # noqa: PLC0414
+from chunkd.errors import ProbeIncomplete
 
 log = logging.getLogger("chunkd.media")
 

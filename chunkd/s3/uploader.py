@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chunkd.s3.bandwidth import TokenBucket
 from chunkd.s3.breaker import CircuitBreaker
-from chunkd.errors import PermanentError, RetryableError, UploadGoneError
+from chunkd.errors import PermanentError, RetryableError, TransferError, UploadGoneError
 from chunkd.pipeline.partreader import (
     Digest,
     FileIdentity,
@@ -32,6 +32,7 @@ from chunkd.pipeline.partreader import (
 )
 from chunkd.model.planner import Part
 from chunkd.s3.retry import RetryPolicy, breaker_verdict
+from chunkd.s3.traits import ServerTraits
 from chunkd.model.states import PartRecord
 
 
@@ -69,18 +70,16 @@ class Uploader:
         breaker: CircuitBreaker | None = None,
         wait_for_breaker: bool = True,
         content_md5: bool = False,
+        traits: ServerTraits | None = None,
     ) -> None:
         self._client = client
-        # Off: a body's integrity rests on its signed SHA-256, one hash pass per byte. On: every body
-        # also carries Content-MD5 and the returned ETag is checked against it, for servers that check
-        # MD5s but not payload hashes (`rclone serve s3`), at one more pass (~1.5 s of CPU per GiB).
-        self.content_md5 = content_md5
+        # content_md5 off: a body's integrity rests on its signed SHA-256, one hash pass per byte. On:
+        # every body also carries Content-MD5 and the returned ETag is checked against it, for servers
+        # that check MD5s but not payload hashes (`rclone serve s3`), at one more pass (~1.5 s/GiB).
+        self.traits = traits or ServerTraits(content_md5=content_md5)
         self._policy = policy
         self._limiter = limiter
         self._on_request = on_request or (lambda op: None)
-        # Learned at the first verified multipart object: True when the server's ETag for it is the
-        # whole object's MD5 (`rclone serve s3`) rather than MD5-of-MD5s, so scans compute that too.
-        self.plain_md5_etags: bool | None = None
         self._breaker = breaker
         self._wait_for_breaker = wait_for_breaker
 
@@ -88,13 +87,24 @@ class Uploader:
     def breaker(self) -> CircuitBreaker | None:
         return self._breaker
 
+    @property
+    def content_md5(self) -> bool:
+        return self.traits.content_md5
+
+    def with_traits(self, traits: ServerTraits) -> Uploader:
+        """The same gateway for a server whose traits are now known."""
+        return Uploader(
+            self._client, self._policy, limiter=self._limiter, on_request=self._on_request,
+            breaker=self._breaker, wait_for_breaker=self._wait_for_breaker, traits=traits,
+        )
+
     def with_policy(self, policy: RetryPolicy, *, wait_for_breaker: bool = False) -> Uploader:
         """The same client, limiter and breaker under another retry policy, for quick checks
         (start-up preflight, /readyz): by default they fail at once with CircuitOpenError while the
         breaker is open instead of waiting for it, though they may serve as its half-open probe."""
         return Uploader(
             self._client, policy, limiter=self._limiter, on_request=self._on_request,
-            breaker=self._breaker, wait_for_breaker=wait_for_breaker, content_md5=self.content_md5,
+            breaker=self._breaker, wait_for_breaker=wait_for_breaker, traits=self.traits,
         )
 
     def _attempt(self, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -179,6 +189,28 @@ class Uploader:
         with contextlib.suppress(ClientError, BotoCoreError):
             self._client.delete_object(Bucket=bucket, Key=key)
         return False
+
+    def probe_multipart_etag(self, bucket: str, key: str, body: bytes) -> str:
+        """The ETag a one-part multipart upload of `body` completes with; the object is deleted."""
+        upload_id = self.create(bucket, key)
+        try:
+            response = self._call(
+                "UploadPart",
+                lambda: self._client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body,
+                    ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+                ),
+                key=key,
+            )
+            part = PartRecord(number=1, offset=0, size=len(body), etag=str(response["ETag"]), sha256="")
+            etag = self.complete(bucket, key, upload_id, [part])
+        except BaseException:
+            with contextlib.suppress(TransferError):
+                self.abort(bucket, key, upload_id)
+            raise
+        with contextlib.suppress(TransferError):
+            self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
+        return etag
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
         self._call(

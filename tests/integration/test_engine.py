@@ -19,6 +19,7 @@ from chunkd.pipeline.engine import Engine
 from chunkd.model.planner import plan_schedule
 from chunkd.s3.client import S3Target
 from chunkd.model.states import StreamState
+from chunkd.pipeline.discovery import Discovery
 from chunkd.pipeline.job import Outcome, StreamJob
 from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
 from tests.support.daemon import wait_for
@@ -93,8 +94,7 @@ def test_resume_adopts_parts_the_checkpoint_missed(make_engine: Callable[..., En
     not in the ledger. The restart must adopt it (its MD5 matches the local bytes), not resend it."""
     engine = make_engine()
     source = write_random(engine.input_dir / "movie.mkv", 18 * MiB)
-    first = StreamJob(engine, source, "movie.mkv")
-    record = first._load_or_create(fresh=False)
+    record = Discovery(engine, engine.store, source, "movie.mkv").find_or_create(fresh=False)  # type: ignore[arg-type]
     assert record is not None
     schedule = plan_schedule(5 * MiB)
     record.upload_id = engine.uploader.create(BUCKET, "movie.mkv")

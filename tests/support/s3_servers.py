@@ -27,7 +27,7 @@ from moto.server import DomainDispatcherApplication, MotoRequestHandler, Threade
 from werkzeug.serving import make_server
 from werkzeug.wsgi import get_input_stream
 
-from chunkd.daemon import PROBE_NAME
+from chunkd.s3.traits import PROBE_NAME
 
 from chunkd.s3.devserver import LocalS3Server, free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from chunkd.pipeline.finalize import completed_earlier
+from chunkd.pipeline.objectcheck import completed_earlier
 from chunkd.model.states import PartRecord
 from chunkd.s3.uploader import ObjectInfo, multipart_etag
 

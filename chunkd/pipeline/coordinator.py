@@ -1,0 +1,160 @@
+"""One upload's shared state: its record, the parts the server acknowledged, and what to undo.
+
+Every piece of a stream job (growth loop, part sender, resume, finalize) works through the
+coordinator instead of calling one another: the ledger of finished parts lives here, the record is
+saved here (refused by the store once an operator cancelled the stream), and a resource that must
+not outlive a failure — the multipart upload — registers its cleanup the moment it is created.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from chunkd.errors import CancelledError, StoreError, TransferError, UploadGoneError
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.pipeline.engine import Engine, StreamLog
+from chunkd.pipeline.partreader import FileIdentity
+from chunkd.store.fenced import FencedStore
+
+logger = logging.getLogger("chunkd.stream")
+
+
+class UploadCoordinator:
+    """The record, the ledger and the failure cleanups of one stream job's upload."""
+
+    def __init__(
+        self, engine: Engine, store: FencedStore, path: Path, record: StreamRecord, log: StreamLog,
+        *, final: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.path = path
+        self.record = record
+        self.log = log
+        self.final = final  # the caller says the file is complete: no need to wait for idleness
+        self.done: dict[int, PartRecord] = {}  # part number -> acknowledged and checkpointed
+        self._cleanups: dict[str, Callable[[], None]] = {}
+        if record.upload_id is not None:
+            self._track_upload(record.upload_id)
+
+    @property
+    def identity(self) -> FileIdentity:
+        return FileIdentity(self.record.device, self.record.inode)
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Save the record; CancelledError once an operator cancelled the stream (never written over)."""
+        self.store.save_stream(self.record)
+
+    def move_to(self, state: StreamState) -> None:
+        if self.record.state is not state:
+            self.record.move_to(state)
+            self.save()
+
+    def record_part(self, part: PartRecord) -> None:
+        """Checkpoint first, then count it and tell the progress listeners."""
+        previous = self.done.get(part.number)
+        self.store.record_part(self.record.id, part)
+        self.done[part.number] = part
+        self.engine.metrics.part_uploaded(part.size)
+        self.engine.progress(self.record.relpath, part.size - (previous.size if previous else 0))
+
+    def cancelled(self) -> bool:
+        stored = self.store.get_stream(self.record.id)
+        return stored is not None and stored.state is StreamState.FAILED and self.record.state is not StreamState.FAILED
+
+    # -- the multipart upload ------------------------------------------------------------------
+
+    def ensure_upload(self) -> str:
+        """The upload's id, creating it (and recording it at once, so a crash leaves no orphan
+        nobody knows of) on first use."""
+        record = self.record
+        if record.upload_id is not None:
+            return record.upload_id
+        upload_id = self.engine.uploader.create(record.bucket, record.key)
+        self.use_upload(upload_id)
+        record.first_byte_at = self.engine.wall()
+        try:
+            self.save()
+        except CancelledError:
+            self.run_cleanups()
+            raise
+        self.log.info("multipart upload created")
+        return upload_id
+
+    def use_upload(self, upload_id: str) -> None:
+        """Take this upload as the stream's own (created, or adopted from the bucket)."""
+        self.record.upload_id = upload_id
+        self._track_upload(upload_id)
+
+    def forget_upload(self, *, drop_parts: bool) -> None:
+        """The upload is gone or given up: no cleanup is owed for it any more."""
+        if self.record.upload_id is not None:
+            self._cleanups.pop(_upload_resource(self.record.upload_id), None)
+        self.record.upload_id = None
+        if drop_parts:
+            self.store.drop_parts(self.record.id)
+            self.done.clear()
+
+    def abort_upload(self) -> None:
+        """Abort the upload now (dedup, quarantine, a fresh start) and save the record without it."""
+        if self.record.upload_id is None:
+            return
+        self._abort(self.record.upload_id, quiet_if_gone=True)
+        self.forget_upload(drop_parts=False)
+        self.save()
+
+    def _track_upload(self, upload_id: str) -> None:
+        self._cleanups[_upload_resource(upload_id)] = lambda: self._abort(upload_id, quiet_if_gone=True)
+
+    def _abort(self, upload_id: str, *, quiet_if_gone: bool) -> None:
+        record = self.record
+        try:
+            self.engine.uploader.abort(record.bucket, record.key, upload_id)
+        except UploadGoneError:
+            if not quiet_if_gone:
+                raise
+        except TransferError as exc:
+            self.log.warning("could not abort multipart upload (gc will): %s", exc)
+
+    def run_cleanups(self) -> None:
+        """Undo what this upload created (the multipart upload), once."""
+        cleanups, self._cleanups = self._cleanups, {}
+        for cleanup in cleanups.values():
+            cleanup()
+
+    # -- failure bookkeeping -------------------------------------------------------------------
+
+    def fail(self, reason: str, *, abort: bool) -> None:
+        """Mark the stream FAILED with a reason the user sees in `chunkd status`."""
+        if abort:
+            self.run_cleanups()
+        record_failure(self.engine, self.store, self.record, reason, self.log)
+
+    def note_error(self, reason: str) -> None:
+        """Transient trouble: shown in `chunkd status` while the file waits to be tried again."""
+        self.record.last_error = reason
+        self.record.updated_at = self.engine.wall()
+        try:
+            self.store.save_stream(self.record)
+        except StoreError:
+            self.engine.metrics.store_error()
+        except CancelledError:
+            pass  # the cancel is what the user sees
+
+
+def record_failure(engine: Engine, store: FencedStore, record: StreamRecord, reason: str, log: StreamLog) -> None:
+    record.move_to(StreamState.FAILED, error=reason)
+    try:
+        store.save_stream(record)
+    except StoreError as exc:
+        engine.metrics.store_error()
+        log.error("could not record failure: %s", exc)
+    log.error("failed: %s", reason)
+
+
+def _upload_resource(upload_id: str) -> str:
+    return f"multipart-upload:{upload_id}"

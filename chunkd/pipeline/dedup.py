@@ -1,0 +1,55 @@
+"""Content dedup: a file whose bytes a completed object already holds is not sent again.
+
+CHUNKD_DEDUP=record writes only a manifest naming the original (`dedup_of`); copy also makes the
+object at the new key with a server-side copy. The index is a hint: the original must still be in
+the bucket with the same size, else the entry is forgotten and the file is sent.
+"""
+
+from __future__ import annotations
+
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.pipeline.coordinator import UploadCoordinator
+from chunkd.pipeline.mediagate import MediaVerdict
+from chunkd.pipeline.monitor import Snapshot
+from chunkd.pipeline.objectcheck import ObjectCheck
+from chunkd.pipeline.publish import publish
+
+
+def may_be_duplicate(upload: UploadCoordinator, size: int) -> bool:
+    """False when no indexed content has this size: the file need not be hashed before it is sent."""
+    return upload.engine.settings.dedup != "off" and upload.store.may_hold_size(size)
+
+
+def duplicate_of(upload: UploadCoordinator, sha256: str, size: int) -> StreamRecord | None:
+    """A completed object with the same bytes, still present in the bucket."""
+    record, engine = upload.record, upload.engine
+    if engine.settings.dedup == "off":
+        return None
+    original = upload.store.find_by_content(sha256)
+    if original is None or original.id == record.id or original.state is not StreamState.COMPLETED:
+        return None
+    if original.size != size or original.bucket != record.bucket:
+        return None
+    info = engine.uploader.head(original.bucket, original.key)
+    if info is None or info.size != size:
+        upload.store.forget_content(sha256)  # the object was deleted or replaced since
+        return None
+    return original
+
+
+def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Snapshot, media: MediaVerdict) -> None:
+    record, engine = upload.record, upload.engine
+    upload.abort_upload()
+    mode = engine.settings.dedup
+    if (original.bucket, original.key) == (record.bucket, record.key):
+        mode = "record"  # same key, same bytes: the object is already what we would write
+    if mode == "copy":
+        engine.uploader.copy(original.bucket, original.key, record.bucket, record.key)
+    parts = upload.store.list_parts(original.id) or [
+        PartRecord(number=1, offset=0, size=snap.size, etag="", sha256=original.sha256 or "")
+    ]
+    check = ObjectCheck(engine.uploader, record, upload.path)
+    etag = check.verify(snap, parts, size_only=True) if mode == "copy" else ""
+    record.dedup_of = original.key
+    upload.log.info("same bytes as %s: not sent again (dedup=%s)", original.key, mode)
+    publish(upload, parts, etag, snap, kind=mode, media=media)

@@ -1,0 +1,97 @@
+"""Finding a file's stream record, or starting one.
+
+A file is the same file while its inode is; its record says whether it was uploaded, failed, or is
+under way. A completed or failed file unchanged since is left alone; a replaced one fails its old
+stream and starts a new one. A file older than this run with no record may be one the store forgot:
+its manifest in the bucket says so (see chunkd.pipeline.recovery).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chunkd.model.keys import render_key
+from chunkd.model.planner import plan_schedule
+from chunkd.model.states import StreamRecord, StreamState, new_stream_id
+from chunkd.pipeline.coordinator import UploadCoordinator, record_failure
+from chunkd.pipeline.disposal import after_upload
+from chunkd.pipeline.engine import Engine, StreamLog
+from chunkd.pipeline.monitor import Snapshot, take_snapshot
+from chunkd.pipeline.recovery import restore_completed
+from chunkd.store.fenced import FencedStore
+
+logger = logging.getLogger("chunkd.stream")
+
+
+@dataclass
+class Discovery:
+    engine: Engine
+    store: FencedStore
+    path: Path
+    relpath: str
+    origin: dict[str, Any] | None = None  # where a downloaded file came from, for the manifest
+
+    def find_or_create(self, *, fresh: bool) -> StreamRecord | None:
+        """The record to work on; None when there is nothing to do. Raises SourceGoneError."""
+        snap = take_snapshot(self.path)
+        existing = None if fresh else self.store.find_by_relpath(self.relpath)
+        if existing is not None:
+            same_file = (existing.device, existing.inode) == (snap.identity.device, snap.identity.inode)
+            unchanged = same_file and (existing.size, existing.mtime) == (snap.size, snap.mtime)
+            if existing.state is StreamState.COMPLETED and unchanged:
+                after_upload(self.engine, existing, self.path, self._log())  # in case a crash cut it short
+                return None
+            if existing.state is StreamState.FAILED and unchanged:
+                return None  # nothing new since it failed: `chunkd retry` is the way back
+            if not existing.state.terminal:
+                if same_file:
+                    return existing
+                self._fail(existing, "replaced by a new file with the same name")
+        elif not fresh and snap.mtime < self.engine.started_at and self._uploaded_before(snap):
+            return None
+        return self._new_record(snap)
+
+    def forget_vanished(self) -> None:
+        """The file disappeared: an unfinished stream of it fails (and its upload is aborted)."""
+        existing = self.store.find_by_relpath(self.relpath)
+        if existing is not None and not existing.state.terminal:
+            self._fail(existing, "file disappeared before its upload finished")
+
+    def _fail(self, record: StreamRecord, reason: str) -> None:
+        log = StreamLog(logger, {"relpath": self.relpath, "stream_id": record.id})
+        if record.upload_id is None:
+            record_failure(self.engine, self.store, record, reason, log)
+            return
+        UploadCoordinator(self.engine, self.store, self.path, record, log).fail(reason, abort=True)
+
+    def _uploaded_before(self, snap: Snapshot) -> bool:
+        """A file older than this run with no record: maybe the store forgot it (see recovery)."""
+        engine = self.engine
+        key = render_key(engine.settings.key_template, self.relpath, hostname=engine.hostname)
+        return restore_completed(engine.with_store(self.store), key, self.relpath, self.path, snap) is not None
+
+    def _new_record(self, snap: Snapshot) -> StreamRecord:
+        settings = self.engine.settings
+        schedule = plan_schedule(settings.part_size, fixed=settings.fixed_parts)
+        record = StreamRecord(
+            id=new_stream_id(),
+            relpath=self.relpath,
+            source_path=str(self.path),
+            bucket=settings.bucket,
+            key=render_key(settings.key_template, self.relpath, hostname=self.engine.hostname),
+            schedule=schedule.to_dict(),
+            device=snap.identity.device,
+            inode=snap.identity.inode,
+            size=snap.size,
+            mtime=snap.mtime,
+            origin=self.origin,
+        )
+        self.store.save_stream(record)
+        self._log().info("discovered", extra={"stream_id": record.id, "key": record.key, "bytes": snap.size})
+        return record
+
+    def _log(self) -> StreamLog:
+        return StreamLog(logger, {"relpath": self.relpath})

@@ -1,0 +1,40 @@
+"""The last step of every upload: the manifest beside the object, then COMPLETED in the store.
+
+Commit first, side effects after: the record says COMPLETED only once the manifest is written, and
+the content index learns the bytes only once the record says so.
+"""
+
+from __future__ import annotations
+
+from chunkd.model.manifest import build_manifest, encode, manifest_key
+from chunkd.model.states import PartRecord, StreamState
+from chunkd.pipeline.coordinator import UploadCoordinator
+from chunkd.pipeline.mediagate import MediaVerdict
+from chunkd.pipeline.monitor import Snapshot
+
+CONTENT_TYPE_JSON = "application/json"
+
+
+def publish(
+    upload: UploadCoordinator, parts: list[PartRecord], etag: str, snap: Snapshot, *, kind: str, media: MediaVerdict
+) -> None:
+    """Write the manifest of an object that was checked at its destination, and record it done.
+
+    `kind`: how the bytes got there (single, multipart, record or copy for a duplicate).
+    """
+    record, engine = upload.record, upload.engine
+    completed_at = engine.wall()
+    record.size, record.mtime = snap.size, snap.mtime
+    document = build_manifest(
+        record, parts, etag=etag, hostname=engine.hostname, completed_at=completed_at, upload=kind,
+        media=media.media, media_error=media.error,
+    )
+    engine.uploader.put_bytes(
+        record.bucket, manifest_key(record.key, engine.settings.manifest_suffix), encode(document),
+        content_type=CONTENT_TYPE_JSON,
+    )
+    record.completed_at = completed_at
+    record.move_to(StreamState.COMPLETED)
+    upload.save()
+    if record.sha256 and kind in ("single", "multipart"):
+        upload.store.index_content(record.sha256, record.id, size=record.size)

@@ -1,0 +1,98 @@
+"""What chunkd knows about the S3 server it talks to, decided once at start.
+
+Two facts change what a body must carry and how an object is checked:
+- whether the server refuses a body that does not hash to its signed SHA-256 (S3, MinIO, Ceph do;
+  `rclone serve s3` and moto do not, and would keep a part cut short by a killed client), and so
+  whether every body also needs Content-MD5;
+- the ETag style of a completed multipart object: MD5 of the part MD5s with "-N" (S3, MinIO, Ceph,
+  moto) or the whole object's MD5 (`rclone serve s3`), which only a whole-file MD5 can check.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError
+
+from chunkd.errors import TransferError
+
+if TYPE_CHECKING:
+    from chunkd.s3.uploader import Uploader
+
+logger = logging.getLogger("chunkd.daemon")
+
+PROBE_NAME = ".chunkd-probe-"
+
+
+class EtagStyle(enum.Enum):
+    PART_MD5S = "md5-of-part-md5s"  # "<md5 of the parts' MD5s>-<N>"
+    WHOLE_MD5 = "whole-object-md5"  # `rclone serve s3`
+    UNKNOWN = "unknown"  # not asked (the check it serves is off), or the answer was neither
+
+
+@dataclass(frozen=True)
+class ServerTraits:
+    content_md5: bool = False  # every body also carries Content-MD5, and replies' ETags are checked
+    etag_style: EtagStyle = EtagStyle.UNKNOWN
+
+    @property
+    def wants_whole_md5(self) -> bool:
+        """The whole file's MD5 is worth computing while it is read: MD5s are checked, and a
+        multipart ETag may be the whole object's MD5."""
+        return self.content_md5 and self.etag_style is not EtagStyle.PART_MD5S
+
+
+def probe_key(key_template: str) -> str:
+    """Beside the objects (the key template's fixed start), where a prefix-scoped key may write."""
+    folder = key_template.split("{", 1)[0].rpartition("/")[0]
+    name = f"{PROBE_NAME}{uuid.uuid4().hex}"
+    return f"{folder}/{name}" if folder else name
+
+
+def decide_traits(uploader: Uploader, bucket: str, *, content_md5: str, key_template: str) -> ServerTraits:
+    """CHUNKD_CONTENT_MD5 on | off | auto (auto: Content-MD5 only where signed hashes go unchecked)."""
+    if content_md5 == "off":
+        return ServerTraits(content_md5=False)
+    if content_md5 == "auto" and not _needs_content_md5(uploader, bucket, probe_key(key_template)):
+        return ServerTraits(content_md5=False)
+    return ServerTraits(content_md5=True, etag_style=_etag_style(uploader, bucket, probe_key(key_template)))
+
+
+def _needs_content_md5(uploader: Uploader, bucket: str, key: str) -> bool:
+    try:
+        checked = uploader.checks_payload_hash(bucket, key)
+    except (BotoCoreError, OSError) as exc:
+        checked = None
+        logger.debug("payload hash probe failed: %s", exc)
+    if checked is False:
+        logger.info("the server stores bodies that do not match their signed SHA-256: every body also carries "
+                    "Content-MD5 (CHUNKD_CONTENT_MD5=off to skip)")
+    elif checked is None:
+        logger.info("could not tell whether the server checks signed SHA-256s: every body also carries Content-MD5")
+    return checked is not True
+
+
+def _etag_style(uploader: Uploader, bucket: str, key: str) -> EtagStyle:
+    """Complete a one-part upload of a few bytes and read the ETag style off its answer."""
+    try:
+        etag = uploader.probe_multipart_etag(bucket, key, b"chunkd etag probe")
+    except (TransferError, BotoCoreError, OSError) as exc:
+        logger.debug("ETag style probe failed: %s", exc)
+        return EtagStyle.UNKNOWN
+    return etag_style_of(etag, b"chunkd etag probe")
+
+
+def etag_style_of(etag: str, body: bytes) -> EtagStyle:
+    """The style of the ETag a server gave a one-part multipart object holding `body`."""
+    digest = etag.strip('"').lower()
+    part_md5 = hashlib.md5(body, usedforsecurity=False).digest()
+    if digest == f"{hashlib.md5(part_md5, usedforsecurity=False).hexdigest()}-1":
+        return EtagStyle.PART_MD5S
+    if digest == hashlib.md5(body, usedforsecurity=False).hexdigest():
+        return EtagStyle.WHOLE_MD5
+    return EtagStyle.UNKNOWN
