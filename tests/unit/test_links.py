@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -236,7 +237,8 @@ def test_different_urls_keep_different_keys(a: str, b: str) -> None:
 
 
 _LABEL = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,20}[A-Za-z0-9])?", fullmatch=True).filter(
-    lambda label: not label.isdigit()  # an all-numeric last label would be an IPv4 address
+    # a numeric last label ("80", "0x1f", "0X") would make the host an IPv4 address (WHATWG)
+    lambda label: not re.fullmatch(r"[0-9]+|0[xX][0-9A-Fa-f]*", label)
 )
 _HOSTS = st.one_of(
     st.lists(_LABEL, min_size=1, max_size=4).map(".".join),
@@ -278,6 +280,12 @@ def test_normalize_is_idempotent(url: str) -> None:
 )
 def test_ascii_hostnames_always_normalize(scheme: str, host: str, path: str) -> None:
     assert normalize_url(f"{scheme}://{host}/{path}") == f"{scheme}://{host.lower()}/{path}"
+
+
+def test_a_bare_hex_prefix_is_the_number_zero() -> None:
+    """WHATWG reads "0x" as an IPv4 number with no digits, i.e. 0, as browsers do."""
+    assert normalize_url("http://0X/") == "http://0.0.0.0/"
+    assert normalize_url("http://1.0x/") == "http://1.0.0.0/"
 
 
 @given(st.text())
