@@ -59,14 +59,16 @@ def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader
     return handle
 
 
-def digest_range(handle: io.BufferedReader, offset: int, size: int, *, md5: bool = False) -> Digest:
+def digest_range(
+    handle: io.BufferedReader, offset: int, size: int, *, md5: bool = False, read_size: int = READ_SIZE
+) -> Digest:
     """SHA-256 (manifest, signed payload) of one byte range, and its MD5 (Content-MD5, ETag checks)
     when asked for."""
     md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
     sha = hashlib.sha256()
     fd, position, remaining = handle.fileno(), offset, size
     while remaining > 0:
-        chunk = os.pread(fd, min(READ_SIZE, remaining), position)
+        chunk = os.pread(fd, min(read_size, remaining), position)
         if not chunk:
             raise SourceChangedError(f"file shrank: expected {size} bytes at offset {offset}")
         if md5_hash is not None:
