@@ -23,6 +23,7 @@ from chunkd.errors import (
     TransferError,
     endpoint_error,
 )
+from chunkd.model.etags import same_etag
 from chunkd.model.keys import render_key
 from chunkd.observe.logs import redact
 from chunkd.model.manifest import SCHEMA_VERSION, manifest_key
@@ -31,7 +32,6 @@ from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.client import S3Target, make_client
 from chunkd.model.states import StreamRecord
 from chunkd.store import CheckpointStore, open_store
-from chunkd.s3.uploader import same_etag
 
 READ_SIZE = 1024 * 1024
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 10,000 parts take ~2 MB; anything far bigger is not ours

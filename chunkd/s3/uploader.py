@@ -22,6 +22,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chunkd.s3.bandwidth import TokenBucket
 from chunkd.s3.breaker import CircuitBreaker
 from chunkd.errors import PermanentError, RetryableError, UploadGoneError
+from chunkd.model.etags import multipart_etag as multipart_etag  # noqa: PLC0414 - re-exported for pipeline/
+from chunkd.model.etags import same_etag as same_etag  # noqa: PLC0414 - re-exported for pipeline/
 from chunkd.pipeline.partreader import (
     Digest,
     FileIdentity,
@@ -45,16 +47,6 @@ class RemotePart:
 class ObjectInfo:
     size: int
     etag: str
-
-
-def multipart_etag(parts: list[PartRecord]) -> str:
-    """The ETag S3 gives a completed multipart object: MD5 of the part MD5s, dash, part count."""
-    digests = b"".join(bytes.fromhex(part.etag.strip('"')) for part in parts)
-    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
-
-
-def same_etag(a: str, b: str) -> bool:
-    return a.strip('"').lower() == b.strip('"').lower()
 
 
 class Uploader:

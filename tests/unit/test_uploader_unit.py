@@ -26,7 +26,8 @@ from chunkd.model.planner import Part
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.client import S3Target, make_client
 from chunkd.model.states import PartRecord
-from chunkd.s3.uploader import RemotePart, Uploader, multipart_etag, same_etag
+from chunkd.model.etags import multipart_etag, same_etag
+from chunkd.s3.uploader import RemotePart, Uploader
 from tests.support.daemon import wait_for
 
 MiB = 1024 * 1024
