@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +26,8 @@ from chunkd.errors import (
 from chunkd.model.etags import same_etag
 from chunkd.model.keys import render_key
 from chunkd.observe.logs import redact
-from chunkd.model.manifest import SCHEMA_VERSION, manifest_key
+from chunkd.model.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, manifest_key, parse_manifest
+from chunkd.model.states import PartRecord
 from chunkd.intake.paths import relpath_of
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.client import S3Target, make_client
@@ -34,7 +35,6 @@ from chunkd.model.states import StreamRecord
 from chunkd.store import CheckpointStore, open_store
 
 READ_SIZE = 1024 * 1024
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 10,000 parts take ~2 MB; anything far bigger is not ours
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -102,55 +102,6 @@ class Report:
         return "\n".join(lines)
 
 
-# -- what the manifest promises ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Expected:
-    """The fields of a manifest that verification compares against (README "Manifest schema")."""
-
-    key: str
-    size: int
-    etag: str
-    sha256: str
-    parts: list[tuple[int, int, int]]  # (number, offset, size)
-    relpath: str | None
-    stream_id: str | None
-
-
-def parse_manifest(raw: bytes) -> Expected:
-    """Raise ValueError saying what is wrong with a manifest that cannot be trusted."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {doc.get('schema_version')!r}, this chunkd reads {SCHEMA_VERSION}")
-    bad = [name for name, kind in (("key", str), ("size", int), ("etag", str), ("sha256", str), ("parts", list))
-           if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool)]
-    if bad:
-        raise ValueError(f"missing or malformed field(s): {', '.join(bad)}")
-    try:
-        parts = [(_int(p["number"]), _int(p["offset"]), _int(p["size"])) for p in doc["parts"]]
-    except (TypeError, KeyError, ValueError):
-        raise ValueError("malformed parts[]: each needs integer number, offset and size") from None
-    source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
-    relpath = source.get("relpath")
-    return Expected(
-        key=doc["key"], size=doc["size"], etag=doc["etag"], sha256=doc["sha256"].lower(), parts=parts,
-        relpath=relpath if isinstance(relpath, str) and relpath else None,
-        stream_id=str(doc["stream_id"]) if doc.get("stream_id") else None,
-    )
-
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(value)
-    return value
-
-
 # -- the checks (pure) -------------------------------------------------------------------------
 
 
@@ -172,10 +123,11 @@ def check_sha256(name: str, actual: str, expected: str) -> Check:
     return Check(name, False, f"{actual} != manifest {expected}")
 
 
-def check_parts(parts: list[tuple[int, int, int]], size: int) -> Check:
+def check_parts(parts: Sequence[PartRecord], size: int) -> Check:
     """The manifest's parts must tile [0, size) exactly, numbered 1..N."""
     offset = 0
-    for index, (number, start, length) in enumerate(parts, start=1):
+    for index, part in enumerate(parts, start=1):
+        number, start, length = part.number, part.offset, part.size
         if number != index:
             return Check("parts", False, f"part #{index} is numbered {number}")
         if start != offset:
@@ -324,18 +276,15 @@ def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -
     return report
 
 
-def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Expected | None:
+def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Manifest | None:
     where = f"s3://{bucket.bucket}/{key}"
     raw = bucket.read_small(key, MAX_MANIFEST_BYTES)
     if raw is None:
         report.checks.append(Check("manifest", False, f"no manifest at {where}"))
         return None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        report.checks.append(Check("manifest", False, f"{where} is over {MAX_MANIFEST_BYTES} bytes: not a manifest"))
-        return None
     try:
         expected = parse_manifest(raw)
-    except ValueError as exc:
+    except ManifestError as exc:
         report.checks.append(Check("manifest", False, f"{where}: {exc}"))
         return None
     if expected.key != report.key:
@@ -346,16 +295,16 @@ def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Expected | Non
     return expected
 
 
-def _local_file(subject: Subject, expected: Expected, settings: Settings) -> Path | None:
+def _local_file(subject: Subject, expected: Manifest, settings: Settings) -> Path | None:
     if subject.local_path is not None:
         return subject.local_path
-    if expected.relpath is None:
+    if expected.source.relpath is None:
         return None
-    candidate = settings.input_dir / expected.relpath
+    candidate = settings.input_dir / expected.source.relpath
     return candidate if candidate.is_file() else None
 
 
-def _check_local(path: Path, expected: Expected) -> list[Check]:
+def _check_local(path: Path, expected: Manifest) -> list[Check]:
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, 2)

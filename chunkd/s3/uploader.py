@@ -267,8 +267,9 @@ class Uploader:
             token = {"ContinuationToken": str(response["NextContinuationToken"])}
         return None
 
-    def get_small(self, bucket: str, key: str, *, limit: int = 1 << 20) -> bytes | None:
-        """A small object's bytes (a manifest), or None when there is no such key."""
+    def get_small(self, bucket: str, key: str, *, limit: int) -> bytes | None:
+        """A small object's bytes (a manifest), or None when there is no such key. Reads one byte
+        past `limit`, so that a caller can tell an object over it from one at it."""
         try:
             response = self._call("GetObject", lambda: self._client.get_object(Bucket=bucket, Key=key), key=key)
         except PermanentError as exc:
@@ -276,7 +277,7 @@ class Uploader:
                 return None
             raise
         with response["Body"] as body:
-            return bytes(body.read(limit))
+            return bytes(body.read(limit + 1))
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:
