@@ -129,7 +129,7 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], *, key: str = "", part: int | None = None) -> T:
         """Run `fn`, retrying RetryableError; raise the classified error when attempts run out."""
-        stop = stop_after_attempt(self.max_attempts)
+        stop: stop_base = stop_after_attempt(self.max_attempts)
         if self.stop_event is not None:
             stop = stop | stop_when_set(self.stop_event)
         retrying = Retrying(
