@@ -317,12 +317,12 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 CANCELLED = "cancelled by operator"
 
 
-def _quick_s3(settings: Settings) -> tuple[Any, Any]:
-    """An S3 client and a short retry policy: an operator command should fail in seconds."""
+def _quick_s3(settings: Settings) -> Any:
+    """The S3 gateway under a short retry policy: an operator command should fail in seconds."""
     from chunkd.s3.retry import RetryPolicy
-    from chunkd.s3.client import make_client
+    from chunkd.s3.uploader import Uploader
 
-    return make_client(_target(settings)), RetryPolicy.quick()
+    return Uploader.connect(_target(settings), RetryPolicy.quick())
 
 
 def _s3_error(settings: Settings, exc: Any) -> ChunkdError:
@@ -353,9 +353,9 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.ops.gc import Collector
 
     hours = settings.gc_hours if args.hours is None else args.hours
-    client, policy = _quick_s3(settings)
+    uploader = _quick_s3(settings)
     with _open_store(settings) as store:
-        collector = Collector(store, client, policy, settings.bucket, echo=print, dry_run=args.dry_run)
+        collector = Collector(store, uploader, settings.bucket, echo=print, dry_run=args.dry_run)
         try:
             collector.abort_orphans(hours=hours)
         except TransferError as exc:
@@ -422,10 +422,9 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 def _abort_cancelled(settings: Settings, record: StreamRecord, upload_id: str) -> bool:
     from chunkd.errors import TransferError, UploadGoneError
-    from chunkd.s3.uploader import Uploader
 
     try:
-        Uploader(*_quick_s3(settings)).abort(record.bucket, record.key, upload_id)
+        _quick_s3(settings).abort(record.bucket, record.key, upload_id)
     except UploadGoneError:
         print(f"cancel  multipart upload {upload_id} was already gone")
         return True

@@ -11,10 +11,10 @@ from pathlib import Path
 from chunkd.config import Settings
 from chunkd.errors import StoreError, TransferError, endpoint_error
 from chunkd.observe.logs import redact
+from chunkd.s3.client import S3Target, credential_method
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.client import S3Target, make_client
-from chunkd.store import open_store
 from chunkd.s3.uploader import Uploader
+from chunkd.store import open_store
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 LOW_DISK_BYTES = 1024**3
@@ -66,17 +66,15 @@ def check_store(state_url: str) -> Check:
 def check_credentials(target: S3Target) -> Check:
     if target.access_key:
         return Check(OK, "s3 credentials", "given explicitly")
-    import boto3
-
-    credentials = boto3.session.Session().get_credentials()
-    if credentials is None:
+    method = credential_method()
+    if method is None:
         return Check(FAIL, "s3 credentials", "none found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, role)")
-    return Check(OK, "s3 credentials", f"found ({credentials.method})")
+    return Check(OK, "s3 credentials", f"found ({method})")
 
 
 def check_bucket(bucket: str, target: S3Target) -> Check:
     where = target.endpoint_url or "AWS S3"
-    uploader = Uploader(make_client(target), RetryPolicy.quick(max_attempts=2))
+    uploader = Uploader.connect(target, RetryPolicy.quick(max_attempts=2))
     try:
         uploader.head_bucket(bucket)
     except TransferError as exc:

@@ -10,61 +10,23 @@ rule would.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from botocore.client import BaseClient
 
 from chunkd.errors import TransferError, UploadGoneError
-from chunkd.s3.retry import RetryPolicy
 from chunkd.model.states import StreamRecord, StreamState
+from chunkd.s3.uploader import MultipartUpload, Uploader
 from chunkd.store import CheckpointStore
-from chunkd.s3.uploader import Uploader
 
 LIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
 FINISHED = (StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED)
-
-
-@dataclass(frozen=True)
-class MultipartUpload:
-    key: str
-    upload_id: str
-    initiated: float  # epoch seconds
-
-
-def list_uploads(client: BaseClient, policy: RetryPolicy, bucket: str) -> Iterator[MultipartUpload]:
-    """Every incomplete multipart upload in the bucket (ListMultipartUploads, paginated)."""
-    markers: dict[str, str] = {}
-    while True:
-        request = {"Bucket": bucket, **markers}
-        try:
-            response = policy.call(lambda: client.list_multipart_uploads(**request))  # noqa: B023 - called at once
-        except UploadGoneError:
-            return  # rclone serve s3 answers 404 NoSuchUpload when there are none
-        for item in response.get("Uploads", []):
-            yield MultipartUpload(str(item["Key"]), str(item["UploadId"]), _epoch(item.get("Initiated")))
-        following = {
-            "KeyMarker": response.get("NextKeyMarker") or "",
-            "UploadIdMarker": response.get("NextUploadIdMarker") or "",
-        }
-        following = {name: value for name, value in following.items() if value}
-        if not response.get("IsTruncated") or not following or following == markers:
-            return  # the last check: a server that does not move its markers would loop forever
-        markers = following
-
-
-def _epoch(initiated: Any) -> float:
-    if initiated is None:
-        return 0.0  # unknown age: old enough
-    return float(initiated.timestamp())
 
 
 def orphans(
     uploads: Iterable[MultipartUpload], owned: set[str], *, hours: float, now: float
 ) -> list[tuple[MultipartUpload, float]]:
     """(upload, age in seconds) of each upload not owned by a live stream and at least `hours` old."""
-    found = []
+    found: list[tuple[MultipartUpload, float]] = []
     for upload in uploads:
         age = max(0.0, now - upload.initiated)  # a server clock ahead of ours is not a negative age
         if upload.upload_id not in owned and age >= hours * 3600:
@@ -83,8 +45,7 @@ class Collector:
     """One gc pass; `echo` gets each line of output."""
 
     store: CheckpointStore
-    client: BaseClient
-    policy: RetryPolicy
+    uploader: Uploader
     bucket: str
     echo: Callable[[str], None]
     dry_run: bool = False
@@ -97,8 +58,7 @@ class Collector:
         """Abort (or list, dry run) orphaned uploads; returns how many."""
         assert self.now is not None
         owned = {r.upload_id for r in self.store.list_streams(LIVE) if r.upload_id}
-        found = orphans(list_uploads(self.client, self.policy, self.bucket), owned, hours=hours, now=self.now)
-        uploader = Uploader(self.client, self.policy)
+        found = orphans(self.uploader.list_all_uploads(self.bucket), owned, hours=hours, now=self.now)
         done = 0
         for upload, age in found:
             where = f"{upload.key}  upload {upload.upload_id}  age {age / 3600:.1f}h"
@@ -106,7 +66,7 @@ class Collector:
                 self.echo(f"would abort  {where}")
                 continue
             try:
-                uploader.abort(self.bucket, upload.key, upload.upload_id)
+                self.uploader.abort(self.bucket, upload.key, upload.upload_id)
             except UploadGoneError:
                 pass  # gone meanwhile: what we wanted
             except TransferError as exc:

@@ -8,34 +8,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from botocore.client import BaseClient
+from typing import Any, BinaryIO, TypeVar
 
 from chunkd.config import Settings
 from chunkd.errors import (
     EndpointError,
-    PermanentError,
     StoreError,
     TransferError,
     endpoint_error,
 )
-from chunkd.model.keys import render_key
-from chunkd.observe.logs import redact
-from chunkd.model.manifest import SCHEMA_VERSION, manifest_key
 from chunkd.intake.paths import relpath_of
+from chunkd.model.etags import same_etag
+from chunkd.model.keys import render_key
+from chunkd.model.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    manifest_key,
+    parse_manifest,
+)
+from chunkd.model.states import PartRecord, StreamRecord
+from chunkd.observe.logs import redact
+from chunkd.s3.client import S3Target
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.client import S3Target, make_client
-from chunkd.model.states import StreamRecord
+from chunkd.s3.uploader import ObjectInfo, Uploader
 from chunkd.store import CheckpointStore, open_store
-from chunkd.s3.uploader import same_etag
 
 READ_SIZE = 1024 * 1024
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # 10,000 parts take ~2 MB; anything far bigger is not ours
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,55 +105,6 @@ class Report:
         return "\n".join(lines)
 
 
-# -- what the manifest promises ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Expected:
-    """The fields of a manifest that verification compares against (README "Manifest schema")."""
-
-    key: str
-    size: int
-    etag: str
-    sha256: str
-    parts: list[tuple[int, int, int]]  # (number, offset, size)
-    relpath: str | None
-    stream_id: str | None
-
-
-def parse_manifest(raw: bytes) -> Expected:
-    """Raise ValueError saying what is wrong with a manifest that cannot be trusted."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {doc.get('schema_version')!r}, this chunkd reads {SCHEMA_VERSION}")
-    bad = [name for name, kind in (("key", str), ("size", int), ("etag", str), ("sha256", str), ("parts", list))
-           if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool)]
-    if bad:
-        raise ValueError(f"missing or malformed field(s): {', '.join(bad)}")
-    try:
-        parts = [(_int(p["number"]), _int(p["offset"]), _int(p["size"])) for p in doc["parts"]]
-    except (TypeError, KeyError, ValueError):
-        raise ValueError("malformed parts[]: each needs integer number, offset and size") from None
-    source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
-    relpath = source.get("relpath")
-    return Expected(
-        key=doc["key"], size=doc["size"], etag=doc["etag"], sha256=doc["sha256"].lower(), parts=parts,
-        relpath=relpath if isinstance(relpath, str) and relpath else None,
-        stream_id=str(doc["stream_id"]) if doc.get("stream_id") else None,
-    )
-
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(value)
-    return value
-
-
 # -- the checks (pure) -------------------------------------------------------------------------
 
 
@@ -172,10 +126,11 @@ def check_sha256(name: str, actual: str, expected: str) -> Check:
     return Check(name, False, f"{actual} != manifest {expected}")
 
 
-def check_parts(parts: list[tuple[int, int, int]], size: int) -> Check:
+def check_parts(parts: Sequence[PartRecord], size: int) -> Check:
     """The manifest's parts must tile [0, size) exactly, numbered 1..N."""
     offset = 0
-    for index, (number, start, length) in enumerate(parts, start=1):
+    for index, part in enumerate(parts, start=1):
+        number, start, length = part.number, part.offset, part.size
         if number != index:
             return Check("parts", False, f"part #{index} is numbered {number}")
         if start != offset:
@@ -188,7 +143,7 @@ def check_parts(parts: list[tuple[int, int, int]], size: int) -> Check:
     return Check("parts", True, f"{len(parts)} part(s) tile [0, {size})")
 
 
-def sha256_of(chunks: Iterator[bytes]) -> str:
+def sha256_of(chunks: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
     for chunk in chunks:
         digest.update(chunk)
@@ -242,56 +197,29 @@ def _find_stream(
 
 
 class _Bucket:
-    """The three reads verification needs, retried briefly and translated into one-line errors."""
+    """The three reads verification needs, through the gateway, failures turned into one line."""
 
-    def __init__(self, client: BaseClient, bucket: str, where: str) -> None:
-        self._client = client
+    def __init__(self, uploader: Uploader, bucket: str, where: str) -> None:
+        self._uploader = uploader
         self.bucket = bucket
         self._where = where
-        self._policy = RetryPolicy.quick()
 
-    def _call(self, fn: Callable[[], Any], key: str) -> Any:
+    def _ask(self, fn: Callable[[], T], key: str) -> T:
         try:
-            return self._policy.call(fn, key=key)
+            return fn()
         except TransferError as exc:
-            if not exc.retryable and exc.code in _NOT_FOUND:
-                raise
             raise endpoint_error(exc, bucket=self.bucket, where=self._where, what=f"s3://{self.bucket}/{key}") from None
 
     def read_small(self, key: str, limit: int) -> bytes | None:
-        def fetch() -> bytes:
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            try:
-                return body.read(limit + 1)
-            finally:
-                body.close()
+        return self._ask(lambda: self._uploader.get_small(self.bucket, key, limit=limit), key)
 
-        try:
-            return self._call(fetch, key)
-        except PermanentError:  # only "not found" gets here
-            return None
-
-    def head(self, key: str) -> tuple[int, str] | None:
-        try:
-            response = self._call(lambda: self._client.head_object(Bucket=self.bucket, Key=key), key)
-        except PermanentError:
-            return None
-        return int(response["ContentLength"]), str(response.get("ETag", ""))
+    def head(self, key: str) -> ObjectInfo | None:
+        return self._ask(lambda: self._uploader.head(self.bucket, key), key)
 
     def sha256(self, key: str) -> str | None:
-        """Streamed in 1 MiB reads; a dropped connection restarts the hash from the first byte."""
-
-        def stream() -> str:
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            try:
-                return sha256_of(body.iter_chunks(READ_SIZE))
-            finally:
-                body.close()
-
-        try:
-            return self._call(stream, key)
-        except PermanentError:  # deleted since HeadObject
-            return None
+        """Streamed; a dropped connection restarts the hash from the first byte. None: deleted
+        since HeadObject."""
+        return self._ask(lambda: self._uploader.stream(self.bucket, key, sha256_of), key)
 
 
 # -- putting it together -----------------------------------------------------------------------
@@ -299,18 +227,19 @@ class _Bucket:
 
 def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -> Report:
     subject = resolve(argument, settings)
-    bucket = _Bucket(make_client(target, max_pool_connections=2), settings.bucket, target.endpoint_url or "AWS S3")
+    uploader = Uploader.connect(target, RetryPolicy.quick(), max_pool_connections=2)
+    bucket = _Bucket(uploader, settings.bucket, target.endpoint_url or "AWS S3")
     report = Report(settings.bucket, subject.key, deep=deep, found_by=subject.found_by, local_path=subject.local_path)
     expected = _check_manifest(report, bucket, manifest_key(subject.key, settings.manifest_suffix))
     head = bucket.head(subject.key)
     if head is None:
         report.checks.append(Check("object", False, f"no object at {report.url}"))
     else:
-        report.checks.append(Check("object", True, f"HeadObject: {head[0]} bytes, ETag {head[1]}"))
+        report.checks.append(Check("object", True, f"HeadObject: {head.size} bytes, ETag {head.etag}"))
     if expected is None:
         return report
     if head is not None:
-        report.checks += [check_size("size", head[0], expected.size), check_etag(head[1], expected.etag)]
+        report.checks += [check_size("size", head.size, expected.size), check_etag(head.etag, expected.etag)]
     report.checks.append(check_parts(expected.parts, expected.size))
     if deep and head is not None:
         digest = bucket.sha256(subject.key)
@@ -324,18 +253,15 @@ def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -
     return report
 
 
-def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Expected | None:
+def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Manifest | None:
     where = f"s3://{bucket.bucket}/{key}"
     raw = bucket.read_small(key, MAX_MANIFEST_BYTES)
     if raw is None:
         report.checks.append(Check("manifest", False, f"no manifest at {where}"))
         return None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        report.checks.append(Check("manifest", False, f"{where} is over {MAX_MANIFEST_BYTES} bytes: not a manifest"))
-        return None
     try:
         expected = parse_manifest(raw)
-    except ValueError as exc:
+    except ManifestError as exc:
         report.checks.append(Check("manifest", False, f"{where}: {exc}"))
         return None
     if expected.key != report.key:
@@ -346,16 +272,16 @@ def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Expected | Non
     return expected
 
 
-def _local_file(subject: Subject, expected: Expected, settings: Settings) -> Path | None:
+def _local_file(subject: Subject, expected: Manifest, settings: Settings) -> Path | None:
     if subject.local_path is not None:
         return subject.local_path
-    if expected.relpath is None:
+    if expected.source.relpath is None:
         return None
-    candidate = settings.input_dir / expected.relpath
+    candidate = settings.input_dir / expected.source.relpath
     return candidate if candidate.is_file() else None
 
 
-def _check_local(path: Path, expected: Expected) -> list[Check]:
+def _check_local(path: Path, expected: Manifest) -> list[Check]:
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, 2)

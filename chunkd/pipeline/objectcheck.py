@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkd.errors import PermanentError
+from chunkd.model.etags import is_md5_etag, multipart_etag, same_etag
 from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.pipeline.hashing import whole_md5
 from chunkd.pipeline.monitor import Snapshot
-from chunkd.s3.uploader import ObjectInfo, Uploader, multipart_etag, same_etag
+from chunkd.s3.uploader import ObjectInfo, Uploader
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,3 @@ def check_layout(parts: list[PartRecord], size: int) -> None:
     if offset != size:
         raise PermanentError(f"internal error: parts cover {offset} bytes, file has {size}")
 
-
-def is_md5_etag(etag: str) -> bool:
-    digest = etag.strip('"').split("-", 1)[0]
-    return len(digest) == 32 and all(c in "0123456789abcdefABCDEF" for c in digest)

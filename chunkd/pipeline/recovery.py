@@ -12,18 +12,24 @@ way `rclone copy` compares), and only manifests the listing shows are read.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from chunkd.pipeline.engine import Engine
 from chunkd.errors import TransferError
-from chunkd.model.manifest import iso_time, manifest_key
+from chunkd.model.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    iso_time,
+    manifest_key,
+    parse_manifest,
+)
+from chunkd.model.states import StreamRecord, StreamState, new_stream_id
+from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.monitor import Snapshot
-from chunkd.model.states import PartRecord, StreamRecord, StreamState, new_stream_id
 
 logger = logging.getLogger("chunkd.recovery")
+
 
 def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord | None:
     """The COMPLETED record this file's manifest proves, saved back to the store; else None."""
@@ -32,22 +38,22 @@ def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: 
     if not engine.folders.may_hold(bucket, manifest_name):
         return None
     try:
-        raw = engine.uploader.get_small(bucket, manifest_name)
+        raw = engine.uploader.get_small(bucket, manifest_name, limit=MAX_MANIFEST_BYTES)
         if raw is None:
             return None
-        manifest = json.loads(raw)
+        manifest = parse_manifest(raw)
         if not _describes(manifest, relpath, snap):
             return None
         info = engine.uploader.head(bucket, key)
-    except (TransferError, ValueError, TypeError, AttributeError) as exc:
+    except (TransferError, ManifestError) as exc:
         logger.debug("no usable manifest for %s: %s", relpath, exc, extra={"relpath": relpath})
         return None
     if info is None or info.size != snap.size:
         return None
-    record = _record(manifest, key, relpath, path, snap)
+    record = _record(manifest, bucket, key, relpath, path, snap)
     engine.store.save_stream(record)
-    for part in manifest.get("parts") or []:
-        engine.store.record_part(record.id, PartRecord.from_dict(part))
+    for part in manifest.parts:
+        engine.store.record_part(record.id, part)
     if record.sha256:
         engine.store.index_content(record.sha256, record.id, size=record.size)
     logger.info(
@@ -57,30 +63,28 @@ def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: 
     return record
 
 
-def _describes(manifest: dict[str, Any], relpath: str, snap: Snapshot) -> bool:
-    source = manifest.get("source") or {}
+def _describes(manifest: Manifest, relpath: str, snap: Snapshot) -> bool:
     return (
-        manifest.get("size") == snap.size
-        and source.get("relpath") == relpath
-        and source.get("mtime") == iso_time(snap.mtime)
+        manifest.size == snap.size
+        and manifest.source.relpath == relpath
+        and manifest.source.mtime == iso_time(snap.mtime)
     )
 
 
-def _record(manifest: dict[str, Any], key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord:
+def _record(manifest: Manifest, bucket: str, key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord:
     return StreamRecord(
-        id=str(manifest.get("stream_id") or new_stream_id()),
+        id=manifest.stream_id or new_stream_id(),
         relpath=relpath,
         source_path=str(path),
-        bucket=str(manifest.get("bucket")),
+        bucket=manifest.bucket or bucket,
         key=key,
-        schedule=dict(manifest.get("part_schedule") or {}),
+        schedule=dict(manifest.part_schedule),
         state=StreamState.COMPLETED,
         device=snap.identity.device,
         inode=snap.identity.inode,
         size=snap.size,
         mtime=snap.mtime,
-        sha256=manifest.get("sha256"),
-        dedup_of=manifest.get("dedup_of"),
-        origin={k: v for k, v in (manifest.get("source") or {}).items() if k not in ("relpath", "hostname", "mtime")}
-        or None,
+        sha256=manifest.sha256,
+        dedup_of=manifest.dedup_of,
+        origin=dict(manifest.source.origin) or None,
     )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.auth
 from botocore.awsrequest import AWSRequest
-from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.handlers import set_operation_specific_signer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 _SIGNER = "chunkd-s3v4"
 
@@ -47,7 +49,7 @@ class S3Target:
     secret_key: str | None = None
 
 
-def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClient:
+def make_client(target: S3Target, *, max_pool_connections: int = 10) -> S3Client:
     """A client sized to the concurrency.
 
     botocore's own retries are off (tenacity does ours, with our classification), and its default
@@ -78,3 +80,10 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> BaseClie
     for operation in ("PutObject", "UploadPart"):
         client.meta.events.register_first(f"choose-signer.s3.{operation}", _choose_signer)
     return client
+
+
+def credential_method() -> str | None:
+    """Where boto3's normal chain finds credentials ("env", "shared-credentials-file", an
+    instance role…), or None when it finds none."""
+    credentials = boto3.session.Session().get_credentials()
+    return None if credentials is None else str(credentials.method)

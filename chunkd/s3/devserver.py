@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from chunkd.errors import DevServerError
 
@@ -201,8 +202,9 @@ class LocalS3Server:
                 process.wait()
         self._drop_log()
 
-    def __enter__(self) -> LocalS3Server:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,
@@ -262,7 +264,7 @@ class LocalS3Server:
                 stdout=log,
                 stderr=log,
                 env=self._environment(),
-                preexec_fn=_exit_with_parent(os.getpid()) if _PRCTL else None,
+                preexec_fn=_exit_with_parent(os.getpid()) if _PRCTL else None,  # noqa: PLW1509 - prctl only
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -328,7 +330,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def _url_host(host: str) -> str:

@@ -1,4 +1,4 @@
-"""S3 operations for one object at a time: create, send parts, complete, verify, abort.
+"""The one way into S3: every request chunkd makes, for uploads and for the operator commands.
 
 Every call goes through the RetryPolicy, so transient failures are retried with backoff and
 every S3 failure that escapes is a classified TransferError carrying key and part number (a bug
@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, TypeVar, cast
 
-from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chunkd.s3.bandwidth import TokenBucket
-from chunkd.s3.breaker import CircuitBreaker
 from chunkd.errors import PermanentError, RetryableError, TransferError, UploadGoneError
+from chunkd.model.etags import same_etag
+from chunkd.model.planner import Part
+from chunkd.model.states import PartRecord
 from chunkd.pipeline.partreader import (
     Digest,
     FileIdentity,
@@ -30,10 +32,30 @@ from chunkd.pipeline.partreader import (
     digest_range,
     open_checked,
 )
-from chunkd.model.planner import Part
+from chunkd.s3.bandwidth import TokenBucket
+from chunkd.s3.breaker import CircuitBreaker
+from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.retry import RetryPolicy, breaker_verdict
 from chunkd.s3.traits import ServerTraits
-from chunkd.model.states import PartRecord
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import (
+        CompletedMultipartUploadTypeDef,
+        CopySourceTypeDef,
+        CreateMultipartUploadRequestTypeDef,
+        ListMultipartUploadsOutputTypeDef,
+        ListMultipartUploadsRequestTypeDef,
+        ListObjectsV2OutputTypeDef,
+        ListObjectsV2RequestTypeDef,
+        ListPartsOutputTypeDef,
+        PutObjectRequestTypeDef,
+        UploadPartRequestTypeDef,
+    )
+
+T = TypeVar("T")
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+READ_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,20 +71,17 @@ class ObjectInfo:
     etag: str
 
 
-def multipart_etag(parts: list[PartRecord]) -> str:
-    """The ETag S3 gives a completed multipart object: MD5 of the part MD5s, dash, part count."""
-    digests = b"".join(bytes.fromhex(part.etag.strip('"')) for part in parts)
-    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
-
-
-def same_etag(a: str, b: str) -> bool:
-    return a.strip('"').lower() == b.strip('"').lower()
+@dataclass(frozen=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: float  # epoch seconds; 0.0 when the server did not say
 
 
 class Uploader:
     def __init__(
         self,
-        client: BaseClient,
+        client: S3Client,
         policy: RetryPolicy,
         *,
         limiter: TokenBucket | None = None,
@@ -82,6 +101,11 @@ class Uploader:
         self._on_request = on_request or (lambda op: None)
         self._breaker = breaker
         self._wait_for_breaker = wait_for_breaker
+
+    @classmethod
+    def connect(cls, target: S3Target, policy: RetryPolicy, *, max_pool_connections: int = 10) -> Uploader:
+        """An Uploader on a client of its own, for a one-off command (verify, gc, cancel, doctor)."""
+        return cls(make_client(target, max_pool_connections=max_pool_connections), policy)
 
     @property
     def breaker(self) -> CircuitBreaker | None:
@@ -107,7 +131,7 @@ class Uploader:
             breaker=self._breaker, wait_for_breaker=wait_for_breaker, traits=self.traits,
         )
 
-    def _attempt(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def _attempt(self, fn: Callable[[], T]) -> Callable[[], T]:
         """One attempt of `fn`, let through (or held back) by the endpoint's breaker."""
         breaker = self._breaker
         if breaker is None:
@@ -115,20 +139,29 @@ class Uploader:
         wait, stop = self._wait_for_breaker, self._policy.stop_event
         return lambda: breaker.call(fn, breaker_verdict, wait=wait, stop=stop)
 
-    def _call(self, op: str, fn: Callable[[], Any], *, key: str, part: int | None = None) -> Any:
-        def counted() -> Any:
+    def _call(self, op: str, fn: Callable[[], T], *, key: str, part: int | None = None) -> T:
+        def counted() -> T:
             self._on_request(op)
             return fn()
 
         return self._policy.call(self._attempt(counted), key=key, part=part)
 
+    def _found(self, op: str, fn: Callable[[], T], *, key: str) -> T | None:
+        """`_call`, with None for a key that is not there."""
+        try:
+            return self._call(op, fn, key=key)
+        except PermanentError as exc:
+            if exc.code in _NOT_FOUND:
+                return None
+            raise
+
+    # -- writes ------------------------------------------------------------------------------
+
     def create(self, bucket: str, key: str, *, content_type: str | None = None) -> str:
-        extra = {"ContentType": content_type} if content_type else {}
-        response = self._call(
-            "CreateMultipartUpload",
-            lambda: self._client.create_multipart_upload(Bucket=bucket, Key=key, **extra),
-            key=key,
-        )
+        request: CreateMultipartUploadRequestTypeDef = {"Bucket": bucket, "Key": key}
+        if content_type:
+            request["ContentType"] = content_type
+        response = self._call("CreateMultipartUpload", lambda: self._client.create_multipart_upload(**request), key=key)
         return str(response["UploadId"])
 
     def upload_part(
@@ -139,11 +172,14 @@ class Uploader:
         def send() -> PartRecord:
             with open_checked(path, identity) as handle:
                 digest, body = self._read(handle, part.offset, part.size)
+                request: UploadPartRequestTypeDef = {
+                    "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part.number,
+                    "Body": body, "ContentLength": part.size,
+                }
+                if digest.md5_b64:
+                    request["ContentMD5"] = digest.md5_b64
                 self._on_request("UploadPart")
-                response = self._client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
-                    Body=body, ContentLength=part.size, **_md5_header(digest),
-                )
+                response = self._client.upload_part(**request)
             return _part_record(part, digest, str(response["ETag"]))
 
         return self._policy.call(self._attempt(send), key=key, part=part.number)
@@ -153,24 +189,27 @@ class Uploader:
         *, content_type: str | None = None,
     ) -> tuple[Digest, str]:
         """Single PutObject for files smaller than one part; returns the digest and ETag."""
-        extra = {"ContentType": content_type} if content_type else {}
 
         def send() -> tuple[Digest, str]:
             with open_checked(path, identity) as handle:
                 digest, body = self._read(handle, 0, size)
+                request: PutObjectRequestTypeDef = {"Bucket": bucket, "Key": key, "Body": body, "ContentLength": size}
+                if digest.md5_b64:
+                    request["ContentMD5"] = digest.md5_b64
+                if content_type:
+                    request["ContentType"] = content_type
                 self._on_request("PutObject")
-                response = self._client.put_object(
-                    Bucket=bucket, Key=key, Body=body, ContentLength=size, **_md5_header(digest), **extra
-                )
+                response = self._client.put_object(**request)
             etag = str(response["ETag"])
             _check_etag(etag, digest)
             return digest, etag
 
         return self._policy.call(self._attempt(send), key=key)
 
-    def _read(self, handle: io.BufferedReader, offset: int, size: int) -> tuple[Digest, RangeReader]:
+    def _read(self, handle: io.BufferedReader, offset: int, size: int) -> tuple[Digest, IO[bytes]]:
         digest = digest_range(handle, offset, size, md5=self.content_md5)
-        return digest, RangeReader(handle, offset, size, self._limiter, payload_sha256=digest.sha256_hex)
+        body = RangeReader(handle, offset, size, self._limiter, payload_sha256=digest.sha256_hex)
+        return digest, cast("IO[bytes]", body)  # botocore reads any file-like object
 
     def checks_payload_hash(self, bucket: str, key: str) -> bool | None:
         """Whether the server refuses a body that does not hash to its signed SHA-256.
@@ -213,18 +252,16 @@ class Uploader:
         return etag
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         self._call(
             "PutObject",
-            lambda: self._client.put_object(
-                Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                ContentMD5=base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode(),
-            ),
+            lambda: self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, ContentMD5=md5),
             key=key,
         )
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> None:
         """Server-side copy: CopyObject up to 5 GiB, boto3's managed multipart copy beyond."""
-        source = {"Bucket": src_bucket, "Key": src_key}
+        source: CopySourceTypeDef = {"Bucket": src_bucket, "Key": src_key}
         info = self.head(src_bucket, src_key)
         if info is not None and info.size > 5 * 1024**3:
             self._call("MultipartCopy", lambda: self._client.copy(source, bucket, key), key=key)
@@ -232,7 +269,7 @@ class Uploader:
         self._call("CopyObject", lambda: self._client.copy_object(CopySource=source, Bucket=bucket, Key=key), key=key)
 
     def complete(self, bucket: str, key: str, upload_id: str, parts: list[PartRecord]) -> str:
-        layout = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
+        layout: CompletedMultipartUploadTypeDef = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
         response = self._call(
             "CompleteMultipartUpload",
             lambda: self._client.complete_multipart_upload(
@@ -249,18 +286,15 @@ class Uploader:
             key=key,
         )
 
+    # -- reads -------------------------------------------------------------------------------
+
     def list_parts(self, bucket: str, key: str, upload_id: str) -> dict[int, RemotePart]:
         """What the server really holds for this upload (paginated); the truth for reconciling."""
         found: dict[int, RemotePart] = {}
         marker = 0
         while True:
-            response = self._call(
-                "ListParts",
-                lambda: self._client.list_parts(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000
-                ),
-                key=key,
-            )
+            page = functools.partial(_parts_page, self._client, bucket, key, upload_id, marker)
+            response = self._call("ListParts", page, key=key)
             for item in response.get("Parts", []):
                 number = int(item["PartNumber"])
                 found[number] = RemotePart(number, int(item["Size"]), str(item["ETag"]))
@@ -270,63 +304,62 @@ class Uploader:
 
     def list_uploads(self, bucket: str, key: str) -> list[str]:
         """Ids of the unfinished multipart uploads for exactly this key, newest first."""
-        found: list[tuple[Any, str]] = []
-        markers: dict[str, str] = {}
+        found = [upload for upload in self._uploads(bucket, prefix=key) if upload.key == key]
+        found.sort(key=lambda upload: upload.initiated, reverse=True)
+        return [upload.upload_id for upload in found]
+
+    def list_all_uploads(self, bucket: str) -> Iterator[MultipartUpload]:
+        """Every unfinished multipart upload in the bucket, page by page."""
+        return self._uploads(bucket, prefix="")
+
+    def _uploads(self, bucket: str, *, prefix: str) -> Iterator[MultipartUpload]:
+        markers = ("", "")
         while True:
             try:
-                response = self._call(
-                    "ListMultipartUploads",
-                    lambda: self._client.list_multipart_uploads(Bucket=bucket, Prefix=key, **markers),
-                    key=key,
-                )
+                page = functools.partial(_uploads_page, self._client, bucket, prefix, markers)
+                response = self._call("ListMultipartUploads", page, key=prefix)
             except UploadGoneError:  # `rclone serve s3` answers NoSuchUpload when there are none
-                break
+                return
             for item in response.get("Uploads", []):
-                if item.get("Key") == key:
-                    found.append((item.get("Initiated"), str(item["UploadId"])))
-            if not response.get("IsTruncated"):
-                break
-            markers = {"KeyMarker": response.get("NextKeyMarker", ""),
-                       "UploadIdMarker": response.get("NextUploadIdMarker", "")}
-        found.sort(key=lambda item: str(item[0]), reverse=True)
-        return [upload_id for _, upload_id in found]
+                yield MultipartUpload(str(item["Key"]), str(item["UploadId"]), _epoch(item.get("Initiated")))
+            following = (response.get("NextKeyMarker") or "", response.get("NextUploadIdMarker") or "")
+            if not response.get("IsTruncated") or not any(following) or following == markers:
+                return  # the last test: a server that does not move its markers would loop forever
+            markers = following
 
     def list_folder(self, bucket: str, folder: str, *, max_pages: int) -> set[str] | None:
         """The keys directly in `folder` ("" or "a/b/"), or None when there are more than
         `max_pages` pages of them (listing would cost more than asking about each key)."""
         keys: set[str] = set()
-        token: dict[str, str] = {}
+        token = ""
         for _ in range(max_pages):
-            response = self._call(
-                "ListObjectsV2",
-                lambda: self._client.list_objects_v2(Bucket=bucket, Prefix=folder, Delimiter="/", **token),
-                key=folder,
-            )
+            page = functools.partial(_folder_page, self._client, bucket, folder, token)
+            response = self._call("ListObjectsV2", page, key=folder)
             keys.update(str(item["Key"]) for item in response.get("Contents", []))
             if not response.get("IsTruncated"):
                 return keys
-            token = {"ContinuationToken": str(response["NextContinuationToken"])}
+            token = str(response["NextContinuationToken"])
         return None
 
-    def get_small(self, bucket: str, key: str, *, limit: int = 1 << 20) -> bytes | None:
-        """A small object's bytes (a manifest), or None when there is no such key."""
-        try:
-            response = self._call("GetObject", lambda: self._client.get_object(Bucket=bucket, Key=key), key=key)
-        except PermanentError as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        with response["Body"] as body:
-            return bytes(body.read(limit))
+    def get_small(self, bucket: str, key: str, *, limit: int) -> bytes | None:
+        """A small object's bytes (a manifest), or None when there is no such key. Reads one byte
+        past `limit`, so that a caller can tell an object over it from one at it."""
+        return self.stream(bucket, key, lambda chunks: b"".join(_upto(chunks, limit + 1)))
+
+    def stream(self, bucket: str, key: str, consume: Callable[[Iterator[bytes]], T]) -> T | None:
+        """`consume` fed the object's bytes as they arrive (1 MiB reads), or None when there is no
+        such key. A connection dropped mid-read is retried by calling `consume` again from the
+        first byte, so it must start afresh each time (a hash, not an append to a file)."""
+
+        def read() -> T:
+            with contextlib.closing(self._client.get_object(Bucket=bucket, Key=key)["Body"]) as body:
+                return consume(body.iter_chunks(READ_SIZE))
+
+        return self._found("GetObject", read, key=key)
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
-        try:
-            response = self._call("HeadObject", lambda: self._client.head_object(Bucket=bucket, Key=key), key=key)
-        except PermanentError as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return ObjectInfo(int(response["ContentLength"]), str(response.get("ETag", "")))
+        response = self._found("HeadObject", lambda: self._client.head_object(Bucket=bucket, Key=key), key=key)
+        return None if response is None else ObjectInfo(int(response["ContentLength"]), str(response.get("ETag", "")))
 
     def head_bucket(self, bucket: str) -> None:
         self._call("HeadBucket", lambda: self._client.head_bucket(Bucket=bucket), key="")
@@ -344,8 +377,39 @@ class _BytesBody(io.BytesIO):
         self.payload_sha256 = payload_sha256
 
 
-def _md5_header(digest: Digest) -> dict[str, str]:
-    return {"ContentMD5": digest.md5_b64} if digest.md5_b64 else {}
+def _parts_page(client: S3Client, bucket: str, key: str, upload_id: str, marker: int) -> ListPartsOutputTypeDef:
+    return client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000)
+
+
+def _uploads_page(
+    client: S3Client, bucket: str, prefix: str, markers: tuple[str, str]
+) -> ListMultipartUploadsOutputTypeDef:
+    request: ListMultipartUploadsRequestTypeDef = {"Bucket": bucket, "Prefix": prefix}
+    if markers[0]:
+        request["KeyMarker"] = markers[0]
+    if markers[1]:
+        request["UploadIdMarker"] = markers[1]
+    return client.list_multipart_uploads(**request)
+
+
+def _folder_page(client: S3Client, bucket: str, folder: str, token: str) -> ListObjectsV2OutputTypeDef:
+    request: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": folder, "Delimiter": "/"}
+    if token:
+        request["ContinuationToken"] = token
+    return client.list_objects_v2(**request)
+
+
+def _epoch(initiated: datetime | None) -> float:
+    return 0.0 if initiated is None else initiated.timestamp()  # unknown age: old enough
+
+
+def _upto(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """The first `limit` bytes of `chunks`, reading no further."""
+    for chunk in chunks:
+        if limit <= 0:
+            return
+        yield chunk[:limit]
+        limit -= len(chunk)
 
 
 def _check_etag(etag: str, digest: Digest, part: int | None = None) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from chunkd.ops.gc import MultipartUpload, orphans
+from chunkd.ops.gc import orphans
+from chunkd.s3.uploader import MultipartUpload
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
 from chunkd.s3.devserver import free_port

@@ -6,7 +6,8 @@ import hashlib
 
 from chunkd.pipeline.objectcheck import completed_earlier
 from chunkd.model.states import PartRecord
-from chunkd.s3.uploader import ObjectInfo, multipart_etag
+from chunkd.model.etags import multipart_etag
+from chunkd.s3.uploader import ObjectInfo
 
 FIRST, SECOND = b"a" * 10, b"b" * 6
 

@@ -23,11 +23,12 @@ from chunkd.errors import (
 )
 from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
+from chunkd.model.etags import multipart_etag, same_etag
 from chunkd.pipeline.partreader import FileIdentity
 from chunkd.s3.breaker import BreakerState, CircuitBreaker, Verdict
 from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.uploader import RemotePart, Uploader, multipart_etag, same_etag
+from chunkd.s3.uploader import RemotePart, Uploader
 from tests.support.daemon import wait_for
 
 MiB = 1024 * 1024
