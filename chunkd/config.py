@@ -277,7 +277,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
-    table = data.get("chunkd", data)
+    table: dict[str, Any] = data.get("chunkd", data)
     unknown = sorted(set(table) - set(SETTING_NAMES))
     if unknown:
         raise ConfigError("--config", f"unknown setting(s) in {path}: {', '.join(unknown)}")

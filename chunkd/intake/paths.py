@@ -264,7 +264,7 @@ def walk(root: Path, *, folders: list[int] | None = None) -> Iterator[Found]:
             continue  # vanished or unreadable: nothing to offer from there
         if folders is not None:
             folders[0] += 1
-        subfolders = []
+        subfolders: list[tuple[Path, str, tuple[int, int]]] = []
         with entries:  # read as it goes: a folder of 50,000 files is never held in memory at once
             yield from _listed(root, entries, prefix, subfolders)
         pending.extend(reversed(subfolders))

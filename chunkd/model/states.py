@@ -6,7 +6,7 @@ import enum
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from chunkd.errors import InvalidTransition
 
@@ -74,7 +74,10 @@ def _record_to_dict(record: Any) -> dict[str, Any]:
     return data
 
 
-def _record_from_dict(cls: Any, data: dict[str, Any], states: type[enum.Enum]) -> Any:
+_R = TypeVar("_R", "StreamRecord", "UrlRecord")
+
+
+def _record_from_dict(cls: type[_R], data: dict[str, Any], states: type[enum.Enum]) -> _R:
     """Unknown keys are ignored, so records written by a newer version still load."""
     fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
     fields["state"] = states(fields["state"])

@@ -7,10 +7,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chunkd.config import Settings
 from chunkd.observe.metrics import Metrics
@@ -78,10 +79,10 @@ class Engine:
         self.leases.close()
 
 
-class StreamLog(logging.LoggerAdapter):
+class StreamLog(logging.LoggerAdapter[logging.Logger]):
     """Every line about a file carries its stream id and relpath, in JSON and in text."""
 
-    def process(self, msg: str, kwargs: dict) -> tuple[str, dict]:  # type: ignore[override]
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = {**(self.extra or {}), **kwargs.get("extra", {})}
         kwargs["extra"] = extra
         return msg, kwargs

@@ -215,6 +215,6 @@ def positive_float(value: object) -> float | None:
 
 def to_int(value: object) -> int | None:
     try:
-        return int(value)  # type: ignore[call-overload]
+        return int(value)  # type: ignore[call-overload,no-any-return]
     except (TypeError, ValueError):
         return None
