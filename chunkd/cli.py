@@ -314,8 +314,6 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 # -- operator commands ------------------------------------------------------------------------
 
-CANCELLED = "cancelled by operator"
-
 
 def _quick_s3(settings: Settings) -> tuple[Any, Any]:
     """An S3 client and a short retry policy: an operator command should fail in seconds."""
@@ -404,47 +402,24 @@ def _retryable(store: CheckpointStore, record: StreamRecord) -> StreamRecord:
 
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    with _open_store(settings) as store:
-        record = _get_stream(store, args.stream_id)
-        if record.state.terminal:
-            state = record.state.value
-            raise ChunkdError(f"stream {record.id} ({record.relpath}) is already {state}; nothing to cancel")
-        upload_id = record.upload_id
-        # FAILED first, upload id kept: a running daemon stops at its next check, and aborts the
-        # upload itself should ours fail.
-        record.move_to(StreamState.FAILED, error=CANCELLED)
-        store.save_stream(record)
-        print(f"cancel  {record.id}  {record.relpath}  -> FAILED ({CANCELLED})")
-        if upload_id is not None and _abort_cancelled(settings, record, upload_id):
-            _forget_upload(store, record.id, upload_id)
-    return EXIT_OK
-
-
-def _abort_cancelled(settings: Settings, record: StreamRecord, upload_id: str) -> bool:
-    from chunkd.errors import TransferError, UploadGoneError
+    from chunkd.ops.cancel import CANCELLED, Abort, Canceller
     from chunkd.s3.uploader import Uploader
 
-    try:
-        Uploader(*_quick_s3(settings)).abort(record.bucket, record.key, upload_id)
-    except UploadGoneError:
-        print(f"cancel  multipart upload {upload_id} was already gone")
-        return True
-    except TransferError as exc:
-        print(f"cancel  could not abort multipart upload {upload_id}: {exc} (chunkd gc will)", file=sys.stderr)
-        return False
-    print(f"cancel  multipart upload {upload_id} of {record.key} aborted")
-    return True
-
-
-def _forget_upload(store: CheckpointStore, stream_id: str, upload_id: str) -> None:
-    """Clear the aborted upload's id and parts: tells a running daemon the abort is done, and a
-    later `chunkd retry` starts a fresh upload."""
-    record = store.get_stream(stream_id)
-    if record is None or record.state is not StreamState.FAILED or record.upload_id != upload_id:
-        return
-    record.upload_id = None
-    store.drop_parts(stream_id)
-    store.save_stream(record)
+    with _open_store(settings) as store:
+        canceller = Canceller(store, lambda: Uploader(*_quick_s3(settings)))
+        record = canceller.fail(args.stream_id)
+        print(f"cancel  {record.id}  {record.relpath}  -> FAILED ({CANCELLED})")
+        result = canceller.abort_upload(record)
+    if result.outcome is Abort.GONE:
+        print(f"cancel  multipart upload {result.upload_id} was already gone")
+    elif result.outcome is Abort.FAILED:
+        print(
+            f"cancel  could not abort multipart upload {result.upload_id}: {result.error} (chunkd gc will)",
+            file=sys.stderr,
+        )
+    elif result.outcome is Abort.ABORTED:
+        print(f"cancel  multipart upload {result.upload_id} of {record.key} aborted")
+    return EXIT_OK
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:

@@ -89,3 +89,10 @@ class LeaseLostError(ChunkdError):
 
 class StoreResetError(LeaseLostError):
     """The store no longer knows this lease at all: it restarted empty or was flushed."""
+
+
+class CancelledError(ChunkdError):
+    """An operator cancelled the stream (`chunkd cancel`); the store refused to write over that.
+
+    Not a StoreError either: the store answered, and its answer is final for this stream.
+    """

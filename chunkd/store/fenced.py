@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from chunkd.errors import StoreError
-from chunkd.store.lease import HeldLease
 from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.store.health import StoreHealth
+from chunkd.store.lease import HeldLease
 from chunkd.store.protocol import CheckpointStore
 
 T = TypeVar("T")
@@ -23,7 +23,8 @@ _LONGEST_WAIT = 5.0
 
 
 class FencedStore:
-    """Delegates to the daemon's store; the three ledger writes carry the lease's fencing token."""
+    """Delegates to the daemon's store; the three ledger writes carry the lease's fencing token, and
+    stream saves never write over a cancel."""
 
     def __init__(
         self, store: CheckpointStore, held: HeldLease, *, health: StoreHealth, wait: Callable[[float], bool]
@@ -49,7 +50,8 @@ class FencedStore:
             return result
 
     def save_stream(self, record: StreamRecord) -> None:
-        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease))
+        """Guarded: raises CancelledError rather than write over an operator's cancel."""
+        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=True))
 
     def record_part(self, stream_id: str, part: PartRecord) -> None:
         self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease))

@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from chunkd.model.states import (
+    PartRecord,
+    StreamRecord,
+    StreamState,
+    UrlRecord,
+    UrlState,
+)
 from chunkd.store.lease import Lease, Renewal
-from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 
 class CheckpointStore(Protocol):
@@ -18,8 +24,15 @@ class CheckpointStore(Protocol):
     newest one issued for its name; the check and the write are one atomic step.
     """
 
-    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None) -> None:
-        """Insert or replace a stream record and point its relpath at it."""
+    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False) -> None:
+        """Insert or replace a stream record and point its relpath at it.
+
+        `guard`: refuse with CancelledError to write a running record over a finished one (an
+        operator's cancel, above all); the check and the write are one atomic step."""
+
+    def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
+        """Atomically move an unfinished stream to FAILED with `reason` (its upload id kept, so the
+        abort can follow) and return the new record; None when the id is unknown or finished."""
 
     def get_stream(self, stream_id: str) -> StreamRecord | None: ...
 

@@ -29,8 +29,15 @@ import redis
 from redis.client import Pipeline
 
 from chunkd.errors import LeaseLostError, StoreError, StoreResetError
+from chunkd.model.states import (
+    PartRecord,
+    StreamRecord,
+    StreamState,
+    UrlRecord,
+    UrlState,
+)
+from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
-from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
@@ -151,32 +158,84 @@ class RedisStore:
         """`with store.batch() as pipe:` queue writes with `pipeline=pipe`; one MULTI/EXEC on exit."""
         return _Batch(self)
 
-    def _write(self, action: str, queue: Callable[[Pipeline], object], fence: Lease | None) -> None:
-        """One MULTI/EXEC; with a fence, WATCHed so the token check and the write are atomic."""
-        with self._errors(action), self.client.pipeline(transaction=True) as pipe:
-            if fence is None:
+    def _write(
+        self,
+        action: str,
+        queue: Callable[[Pipeline[str]], object],
+        fence: Lease | None,
+        *,
+        guard: StreamRecord | None = None,
+    ) -> None:
+        """One MULTI/EXEC. With a fence (or a guarded record), WATCHed so the check of the token (or
+        of the stored record) and the write are atomic."""
+        if fence is None and guard is None:
+            with self._errors(action), self.client.pipeline(transaction=True) as pipe:
                 queue(pipe)
                 pipe.execute()
-                return
-            fence_key = self._fence_key(fence.name)
+            return
+        keys = [] if fence is None else [self._fence_key(fence.name)]
+        keys += [] if guard is None else [self._stream_key(guard.id)]
+
+        def checked(pipe: Pipeline[str]) -> Callable[[Pipeline[str]], object]:
+            if fence is not None:
+                _check_fence(fence, _reply(pipe.get(self._fence_key(fence.name))))
+            if guard is not None:
+                check_not_finished(self._stored(pipe, guard.id), guard)
+            return queue
+
+        self._transaction(action, keys, checked)
+
+    def _transaction(
+        self, action: str, keys: list[str], decide: Callable[[Pipeline[str]], Callable[[Pipeline[str]], object] | None]
+    ) -> bool:
+        """WATCH `keys`; `decide` reads them (commands run at once while watching) and returns what to
+        queue, or None to write nothing. Decided again whenever a watched key changed before EXEC.
+        True when something was written."""
+        with self._errors(action), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(fence_key)
-                    _check_fence(fence, pipe.get(fence_key))
+                    pipe.watch(*keys)
+                    queue = decide(pipe)
+                    if queue is None:
+                        return False
                     pipe.multi()
                     queue(pipe)
                     pipe.execute()
-                    return
+                    return True
                 except redis.WatchError:
-                    continue  # the fence moved under us: check it again
+                    continue
+
+    def _stored(self, pipe: Pipeline[str], stream_id: str) -> StreamRecord | None:
+        """The stream's record as stored, read on a watching pipeline."""
+        data = _reply(pipe.hget(self._stream_key(stream_id), "data"))
+        return StreamRecord.from_dict(json.loads(data)) if data else None
 
     def save_stream(
-        self, record: StreamRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
+        self,
+        record: StreamRecord,
+        *,
+        pipeline: Pipeline[str] | None = None,
+        fence: Lease | None = None,
+        guard: bool = False,
     ) -> None:
         if pipeline is not None:
+            if guard:
+                raise ValueError("a guarded save reads before it writes: it cannot be queued on a batch")
             self._queue_save(pipeline, record)
             return
-        self._write(f"save stream {record.id}", lambda pipe: self._queue_save(pipe, record), fence)
+        action = f"save stream {record.id}"
+        self._write(action, lambda pipe: self._queue_save(pipe, record), fence, guard=record if guard else None)
+
+    def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
+        result: StreamRecord | None = None
+
+        def decide(pipe: Pipeline[str]) -> Callable[[Pipeline[str]], object] | None:
+            nonlocal result
+            result = record = cancelled(self._stored(pipe, stream_id), reason)
+            return None if record is None else lambda queued: self._queue_save(queued, record)
+
+        written = self._transaction(f"cancel stream {stream_id}", [self._stream_key(stream_id)], decide)
+        return result if written else None
 
     def _queue_save(self, pipe: Pipeline, record: StreamRecord) -> None:
         score = {record.id: record.discovered_at}
@@ -408,6 +467,14 @@ class _Batch:
                     self._pipe.execute()
         finally:
             self._pipe.reset()
+
+
+def _reply(value: object) -> str | None:
+    """A command's reply on a watching pipeline, which runs it at once (the stubs type it as the
+    pipeline itself)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"expected a decoded reply, got {type(value).__name__}")
+    return value
 
 
 def _check_fence(fence: Lease, current: str | None) -> None:
