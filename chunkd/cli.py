@@ -23,7 +23,7 @@ from chunkd.errors import ChunkdError, ConfigError
 from chunkd.observe.logs import setup_logging
 from chunkd.s3.client import S3Target
 from chunkd.model.states import StreamRecord, StreamState, UrlState
-from chunkd.store import CheckpointStore
+from chunkd.store import CheckpointStore, StreamReader
 
 logger = logging.getLogger("chunkd.cli")
 
@@ -329,7 +329,7 @@ def _s3_error(settings: Settings, exc: Any) -> ChunkdError:
     return endpoint_error(exc, bucket=settings.bucket, where=settings.s3_endpoint_url or "AWS S3")
 
 
-def _get_stream(store: CheckpointStore, stream_id: str) -> StreamRecord:
+def _get_stream(store: StreamReader, stream_id: str) -> StreamRecord:
     record = store.get_stream(stream_id)
     if record is None:
         raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
@@ -387,13 +387,13 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _newest_for_path(store: CheckpointStore, record: StreamRecord) -> bool:
+def _newest_for_path(store: StreamReader, record: StreamRecord) -> bool:
     """A stream replaced by a newer one for the same file would never be picked up again."""
     newest = store.find_by_relpath(record.relpath)
     return newest is None or newest.id == record.id
 
 
-def _retryable(store: CheckpointStore, record: StreamRecord) -> StreamRecord:
+def _retryable(store: StreamReader, record: StreamRecord) -> StreamRecord:
     if record.state is not StreamState.FAILED:
         raise ChunkdError(f"stream {record.id} ({record.relpath}) is {record.state.value}; only FAILED can be retried")
     if not _newest_for_path(store, record):

@@ -33,10 +33,10 @@ from tenacity import (
 
 from chunkd import __version__
 from chunkd.errors import StoreError
+from chunkd.model.states import StreamRecord
 from chunkd.observe.logs import redact
 from chunkd.s3.retry import stop_when_set
-from chunkd.model.states import StreamRecord
-from chunkd.store import CheckpointStore
+from chunkd.store import EventLog
 
 logger = logging.getLogger("chunkd.events")
 
@@ -119,7 +119,7 @@ class EventSink:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: EventLog,
         *,
         webhook_urls: Iterable[str] = (),
         secret: str | None = None,

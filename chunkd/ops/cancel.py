@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from chunkd.errors import ChunkdError, TransferError, UploadGoneError
 from chunkd.model.states import StreamRecord, StreamState
 from chunkd.s3.uploader import Uploader
-from chunkd.store.protocol import CheckpointStore
+from chunkd.store.protocol import StreamLedger
 
 CANCELLED = "cancelled by operator"
 
@@ -38,7 +38,7 @@ class AbortResult:
 class Canceller:
     """The store to cancel in, and the S3 gateway for the abort (built only when there is one)."""
 
-    store: CheckpointStore
+    store: StreamLedger
     uploader: Callable[[], Uploader]
     reason: str = CANCELLED
 

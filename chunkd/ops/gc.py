@@ -17,10 +17,10 @@ from typing import Any
 from botocore.client import BaseClient
 
 from chunkd.errors import TransferError, UploadGoneError
-from chunkd.s3.retry import RetryPolicy
 from chunkd.model.states import StreamRecord, StreamState
-from chunkd.store import CheckpointStore
+from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import Uploader
+from chunkd.store import StreamLedger
 
 LIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
 FINISHED = (StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED)
@@ -35,11 +35,12 @@ class MultipartUpload:
 
 def list_uploads(client: BaseClient, policy: RetryPolicy, bucket: str) -> Iterator[MultipartUpload]:
     """Every incomplete multipart upload in the bucket (ListMultipartUploads, paginated)."""
+    s3: Any = client  # botocore adds the S3 operations at run time; BaseClient declares none
     markers: dict[str, str] = {}
     while True:
         request = {"Bucket": bucket, **markers}
         try:
-            response = policy.call(lambda: client.list_multipart_uploads(**request))  # noqa: B023 - called at once
+            response = policy.call(lambda: s3.list_multipart_uploads(**request))  # noqa: B023 - called at once
         except UploadGoneError:
             return  # rclone serve s3 answers 404 NoSuchUpload when there are none
         for item in response.get("Uploads", []):
@@ -82,7 +83,7 @@ def expired(records: Iterable[StreamRecord], *, days: float, now: float) -> list
 class Collector:
     """One gc pass; `echo` gets each line of output."""
 
-    store: CheckpointStore
+    store: StreamLedger
     client: BaseClient
     policy: RetryPolicy
     bucket: str

@@ -23,7 +23,7 @@ import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis
 from redis.client import Pipeline
@@ -38,6 +38,9 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
+
+# Queues one write's commands on a pipeline (see `RedisStore._write`).
+_Queue: TypeAlias = "Callable[[Pipeline[str]], object]"
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
@@ -80,8 +83,8 @@ class RedisStore:
     MULTI/EXEC; they then only queue commands, and the caller executes (see `batch`).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "chunkd:") -> None:
-        if not client.get_connection_kwargs().get("decode_responses"):
+    def __init__(self, client: redis.Redis[str], prefix: str = "chunkd:") -> None:
+        if not _connection_kwargs(client).get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
@@ -143,13 +146,13 @@ class RedisStore:
             raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
 
     def _where(self) -> str:
-        kwargs = self.client.get_connection_kwargs()
+        kwargs = _connection_kwargs(self.client)
         if kwargs.get("path"):
             return f"unix://{kwargs['path']}"
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
     def _scrub(self, message: str) -> str:
-        password = self.client.get_connection_kwargs().get("password")
+        password = _connection_kwargs(self.client).get("password")
         return message.replace(password, "***") if password else message
 
     # writes
@@ -158,14 +161,7 @@ class RedisStore:
         """`with store.batch() as pipe:` queue writes with `pipeline=pipe`; one MULTI/EXEC on exit."""
         return _Batch(self)
 
-    def _write(
-        self,
-        action: str,
-        queue: Callable[[Pipeline[str]], object],
-        fence: Lease | None,
-        *,
-        guard: StreamRecord | None = None,
-    ) -> None:
+    def _write(self, action: str, queue: _Queue, fence: Lease | None, *, guard: StreamRecord | None = None) -> None:
         """One MULTI/EXEC. With a fence (or a guarded record), WATCHed so the check of the token (or
         of the stored record) and the write are atomic."""
         if fence is None and guard is None:
@@ -176,7 +172,7 @@ class RedisStore:
         keys = [] if fence is None else [self._fence_key(fence.name)]
         keys += [] if guard is None else [self._stream_key(guard.id)]
 
-        def checked(pipe: Pipeline[str]) -> Callable[[Pipeline[str]], object]:
+        def checked(pipe: Pipeline[str]) -> _Queue:
             if fence is not None:
                 _check_fence(fence, _reply(pipe.get(self._fence_key(fence.name))))
             if guard is not None:
@@ -185,9 +181,7 @@ class RedisStore:
 
         self._transaction(action, keys, checked)
 
-    def _transaction(
-        self, action: str, keys: list[str], decide: Callable[[Pipeline[str]], Callable[[Pipeline[str]], object] | None]
-    ) -> bool:
+    def _transaction(self, action: str, keys: list[str], decide: Callable[[Pipeline[str]], _Queue | None]) -> bool:
         """WATCH `keys`; `decide` reads them (commands run at once while watching) and returns what to
         queue, or None to write nothing. Decided again whenever a watched key changed before EXEC.
         True when something was written."""
@@ -229,7 +223,7 @@ class RedisStore:
     def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
         result: StreamRecord | None = None
 
-        def decide(pipe: Pipeline[str]) -> Callable[[Pipeline[str]], object] | None:
+        def decide(pipe: Pipeline[str]) -> _Queue | None:
             nonlocal result
             result = record = cancelled(self._stored(pipe, stream_id), reason)
             return None if record is None else lambda queued: self._queue_save(queued, record)
@@ -237,9 +231,11 @@ class RedisStore:
         written = self._transaction(f"cancel stream {stream_id}", [self._stream_key(stream_id)], decide)
         return result if written else None
 
-    def _queue_save(self, pipe: Pipeline, record: StreamRecord) -> None:
-        score = {record.id: record.discovered_at}
-        fields = {"data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath}
+    def _queue_save(self, pipe: Pipeline[str], record: StreamRecord) -> None:
+        score: dict[str | bytes, float] = {record.id: record.discovered_at}
+        fields: dict[str | bytes, str] = {
+            "data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath
+        }
         pipe.hset(self._stream_key(record.id), mapping=fields)
         pipe.zadd(self._streams_key(), score)
         # Blind ZREM from every other state's set: no read needed, so the write stays one MULTI.
@@ -250,7 +246,7 @@ class RedisStore:
         pipe.zadd(self._path_key(record.relpath), score)
 
     def record_part(
-        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
+        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline[str] | None = None, fence: Lease | None = None
     ) -> None:
         args = (self._parts_key(stream_id), str(part.number), json.dumps(part.to_dict()))
         if pipeline is not None:
@@ -263,7 +259,7 @@ class RedisStore:
         stream_id: str,
         numbers: Iterable[int] | None = None,
         *,
-        pipeline: Pipeline | None = None,
+        pipeline: Pipeline[str] | None = None,
         fence: Lease | None = None,
     ) -> None:
         fields = None if numbers is None else [str(int(number)) for number in numbers]
@@ -271,7 +267,7 @@ class RedisStore:
             return  # HDEL with no fields is a syntax error
         key = self._parts_key(stream_id)
 
-        def queue(pipe: Pipeline) -> None:
+        def queue(pipe: Pipeline[str]) -> None:
             if fields is None:
                 pipe.delete(key)
             else:
@@ -305,7 +301,7 @@ class RedisStore:
         with self._errors(f"release lease on {lease.name!r}"):
             self._release(keys=[self._lease_key(lease.name)], args=[_lease_value(lease)])
 
-    def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
+    def delete_stream(self, stream_id: str, *, pipeline: Pipeline[str] | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
         with self._errors(f"delete stream {stream_id}"):
             content_key = self._content_key(record.sha256) if record and record.sha256 else None
@@ -321,7 +317,7 @@ class RedisStore:
             if pipeline is None:
                 pipe.execute()
 
-    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline | None = None) -> None:
+    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline[str] | None = None) -> None:
         fields = {"data": json.dumps(event)}
         target = pipeline if pipeline is not None else self.client
         with self._errors("append event"):
@@ -419,8 +415,10 @@ class RedisStore:
         key = self._url_key(record.url)
         with self._errors("save url"):
             pipe = self.client.pipeline(transaction=True)
-            pipe.hset(key, mapping={"data": json.dumps(record.to_dict()), "state": record.state.value})
-            pipe.zadd(f"{self.prefix}urls", {key: record.created_at})
+            fields: dict[str | bytes, str] = {"data": json.dumps(record.to_dict()), "state": record.state.value}
+            score: dict[str | bytes, float] = {key: record.created_at}
+            pipe.hset(key, mapping=fields)
+            pipe.zadd(f"{self.prefix}urls", score)
             pipe.execute()
 
     def get_url(self, url: str) -> UrlRecord | None:
@@ -453,9 +451,9 @@ class _Batch:
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._pipe: Pipeline | None = None
+        self._pipe: Pipeline[str] | None = None
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Pipeline[str]:
         self._pipe = self._store.client.pipeline(transaction=True)
         return self._pipe
 
@@ -467,6 +465,12 @@ class _Batch:
                     self._pipe.execute()
         finally:
             self._pipe.reset()
+
+
+def _connection_kwargs(client: redis.Redis[str]) -> dict[str, Any]:
+    """What the client connects with (`get_connection_kwargs`, which the stubs leave untyped)."""
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    return kwargs
 
 
 def _reply(value: object) -> str | None:
