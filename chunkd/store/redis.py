@@ -12,7 +12,7 @@ Keys, with the default prefix:
     chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
     chunkd:urls                  sorted set: url keys scored by created_at
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
-    chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds
+    chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
 """
 
@@ -28,7 +28,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.client import Pipeline
 
-from chunkd.errors import LeaseLostError, StoreError, StoreResetError
+from chunkd.errors import StoreError
 from chunkd.model.states import (
     PartRecord,
     StreamRecord,
@@ -38,6 +38,7 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
+from chunkd.store.redis_leases import RedisLeases, check_fence
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
 _Queue: TypeAlias = "Callable[[Pipeline[str]], object]"
@@ -46,35 +47,6 @@ _Queue: TypeAlias = "Callable[[Pipeline[str]], object]"
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
 _EVENT_CLOCK_SLACK_SECONDS = 300.0
 _EVENT_PAGE = 500
-
-# KEYS: lease, fence. ARGV: owner, ttl ms, an owner we may take the lease from ("" for none).
-# A lease held by anyone else — this daemon's own other job included — is not handed out.
-_ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local holder = string.match(current, '^(.*)|%d+$')
-  if holder ~= ARGV[3] then return 0 end
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
-"""
-
-# KEYS: lease, fence. ARGV: "owner|token", ttl ms, token. 1 held, 0 lost, -1 forgotten.
-_RENEW = """
-local fence = redis.call('GET', KEYS[2])
-if not fence then return -1 end
-if tonumber(fence) ~= tonumber(ARGV[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: lease. ARGV: "owner|token".
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class RedisStore:
     """CheckpointStore on Redis. Thread-safe: redis-py hands each call its own pooled connection.
@@ -88,9 +60,7 @@ class RedisStore:
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self.leases = RedisLeases(client, prefix, errors=self._errors)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -130,12 +100,6 @@ class RedisStore:
     def _events_key(self) -> str:
         return f"{self.prefix}events"
 
-    def _lease_key(self, name: str) -> str:
-        return f"{self.prefix}lease:{name}"
-
-    def _fence_key(self, name: str) -> str:
-        return f"{self.prefix}fence:{name}"
-
     # errors
 
     @contextmanager
@@ -169,12 +133,12 @@ class RedisStore:
                 queue(pipe)
                 pipe.execute()
             return
-        keys = [] if fence is None else [self._fence_key(fence.name)]
+        keys = [] if fence is None else [self.leases.fence_key(fence.name)]
         keys += [] if guard is None else [self._stream_key(guard.id)]
 
         def checked(pipe: Pipeline[str]) -> _Queue:
             if fence is not None:
-                _check_fence(fence, _reply(pipe.get(self._fence_key(fence.name))))
+                check_fence(fence, _reply(pipe.get(self.leases.fence_key(fence.name))))
             if guard is not None:
                 check_not_finished(self._stored(pipe, guard.id), guard)
             return queue
@@ -278,28 +242,19 @@ class RedisStore:
             return
         self._write(f"drop parts of stream {stream_id}", queue, fence)
 
-    # leases
+    # leases (see redis_leases)
 
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
-        keys = [self._lease_key(name), self._fence_key(name)]
-        with self._errors(f"acquire lease on {name!r}"):
-            token = int(self._acquire(keys=keys, args=[owner, _ms(ttl), steal_from or ""]))
-        return token or None
+        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from)
 
     def lease_owner(self, name: str) -> str | None:
-        with self._errors(f"read lease on {name!r}"):
-            value = self.client.get(self._lease_key(name))
-        return value.rpartition("|")[0] if value else None
+        return self.leases.lease_owner(name)
 
     def renew_lease(self, lease: Lease, ttl: float) -> Renewal:
-        keys = [self._lease_key(lease.name), self._fence_key(lease.name)]
-        with self._errors(f"renew lease on {lease.name!r}"):
-            result = int(self._renew(keys=keys, args=[_lease_value(lease), _ms(ttl), lease.token]))
-        return {1: Renewal.HELD, 0: Renewal.LOST}.get(result, Renewal.FORGOTTEN)
+        return self.leases.renew_lease(lease, ttl)
 
     def release_lease(self, lease: Lease) -> None:
-        with self._errors(f"release lease on {lease.name!r}"):
-            self._release(keys=[self._lease_key(lease.name)], args=[_lease_value(lease)])
+        self.leases.release_lease(lease)
 
     def delete_stream(self, stream_id: str, *, pipeline: Pipeline[str] | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
@@ -479,21 +434,6 @@ def _reply(value: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"expected a decoded reply, got {type(value).__name__}")
     return value
-
-
-def _check_fence(fence: Lease, current: str | None) -> None:
-    if current is None:
-        raise StoreResetError(f"the state store has no lease on {fence.name!r}: it restarted empty or was flushed")
-    if int(current) != fence.token:
-        raise LeaseLostError(f"another daemon took over {fence.name!r} (token {current} > {fence.token})")
-
-
-def _lease_value(lease: Lease) -> str:
-    return f"{lease.owner}|{lease.token}"
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
 
 
 def _redact(url: str) -> str:
