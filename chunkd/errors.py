@@ -131,7 +131,10 @@ class Interrupted(ChunkdError):
 
 
 class CancelledError(ChunkdError):
-    """An operator cancelled the stream; the store refused to write over that."""
+    """An operator cancelled the stream (`chunkd cancel`); the store refused to write over that.
+
+    Not a StoreError either: the store answered, and its answer is final for this stream.
+    """
 
 
 class ProbeIncomplete(Exception):

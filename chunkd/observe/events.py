@@ -36,7 +36,7 @@ from chunkd import __version__
 from chunkd.errors import StoreError
 from chunkd.model.states import StreamRecord
 from chunkd.observe.logs import redact
-from chunkd.store import CheckpointStore
+from chunkd.store import EventLog
 
 logger = logging.getLogger("chunkd.events")
 
@@ -119,7 +119,7 @@ class EventSink:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: EventLog,
         *,
         webhook_urls: Iterable[str] = (),
         secret: str | None = None,

@@ -23,9 +23,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from chunkd.s3.breaker import BreakerState
 from chunkd.model.states import StreamState
-from chunkd.store import CheckpointStore
+from chunkd.s3.breaker import BreakerState
+from chunkd.store import StreamReader
 
 logger = logging.getLogger("chunkd.metrics")
 
@@ -43,7 +43,7 @@ class StoreSnapshot:
     oldest_unfinished_age: float | None  # seconds since the oldest non-terminal stream was discovered
 
 
-def store_snapshot(store: CheckpointStore, *, now: Callable[[], float] = time.time) -> StoreSnapshot:
+def store_snapshot(store: StreamReader, *, now: Callable[[], float] = time.time) -> StoreSnapshot:
     """Count streams by state; sum and age the unfinished (non-terminal) ones.
 
     FAILED is terminal: it waits for `chunkd retry`, not for the daemon, so it shows in the state
@@ -146,7 +146,7 @@ class Metrics:
         def read() -> float:
             try:
                 return float(depth())
-            except Exception:  # noqa: BLE001 - a scrape must not fail over one gauge
+            except Exception:
                 logger.debug("queue depth unavailable", exc_info=True)
                 return math.nan
 

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from chunkd.observe.logs import redact
 from chunkd.intake.paths import printable
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
-from chunkd.store import CheckpointStore
+from chunkd.observe.logs import redact
+from chunkd.store import StreamReader
 
 _ACTIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -54,7 +54,7 @@ class StreamStatus:
 
 
 def collect(
-    store: CheckpointStore,
+    store: StreamReader,
     states: Iterable[StreamState] | None = None,
     *,
     since: float | None = None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from chunkd.errors import TransferError, UploadGoneError
 from chunkd.model.states import StreamRecord, StreamState
 from chunkd.s3.uploader import MultipartUpload, Uploader
-from chunkd.store import CheckpointStore
+from chunkd.store import StreamLedger
 
 LIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
 FINISHED = (StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED)
@@ -44,7 +44,7 @@ def expired(records: Iterable[StreamRecord], *, days: float, now: float) -> list
 class Collector:
     """One gc pass; `echo` gets each line of output."""
 
-    store: CheckpointStore
+    store: StreamLedger
     uploader: Uploader
     bucket: str
     echo: Callable[[str], None]

@@ -16,7 +16,7 @@ from chunkd.errors import CancelledError, StoreError, TransferError, UploadGoneE
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.engine import Engine, StreamLog
 from chunkd.pipeline.partreader import FileIdentity
-from chunkd.store.fenced import FencedStore
+from chunkd.store import JobLedger
 
 logger = logging.getLogger("chunkd.stream")
 
@@ -25,7 +25,7 @@ class UploadCoordinator:
     """The record, the ledger and the failure cleanups of one stream job's upload."""
 
     def __init__(
-        self, engine: Engine, store: FencedStore, path: Path, record: StreamRecord, log: StreamLog,
+        self, engine: Engine, store: JobLedger, path: Path, record: StreamRecord, log: StreamLog,
         *, final: bool = False,
     ) -> None:
         self.engine = engine
@@ -146,7 +146,7 @@ class UploadCoordinator:
             pass  # the cancel is what the user sees
 
 
-def record_failure(engine: Engine, store: FencedStore, record: StreamRecord, reason: str, log: StreamLog) -> None:
+def record_failure(engine: Engine, store: JobLedger, record: StreamRecord, reason: str, log: StreamLog) -> None:
     record.move_to(StreamState.FAILED, error=reason)
     try:
         store.save_stream(record)

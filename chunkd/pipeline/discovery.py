@@ -21,7 +21,7 @@ from chunkd.pipeline.disposal import after_upload
 from chunkd.pipeline.engine import Engine, StreamLog
 from chunkd.pipeline.monitor import Snapshot, take_snapshot
 from chunkd.pipeline.recovery import restore_completed
-from chunkd.store.fenced import FencedStore
+from chunkd.store import JobLedger
 
 logger = logging.getLogger("chunkd.stream")
 
@@ -29,7 +29,7 @@ logger = logging.getLogger("chunkd.stream")
 @dataclass
 class Discovery:
     engine: Engine
-    store: FencedStore
+    store: JobLedger
     path: Path
     relpath: str
     origin: dict[str, Any] | None = None  # where a downloaded file came from, for the manifest
@@ -71,7 +71,7 @@ class Discovery:
         """A file older than this run with no record: maybe the store forgot it (see recovery)."""
         engine = self.engine
         key = render_key(engine.settings.key_template, self.relpath, hostname=engine.hostname)
-        return restore_completed(engine.with_store(self.store), key, self.relpath, self.path, snap) is not None
+        return restore_completed(engine, self.store, key, self.relpath, self.path, snap) is not None
 
     def _new_record(self, snap: Snapshot) -> StreamRecord:
         settings = self.engine.settings

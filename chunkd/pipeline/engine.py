@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 import threading
@@ -58,13 +57,6 @@ class Engine:
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds)
         self.store_health = StoreHealth()
         self.folders = FolderListings(self.uploader)
-
-    def with_store(self, store: CheckpointStore) -> Engine:
-        """The same engine (pool, uploader, stop flag) seen through another store, e.g. one job's
-        fenced view of it."""
-        view = copy.copy(self)
-        view.store = store
-        return view
 
     def adopt_traits(self, traits: ServerTraits) -> None:
         """At start, before any job runs: the gateway from now on is the one for this server."""

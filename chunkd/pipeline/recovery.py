@@ -27,11 +27,14 @@ from chunkd.model.manifest import (
 from chunkd.model.states import StreamRecord, StreamState, new_stream_id
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.monitor import Snapshot
+from chunkd.store import JobLedger
 
 logger = logging.getLogger("chunkd.recovery")
 
 
-def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: Snapshot) -> StreamRecord | None:
+def restore_completed(
+    engine: Engine, store: JobLedger, key: str, relpath: str, path: Path, snap: Snapshot
+) -> StreamRecord | None:
     """The COMPLETED record this file's manifest proves, saved back to the store; else None."""
     bucket = engine.settings.bucket
     manifest_name = manifest_key(key, engine.settings.manifest_suffix)
@@ -51,11 +54,11 @@ def restore_completed(engine: Engine, key: str, relpath: str, path: Path, snap: 
     if info is None or info.size != snap.size:
         return None
     record = _record(manifest, bucket, key, relpath, path, snap)
-    engine.store.save_stream(record)
+    store.save_stream(record)
     for part in manifest.parts:
-        engine.store.record_part(record.id, part)
+        store.record_part(record.id, part)
     if record.sha256:
-        engine.store.index_content(record.sha256, record.id, size=record.size)
+        store.index_content(record.sha256, record.id, size=record.size)
     logger.info(
         "already uploaded (its manifest in the bucket says so); record restored",
         extra={"relpath": relpath, "stream_id": record.id, "key": key},

@@ -1,11 +1,33 @@
-"""Checkpoint store backends behind one Protocol; `open_store` picks one from a URL."""
+"""Checkpoint store backends behind one Protocol (made of small role Protocols); `open_store`
+picks one from a URL."""
 
 from __future__ import annotations
 
 from chunkd.errors import ConfigError
-from chunkd.store.protocol import CheckpointStore
+from chunkd.store.protocol import (
+    CheckpointStore,
+    ContentIndex,
+    EventLog,
+    JobLedger,
+    LeaseStore,
+    StoreConnection,
+    StreamLedger,
+    StreamReader,
+    UrlLedger,
+)
 
-__all__ = ["CheckpointStore", "open_store"]
+__all__ = [
+    "CheckpointStore",
+    "ContentIndex",
+    "EventLog",
+    "JobLedger",
+    "LeaseStore",
+    "StoreConnection",
+    "StreamLedger",
+    "StreamReader",
+    "UrlLedger",
+    "open_store",
+]
 
 
 def open_store(url: str, *, exclusive: bool = False) -> CheckpointStore:

@@ -8,12 +8,12 @@ ends the wait with the StoreError, so the job stops and resumes on the next star
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from chunkd.errors import StoreError
-from chunkd.store.lease import HeldLease
-from chunkd.model.states import PartRecord, StreamRecord
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store.health import StoreHealth
+from chunkd.store.lease import HeldLease
 from chunkd.store.protocol import CheckpointStore
 
 T = TypeVar("T")
@@ -23,7 +23,8 @@ _LONGEST_WAIT = 5.0
 
 
 class FencedStore:
-    """Delegates to the daemon's store; the three ledger writes carry the lease's fencing token."""
+    """A JobLedger over the daemon's store: the three ledger writes carry the lease's fencing token,
+    stream saves never write over a cancel, and every call waits out an outage."""
 
     def __init__(
         self, store: CheckpointStore, held: HeldLease, *, health: StoreHealth, wait: Callable[[float], bool]
@@ -49,7 +50,8 @@ class FencedStore:
             return result
 
     def save_stream(self, record: StreamRecord) -> None:
-        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease))
+        """Guarded: raises CancelledError rather than write over an operator's cancel."""
+        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=True))
 
     def record_part(self, stream_id: str, part: PartRecord) -> None:
         self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease))
@@ -57,13 +59,26 @@ class FencedStore:
     def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
         self.patiently(lambda: self._store.drop_parts(stream_id, numbers, fence=self.held.lease))
 
-    def __getattr__(self, name: str) -> Any:
-        """Every other store call (reads, content index, events), waited out the same way."""
-        attribute = getattr(self._store, name)
-        if not callable(attribute):
-            return attribute
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        return self.patiently(lambda: self._store.get_stream(stream_id))
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self.patiently(lambda: attribute(*args, **kwargs))
+    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+        return self.patiently(lambda: self._store.find_by_relpath(relpath))
 
-        return call
+    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
+        return self.patiently(lambda: self._store.list_streams(states))
+
+    def list_parts(self, stream_id: str) -> list[PartRecord]:
+        return self.patiently(lambda: self._store.list_parts(stream_id))
+
+    def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
+        self.patiently(lambda: self._store.index_content(sha256, stream_id, size=size))
+
+    def may_hold_size(self, size: int) -> bool:
+        return self.patiently(lambda: self._store.may_hold_size(size))
+
+    def find_by_content(self, sha256: str) -> StreamRecord | None:
+        return self.patiently(lambda: self._store.find_by_content(sha256))
+
+    def forget_content(self, sha256: str) -> None:
+        self.patiently(lambda: self._store.forget_content(sha256))

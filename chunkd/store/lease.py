@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from chunkd.errors import LeaseLostError, StoreError, StoreResetError
 
 if TYPE_CHECKING:
-    from chunkd.store import CheckpointStore
+    from chunkd.store.protocol import LeaseStore
 
 logger = logging.getLogger("chunkd.lease")
 
@@ -97,7 +97,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: LeaseStore,
         ttl: float,
         *,
         owner: str | None = None,

@@ -1,25 +1,30 @@
-"""The checkpoint store seam: what the engine needs from Redis or SQLite, and nothing more."""
+"""The checkpoint store seam: what the engine needs from Redis or SQLite, and nothing more.
+
+One small Protocol per role, so a consumer names only the part it uses (the event sink an
+EventLog, the lease keeper a LeaseStore, `chunkd status` a StreamReader); CheckpointStore is all
+of them, what a backend implements.
+
+Every write is atomic on its own: a crash between two calls leaves the store in the state of the
+last call that returned.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from chunkd.model.states import (
+    PartRecord,
+    StreamRecord,
+    StreamState,
+    UrlRecord,
+    UrlState,
+)
 from chunkd.store.lease import Lease, Renewal
-from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 
-class CheckpointStore(Protocol):
-    """Durable ledger of streams and their acknowledged parts.
-
-    Every write is atomic on its own: a crash between two calls leaves the store in the state of
-    the last call that returned. Writes that take a `fence` are refused with LeaseLostError (or
-    StoreResetError when the store has no trace of the lease) unless the lease's token is still the
-    newest one issued for its name; the check and the write are one atomic step.
-    """
-
-    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None) -> None:
-        """Insert or replace a stream record and point its relpath at it."""
+class StreamReader(Protocol):
+    """Streams and their acknowledged parts, read only."""
 
     def get_stream(self, stream_id: str) -> StreamRecord | None: ...
 
@@ -29,16 +34,43 @@ class CheckpointStore(Protocol):
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         """Streams (optionally only those in `states`), oldest discovery first."""
 
-    def record_part(self, stream_id: str, part: PartRecord, *, fence: Lease | None = None) -> None:
-        """Record an acknowledged part; replaces an earlier record with the same number."""
-
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         """Recorded parts ordered by part number."""
+
+
+class StreamLedger(StreamReader, Protocol):
+    """Durable ledger of streams and their acknowledged parts.
+
+    Writes that take a `fence` are refused with LeaseLostError (or StoreResetError when the store
+    has no trace of the lease) unless the lease's token is still the newest one issued for its name;
+    the check and the write are one atomic step.
+    """
+
+    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False) -> None:
+        """Insert or replace a stream record and point its relpath at it.
+
+        `guard`: refuse with CancelledError to write a running record over a finished one (an
+        operator's cancel, above all); the check and the write are one atomic step."""
+
+    def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
+        """Atomically move an unfinished stream to FAILED with `reason` (its upload id kept, so the
+        abort can follow) and return the new record; None when the id is unknown or finished."""
+
+    def record_part(self, stream_id: str, part: PartRecord, *, fence: Lease | None = None) -> None:
+        """Record an acknowledged part; replaces an earlier record with the same number."""
 
     def drop_parts(
         self, stream_id: str, numbers: Iterable[int] | None = None, *, fence: Lease | None = None
     ) -> None:
         """Forget some parts (or all when `numbers` is None), e.g. after the upload vanished."""
+
+    def delete_stream(self, stream_id: str) -> None:
+        """Forget a stream: its record, parts, path index entry, state-set membership and a content
+        index entry pointing at it. An unknown id is not an error."""
+
+
+class ContentIndex(Protocol):
+    """Which completed stream holds which bytes: content dedup."""
 
     def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
         """Remember that a completed stream's object holds exactly these bytes (content dedup),
@@ -54,9 +86,9 @@ class CheckpointStore(Protocol):
     def forget_content(self, sha256: str) -> None:
         """Drop an index entry whose object turned out to be gone."""
 
-    def delete_stream(self, stream_id: str) -> None:
-        """Forget a stream: its record, parts, path index entry, state-set membership and a content
-        index entry pointing at it. An unknown id is not an error."""
+
+class EventLog(Protocol):
+    """What happened to files, newest kept."""
 
     def append_event(self, event: dict[str, Any], *, maxlen: int) -> None:
         """Append an event (a JSON-able dict with a float `ts`) to the event log, which keeps about
@@ -65,6 +97,10 @@ class CheckpointStore(Protocol):
     def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest `limit` events whose `ts` >= `since` (all when None), oldest first."""
 
+
+class UrlLedger(Protocol):
+    """URLs from links files and how far each got."""
+
     def save_url(self, record: UrlRecord) -> None:
         """Insert or replace a URL record (keyed by its normalized URL)."""
 
@@ -72,6 +108,10 @@ class CheckpointStore(Protocol):
 
     def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
         """URL records, oldest first."""
+
+
+class LeaseStore(Protocol):
+    """Per-file leases and the fencing tokens that stream writes carry."""
 
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
         """A new fencing token if `name` is free (or held by `owner` or by `steal_from`), else None."""
@@ -85,7 +125,24 @@ class CheckpointStore(Protocol):
     def release_lease(self, lease: Lease) -> None:
         """Give the lease up if it is still ours, so another daemon need not wait for it to expire."""
 
+
+class JobLedger(StreamReader, ContentIndex, Protocol):
+    """What a stream job reads and writes through: its lease-fenced view of the store
+    (chunkd.store.fenced), which any whole store also satisfies."""
+
+    def save_stream(self, record: StreamRecord) -> None: ...
+
+    def record_part(self, stream_id: str, part: PartRecord) -> None: ...
+
+    def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None: ...
+
+
+class StoreConnection(Protocol):
     def ping(self) -> None:
         """Raise StoreError when the backend is unreachable."""
 
     def close(self) -> None: ...
+
+
+class CheckpointStore(StreamLedger, ContentIndex, EventLog, UrlLedger, LeaseStore, StoreConnection, Protocol):
+    """Every role at once: what a backend implements and what the daemon holds."""

@@ -12,7 +12,7 @@ Keys, with the default prefix:
     chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
     chunkd:urls                  sorted set: url keys scored by created_at
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
-    chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds
+    chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
 """
 
@@ -23,48 +23,30 @@ import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis
 from redis.client import Pipeline
 
-from chunkd.errors import LeaseLostError, StoreError, StoreResetError
+from chunkd.errors import StoreError
+from chunkd.model.states import (
+    PartRecord,
+    StreamRecord,
+    StreamState,
+    UrlRecord,
+    UrlState,
+)
+from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
-from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
+from chunkd.store.redis_leases import RedisLeases, check_fence
+
+# Queues one write's commands on a pipeline (see `RedisStore._write`).
+_Queue: TypeAlias = "Callable[[Pipeline[str]], object]"
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
 _EVENT_CLOCK_SLACK_SECONDS = 300.0
 _EVENT_PAGE = 500
-
-# KEYS: lease, fence. ARGV: owner, ttl ms, an owner we may take the lease from ("" for none).
-# A lease held by anyone else — this daemon's own other job included — is not handed out.
-_ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local holder = string.match(current, '^(.*)|%d+$')
-  if holder ~= ARGV[3] then return 0 end
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
-"""
-
-# KEYS: lease, fence. ARGV: "owner|token", ttl ms, token. 1 held, 0 lost, -1 forgotten.
-_RENEW = """
-local fence = redis.call('GET', KEYS[2])
-if not fence then return -1 end
-if tonumber(fence) ~= tonumber(ARGV[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: lease. ARGV: "owner|token".
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class RedisStore:
     """CheckpointStore on Redis. Thread-safe: redis-py hands each call its own pooled connection.
@@ -73,14 +55,12 @@ class RedisStore:
     MULTI/EXEC; they then only queue commands, and the caller executes (see `batch`).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "chunkd:") -> None:
-        if not client.get_connection_kwargs().get("decode_responses"):
+    def __init__(self, client: redis.Redis[str], prefix: str = "chunkd:") -> None:
+        if not _connection_kwargs(client).get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self.leases = RedisLeases(client, prefix, errors=self._errors)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -120,12 +100,6 @@ class RedisStore:
     def _events_key(self) -> str:
         return f"{self.prefix}events"
 
-    def _lease_key(self, name: str) -> str:
-        return f"{self.prefix}lease:{name}"
-
-    def _fence_key(self, name: str) -> str:
-        return f"{self.prefix}fence:{name}"
-
     # errors
 
     @contextmanager
@@ -136,13 +110,13 @@ class RedisStore:
             raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
 
     def _where(self) -> str:
-        kwargs = self.client.get_connection_kwargs()
+        kwargs = _connection_kwargs(self.client)
         if kwargs.get("path"):
             return f"unix://{kwargs['path']}"
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
     def _scrub(self, message: str) -> str:
-        password = self.client.get_connection_kwargs().get("password")
+        password = _connection_kwargs(self.client).get("password")
         return message.replace(password, "***") if password else message
 
     # writes
@@ -151,36 +125,81 @@ class RedisStore:
         """`with store.batch() as pipe:` queue writes with `pipeline=pipe`; one MULTI/EXEC on exit."""
         return _Batch(self)
 
-    def _write(self, action: str, queue: Callable[[Pipeline], object], fence: Lease | None) -> None:
-        """One MULTI/EXEC; with a fence, WATCHed so the token check and the write are atomic."""
-        with self._errors(action), self.client.pipeline(transaction=True) as pipe:
-            if fence is None:
+    def _write(self, action: str, queue: _Queue, fence: Lease | None, *, guard: StreamRecord | None = None) -> None:
+        """One MULTI/EXEC. With a fence (or a guarded record), WATCHed so the check of the token (or
+        of the stored record) and the write are atomic."""
+        if fence is None and guard is None:
+            with self._errors(action), self.client.pipeline(transaction=True) as pipe:
                 queue(pipe)
                 pipe.execute()
-                return
-            fence_key = self._fence_key(fence.name)
+            return
+        keys = [] if fence is None else [self.leases.fence_key(fence.name)]
+        keys += [] if guard is None else [self._stream_key(guard.id)]
+
+        def checked(pipe: Pipeline[str]) -> _Queue:
+            if fence is not None:
+                check_fence(fence, _reply(pipe.get(self.leases.fence_key(fence.name))))
+            if guard is not None:
+                check_not_finished(self._stored(pipe, guard.id), guard)
+            return queue
+
+        self._transaction(action, keys, checked)
+
+    def _transaction(self, action: str, keys: list[str], decide: Callable[[Pipeline[str]], _Queue | None]) -> bool:
+        """WATCH `keys`; `decide` reads them (commands run at once while watching) and returns what to
+        queue, or None to write nothing. Decided again whenever a watched key changed before EXEC.
+        True when something was written."""
+        with self._errors(action), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(fence_key)
-                    _check_fence(fence, pipe.get(fence_key))
+                    pipe.watch(*keys)
+                    queue = decide(pipe)
+                    if queue is None:
+                        return False
                     pipe.multi()
                     queue(pipe)
                     pipe.execute()
-                    return
+                    return True
                 except redis.WatchError:
-                    continue  # the fence moved under us: check it again
+                    continue
+
+    def _stored(self, pipe: Pipeline[str], stream_id: str) -> StreamRecord | None:
+        """The stream's record as stored, read on a watching pipeline."""
+        data = _reply(pipe.hget(self._stream_key(stream_id), "data"))
+        return StreamRecord.from_dict(json.loads(data)) if data else None
 
     def save_stream(
-        self, record: StreamRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
+        self,
+        record: StreamRecord,
+        *,
+        pipeline: Pipeline[str] | None = None,
+        fence: Lease | None = None,
+        guard: bool = False,
     ) -> None:
         if pipeline is not None:
+            if guard:
+                raise ValueError("a guarded save reads before it writes: it cannot be queued on a batch")
             self._queue_save(pipeline, record)
             return
-        self._write(f"save stream {record.id}", lambda pipe: self._queue_save(pipe, record), fence)
+        action = f"save stream {record.id}"
+        self._write(action, lambda pipe: self._queue_save(pipe, record), fence, guard=record if guard else None)
 
-    def _queue_save(self, pipe: Pipeline, record: StreamRecord) -> None:
-        score = {record.id: record.discovered_at}
-        fields = {"data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath}
+    def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
+        result: StreamRecord | None = None
+
+        def decide(pipe: Pipeline[str]) -> _Queue | None:
+            nonlocal result
+            result = record = cancelled(self._stored(pipe, stream_id), reason)
+            return None if record is None else lambda queued: self._queue_save(queued, record)
+
+        written = self._transaction(f"cancel stream {stream_id}", [self._stream_key(stream_id)], decide)
+        return result if written else None
+
+    def _queue_save(self, pipe: Pipeline[str], record: StreamRecord) -> None:
+        score: dict[str | bytes, float] = {record.id: record.discovered_at}
+        fields: dict[str | bytes, str] = {
+            "data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath
+        }
         pipe.hset(self._stream_key(record.id), mapping=fields)
         pipe.zadd(self._streams_key(), score)
         # Blind ZREM from every other state's set: no read needed, so the write stays one MULTI.
@@ -191,7 +210,7 @@ class RedisStore:
         pipe.zadd(self._path_key(record.relpath), score)
 
     def record_part(
-        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
+        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline[str] | None = None, fence: Lease | None = None
     ) -> None:
         args = (self._parts_key(stream_id), str(part.number), json.dumps(part.to_dict()))
         if pipeline is not None:
@@ -204,7 +223,7 @@ class RedisStore:
         stream_id: str,
         numbers: Iterable[int] | None = None,
         *,
-        pipeline: Pipeline | None = None,
+        pipeline: Pipeline[str] | None = None,
         fence: Lease | None = None,
     ) -> None:
         fields = None if numbers is None else [str(int(number)) for number in numbers]
@@ -212,7 +231,7 @@ class RedisStore:
             return  # HDEL with no fields is a syntax error
         key = self._parts_key(stream_id)
 
-        def queue(pipe: Pipeline) -> None:
+        def queue(pipe: Pipeline[str]) -> None:
             if fields is None:
                 pipe.delete(key)
             else:
@@ -223,30 +242,21 @@ class RedisStore:
             return
         self._write(f"drop parts of stream {stream_id}", queue, fence)
 
-    # leases
+    # leases (see redis_leases)
 
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
-        keys = [self._lease_key(name), self._fence_key(name)]
-        with self._errors(f"acquire lease on {name!r}"):
-            token = int(self._acquire(keys=keys, args=[owner, _ms(ttl), steal_from or ""]))
-        return token or None
+        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from)
 
     def lease_owner(self, name: str) -> str | None:
-        with self._errors(f"read lease on {name!r}"):
-            value = self.client.get(self._lease_key(name))
-        return value.rpartition("|")[0] if value else None
+        return self.leases.lease_owner(name)
 
     def renew_lease(self, lease: Lease, ttl: float) -> Renewal:
-        keys = [self._lease_key(lease.name), self._fence_key(lease.name)]
-        with self._errors(f"renew lease on {lease.name!r}"):
-            result = int(self._renew(keys=keys, args=[_lease_value(lease), _ms(ttl), lease.token]))
-        return {1: Renewal.HELD, 0: Renewal.LOST}.get(result, Renewal.FORGOTTEN)
+        return self.leases.renew_lease(lease, ttl)
 
     def release_lease(self, lease: Lease) -> None:
-        with self._errors(f"release lease on {lease.name!r}"):
-            self._release(keys=[self._lease_key(lease.name)], args=[_lease_value(lease)])
+        self.leases.release_lease(lease)
 
-    def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
+    def delete_stream(self, stream_id: str, *, pipeline: Pipeline[str] | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
         with self._errors(f"delete stream {stream_id}"):
             content_key = self._content_key(record.sha256) if record and record.sha256 else None
@@ -262,7 +272,7 @@ class RedisStore:
             if pipeline is None:
                 pipe.execute()
 
-    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline | None = None) -> None:
+    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline[str] | None = None) -> None:
         fields = {"data": json.dumps(event)}
         target = pipeline if pipeline is not None else self.client
         with self._errors("append event"):
@@ -360,8 +370,10 @@ class RedisStore:
         key = self._url_key(record.url)
         with self._errors("save url"):
             pipe = self.client.pipeline(transaction=True)
-            pipe.hset(key, mapping={"data": json.dumps(record.to_dict()), "state": record.state.value})
-            pipe.zadd(f"{self.prefix}urls", {key: record.created_at})
+            fields: dict[str | bytes, str] = {"data": json.dumps(record.to_dict()), "state": record.state.value}
+            score: dict[str | bytes, float] = {key: record.created_at}
+            pipe.hset(key, mapping=fields)
+            pipe.zadd(f"{self.prefix}urls", score)
             pipe.execute()
 
     def get_url(self, url: str) -> UrlRecord | None:
@@ -394,9 +406,9 @@ class _Batch:
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._pipe: Pipeline | None = None
+        self._pipe: Pipeline[str] | None = None
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Pipeline[str]:
         self._pipe = self._store.client.pipeline(transaction=True)
         return self._pipe
 
@@ -410,19 +422,18 @@ class _Batch:
             self._pipe.reset()
 
 
-def _check_fence(fence: Lease, current: str | None) -> None:
-    if current is None:
-        raise StoreResetError(f"the state store has no lease on {fence.name!r}: it restarted empty or was flushed")
-    if int(current) != fence.token:
-        raise LeaseLostError(f"another daemon took over {fence.name!r} (token {current} > {fence.token})")
+def _connection_kwargs(client: redis.Redis[str]) -> dict[str, Any]:
+    """What the client connects with (`get_connection_kwargs`, which the stubs leave untyped)."""
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    return kwargs
 
 
-def _lease_value(lease: Lease) -> str:
-    return f"{lease.owner}|{lease.token}"
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+def _reply(value: object) -> str | None:
+    """A command's reply on a watching pipeline, which runs it at once (the stubs type it as the
+    pipeline itself)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"expected a decoded reply, got {type(value).__name__}")
+    return value
 
 
 def _redact(url: str) -> str:

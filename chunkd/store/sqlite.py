@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.errors import LeaseLostError, StoreError
+from chunkd.model.states import (
+    PartRecord,
+    StreamRecord,
+    StreamState,
+    UrlRecord,
+    UrlState,
+)
+from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
-from chunkd.model.states import PartRecord, StreamRecord, StreamState, UrlRecord, UrlState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -138,11 +145,19 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {action} failed: {exc}") from exc
 
-    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None) -> None:
-        row = (record.id, record.relpath, record.state.value, record.discovered_at, json.dumps(record.to_dict()))
+    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False) -> None:
         with self._transaction(f"save stream {record.id}") as conn:
             self._check_fence(fence)
-            conn.execute(_SAVE_STREAM, row)
+            if guard:
+                check_not_finished(_stored(conn, record.id), record)
+            conn.execute(_SAVE_STREAM, _stream_row(record))
+
+    def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
+        with self._transaction(f"cancel stream {stream_id}") as conn:
+            record = cancelled(_stored(conn, stream_id), reason)
+            if record is not None:
+                conn.execute(_SAVE_STREAM, _stream_row(record))
+        return record
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         with self._read(f"get stream {stream_id}") as conn:
@@ -324,3 +339,13 @@ def _state_filter(states: Iterable[Any] | None, kind: type[Enum]) -> tuple[str, 
 
 def _stream(data: str) -> StreamRecord:
     return StreamRecord.from_dict(json.loads(data))
+
+
+def _stream_row(record: StreamRecord) -> tuple[str, str, str, float, str]:
+    return record.id, record.relpath, record.state.value, record.discovered_at, json.dumps(record.to_dict())
+
+
+def _stored(conn: sqlite3.Connection, stream_id: str) -> StreamRecord | None:
+    """Inside a write's transaction, the record that write is checked against."""
+    row = conn.execute("SELECT data FROM streams WHERE id = ?", (stream_id,)).fetchone()
+    return _stream(row[0]) if row else None

@@ -94,7 +94,7 @@ def test_resume_adopts_parts_the_checkpoint_missed(make_engine: Callable[..., En
     not in the ledger. The restart must adopt it (its MD5 matches the local bytes), not resend it."""
     engine = make_engine()
     source = write_random(engine.input_dir / "movie.mkv", 18 * MiB)
-    record = Discovery(engine, engine.store, source, "movie.mkv").find_or_create(fresh=False)  # type: ignore[arg-type]
+    record = Discovery(engine, engine.store, source, "movie.mkv").find_or_create(fresh=False)
     assert record is not None
     schedule = plan_schedule(5 * MiB)
     record.upload_id = engine.uploader.create(BUCKET, "movie.mkv")

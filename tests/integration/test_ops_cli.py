@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from chunkd.ops.gc import orphans
-from chunkd.s3.uploader import MultipartUpload
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
-from chunkd.store import CheckpointStore, open_store
+from chunkd.ops.gc import orphans
 from chunkd.s3.devserver import free_port
+from chunkd.s3.uploader import MultipartUpload
+from chunkd.store import CheckpointStore, open_store
 from tests.integration.test_cli import run_chunkd
 from tests.support.daemon import daemon_env
 from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
@@ -313,6 +313,28 @@ def test_cancel_aborts_the_upload_and_fails_the_stream(env: dict[str, str], moto
     assert again.returncode == 1 and "already FAILED" in again.stderr
     ok("retry", "up", env=env)  # a cancelled stream can be retried: a fresh upload
     assert load(env, "up").state is StreamState.PENDING  # type: ignore[union-attr]
+
+
+def test_cancel_keeps_an_upload_it_could_not_abort_and_forgets_one_already_gone(env: dict[str, str]) -> None:
+    seed(env, stream("stuck", StreamState.UPLOADING, upload_id="upl-stuck"),
+         stream("gone", StreamState.FINALIZING, upload_id="upl-gone"), parts={"stuck": 1, "gone": 1})
+
+    unreachable = {**env, "CHUNKD_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    result = run_chunkd("cancel", "stuck", env=unreachable)
+    assert result.returncode == 0, result.stderr
+    assert "-> FAILED (cancelled by operator)" in result.stdout
+    assert "could not abort multipart upload upl-stuck" in result.stderr and "(chunkd gc will)" in result.stderr
+    stuck = load(env, "stuck")
+    assert stuck is not None and (stuck.state, stuck.upload_id) == (StreamState.FAILED, "upl-stuck")
+
+    assert "multipart upload upl-gone was already gone" in ok("cancel", "gone", env=env)
+    gone = load(env, "gone")
+    assert gone is not None and (gone.state, gone.upload_id) == (StreamState.FAILED, None)
+    store = open_store(env["CHUNKD_STATE_URL"])
+    try:
+        assert (len(store.list_parts("stuck")), len(store.list_parts("gone"))) == (1, 0)
+    finally:
+        store.close()
 
 
 def test_cancel_a_pending_stream_and_an_unknown_id(env: dict[str, str]) -> None:

@@ -71,7 +71,7 @@ def put(client: Any, data: bytes, records: list[PartRecord], **edit: Any) -> dic
 
 
 def restore(engine: Any, size: int) -> StreamRecord | None:
-    return restore_completed(engine, KEY, KEY, Path(f"/in/{KEY}"), snapshot(size))
+    return restore_completed(engine, engine.store, KEY, KEY, Path(f"/in/{KEY}"), snapshot(size))
 
 
 def test_a_manifest_restores_the_record_its_parts_and_the_content_index(client: Any, engine: Any) -> None:

@@ -1,0 +1,59 @@
+"""Command line: `chunkd run`, `chunkd upload PATH…`, `chunkd status`, `chunkd verify KEY|PATH`, and the
+operator commands `doctor`, `gc`, `retry`, `cancel`, `stats`.
+
+One module per group of commands (run, inspect, ops); this one parses, loads the settings, and turns
+chunkd's errors into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from chunkd import __version__
+from chunkd.cli import inspect, ops, run
+from chunkd.cli.common import EXIT_CONFIG, EXIT_FAILURE, settings_parent
+from chunkd.config import SETTING_NAMES, Settings, load_settings
+from chunkd.errors import ChunkdError, ConfigError
+from chunkd.observe.logs import setup_logging
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+COMMANDS: dict[str, Command] = {
+    "run": run.cmd_run, "upload": run.cmd_upload, "status": inspect.cmd_status, "verify": inspect.cmd_verify,
+    "doctor": ops.cmd_doctor, "gc": ops.cmd_gc, "retry": ops.cmd_retry, "cancel": ops.cmd_cancel,
+    "stats": inspect.cmd_stats,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chunkd", description="Upload a drop folder to S3 in resumable parts.")
+    parser.add_argument("--version", action="version", version=f"chunkd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    parent = settings_parent()
+    run.add_parsers(commands, parent)
+    inspect.add_status_and_verify(commands, parent)
+    ops.add_parsers(commands, parent)
+    inspect.add_stats(commands, parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {name: getattr(args, name) for name in SETTING_NAMES}
+    try:
+        settings = load_settings(config_file=args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"chunkd: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"chunkd: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ChunkdError as exc:
+        code = getattr(exc, "exit_code", EXIT_FAILURE)
+        print(f"chunkd: error: {exc}", file=sys.stderr)
+        return code

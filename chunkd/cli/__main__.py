@@ -1,0 +1,3 @@
+from chunkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""What every command shares: exit codes, the settings options, the state store and S3 handles."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chunkd.config import SETTING_NAMES, Settings, env_name
+from chunkd.errors import ChunkdError, TransferError
+from chunkd.s3.client import S3Target
+from chunkd.store import CheckpointStore
+
+if TYPE_CHECKING:
+    from chunkd.s3.uploader import Uploader
+
+logger = logging.getLogger("chunkd.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DEV_ROOT = Path(".chunkd")
+
+
+def settings_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings (each also CHUNKD_<NAME> in the environment or <name> in --config)")
+    group.add_argument("--config", metavar="FILE", help="TOML file with settings (env CHUNKD_CONFIG)")
+    for name in SETTING_NAMES:
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"env {env_name(name)}")
+    return parent
+
+
+def duration(text: str) -> float:
+    from chunkd.observe.overview import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+class DevEndpoint:
+    """`--dev`: a local S3 endpoint on disk under ./.chunkd/s3, started and stopped with us."""
+
+    def __init__(self, settings: Settings) -> None:
+        from chunkd.s3.devserver import LocalS3Server
+
+        self.root = DEV_ROOT.resolve() / "s3"
+        self.server = LocalS3Server(self.root, buckets=(settings.bucket,), log_file=DEV_ROOT / "rclone.log")
+
+    def __enter__(self) -> S3Target:
+        self.server.start()
+        return S3Target(self.server.endpoint_url, None, self.server.access_key, self.server.secret_key)
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+def target(settings: Settings) -> S3Target:
+    return S3Target(endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[CheckpointStore]:
+    from chunkd.store import open_store
+
+    store = open_store(settings.state_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def quick_s3(settings: Settings) -> Uploader:
+    """The S3 gateway under a short retry policy: an operator command should fail in seconds."""
+    from chunkd.s3.retry import RetryPolicy
+    from chunkd.s3.uploader import Uploader
+
+    return Uploader.connect(target(settings), RetryPolicy.quick())
+
+
+def s3_error(settings: Settings, exc: TransferError) -> ChunkdError:
+    from chunkd.errors import endpoint_error
+
+    return endpoint_error(exc, bucket=settings.bucket, where=settings.s3_endpoint_url or "AWS S3")
+

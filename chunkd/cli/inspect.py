@@ -1,0 +1,89 @@
+"""`chunkd status`, `chunkd stats` and `chunkd verify`: read what the store and the bucket say."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from chunkd.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    DevEndpoint,
+    duration,
+    open_store,
+    target,
+)
+from chunkd.config import Settings
+from chunkd.model.states import StreamState
+
+
+def add_status_and_verify(commands: Any, parent: argparse.ArgumentParser) -> None:
+    status = commands.add_parser("status", parents=[parent], help="show every stream the state store knows")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--state", action="append", choices=[s.value.lower() for s in StreamState], help="only this state (repeatable)"
+    )
+    status.add_argument(
+        "--since", type=duration, metavar="AGE", help="only streams updated in the last AGE (30m, 2h, 7d)"
+    )
+    verify = commands.add_parser(
+        "verify", parents=[parent], help="check an uploaded object against its manifest",
+        description="Compare an object with its manifest: HeadObject size and ETag, and the manifest's parts "
+        "tiling the object. The local file (PATH, or the manifest's source.relpath under the input folder) "
+        "is always hashed and compared when it exists. Exit 0 only if every check passed.",
+    )
+    verify.add_argument("target", metavar="KEY|PATH", help="object key, or a local file whose key is looked up")
+    verify.add_argument(
+        "--deep", action="store_true", help="also stream the whole object (GetObject) and compare its SHA-256"
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.add_argument("--dev", action="store_true", help="check against the local S3 endpoint under ./.chunkd/")
+
+
+def add_stats(commands: Any, parent: argparse.ArgumentParser) -> None:
+    stats = commands.add_parser("stats", parents=[parent], help="finished files and bytes per UTC day")
+    stats.add_argument("--since", type=duration, default="7d", metavar="AGE", help="look back this far (default 7d)")
+    stats.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.observe.overview import (
+        collect,
+        render_downloads,
+        render_json,
+        render_table,
+    )
+
+    states = [StreamState(s.upper()) for s in args.state] if args.state else None
+    since = None if args.since is None else time.time() - args.since
+    with open_store(settings) as store:
+        statuses = collect(store, states, since=since)
+        downloads = [] if args.json or args.state else store.list_urls()
+    print(render_json(statuses) if args.json else render_table(statuses))
+    if downloads:
+        print("\n" + render_downloads(downloads))
+    return EXIT_OK
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.ops.verify import verify
+
+    if args.dev:
+        with DevEndpoint(settings) as dev:
+            report = verify(settings, dev, args.target, deep=args.deep)
+    else:
+        report = verify(settings, target(settings), args.target, deep=args.deep)
+    print(report.render_json() if args.json else report.render_text())
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.observe import daily as stats
+
+    finished = [StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED]
+    with open_store(settings) as store:
+        rows = stats.aggregate(store.list_streams(finished), since=time.time() - args.since)
+    render = {"table": stats.render_table, "json": stats.render_json, "csv": stats.render_csv}[args.format]
+    print(render(rows))
+    return EXIT_OK

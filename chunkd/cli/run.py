@@ -1,0 +1,155 @@
+"""`chunkd run` (the daemon) and `chunkd upload PATH…` (once, then exit), both also with `--dev`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from chunkd.cli.common import (
+    DEV_ROOT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    DevEndpoint,
+    logger,
+    target,
+)
+from chunkd.config import Settings
+from chunkd.errors import ChunkdError
+from chunkd.s3.client import S3Target
+
+
+def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
+    run = commands.add_parser("run", parents=[parent], help="watch the input folder and upload what lands there")
+    run.add_argument("--dev", action="store_true", help="embedded state and a local S3 endpoint under ./.chunkd/")
+    upload = commands.add_parser("upload", parents=[parent], help="upload files or folders once, then exit")
+    upload.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    upload.add_argument("--dev", action="store_true", help="upload to the local S3 endpoint under ./.chunkd/")
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    if args.dev:
+        with DevEndpoint(settings) as dev:
+            print(
+                f"chunkd --dev: drop files into {settings.input_dir.resolve()}\n"
+                f"  objects land in {DEV_ROOT.resolve() / 's3' / settings.bucket}\n"
+                f"  S3 endpoint {dev.endpoint_url} (access key {dev.access_key}), "
+                f"state {settings.state_url}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return _run_daemon(settings, dev, stop)
+    return _run_daemon(settings, target(settings), stop)
+
+
+def _run_daemon(settings: Settings, s3: S3Target, stop: threading.Event) -> int:
+    from chunkd.daemon import Daemon, build_engine, preflight
+
+    engine = build_engine(settings, s3, stop=stop)
+    preflight(engine, s3)
+    Daemon(engine).run()
+    return EXIT_OK
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: warm stop (finish in-flight parts). Second: leave at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting now; unfinished parts will be re-sent on resume")
+            logging.shutdown()
+            os._exit(EXIT_FAILURE)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
+    if args.dev:
+        with DevEndpoint(settings) as dev:
+            return _upload(settings, dev, args.paths)
+    return _upload(settings, target(settings), args.paths)
+
+
+def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    from chunkd.intake.paths import (
+        PathFilter,
+        relpath_of,
+        safe_regular_file,
+        walk_files,
+    )
+
+    items: list[tuple[Path, str]] = []
+    wanted = PathFilter(settings.include, settings.exclude)
+    for path in paths:
+        if path.is_dir():
+            root = path.resolve()
+            for file in sorted(walk_files(root)):
+                relpath = f"{root.name}/{relpath_of(root, file)}"
+                if wanted.wants(relpath_of(root, file) or "") and safe_regular_file(root, file):
+                    items.append((file, relpath))
+        elif path.is_file():
+            items.append((path.resolve(), path.name))
+        else:
+            raise ChunkdError(f"{path}: no such file or folder")
+    return items
+
+
+def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
+    from chunkd.daemon import build_engine, preflight
+    from chunkd.intake.scheduler import Scheduler
+    from chunkd.pipeline.job import Outcome, StreamJob
+
+    if settings.invalid_media == "quarantine":
+        settings = dataclasses.replace(settings, invalid_media="reject")  # fail, but leave the file be
+    items = _upload_items(settings, paths)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    engine = build_engine(settings, s3, stop=stop)
+    preflight(engine, s3)
+    bar = _progress_bar(sum(p.stat().st_size for p, _ in items))
+    if bar is not None:
+        engine.on_progress = lambda relpath, nbytes: bar.update(nbytes)
+    scheduler = Scheduler(
+        lambda path, relpath: StreamJob(engine, path, relpath, final=True).run(),
+        workers=settings.file_concurrency,
+        retry_delay=5.0,
+    )
+    for path, relpath in items:
+        scheduler.submit(path, relpath)
+    started = time.monotonic()
+    scheduler.start()
+    while scheduler.busy and not stop.is_set():
+        time.sleep(0.1)
+    scheduler.stop(timeout=settings.shutdown_timeout)
+    engine.shutdown()
+    engine.store.close()
+    if bar is not None:
+        bar.close()
+    failed = [r for r, o in scheduler.outcomes.items() if o not in (Outcome.COMPLETED, Outcome.SKIPPED)]
+    elapsed = time.monotonic() - started
+    done = len(items) - len(failed)
+    print(f"chunkd: {done}/{len(items)} file(s) uploaded in {elapsed:.1f}s", file=sys.stderr)
+    for relpath in failed:
+        print(f"chunkd: failed: {relpath} ({scheduler.outcomes[relpath].value})", file=sys.stderr)
+    return EXIT_FAILURE if failed or stop.is_set() else EXIT_OK
+
+
+def _progress_bar(total: int) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload")

@@ -1,0 +1,77 @@
+"""`chunkd cancel`: stop one unfinished stream and abort its multipart upload.
+
+FAILED first, in one atomic step of the store, with the upload id kept: a running daemon stops at
+its next check, can no longer write over the cancel, and aborts the upload itself should our abort
+fail. Then the abort. Then the upload id and parts are forgotten, which tells that daemon the abort
+is done and lets a later `chunkd retry` start a fresh upload.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chunkd.errors import ChunkdError, TransferError, UploadGoneError
+from chunkd.model.states import StreamRecord, StreamState
+from chunkd.s3.uploader import Uploader
+from chunkd.store.protocol import StreamLedger
+
+CANCELLED = "cancelled by operator"
+
+
+class Abort(enum.Enum):
+    NOTHING = "nothing"  # no multipart upload was started yet
+    ABORTED = "aborted"
+    GONE = "gone"  # aborted or expired before we got to it
+    FAILED = "failed"  # still there: the daemon or `chunkd gc` aborts it later
+
+
+@dataclass(frozen=True)
+class AbortResult:
+    outcome: Abort
+    upload_id: str | None = None
+    error: TransferError | None = None
+
+
+@dataclass
+class Canceller:
+    """The store to cancel in, and the S3 gateway for the abort (built only when there is one)."""
+
+    store: StreamLedger
+    uploader: Callable[[], Uploader]
+    reason: str = CANCELLED
+
+    def fail(self, stream_id: str) -> StreamRecord:
+        """Move the stream to FAILED; raises ChunkdError for an unknown or finished stream."""
+        record = self.store.cancel_stream(stream_id, self.reason)
+        if record is not None:
+            return record
+        stored = self.store.get_stream(stream_id)
+        if stored is None:
+            raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
+        state = stored.state.value
+        raise ChunkdError(f"stream {stored.id} ({stored.relpath}) is already {state}; nothing to cancel")
+
+    def abort_upload(self, record: StreamRecord) -> AbortResult:
+        """Abort the cancelled stream's multipart upload, then forget it unless the abort failed."""
+        upload_id = record.upload_id
+        if upload_id is None:
+            return AbortResult(Abort.NOTHING)
+        try:
+            self.uploader().abort(record.bucket, record.key, upload_id)
+            outcome = Abort.ABORTED
+        except UploadGoneError:
+            outcome = Abort.GONE
+        except TransferError as exc:
+            return AbortResult(Abort.FAILED, upload_id, exc)
+        self._forget_upload(record.id, upload_id)
+        return AbortResult(outcome, upload_id)
+
+    def _forget_upload(self, stream_id: str, upload_id: str) -> None:
+        record = self.store.get_stream(stream_id)
+        if record is None or record.state is not StreamState.FAILED or record.upload_id != upload_id:
+            return  # retried or replaced meanwhile: that is no longer ours to change
+        record.upload_id = None
+        self.store.drop_parts(stream_id)
+        self.store.save_stream(record)

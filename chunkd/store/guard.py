@@ -1,0 +1,34 @@
+"""What an operator's cancel means to the ledger, as pure rules both backends apply inside one
+atomic step (a SQLite transaction, a Redis WATCH/MULTI)."""
+
+from __future__ import annotations
+
+from chunkd.errors import CancelledError
+from chunkd.model.states import StreamRecord, StreamState
+
+
+def check_not_finished(stored: StreamRecord | None, record: StreamRecord) -> None:
+    """The guard of `save_stream(guard=True)`: a running job's record never replaces a finished one.
+
+    A job's copy of its record is read long before it is written back; meanwhile `chunkd cancel`
+    may have failed the stream. A finished record (the job's own failure, say) may always be written.
+    """
+    if stored is None or record.state.terminal or not stored.state.terminal:
+        return
+    why = f" ({stored.last_error})" if stored.last_error else ""
+    raise CancelledError(
+        f"stream {record.id} ({record.relpath}) is {stored.state.value}{why} in the state store; "
+        f"not writing {record.state.value} over it"
+    )
+
+
+def cancelled(stored: StreamRecord | None, reason: str) -> StreamRecord | None:
+    """`stored` moved to FAILED with `reason`, or None when there is nothing left to cancel.
+
+    The upload id stays: whoever aborts the multipart upload (the canceller, or the job should that
+    fail) still needs it.
+    """
+    if stored is None or stored.state.terminal:
+        return None
+    stored.move_to(StreamState.FAILED, error=reason)
+    return stored

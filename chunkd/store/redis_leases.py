@@ -1,0 +1,101 @@
+"""Leases on Redis: which daemon works on which file, and the fencing tokens its writes carry.
+
+Each script reads and writes the lease and fence keys in one atomic step. The fence key never
+expires, so a lease that expired can still be told from one the store forgot (a restart empty,
+a flush): the first is LOST to a newer token, the second FORGOTTEN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import redis
+
+from chunkd.errors import LeaseLostError, StoreResetError
+from chunkd.store.lease import Lease, Renewal
+
+# KEYS: lease, fence. ARGV: owner, ttl ms, an owner we may take the lease from ("" for none).
+# A lease held by anyone else — this daemon's own other job included — is not handed out.
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local holder = string.match(current, '^(.*)|%d+$')
+  if holder ~= ARGV[3] then return 0 end
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS: lease, fence. ARGV: "owner|token", ttl ms, token. 1 held, 0 lost, -1 forgotten.
+_RENEW = """
+local fence = redis.call('GET', KEYS[2])
+if not fence then return -1 end
+if tonumber(fence) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: lease. ARGV: "owner|token".
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisLeases:
+    """LeaseStore on Redis; RedisStore hands its lease calls here, and checks fences with `check_fence`."""
+
+    def __init__(
+        self, client: redis.Redis[str], prefix: str, *, errors: Callable[[str], AbstractContextManager[None]]
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._errors = errors  # RedisStore's: a RedisError becomes a StoreError without secrets
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def lease_key(self, name: str) -> str:
+        return f"{self.prefix}lease:{name}"
+
+    def fence_key(self, name: str) -> str:
+        return f"{self.prefix}fence:{name}"
+
+    def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
+        keys = [self.lease_key(name), self.fence_key(name)]
+        with self._errors(f"acquire lease on {name!r}"):
+            token = int(self._acquire(keys=keys, args=[owner, _ms(ttl), steal_from or ""]))
+        return token or None
+
+    def lease_owner(self, name: str) -> str | None:
+        with self._errors(f"read lease on {name!r}"):
+            value = self.client.get(self.lease_key(name))
+        return value.rpartition("|")[0] if value else None
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Renewal:
+        keys = [self.lease_key(lease.name), self.fence_key(lease.name)]
+        with self._errors(f"renew lease on {lease.name!r}"):
+            result = int(self._renew(keys=keys, args=[_lease_value(lease), _ms(ttl), lease.token]))
+        return {1: Renewal.HELD, 0: Renewal.LOST}.get(result, Renewal.FORGOTTEN)
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._errors(f"release lease on {lease.name!r}"):
+            self._release(keys=[self.lease_key(lease.name)], args=[_lease_value(lease)])
+
+
+def check_fence(fence: Lease, current: str | None) -> None:
+    """Raise unless `current`, the fence key's value, is still the token of `fence`."""
+    if current is None:
+        raise StoreResetError(f"the state store has no lease on {fence.name!r}: it restarted empty or was flushed")
+    if int(current) != fence.token:
+        raise LeaseLostError(f"another daemon took over {fence.name!r} (token {current} > {fence.token})")
+
+
+def _lease_value(lease: Lease) -> str:
+    return f"{lease.owner}|{lease.token}"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
