@@ -18,16 +18,16 @@ from yt_dlp.utils import DownloadError as YtdlpDownloadError
 from yt_dlp.utils import ExtractorError, UnsupportedError
 
 from chunkd.errors import DownloadError
-from chunkd.links.download import (
-    Downloader,
-    HostRateLimiter,
-    _YtdlpLogger,
+from chunkd.links.download import Downloader
+from chunkd.links.failures import (
     classify,
     parse_retry_after,
     status_error,
     stop_when_told_to_wait_long,
     wait_retry_after,
 )
+from chunkd.links.hostlimit import HostRateLimiter
+from chunkd.links.ytdlp import YtdlpLogger
 
 
 class FakeClock:
@@ -209,7 +209,7 @@ def test_error_reasons_carry_no_credentials() -> None:
 
 def test_yt_dlp_messages_are_logged_without_credentials(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="chunkd.downloader")
-    adapter = _YtdlpLogger()
+    adapter = YtdlpLogger()
     adapter.debug("[generic] Extracting URL: https://bob:hunter2@cdn.example/v.mp4?signature=abc123")
     adapter.warning("[download] Got error from https://cdn.example/v.mp4?token=abc123")
     assert caplog.records and "hunter2" not in caplog.text and "abc123" not in caplog.text

@@ -15,8 +15,9 @@ import pytest
 from watchdog.events import FileClosedNoWriteEvent, FileCreatedEvent, FileOpenedEvent
 
 from chunkd.config import DEFAULT_INCLUDE
+from chunkd.intake.backlog import EnqueueHandler, PendingPaths
 from chunkd.intake.paths import PathFilter
-from chunkd.intake.watcher import Watcher, _Enqueue, _Pending
+from chunkd.intake.watcher import Watcher
 from tests.support.daemon import wait_for
 
 
@@ -60,7 +61,7 @@ def running(watcher: Watcher) -> Iterator[Watcher]:
 
 
 def test_pending_paths_wait_once_each_and_overflow_into_a_rescan(tmp_path: Path) -> None:
-    pending = _Pending(limit=3)
+    pending = PendingPaths(limit=3)
     for name in ("a", "b", "a", "c", "b"):
         pending.add(tmp_path / name)
     assert len(pending) == 3
@@ -71,8 +72,8 @@ def test_pending_paths_wait_once_each_and_overflow_into_a_rescan(tmp_path: Path)
 
 
 def test_reading_a_file_is_not_an_event_worth_a_look(tmp_path: Path) -> None:
-    pending = _Pending(limit=10)
-    handler = _Enqueue(pending, tmp_path)
+    pending = PendingPaths(limit=10)
+    handler = EnqueueHandler(pending, tmp_path)
     handler.dispatch(FileOpenedEvent(str(tmp_path / "a.mp4")))
     handler.dispatch(FileClosedNoWriteEvent(str(tmp_path / "a.mp4")))
     assert len(pending) == 0
@@ -176,7 +177,12 @@ def test_the_input_folder_swapped_between_two_looks_is_watched_anew(running: Wat
     replacement.mkdir()
     shutil.rmtree(root)
     replacement.rename(root)  # a new inode under the same name, faster than a look
-    wait_for(lambda: running.watching and os.stat(root).st_ino == running._root_id[1], timeout=10,
+    wait_for(lambda: running.watching and running._folder.root_id == _folder_id(root), timeout=10,
              what="the new folder to be watched")
     (root / "x.mp4").write_bytes(b"x")
     wait_for(lambda: "x.mp4" in submit.calls, timeout=10, what="an event from the new folder")
+
+
+def _folder_id(folder: Path) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
