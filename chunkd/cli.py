@@ -20,9 +20,9 @@ from typing import Any
 from chunkd import __version__
 from chunkd.config import SETTING_NAMES, Settings, env_name, load_settings
 from chunkd.errors import ChunkdError, ConfigError
+from chunkd.model.states import StreamRecord, StreamState, UrlState
 from chunkd.observe.logs import setup_logging
 from chunkd.s3.client import S3Target
-from chunkd.model.states import StreamRecord, StreamState, UrlState
 from chunkd.store import CheckpointStore
 
 logger = logging.getLogger("chunkd.cli")
@@ -209,7 +209,12 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path, str]]:
-    from chunkd.intake.paths import PathFilter, relpath_of, safe_regular_file, walk_files
+    from chunkd.intake.paths import (
+        PathFilter,
+        relpath_of,
+        safe_regular_file,
+        walk_files,
+    )
 
     items: list[tuple[Path, str]] = []
     wanted = PathFilter(settings.include, settings.exclude)
@@ -229,7 +234,7 @@ def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path,
 
 def _upload(settings: Settings, target: S3Target, paths: Sequence[Path]) -> int:
     from chunkd.daemon import build_engine, preflight
-    from chunkd.intake.scheduler import Scheduler
+    from chunkd.intake.scheduler import JobResult, Scheduler
     from chunkd.pipeline.job import Outcome, StreamJob
 
     if settings.invalid_media == "quarantine":
@@ -243,7 +248,7 @@ def _upload(settings: Settings, target: S3Target, paths: Sequence[Path]) -> int:
     if bar is not None:
         engine.on_progress = lambda relpath, nbytes: bar.update(nbytes)
     scheduler = Scheduler(
-        lambda path, relpath: StreamJob(engine, path, relpath, final=True).run(),
+        lambda request: JobResult(StreamJob(engine, request.path, request.relpath, final=True).run()),
         workers=settings.file_concurrency,
         retry_delay=5.0,
     )
@@ -287,7 +292,12 @@ def _open_store(settings: Settings) -> Iterator[CheckpointStore]:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from chunkd.observe.overview import collect, render_downloads, render_json, render_table
+    from chunkd.observe.overview import (
+        collect,
+        render_downloads,
+        render_json,
+        render_table,
+    )
 
     states = [StreamState(s.upper()) for s in args.state] if args.state else None
     since = None if args.since is None else time.time() - args.since
@@ -319,8 +329,8 @@ CANCELLED = "cancelled by operator"
 
 def _quick_s3(settings: Settings) -> tuple[Any, Any]:
     """An S3 client and a short retry policy: an operator command should fail in seconds."""
-    from chunkd.s3.retry import RetryPolicy
     from chunkd.s3.client import make_client
+    from chunkd.s3.retry import RetryPolicy
 
     return make_client(_target(settings)), RetryPolicy(max_attempts=3, initial=0.2, maximum=1.0)
 
