@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from botocore.exceptions import BotoCoreError
 
@@ -126,7 +125,7 @@ class Daemon:
         self.scheduler = Scheduler(
             self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority),
             large_file_bytes=4 * settings.part_size, clock=clock, give_up=self._give_up,
-            on_internal_error=engine.metrics.internal_error,
+            on_internal_error=engine.metrics.internal_error, stop=engine.stop,
         )
         own_dirs = (settings.quarantine_path, settings.done_path, settings.staging_path)
         skip = tuple(rel for rel in (relpath_of(engine.input_dir, folder) for folder in own_dirs) if rel)
@@ -137,7 +136,7 @@ class Daemon:
             rescan_seconds=settings.rescan_seconds,
             links=(PathFilter(settings.links_pattern, skip_dirs=skip), self._links_submit),
         )
-        self.links = LinkManager(engine, _downloader(settings), self._upload_download)
+        self.links = LinkManager(engine, _downloader(settings), self.scheduler.submit)
         self.events = EventSink(
             engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
             maxlen=settings.events_maxlen,
@@ -216,12 +215,6 @@ class Daemon:
     def _links_submit(self, path: Path, relpath: str) -> bool:
         return self.links.submit(path, relpath)
 
-    def _upload_download(self, path: Path, relpath: str, origin: dict[str, Any]) -> tuple[Outcome, str | None]:
-        """A finished download enters the same pipeline as a dropped file."""
-        job = StreamJob(self.engine, path, relpath, final=True, origin=origin)
-        outcome = self._finish(job, job.run())
-        return outcome, job.record.key if job.record is not None else None
-
     def _http_server(self) -> HttpServer | None:
         settings, engine = self.engine.settings, self.engine
         if not settings.http_addr:
@@ -233,8 +226,12 @@ class Daemon:
         )
 
     def resume_unfinished(self) -> int:
-        """Queue every stream a previous run left unfinished, before new arrivals."""
-        unfinished = self.engine.store.list_streams([StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING])
+        """Queue every stream a previous run left unfinished, before new arrivals.
+
+        Not a download's: its file is in the staging folder, and `LinkManager.resume` sends it
+        from there (final, with its origin) and records how its URL ended."""
+        states = [StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING]
+        unfinished = [record for record in self.engine.store.list_streams(states) if record.origin is None]
         for record in unfinished:
             self.scheduler.submit(local_path(self.engine.input_dir, record.relpath), record.relpath)
         return len(unfinished)

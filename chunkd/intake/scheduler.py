@@ -178,7 +178,10 @@ class Scheduler:
         large_file_bytes: int = LARGE_FILE_BYTES,
         give_up: GiveUp | None = None,
         on_internal_error: Callable[[], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """`stop`: the daemon's stop event, so no worker takes new work once a stop is asked for,
+        even before `stop()` is called."""
         self._run_job = run_job
         self._workers = workers
         self._retry_delay = retry_delay
@@ -194,7 +197,7 @@ class Scheduler:
         self._tries: dict[str, int] = {}  # consecutive RETRY_LATERs of a known path
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._threads: list[threading.Thread] = []
         self.outcomes: dict[str, Outcome] = {}
 
