@@ -79,7 +79,7 @@ class LinkManager:
         self._engine = engine
         self._downloader = downloader
         self._submit_upload = submit_upload
-        self._files: queue.Queue[tuple[Path, str] | None] = queue.Queue()
+        self._files: queue.Queue[tuple[Path, str] | str | None] = queue.Queue()  # to read; a str: to settle
         self._urls: queue.Queue[str | None] = queue.Queue()
         self._waiting_files: set[str] = set()  # links files queued for reading (each once)
         self._active: dict[str, set[str]] = {}  # URL queued, in progress or uploading -> links files waiting on it
@@ -161,6 +161,9 @@ class LinkManager:
             item = self._files.get()
             if item is None or self._engine.stop.is_set():
                 return
+            if isinstance(item, str):
+                self._settle_quietly(item)
+                continue
             path, relpath = item
             with self._lock:
                 self._waiting_files.discard(relpath)
@@ -336,7 +339,9 @@ class LinkManager:
         except StoreError as exc:
             logger.error("state store unavailable while handling a download: %s", exc)
         finally:
-            self._url_done(record.url)
+            # A links file it settles is reported on our thread: that reads every line's record.
+            for links_file in self._url_settled(record.url):
+                self._files.put(links_file)
 
     def _record_upload(self, record: UrlRecord, staged: Path, result: JobResult) -> None:
         store, outcome = self._engine.store, result.outcome

@@ -74,6 +74,12 @@ def run_download_thread(links: LinkManager) -> None:
     links._work_urls()
 
 
+def run_links_thread(links: LinkManager) -> None:
+    """The links-file reader, on this thread, until its queue is empty."""
+    links._files.put(None)
+    links._read_files()
+
+
 def url_state(store: SqliteStore) -> UrlRecord:
     record = store.get_url(URL)
     assert record is not None
@@ -102,6 +108,8 @@ def test_the_staged_file_is_submitted_and_the_callback_completes_the_url_and_its
     record = url_state(store)
     assert (record.state, record.key, record.staged_path) == (UrlState.COMPLETED, "videos/clip-1a2b3c4d.mp4", None)
     assert not staged.exists()
+    assert (tmp_path / "input" / "links.txt").exists()  # the report is left to the links thread
+    run_links_thread(links)
     assert (tmp_path / "input" / "links.txt.done").exists()
     assert report(tmp_path)["state"] == "COMPLETED" and report(tmp_path)["key"] == "videos/clip-1a2b3c4d.mp4"
 
@@ -117,6 +125,7 @@ def test_a_give_up_fails_the_url_with_the_streams_reason(tmp_path: Path, store: 
     store.save_stream(stream)
 
     submit.callbacks[0](JobResult(Outcome.FAILED, "k", reason))
+    run_links_thread(links)
 
     record = url_state(store)
     assert (record.state, record.last_error) == (UrlState.FAILED, reason)
