@@ -5,35 +5,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-
-from chunkd.observe import systemd
-from chunkd.s3.bandwidth import TokenBucket
-from chunkd.s3.breaker import endpoint_breaker
 from chunkd.config import Settings
+from chunkd.errors import (
+    EndpointError,
+    SourceGoneError,
+    StoreError,
+    TransferError,
+    endpoint_error,
+)
+from chunkd.intake.paths import PathFilter, local_path, relpath_of
+from chunkd.intake.scheduler import JobRequest, JobResult, Scheduler, priority_rules
+from chunkd.intake.watcher import Watcher
+from chunkd.links.batch import LinkManager
 from chunkd.links.download import Downloader
-from chunkd.pipeline.engine import Engine
-from chunkd.errors import EndpointError, StoreError, TransferError, endpoint_error
+from chunkd.model.keys import render_key
+from chunkd.model.planner import plan_schedule
+from chunkd.model.states import StreamRecord, StreamState, new_stream_id
+from chunkd.observe import systemd
 from chunkd.observe.events import EventSink
 from chunkd.observe.http import HttpServer
-from chunkd.links.batch import LinkManager
 from chunkd.observe.logs import redact
-from chunkd.pipeline.media import ffprobe_available
 from chunkd.observe.metrics import Metrics, store_snapshot
-from chunkd.intake.paths import PathFilter, local_path, relpath_of
-from chunkd.observe.probes import Probes
-from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.client import S3Target, make_client
-from chunkd.s3.traits import decide_traits
-from chunkd.intake.scheduler import Scheduler, priority_rules
-from chunkd.model.states import StreamState
 from chunkd.observe.overview import collect
-from chunkd.store import open_store
+from chunkd.observe.probes import Probes
+from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome, StreamJob
+from chunkd.pipeline.media import ffprobe_available
+from chunkd.pipeline.monitor import take_snapshot
+from chunkd.s3.bandwidth import TokenBucket
+from chunkd.s3.breaker import endpoint_breaker
+from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.traits import decide_traits
 from chunkd.s3.uploader import Uploader
-from chunkd.intake.watcher import Watcher
+from chunkd.store import open_store
 
 logger = logging.getLogger("chunkd.daemon")
 
@@ -90,12 +98,13 @@ def _downloader(settings: Settings) -> Downloader:
 
 
 class Daemon:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         settings = engine.settings
         self.scheduler = Scheduler(
             self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority),
-            large_file_bytes=4 * settings.part_size,
+            large_file_bytes=4 * settings.part_size, clock=clock, give_up=self._give_up,
+            on_internal_error=engine.metrics.internal_error, stop=engine.stop,
         )
         own_dirs = (settings.quarantine_path, settings.done_path, settings.staging_path)
         skip = tuple(rel for rel in (relpath_of(engine.input_dir, folder) for folder in own_dirs) if rel)
@@ -106,7 +115,7 @@ class Daemon:
             rescan_seconds=settings.rescan_seconds,
             links=(PathFilter(settings.links_pattern, skip_dirs=skip), self._links_submit),
         )
-        self.links = LinkManager(engine, _downloader(settings), self._upload_download)
+        self.links = LinkManager(engine, _downloader(settings), self.scheduler.submit)
         self.events = EventSink(
             engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
             maxlen=settings.events_maxlen,
@@ -115,9 +124,12 @@ class Daemon:
         self.probes = Probes(engine, lambda: self.watcher.alive)
         self.http = self._http_server()
 
-    def _run_job(self, path: Path, relpath: str) -> Outcome:
-        job = StreamJob(self.engine, path, relpath)
-        return self._finish(job, job.run())
+    def _run_job(self, request: JobRequest) -> JobResult:
+        job = StreamJob(self.engine, request.path, request.relpath, final=request.final, origin=request.origin)
+        outcome = self._finish(job, job.run())
+        if job.record is None:
+            return JobResult(outcome)
+        return JobResult(outcome, job.record.key, job.record.last_error)
 
     def _finish(self, job: StreamJob, outcome: Outcome) -> Outcome:
         """Count the outcome and tell the world, once per finished file."""
@@ -131,14 +143,56 @@ class Daemon:
             self.events.emit(outcome.value, self.engine.store.get_stream(job.record.id) or job.record)
         return outcome
 
+    def _give_up(self, request: JobRequest, reason: str) -> None:
+        """The scheduler stopped retrying a file: its stream becomes FAILED with the reason, where
+        `chunkd status` shows it and `chunkd retry ID` brings it back."""
+        engine = self.engine
+        try:
+            held = engine.leases.acquire(request.relpath)
+        except StoreError as exc:
+            logger.error("could not record the failure: %s", exc, extra={"relpath": request.relpath})
+            return
+        if held is None:
+            return  # another daemon has taken the file over; it is that daemon's now
+        try:
+            record = self._failed_record(request, reason)
+            if record is None:
+                return
+            engine.store.save_stream(record, fence=held.lease)
+        except StoreError as exc:
+            logger.error("could not record the failure: %s", exc, extra={"relpath": request.relpath})
+            return
+        finally:
+            engine.leases.release(held)
+        engine.metrics.file_finished(Outcome.FAILED.value)
+        self.events.emit(Outcome.FAILED.value, record)
+
+    def _failed_record(self, request: JobRequest, reason: str) -> StreamRecord | None:
+        """The file's stream, moved to FAILED; a new FAILED one if the job never got to create
+        it; None if it ended meanwhile."""
+        record = self.engine.store.find_by_relpath(request.relpath)
+        if record is not None:
+            if record.state.terminal:
+                return None
+            record.move_to(StreamState.FAILED, error=reason)
+            return record
+        settings = self.engine.settings
+        record = StreamRecord(
+            id=new_stream_id(), relpath=request.relpath, source_path=str(request.path), bucket=settings.bucket,
+            key=render_key(settings.key_template, request.relpath, hostname=self.engine.hostname),
+            schedule=plan_schedule(settings.part_size, fixed=settings.fixed_parts).to_dict(),
+            state=StreamState.FAILED, origin=request.origin, last_error=reason,
+        )
+        try:  # as the job records it: unchanged, the file stays FAILED until `chunkd retry`
+            snap = take_snapshot(request.path)
+        except (SourceGoneError, OSError):
+            return record
+        record.device, record.inode = snap.identity.device, snap.identity.inode
+        record.size, record.mtime = snap.size, snap.mtime
+        return record
+
     def _links_submit(self, path: Path, relpath: str) -> bool:
         return self.links.submit(path, relpath)
-
-    def _upload_download(self, path: Path, relpath: str, origin: dict[str, Any]) -> tuple[Outcome, str | None]:
-        """A finished download enters the same pipeline as a dropped file."""
-        job = StreamJob(self.engine, path, relpath, final=True, origin=origin)
-        outcome = self._finish(job, job.run())
-        return outcome, job.record.key if job.record is not None else None
 
     def _http_server(self) -> HttpServer | None:
         settings, engine = self.engine.settings, self.engine
@@ -151,8 +205,12 @@ class Daemon:
         )
 
     def resume_unfinished(self) -> int:
-        """Queue every stream a previous run left unfinished, before new arrivals."""
-        unfinished = self.engine.store.list_streams([StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING])
+        """Queue every stream a previous run left unfinished, before new arrivals.
+
+        Not a download's: its file is in the staging folder, and `LinkManager.resume` sends it
+        from there (final, with its origin) and records how its URL ended."""
+        states = [StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING]
+        unfinished = [record for record in self.engine.store.list_streams(states) if record.origin is None]
         for record in unfinished:
             self.scheduler.submit(local_path(self.engine.input_dir, record.relpath), record.relpath)
         return len(unfinished)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chunkd.config import SETTING_NAMES, Settings, env_name
 from chunkd.errors import ChunkdError, TransferError

@@ -109,7 +109,7 @@ def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path,
 
 def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
     from chunkd.daemon import build_engine, preflight
-    from chunkd.intake.scheduler import Scheduler
+    from chunkd.intake.scheduler import JobResult, Scheduler
     from chunkd.pipeline.job import Outcome, StreamJob
 
     if settings.invalid_media == "quarantine":
@@ -123,7 +123,7 @@ def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
     if bar is not None:
         engine.on_progress = lambda relpath, nbytes: bar.update(nbytes)
     scheduler = Scheduler(
-        lambda path, relpath: StreamJob(engine, path, relpath, final=True).run(),
+        lambda request: JobResult(StreamJob(engine, request.path, request.relpath, final=True).run()),
         workers=settings.file_concurrency,
         retry_delay=5.0,
     )

@@ -8,8 +8,14 @@ goes first. Without the classes a backlog of thousands of small files, older tha
 ones dropped with them, would hold every worker until the last small file was done; with them
 large files start at once and small ones keep flowing, and neither needs a setting.
 
-A job that hit transient trouble is put back after a delay, so one bad endpoint minute never
-turns into a FAILED file.
+A job that hit transient trouble (RETRY_LATER, or an unexpected exception: a bug, logged with its
+traceback) is put back after a delay, so one bad endpoint minute never turns into a FAILED file.
+The delay doubles with each consecutive RETRY_LATER of the same path, up to `MAX_RETRY_DELAY`, and
+after `MAX_TRIES` of them the scheduler gives up on the path and tells its `give_up` hook, which
+records the failure where an operator sees it; any other outcome starts the count again.
+
+A submission may carry what the job needs beyond the path (`final`, `origin`: a finished download)
+and an `on_done` callback, told the result once the scheduler is done with it.
 """
 
 from __future__ import annotations
@@ -24,18 +30,51 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chunkd.pipeline.job import Outcome
 
 logger = logging.getLogger("chunkd.scheduler")
 
-JobRunner = Callable[[Path, str], Outcome]
+MAX_TRIES = 10  # consecutive RETRY_LATERs of one path before the scheduler gives up on it
+MAX_RETRY_DELAY = 30 * 60.0  # the pause between tries doubles up to this (from 30 s: about 2 h in all)
 
 # About where sending a file's bytes takes as long as its fixed costs (ffprobe, a handful of
 # requests, checkpoint writes: a quarter of a second or so on a busy 2-core machine). Below it a
 # file is quick whatever its size; above it the bytes dominate and it holds its worker many times
 # longer than a small one. Four parts of the default size.
 LARGE_FILE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outcome: Outcome
+    key: str | None = None  # the object's key, once the job got that far
+    error: str | None = None  # what went wrong last: the reason given when the scheduler gives up
+
+
+Done = Callable[[JobResult], None]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One submission: a path to upload, and how."""
+
+    path: Path
+    relpath: str
+    final: bool = False  # the file is complete (a finished download): no need to wait for it to go idle
+    origin: dict[str, Any] | None = field(default=None, compare=False)  # a download's source, for the manifest
+    on_done: Done | None = field(default=None, compare=False, repr=False)
+
+
+JobRunner = Callable[[JobRequest], JobResult]
+GiveUp = Callable[[JobRequest, str], None]  # (request, reason) once the scheduler stopped retrying it
+
+
+def retry_delay(tries: int, *, base: float, cap: float = MAX_RETRY_DELAY) -> float:
+    """The pause after the `tries`-th consecutive RETRY_LATER: `base`, doubled each time, at most
+    `cap` (or `base`, if that is longer)."""
+    return min(base * 2.0 ** (tries - 1), max(base, cap))
 
 
 class SizeClass(enum.Enum):
@@ -66,9 +105,12 @@ class Entry:
     neg_priority: int
     mtime: float
     arrival: int
-    relpath: str = field(compare=False)
-    path: Path = field(compare=False)
+    request: JobRequest = field(compare=False)
     size_class: SizeClass = field(compare=False)
+
+    @property
+    def relpath(self) -> str:
+        return self.request.relpath
 
 
 def pick_class(
@@ -119,8 +161,7 @@ class ReadyQueue:
 @dataclass(order=True)
 class _Delayed:
     due: float
-    relpath: str = field(compare=False)
-    path: Path = field(compare=False)
+    request: JobRequest = field(compare=False)
 
 
 class Scheduler:
@@ -135,45 +176,61 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         priority: Callable[[str], int] | None = None,
         large_file_bytes: int = LARGE_FILE_BYTES,
+        give_up: GiveUp | None = None,
+        on_internal_error: Callable[[], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """`stop`: the daemon's stop event, so no worker takes new work once a stop is asked for,
+        even before `stop()` is called."""
         self._run_job = run_job
         self._workers = workers
         self._retry_delay = retry_delay
         self._clock = clock
         self._priority = priority or (lambda relpath: 0)
         self._large_file_bytes = large_file_bytes
+        self._give_up = give_up
+        self._on_internal_error = on_internal_error
         self._arrivals = itertools.count()
         self._ready = ReadyQueue()
         self._known: set[str] = set()  # queued, active or delayed
         self._delayed: list[_Delayed] = []
+        self._tries: dict[str, int] = {}  # consecutive RETRY_LATERs of a known path
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._threads: list[threading.Thread] = []
         self.outcomes: dict[str, Outcome] = {}
 
-    def submit(self, path: Path, relpath: str) -> bool:
-        """Queue a path unless it is already queued or being worked on; True if queued."""
+    def submit(
+        self, path: Path, relpath: str, *, final: bool = False, origin: dict[str, Any] | None = None,
+        on_done: Done | None = None,
+    ) -> bool:
+        """Queue a path unless it is already queued or being worked on; True if queued.
+
+        `on_done` is told the result once, when the scheduler is done with the path: any outcome
+        but a RETRY_LATER it will try again, or FAILED when it gave up. Not for work still queued
+        at stop, which is never run: whoever submitted it finds it unfinished on the next start.
+        """
         with self._lock:
             if relpath in self._known or self._stop.is_set():
                 return False
             self._known.add(relpath)
-        self._enqueue(path, relpath)
+        self._enqueue(JobRequest(path, relpath, final=final, origin=origin, on_done=on_done))
         return True
 
-    def _entry(self, path: Path, relpath: str) -> Entry:
+    def _entry(self, request: JobRequest) -> Entry:
         try:
-            stat = path.stat()
+            stat = request.path.stat()
             mtime, size = stat.st_mtime, stat.st_size
         except OSError:
             mtime, size = time.time(), 0  # gone or unreadable: the job itself will say what happened
         return Entry(
-            -self._priority(relpath), mtime, next(self._arrivals), relpath, path,
+            -self._priority(request.relpath), mtime, next(self._arrivals), request,
             size_class(size, self._large_file_bytes),
         )
 
-    def _enqueue(self, path: Path, relpath: str) -> None:
-        entry = self._entry(path, relpath)  # stat outside the lock: a slow disk must not stall workers
+    def _enqueue(self, request: JobRequest) -> None:
+        entry = self._entry(request)  # stat outside the lock: a slow disk must not stall workers
         with self._wake:
             self._ready.push(entry)
             self._wake.notify()
@@ -208,20 +265,57 @@ class Scheduler:
         with self._lock:
             return dict(self._ready.running)
 
+    def tries(self, relpath: str) -> int:
+        """Consecutive RETRY_LATERs of a path the scheduler still holds."""
+        with self._lock:
+            return self._tries.get(relpath, 0)
+
+    def retry_due(self, relpath: str) -> float | None:
+        """When (on the scheduler's clock) a path waiting for its next try gets it."""
+        with self._lock:
+            return next((item.due for item in self._delayed if item.request.relpath == relpath), None)
+
     def _work(self) -> None:
         while not self._stop.is_set():
             self._promote_due()
             entry = self._take(timeout=0.2)
             if entry is None:
                 continue
-            outcome = self._run_safely(entry.path, entry.relpath)
+            result = self._run_safely(entry.request)
             with self._lock:
                 self._ready.done(entry)
-                self.outcomes[entry.relpath] = outcome
-                if outcome is Outcome.RETRY_LATER and not self._stop.is_set():
-                    heapq.heappush(self._delayed, _Delayed(self._clock() + self._retry_delay, entry.relpath, entry.path))
-                else:
-                    self._known.discard(entry.relpath)
+            self._settle(entry.request, result)
+
+    def _settle(self, request: JobRequest, result: JobResult) -> None:
+        """Try again later, or be done with the path: tell whoever asked, then let it be submitted
+        again (in that order, so a give-up is on record before the path can come back)."""
+        relpath = request.relpath
+        with self._lock:
+            self.outcomes[relpath] = result.outcome
+            if result.outcome is not Outcome.RETRY_LATER or self._stop.is_set():
+                tries = 0
+            else:
+                tries = self._tries[relpath] = self._tries.get(relpath, 0) + 1
+                if tries < MAX_TRIES:
+                    due = self._clock() + retry_delay(tries, base=self._retry_delay)
+                    heapq.heappush(self._delayed, _Delayed(due, request))
+                    return
+        if tries:
+            result = self._gave_up(request, tries, result)
+        if request.on_done is not None:
+            self._call_safely("on_done", request.on_done, result, relpath=relpath)
+        with self._lock:
+            self._tries.pop(relpath, None)
+            self._known.discard(relpath)
+
+    def _gave_up(self, request: JobRequest, tries: int, result: JobResult) -> JobResult:
+        reason = f"gave up after {tries} tries: {result.error or 'no error recorded'}"
+        logger.error("%s; `chunkd retry` brings it back", reason, extra={"relpath": request.relpath})
+        if self._give_up is not None:
+            self._call_safely("give_up", self._give_up, request, reason, relpath=request.relpath)
+        with self._lock:
+            self.outcomes[request.relpath] = Outcome.FAILED
+        return JobResult(Outcome.FAILED, result.key, reason)
 
     def _take(self, timeout: float) -> Entry | None:
         """The next entry to run, or None after `timeout` without one, or once stopping."""
@@ -232,12 +326,24 @@ class Scheduler:
                 return None
             return self._ready.take()
 
-    def _run_safely(self, path: Path, relpath: str) -> Outcome:
+    def _run_safely(self, request: JobRequest) -> JobResult:
         try:
-            return self._run_job(path, relpath)
-        except Exception:  # noqa: BLE001 - one file's bug must not stop the others
-            logger.exception("unexpected error; will try this file again later", extra={"relpath": relpath})
-            return Outcome.RETRY_LATER
+            return self._run_job(request)
+        except Exception as exc:  # one file's bug must not stop the others
+            logger.exception("unexpected error; will try this file again later", extra={"relpath": request.relpath})
+            self._internal_error()
+            return JobResult(Outcome.RETRY_LATER, error=f"unexpected error: {type(exc).__name__}: {exc}")
+
+    def _call_safely(self, what: str, hook: Callable[..., object], *args: object, relpath: str) -> None:
+        try:
+            hook(*args)
+        except Exception:  # a bug in a callback must not stop the worker
+            logger.exception("unexpected error in the scheduler's %s callback", what, extra={"relpath": relpath})
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        if self._on_internal_error is not None:
+            self._on_internal_error()
 
     def _promote_due(self) -> None:
         now = self._clock()
@@ -246,4 +352,4 @@ class Scheduler:
             while self._delayed and self._delayed[0].due <= now:
                 due.append(heapq.heappop(self._delayed))
         for item in due:
-            self._enqueue(item.path, item.relpath)
+            self._enqueue(item.request)

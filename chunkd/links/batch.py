@@ -1,6 +1,7 @@
 """links.txt batches: each line becomes a URL record, each URL is downloaded once into the staging
-folder and then uploaded by the normal engine; a links file whose lines are all settled gets a
-report beside it and is renamed `<name>.done`.
+folder and then handed to the scheduler like a dropped file (its priority, size classes and
+`file_concurrency` apply), which reports back when the upload is done; a links file whose lines are
+all settled gets a report beside it and is renamed `<name>.done`.
 
 URL records are keyed by the normalized URL, so a URL that shows up again in a later links file is
 neither downloaded nor uploaded again: the report names the object it already is.
@@ -25,10 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from chunkd.errors import DownloadError, StoreError
 from chunkd.intake.paths import free_name, local_path
+from chunkd.intake.scheduler import JobResult
 from chunkd.links.download import Downloader
 from chunkd.links.parse import LinkLine, check_host, parse_links_bytes, redact_url
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
@@ -43,7 +45,15 @@ MAX_LINKS_FILE_BYTES = 32 * 1024 * 1024  # ~300,000 URLs; a bigger file is refus
 REJECTS_LOGGED = 10  # rejected or refused lines logged one by one per links file; the rest summarized
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
-UploadRunner = Callable[[Path, str, dict[str, Any]], tuple[Outcome, str | None]]
+
+
+class SubmitUpload(Protocol):
+    """The scheduler's `submit`: True if it took the file, and then `on_done` hears the result."""
+
+    def __call__(
+        self, path: Path, relpath: str, *, final: bool, origin: dict[str, Any] | None,
+        on_done: Callable[[JobResult], None],
+    ) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -65,14 +75,14 @@ def name_hint(url: str) -> str:
 
 
 class LinkManager:
-    def __init__(self, engine: Engine, downloader: Downloader, upload: UploadRunner) -> None:
+    def __init__(self, engine: Engine, downloader: Downloader, submit_upload: SubmitUpload) -> None:
         self._engine = engine
         self._downloader = downloader
-        self._upload = upload
-        self._files: queue.Queue[tuple[Path, str] | None] = queue.Queue()
+        self._submit_upload = submit_upload
+        self._files: queue.Queue[tuple[Path, str] | str | None] = queue.Queue()  # to read; a str: to settle
         self._urls: queue.Queue[str | None] = queue.Queue()
         self._waiting_files: set[str] = set()  # links files queued for reading (each once)
-        self._active: dict[str, set[str]] = {}  # URL queued or in progress -> links files waiting on it
+        self._active: dict[str, set[str]] = {}  # URL queued, in progress or uploading -> links files waiting on it
         self._outstanding: collections.Counter[str] = collections.Counter()  # links file -> URLs it waits on
         self._logged: dict[str, tuple[int, int]] = {}  # links file -> (last line judged, lines logged)
         self._refused_size: dict[str, tuple[int, int]] = {}  # links file -> (size, mtime_ns) refused as too big
@@ -151,12 +161,15 @@ class LinkManager:
             item = self._files.get()
             if item is None or self._engine.stop.is_set():
                 return
+            if isinstance(item, str):
+                self._settle_quietly(item)
+                continue
             path, relpath = item
             with self._lock:
                 self._waiting_files.discard(relpath)
             try:
                 self._read_file(path, relpath)
-            except Exception:  # noqa: BLE001 - one bad links file must not stop the others
+            except Exception:  # one bad links file must not stop the others
                 logger.exception("could not process links file", extra={"relpath": relpath})
 
     def _read_file(self, path: Path, relpath: str) -> None:
@@ -236,28 +249,32 @@ class LinkManager:
             url = self._urls.get()
             if url is None or self._engine.stop.is_set():
                 return
+            uploading = False
             try:
-                self._process(url)
+                uploading = self._process(url)
             except StoreError as exc:
                 logger.error("state store unavailable while handling a download: %s", exc)
-            except Exception:  # noqa: BLE001 - one URL's bug must not stop the others
+            except Exception:  # one URL's bug must not stop the others
                 logger.exception("unexpected error while handling a download")
-            finally:
-                ready = self._url_settled(url)
-            for links_file in ready:
-                self._settle_quietly(links_file)
+            if not uploading:  # else the scheduler's callback settles it
+                self._url_done(url)
 
-    def _process(self, url: str) -> None:
+    def _url_done(self, url: str) -> None:
+        for links_file in self._url_settled(url):
+            self._settle_quietly(links_file)
+
+    def _process(self, url: str) -> bool:
+        """Download the URL unless it is already; True once the scheduler took its upload."""
         store = self._engine.store
         record = store.get_url(url)
         if record is None or record.state.terminal:
-            return
+            return False
         staged = Path(record.staged_path) if record.staged_path else None
         if record.state in (UrlState.PENDING, UrlState.DOWNLOADING) or staged is None or not staged.exists():
             staged = self._download(record)
             if staged is None:
-                return
-        self._send(record, staged)
+                return False
+        return self._send(record, staged)
 
     def _download(self, record: UrlRecord) -> Path | None:
         store = self._engine.store
@@ -300,19 +317,43 @@ class LinkManager:
         store.save_url(record)
         return result.path
 
-    def _send(self, record: UrlRecord, staged: Path) -> None:
+    def _send(self, record: UrlRecord, staged: Path) -> bool:
+        """Hand the staged file to the scheduler; True if it took it. UPLOADING is saved first: a
+        stop before the upload ran leaves it so, and `resume` sends it again on the next start."""
         store = self._engine.store
         record.move_to(UrlState.UPLOADING)
         store.save_url(record)
-        outcome, key = self._upload(staged, record.relpath, dict(record.info))
+        taken = self._submit_upload(
+            staged, record.relpath, final=True, origin=dict(record.info),
+            on_done=lambda result: self._uploaded(record, staged, result),
+        )
+        if not taken:  # stopping, or that relpath is in the scheduler already: sent on the next pass
+            record.move_to(UrlState.DOWNLOADED)
+            store.save_url(record)
+        return taken
+
+    def _uploaded(self, record: UrlRecord, staged: Path, result: JobResult) -> None:
+        """The scheduler is done with the upload (called on its worker): record how it ended."""
+        try:
+            self._record_upload(record, staged, result)
+        except StoreError as exc:
+            logger.error("state store unavailable while handling a download: %s", exc)
+        finally:
+            # A links file it settles is reported on our thread: that reads every line's record.
+            for links_file in self._url_settled(record.url):
+                self._files.put(links_file)
+
+    def _record_upload(self, record: UrlRecord, staged: Path, result: JobResult) -> None:
+        store, outcome = self._engine.store, result.outcome
         if outcome is Outcome.COMPLETED:
-            record.key = key
+            record.key = result.key
             record.move_to(UrlState.COMPLETED)
             staged.unlink(missing_ok=True)  # the staged download was the only copy; the object is verified
             record.staged_path = None
         elif outcome in (Outcome.FAILED, Outcome.QUARANTINED):
             stream = store.find_by_relpath(record.relpath)
-            record.move_to(UrlState.FAILED, error=(stream.last_error if stream else None) or outcome.value)
+            error = (stream.last_error if stream else None) or result.error or outcome.value
+            record.move_to(UrlState.FAILED, error=error)
         elif outcome is Outcome.SKIPPED and (stream := store.find_by_relpath(record.relpath)) and stream.state.terminal:
             # Nothing new to upload: its stream already ended (a failure stays one until `chunkd
             # retry`); say so instead of sending the same file again and again.
@@ -340,7 +381,7 @@ class LinkManager:
                 self._settle(path, links_file)
         except StoreError as exc:
             logger.error("state store unavailable while settling a links file: %s", exc, extra={"relpath": links_file})
-        except Exception:  # noqa: BLE001 - the next read of the file tries again
+        except Exception:  # the next read of the file tries again
             logger.exception("could not settle links file", extra={"relpath": links_file})
 
     def _settle(self, path: Path, relpath: str) -> None:

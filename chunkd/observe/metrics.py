@@ -88,6 +88,11 @@ class Metrics:
         self.store_errors = Counter(
             "chunkd_store_errors_total", "Checkpoint store calls that failed.", registry=registry
         )
+        self.internal_errors = Counter(
+            "chunkd_internal_errors_total",
+            "Unexpected exceptions in a file's job: bugs in chunkd, logged with a traceback, the file tried again later.",
+            registry=registry,
+        )
         self.files = Counter("chunkd_files_total", "Files finished, by outcome.", ["outcome"], registry=registry)
         for outcome in FILE_OUTCOMES:
             self.files.labels(outcome)  # every outcome exported from the start, at 0
@@ -132,6 +137,9 @@ class Metrics:
     def store_error(self) -> None:
         self.store_errors.inc()
 
+    def internal_error(self) -> None:
+        self.internal_errors.inc()
+
     def file_finished(self, outcome: str) -> None:
         """Count a file that reached `outcome` (one of FILE_OUTCOMES); quarantines count twice over."""
         if outcome not in FILE_OUTCOMES:
@@ -146,7 +154,7 @@ class Metrics:
         def read() -> float:
             try:
                 return float(depth())
-            except Exception:
+            except Exception:  # a scrape must not fail over one gauge
                 logger.debug("queue depth unavailable", exc_info=True)
                 return math.nan
 

@@ -3,14 +3,19 @@ with ffmpeg (Range, dropped connections, 429), and moto's S3 server."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from chunkd.model.states import UrlState
+from chunkd.store import open_store
 from tests.integration.test_daemon import read_manifest, sha256_object
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.media import make_mp4, require_ffmpeg
@@ -97,8 +102,8 @@ def test_dropped_connection_resumes_with_range_and_a_second_drop_of_the_file_doe
     (input_dir / "a.links.txt").write_text(f"{server.url}/v/clip3.mp4\n")
     start_daemon()
     wait_for((input_dir / "a.links.txt.report.json").is_file, timeout=120, what="the report")
-    ranged = [entry for entry in server.log if entry.path == "/v/clip3.mp4" and entry.range]
-    assert ranged and ranged[0].range.startswith("bytes=") and int(ranged[0].range[6:].split("-")[0]) > 0
+    ranged = [entry.range for entry in server.log if entry.path == "/v/clip3.mp4" and entry.range]
+    assert ranged and ranged[0].startswith("bytes=") and int(ranged[0][6:].split("-")[0]) > 0
     key = json.loads((input_dir / "a.links.txt.report.json").read_text())["lines"][0]["key"]
     assert sha256_object(moto.client(), key) == sha(files["/v/clip3.mp4"])
 
@@ -159,7 +164,7 @@ def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
     assert json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]["state"] == "FAILED"
 
     def chunkd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "chunkd", *args], env=daemon.env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "chunkd", *args], check=False, env=daemon.env, capture_output=True,
                               text=True, timeout=30)
 
     status = chunkd("status")
@@ -197,5 +202,55 @@ def test_kill_9_during_a_download_resumes_from_the_partial_file(
     assert entry["state"] == "COMPLETED"
     assert sha256_object(moto.client(), entry["key"]) == sha(files[path])
     assert server.bytes_served(path) < 1.2 * size
-    ranged = [req for req in server.requests_for(path, "GET") if req.range]
-    assert ranged and int(ranged[-1].range[6:].split("-")[0]) >= on_disk * 0.9
+    ranged = [req.range for req in server.requests_for(path, "GET") if req.range]
+    assert ranged and int(ranged[-1][6:].split("-")[0]) >= on_disk * 0.9
+
+
+def test_a_download_waits_for_a_free_worker_and_one_queued_at_stop_is_sent_on_the_next_start(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    """Downloads enter through the scheduler: with its one worker held by a file that keeps growing,
+    the finished download waits its turn; a stop leaves it queued, and the next start sends it."""
+    server, files = media
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+
+    def url_state() -> UrlState | None:
+        with contextlib.closing(open_store(state_url)) as store:
+            urls = store.list_urls()
+            return urls[0].state if urls else None
+
+    writing = threading.Event()
+    writing.set()
+
+    def grow() -> None:
+        with open(input_dir / "live.ts", "ab") as handle:
+            while writing.is_set():
+                handle.write(os.urandom(64 * 1024))
+                handle.flush()
+                time.sleep(0.2)  # well inside idle_seconds (1 s): the file never goes idle
+
+    writer = threading.Thread(target=grow, daemon=True)
+    writer.start()
+    try:
+        first = start_daemon(file_concurrency=1, invalid_media="upload")
+        wait_for(lambda: any(line.get("relpath") == "live.ts" and line.get("event") == "discovered"
+                             for line in first.log_lines()), timeout=30, what="the growing file on the only worker")
+        (input_dir / "links.txt").write_text(f"{server.url}/v/clip1.mp4\n")
+        wait_for(lambda: url_state() is UrlState.UPLOADING, timeout=60, what="the download handed to the scheduler")
+        assert first.terminate() == 0
+    finally:
+        writing.clear()
+        writer.join(5)
+
+    with contextlib.closing(open_store(state_url)) as store:
+        [url] = store.list_urls()
+        assert url.state is UrlState.UPLOADING
+        assert store.find_by_relpath(url.relpath) is None  # queued behind the growing file, never started
+        assert store.find_by_relpath("live.ts") is not None
+
+    start_daemon(file_concurrency=1, invalid_media="upload")
+    wait_for((input_dir / "links.txt.report.json").is_file, timeout=120, what="the report")
+    entry = json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]
+    assert entry["state"] == "COMPLETED"
+    assert sha256_object(moto.client(), entry["key"]) == sha(files["/v/clip1.mp4"])

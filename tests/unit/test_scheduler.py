@@ -16,6 +16,8 @@ import pytest
 from chunkd.intake.scheduler import (
     LARGE_FILE_BYTES,
     Entry,
+    JobRequest,
+    JobResult,
     ReadyQueue,
     Scheduler,
     SizeClass,
@@ -72,7 +74,8 @@ class Jobs:
         with self._lock:
             return self.calls.count(relpath)
 
-    def __call__(self, path: Path, relpath: str) -> Outcome:
+    def __call__(self, request: JobRequest) -> JobResult:
+        relpath = request.relpath
         with self._lock:
             self.calls.append(relpath)
             scripted = self.outcomes.get(relpath)
@@ -83,7 +86,7 @@ class Jobs:
                 assert self.release.wait(WAIT), "test never released the job"
             if relpath in self.raise_for:
                 raise RuntimeError(f"bug while handling {relpath}")
-            return outcome
+            return JobResult(outcome)
         finally:
             self.event(self.finished, relpath).set()
 
@@ -253,11 +256,11 @@ def test_higher_priority_first_then_oldest_first(tmp_path: Path) -> None:
         path.write_bytes(b"x")
         os.utime(path, (time.time() - age, time.time() - age))
 
-    def job(path: Path, relpath: str) -> Outcome:
-        order.append(relpath)
+    def job(request: JobRequest) -> JobResult:
+        order.append(request.relpath)
         if len(order) == len(names):
             finished.set()
-        return Outcome.COMPLETED
+        return JobResult(Outcome.COMPLETED)
 
     scheduler = Scheduler(job, workers=1, priority=priority_rules([("urgent/*", 10)]))
     for name in names:
@@ -283,7 +286,7 @@ SMALL, LARGE = SizeClass.SMALL, SizeClass.LARGE
 
 
 def entry(relpath: str, cls: SizeClass, *, mtime: float, priority: int = 0, arrival: int = 0) -> Entry:
-    return Entry(-priority, mtime, arrival, relpath, Path("/in") / relpath, cls)
+    return Entry(-priority, mtime, arrival, JobRequest(Path("/in") / relpath, relpath), cls)
 
 
 def make_file(folder: Path, name: str, size: int, *, age: float) -> Path:
