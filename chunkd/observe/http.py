@@ -174,11 +174,11 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version  # no Python version in the Server header
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
         try:
             status, body, content_type, headers = self.app.respond(path, self.headers.get("Authorization"))
-        except Exception:  # noqa: BLE001 - one broken request must not take the endpoint down
+        except Exception:
             logger.exception("HTTP %s failed", path)
             status, body, content_type, headers = _json(500, {"error": "internal error"})
         self._send(status, body, content_type, headers)
@@ -187,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, content_type, _ = _json(405, {"error": "method not allowed"})
         self._send(status, body, content_type, {"Allow": "GET"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -199,6 +199,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: Any) -> None:
         # The request line only (never headers, so never the token), and at DEBUG: probes are chatty.
         logger.debug("%s %s", self.address_string(), format % args)

@@ -45,10 +45,10 @@ class RedactingFilter(logging.Filter):
 class _RedactingTracebacks:
     """Tracebacks and stacks are rendered by the formatter, after the filter ran: redact them here."""
 
-    def formatException(self, ei: Any) -> Any:  # noqa: N802 - logging's name
+    def formatException(self, ei: Any) -> Any:
         return _redact_lines(super().formatException(ei))  # type: ignore[misc]
 
-    def formatStack(self, stack_info: str) -> Any:  # noqa: N802 - logging's name
+    def formatStack(self, stack_info: str) -> Any:
         return _redact_lines(super().formatStack(stack_info))  # type: ignore[misc]
 
 

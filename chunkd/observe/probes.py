@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from chunkd.pipeline.engine import Engine
 from chunkd.errors import StoreError, TransferError
 from chunkd.observe.http import Check
+from chunkd.pipeline.engine import Engine
 from chunkd.s3.retry import RetryPolicy
 
 

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunkd.s3.bandwidth import TokenBucket
 from chunkd.errors import SourceChangedError, SourceGoneError
+from chunkd.s3.bandwidth import TokenBucket
 
 READ_SIZE = 1024 * 1024
 
