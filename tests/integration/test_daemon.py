@@ -2,63 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from chunkd.store import open_store
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
-
-MiB = 1024 * 1024
-BUCKET = "chunkd"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(MiB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_object(client: Any, key: str) -> str:
-    digest = hashlib.sha256()
-    body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
-    for chunk in iter(lambda: body.read(MiB), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(client: Any, key: str) -> dict[str, Any] | None:
-    try:
-        body = client.get_object(Bucket=BUCKET, Key=f"{key}.manifest.json")["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
-    return json.loads(body)
-
-
-def write_random(path: Path, size: int) -> Path:
-    with open(path, "wb") as handle:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(4 * MiB, remaining))
-            handle.write(chunk)
-            remaining -= len(chunk)
-    return path
-
-
-def drop(source: Path, input_dir: Path, name: str) -> Path:
-    """Move a finished file into the drop folder in one step, as `mv` does."""
-    target = input_dir / name
-    os.replace(source, target)
-    return target
+from tests.support.sizes import MiB
 
 
 def state_url_for(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> str:

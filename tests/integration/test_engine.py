@@ -4,71 +4,22 @@ single and multipart uploads, resume with adoption, and files that change under 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chunkd.config import load_settings
-from chunkd.daemon import build_engine
-from chunkd.pipeline.engine import Engine
 from chunkd.model.planner import plan_schedule
-from chunkd.s3.client import S3Target
 from chunkd.model.states import StreamState
+from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome, StreamJob
-from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.daemon import wait_for
-from tests.support.s3_servers import make_client
-
-BUCKET = "chunkd"
-
-
-@pytest.fixture
-def client(server: Any) -> Any:
-    return make_client(server.endpoint_url, server.access_key, server.secret_key)
-
-
-@pytest.fixture
-def make_engine(server: Any, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
-    engines: list[Engine] = []
-    (tmp_path / "input").mkdir()
-
-    def make(**settings: Any) -> Engine:
-        values = {"input_dir": str(tmp_path / "input"), "state_url": f"sqlite:///{tmp_path / 'state.db'}",
-                  "part_size": "5MiB", "idle_seconds": 1, "poll_seconds": 0.05, "invalid_media": "upload",
-                  **settings}
-        target = S3Target(server.endpoint_url, None, server.access_key, server.secret_key)
-        engine = build_engine(load_settings(env={}, overrides=values), target)
-        engine.requests = Counter()  # type: ignore[attr-defined]
-        engine.uploader._on_request = lambda op: engine.requests.update([op])  # type: ignore[attr-defined]
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.stop.set()
-        engine.shutdown()
-        engine.store.close()
-
-
-def run_job(engine: Engine, name: str, *, final: bool = True) -> Outcome:
-    return StreamJob(engine, engine.input_dir / name, name, final=final).run()
-
-
-def run_in_thread(engine: Engine, name: str) -> tuple[threading.Thread, list[Outcome]]:
-    outcome: list[Outcome] = []
-    thread = threading.Thread(target=lambda: outcome.append(run_job(engine, name, final=False)))
-    thread.start()
-    return thread, outcome
-
-
-def recorded_parts(engine: Engine, name: str) -> list[int]:
-    record = engine.store.find_by_relpath(name)
-    return [] if record is None else [p.number for p in engine.store.list_parts(record.id)]
+from tests.support.engine import recorded_parts, run_in_thread, run_job
+from tests.support.files import sha256_file, write_random
+from tests.support.sizes import MiB
 
 
 @pytest.mark.parametrize("size", [0, 1024, 5 * MiB, 13 * MiB + 7])

@@ -26,16 +26,13 @@ from urllib.parse import unquote_to_bytes
 import pytest
 
 from chunkd.s3.devserver import free_port
-from tests.integration.test_daemon import read_manifest, sha256_file, sha256_object, write_random
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.files import sha256_file, write_random
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import MediaServer
 from tests.support.s3_servers import MotoServer
-
-BUCKET = "chunkd"
-KiB = 1024
-MiB = 1024 * KiB
-
+from tests.support.sizes import KiB, MiB
 
 # -- helpers -------------------------------------------------------------------------------------
 

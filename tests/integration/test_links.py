@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon import read_manifest, sha256_object
+from tests.support.bucket import read_manifest, sha256_object
+from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import MediaServer
@@ -149,9 +151,6 @@ def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
     start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
     media: tuple[MediaServer, dict[str, bytes]],
 ) -> None:
-    import subprocess
-    import sys
-
     server, files = media
     (input_dir / "links.txt").write_text(f"{server.url}/v/late.mp4\n")
     daemon = start_daemon()
@@ -159,8 +158,7 @@ def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
     assert json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]["state"] == "FAILED"
 
     def chunkd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "chunkd", *args], env=daemon.env, capture_output=True,
-                              text=True, timeout=30)
+        return run_chunkd(*args, env=daemon.env, timeout=30)
 
     status = chunkd("status")
     assert "FAILED" in status.stdout and "/v/late.mp4" in status.stdout and "404" in status.stdout

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import urllib.error
-import urllib.request
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,15 +20,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from chunkd.s3.devserver import free_port
 from chunkd.model.states import StreamState
+from chunkd.s3.devserver import free_port
 from chunkd.store.redis import RedisStore
-from tests.integration.test_daemon import BUCKET, read_manifest, sha256_file, sha256_object, write_random
+from tests.support.bucket import read_manifest, sha256_object
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.files import sha256_file, write_random
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 LEASE = {"lease_seconds": 3, "rescan_seconds": 1, "part_size": "5MiB"}
 
 
@@ -164,7 +165,7 @@ def test_redis_down_for_20s_then_back_everything_completes(
     assert http_get(ready)[0] == 200
     server.stop()
     outage_started = time.monotonic()
-    status, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=15, what="/readyz 503")
+    _, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=15, what="/readyz 503")
     assert json.loads(body)["store"] is not True and json.loads(body)["s3"] is True
     time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
     assert daemon.process is not None and daemon.process.poll() is None, "the daemon stays up"

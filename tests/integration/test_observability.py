@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from chunkd.s3.devserver import free_port
-from tests.integration.test_daemon import MiB, read_manifest, write_random
+from tests.support.bucket import read_manifest
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.files import write_random
 from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
 
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in metrics")
 
@@ -100,7 +102,7 @@ def test_webhook_gets_a_signed_post_per_completed_file(
     received: list[tuple[dict[str, str], bytes]] = []
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append((dict(self.headers), body))
             self.send_response(204)

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from chunkd.ops.gc import MultipartUpload, orphans
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
-from chunkd.store import CheckpointStore, open_store
+from chunkd.ops.gc import MultipartUpload, orphans
 from chunkd.s3.devserver import free_port
-from tests.integration.test_cli import run_chunkd
+from chunkd.store import CheckpointStore, open_store
+from tests.support.cli import run_chunkd
 from tests.support.daemon import daemon_env
 from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 HOUR, DAY = 3600.0, 86400.0
 
 

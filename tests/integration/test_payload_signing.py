@@ -18,16 +18,15 @@ from botocore.exceptions import ClientError
 import chunkd.s3.uploader as uploader_module
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine, preflight
-from chunkd.s3.devserver import LocalS3Server
-from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range
 from chunkd.model.planner import Part
-from chunkd.s3.retry import RetryPolicy
+from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range
 from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.devserver import LocalS3Server
+from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import Uploader
+from tests.support.bucket import BUCKET
 from tests.support.s3_servers import MotoServer
-
-BUCKET = "chunkd"
-MiB = 1024 * 1024
+from tests.support.sizes import MiB
 
 
 def chunkd_client(moto: MotoServer) -> Any:

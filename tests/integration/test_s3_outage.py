@@ -20,16 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon import (
-    MiB,
-    drop,
-    read_manifest,
-    sha256_file,
-    sha256_object,
-    write_random,
-)
+from tests.support.bucket import read_manifest, sha256_object
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
 
 OUTAGE_SECONDS = 20.0
 FILES = 4

@@ -17,10 +17,9 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from chunkd.s3.devserver import DevServerError, LocalS3Server
+from tests.support.bucket import BUCKET
 from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_client
-
-BUCKET = "chunkd"
-MiB = 1024 * 1024
+from tests.support.sizes import MiB
 
 
 def content_md5(data: bytes) -> str:
