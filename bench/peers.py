@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.servers import BUCKET, REGION, Endpoint, clean_env
+from bench.units import MiB
 from chunkd import __version__ as chunkd_version
 from chunkd.config import SETTING_NAMES, env_name
 
-MiB = 1024 * 1024
 PART_SIZE = 8 * MiB
 BENCH_DIR = Path(__file__).resolve().parent
 PEERS_VENV = BENCH_DIR / ".peers-venv"

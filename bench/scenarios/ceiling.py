@@ -10,14 +10,13 @@ from __future__ import annotations
 from bench.peers import CurlPut, Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
-    MB,
     Context,
-    MiB,
     describe,
     make_file,
     progress,
     upload,
 )
+from bench.units import MB, MiB
 
 NAME = "ceiling"
 TITLE = "6. Server ceiling: one large PUT"

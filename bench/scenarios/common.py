@@ -13,10 +13,8 @@ from typing import Any
 from bench.measure import Budget, Measurement, process_cpu_s, run_measured, tail
 from bench.peers import ChunkdTool, Job, PeersVenv, Tool, Tuning, peer_tools
 from bench.servers import BUCKET, Endpoint, delete_prefix, list_objects
+from bench.units import MB, MiB
 
-MB = 1_000_000
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 MANIFEST_SUFFIX = ".manifest.json"
 MIN_TOOL_RATE = 5 * MB  # a run slower than this is taken as hung
 

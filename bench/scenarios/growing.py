@@ -28,9 +28,7 @@ from bench.peers import Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
     MANIFEST_SUFFIX,
-    MB,
     Context,
-    MiB,
     describe,
     make_file,
     object_exists,
@@ -42,6 +40,7 @@ from bench.scenarios.common import (
     wait_until,
 )
 from bench.servers import Endpoint, delete_prefix, s3_client
+from bench.units import MB, MiB
 from chunkd.config import Settings
 from chunkd.s3.devserver import free_port
 

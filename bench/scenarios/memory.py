@@ -10,10 +10,7 @@ from __future__ import annotations
 from bench.peers import Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
-    MB,
     Context,
-    GiB,
-    MiB,
     describe,
     make_file,
     progress,
@@ -23,6 +20,7 @@ from bench.scenarios.common import (
     warm_up_tools,
 )
 from bench.servers import Endpoint
+from bench.units import MB, GiB, MiB
 
 NAME = "memory"
 TITLE = "2. Peak memory"

@@ -20,8 +20,6 @@ from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
     MANIFEST_SUFFIX,
     Context,
-    GiB,
-    MiB,
     make_file,
     object_exists,
     progress,
@@ -32,6 +30,7 @@ from bench.scenarios.common import (
     wait_until,
 )
 from bench.servers import CountingProxy, Endpoint, delete_prefix, s3_client
+from bench.units import GiB, MiB
 
 NAME = "resume"
 TITLE = "3. Resume waste after kill -9 at 50 %"

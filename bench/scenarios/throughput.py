@@ -10,9 +10,7 @@ from __future__ import annotations
 from bench.peers import Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
-    MB,
     Context,
-    MiB,
     describe,
     make_file,
     progress,
@@ -22,6 +20,7 @@ from bench.scenarios.common import (
     warm_up_tools,
 )
 from bench.servers import Endpoint
+from bench.units import MB, MiB
 
 NAME = "throughput"
 TITLE = "1. Throughput, large files"

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chunkd.errors import StoreError
-from chunkd.observe.metrics import BreakerState, Metrics, StoreSnapshot, store_snapshot
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.observe.metrics import BreakerState, Metrics, StoreSnapshot, store_snapshot
 from chunkd.store.sqlite import SqliteStore
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 T0 = 1_700_000_000.0
 
 

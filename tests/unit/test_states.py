@@ -16,6 +16,7 @@ from chunkd.model.states import (
     check_transition,
     new_stream_id,
 )
+from tests.support.sizes import MiB
 
 S = StreamState
 
@@ -72,7 +73,7 @@ def record(**overrides: object) -> StreamRecord:
         "source_path": "/in/sub/a.mp4",
         "bucket": "videos",
         "key": "2024/sub/a.mp4",
-        "schedule": {"base": 8 * 1024 * 1024, "fixed": False},
+        "schedule": {"base": 8 * MiB, "fixed": False},
     }
     base.update(overrides)
     return StreamRecord(**base)  # type: ignore[arg-type]

@@ -14,22 +14,22 @@ import botocore.exceptions as bexc
 import pytest
 from moto import mock_aws
 
-from chunkd.s3.breaker import BreakerState, CircuitBreaker, CircuitOpenError, Verdict
 from chunkd.errors import (
     PermanentError,
     RetryableError,
     SourceChangedError,
     SourceGoneError,
 )
-from chunkd.pipeline.partreader import FileIdentity
 from chunkd.model.planner import Part
-from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.client import S3Target, make_client
 from chunkd.model.states import PartRecord
+from chunkd.pipeline.partreader import FileIdentity
+from chunkd.s3.breaker import BreakerState, CircuitBreaker, CircuitOpenError, Verdict
+from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import RemotePart, Uploader, multipart_etag, same_etag
 from tests.support.daemon import wait_for
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 PART = 5 * MiB  # S3's minimum for every part but the last
 BUCKET = "videos"
 
