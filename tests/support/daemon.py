@@ -10,13 +10,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
+SCAN_LINE = "scan offered"  # the watcher's DEBUG line after each scan of the input folder
 
-def wait_for(predicate: Callable[[], T], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:
-    """Poll until `predicate()` is truthy; fail the test with `what` on timeout."""
+
+def wait_for(predicate: Callable[[], T | None | Literal[False]], *, timeout: float, interval: float = 0.1,
+             what: str = "condition") -> T:
+    """Poll until `predicate()` is truthy and return that value; fail the test with `what` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -94,3 +97,24 @@ class DaemonProcess:
 
     def logged(self, text: str) -> bool:
         return text in self.log_path.read_text(errors="replace")
+
+    def events(self, text: str, **fields: Any) -> list[dict[str, Any]]:
+        """Log lines whose message contains `text` and whose fields (relpath=...) are as given."""
+        return [
+            line for line in self.log_lines()
+            if text in str(line.get("event", "")) and all(line.get(k) == v for k, v in fields.items())
+        ]
+
+
+def wait_scans(daemon: DaemonProcess, count: int, *, timeout: float = 60) -> list[dict[str, Any]]:
+    """Until the watcher has finished `count` more scans of the input folder; returns their lines.
+
+    The lines are DEBUG: the daemon must run with log_level=DEBUG. A scan under way when this is
+    called counts as the first, so "a whole scan after X" is `count=2`.
+    """
+    start = len(daemon.events(SCAN_LINE))
+    lines: list[dict[str, Any]] = wait_for(
+        lambda: (found := daemon.events(SCAN_LINE)[start:]) and len(found) >= count and found,
+        timeout=timeout, what=f"{count} scan(s) of the input folder",
+    )
+    return lines
