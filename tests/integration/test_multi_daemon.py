@@ -24,7 +24,7 @@ from chunkd.model.states import StreamState
 from chunkd.s3.devserver import free_port
 from chunkd.store.redis import RedisStore
 from tests.support.bucket import read_manifest, sha256_object
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.daemon import DaemonProcess, wait_for, wait_scans
 from tests.support.files import sha256_file, write_random
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
@@ -111,8 +111,9 @@ def test_sigkill_one_daemon_the_other_finishes_without_resending(
     victim = chunkd_daemon(moto, state_url=redis_url, log_name="victim.log", bandwidth_limit="6MB",
                            part_concurrency=2, **LEASE)
     wait_for(lambda: len(acked_parts(moto, "big.mp4")) >= 3, timeout=60, what="3 acknowledged parts")
-    survivor = chunkd_daemon(moto, state_url=redis_url, log_name="survivor.log", **LEASE)
-    time.sleep(1.5)  # the survivor has seen the stream and found its lease taken
+    survivor = chunkd_daemon(moto, state_url=redis_url, log_name="survivor.log", log_level="DEBUG", **LEASE)
+    wait_for(lambda: survivor.events("another daemon holds this file's lease", relpath="big.mp4"), timeout=30,
+             what="the survivor to find the lease on big.mp4 taken")
     assert stream_state(redis_url, "big.mp4") in (StreamState.UPLOADING, StreamState.FINALIZING)
     victim.kill()
     acknowledged = acked_parts(moto, "big.mp4")
@@ -132,7 +133,7 @@ def test_paused_daemon_loses_its_lease_and_cannot_overwrite_the_new_owner(
 ) -> None:
     source = write_random(input_dir / "long.mp4", 50 * MiB)
     paused = chunkd_daemon(moto, state_url=redis_url, log_name="paused.log", bandwidth_limit="5MB",
-                           part_concurrency=2, **LEASE)
+                           part_concurrency=2, log_level="DEBUG", **LEASE)
     wait_for(lambda: len(acked_parts(moto, "long.mp4")) >= 2, timeout=60, what="2 acknowledged parts")
     assert paused.process is not None
     os.kill(paused.process.pid, signal.SIGSTOP)
@@ -144,7 +145,7 @@ def test_paused_daemon_loses_its_lease_and_cannot_overwrite_the_new_owner(
     finally:
         os.kill(paused.process.pid, signal.SIGCONT)
     wait_for(lambda: paused.logged("another daemon took over"), timeout=30, what="the paused daemon to stand down")
-    time.sleep(2)  # whatever the paused daemon still had queued has been tried by now
+    wait_scans(paused, 2)  # a whole rescan since: what would hand the file to it again
     assert stream_state(redis_url, "long.mp4") is StreamState.COMPLETED, "a late write went through"
     assert manifest["sha256"] == sha256_file(source) == sha256_object(client, "long.mp4")
     assert sum(r.operation == "CompleteMultipartUpload" and r.key == "long.mp4" for r in moto.requests()) == 1
@@ -233,10 +234,12 @@ def test_files_uploaded_before_redis_came_back_empty_are_not_uploaded_again(
     server.stop()
     server.start()  # empty: nothing says these files were uploaded, except the bucket
     moto.reset_counts()
-    again = chunkd_daemon(moto, state_url=server.url, log_name="again.log", **LEASE)
+    again = chunkd_daemon(moto, state_url=server.url, log_name="again.log", log_level="DEBUG", **LEASE)
     wait_for(lambda: stream_state(server.url, "small.mp4") is StreamState.COMPLETED
              and stream_state(server.url, "large.mp4") is StreamState.COMPLETED, timeout=30, what="records restored")
-    time.sleep(2.5)  # two more rescans
+    # Each job logs the restore last, then ends without sending; two rescans since would offer them again.
+    wait_for(lambda: len(again.events("record restored")) >= 2, timeout=30, what="both restores to be logged")
+    wait_scans(again, 2)
     counts = moto.counts()
     assert counts["PutObject"] == 0 and counts["CreateMultipartUpload"] == 0 and counts["UploadPart"] == 0
     assert again.log_path.read_text().count("record restored") == 2
