@@ -6,6 +6,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def test_three_files_land_byte_identical_with_manifests(
         write_random(input_dir / name, size)  # written in place, like `cp` into the folder
     client = moto.client()
     for name, size in sizes.items():
-        manifest = wait_for(lambda n=name: read_manifest(client, n), timeout=120, what=f"manifest of {name}")
+        manifest = wait_for(partial(read_manifest, client, name), timeout=120, what=f"manifest of {name}")
         source = input_dir / name
         assert sha256_object(client, name) == sha256_file(source)
         assert manifest["size"] == size
@@ -100,7 +101,7 @@ def test_kill_9_mid_upload_resumes_without_resending_acknowledged_parts(
     tmp_path: Path, lazy_redis: Callable[[], str],
 ) -> None:
     state_url = state_url_for(store_kind, tmp_path, lazy_redis)
-    settings = {"part_size": "8MiB", "part_concurrency": 4, "bandwidth_limit": "40MB"}
+    settings: dict[str, Any] = {"part_size": "8MiB", "part_concurrency": 4, "bandwidth_limit": "40MB"}
     total_parts = 25  # 200 MiB in 8 MiB parts
     source = drop(write_random(tmp_path / "big.mp4", 200 * MiB), input_dir, "big.mp4")
     first = start_daemon(state_url, **settings)

@@ -27,7 +27,14 @@ import pytest
 
 from chunkd.s3.devserver import free_port
 from tests.support.bucket import BUCKET, read_manifest, sha256_object
-from tests.support.daemon import DaemonProcess, daemon_env, wait_for, wait_scans
+from tests.support.daemon import (
+    SCAN_LINE,
+    DaemonProcess,
+    daemon_env,
+    wait_for,
+    wait_logged,
+    wait_scans,
+)
 from tests.support.files import sha256_file, write_random
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import MediaServer
@@ -50,7 +57,8 @@ def status_json(daemon: DaemonProcess) -> list[dict[str, Any]]:
         [sys.executable, "-m", "chunkd", "status", "--json"], env=daemon.env, capture_output=True, text=True,
         timeout=60, check=True,
     )
-    return json.loads(result.stdout)
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
 
 
 def stream_for(daemon: DaemonProcess, relpath: str) -> dict[str, Any] | None:
@@ -151,7 +159,7 @@ def test_fifo_and_device_named_like_videos_are_ignored_and_never_opened(
     assert set(objects(client)) == {"good.mp4", "good.mp4.manifest.json"}
     assert [entry["relpath"] for entry in status_json(daemon)] == ["good.mp4"]
     # Never opened: no process of ours holds either of them.
-    held = {os.readlink(fd) for fd in Path(f"/proc/{daemon.process.pid}/fd").iterdir() if fd.is_symlink()}
+    held = {os.readlink(fd) for fd in Path(f"/proc/{daemon.pid}/fd").iterdir() if fd.is_symlink()}
     assert str(input_dir / "pipe.mp4") not in held and str(input_dir / "zero.mp4") not in held
 
 
@@ -361,21 +369,18 @@ def test_input_folder_deleted_and_recreated_while_running(
         shutil.rmtree(input_dir)
         # Counted, not just found: round 1 must not take round 0's line for its own and re-create
         # the folder before the watcher noticed it gone (it would then be "replaced", not "back").
-        wait_for(lambda seen=round_: len(daemon.events(f"input folder {input_dir} disappeared; waiting for it")) > seen,
-                 timeout=30, what="the disappearance to be logged")
-        assert daemon.process.poll() is None
+        wait_logged(daemon, f"input folder {input_dir} disappeared; waiting for it", more_than=round_, timeout=30)
+        assert daemon.running
         with urllib.request.urlopen(health, timeout=10) as response:
             assert response.status == 200
-        scans = len(daemon.events("scan offered"))
+        scans = len(daemon.events(SCAN_LINE))
         input_dir.mkdir()
-        wait_for(lambda seen=round_: len(daemon.events("is back; watching it again")) > seen, timeout=30,
-                 what="the folder to be watched again")
-        wait_for(lambda before=scans: len(daemon.events("scan offered")) > before, timeout=30,
-                 what="the scan of the new folder")
+        wait_logged(daemon, "is back; watching it again", more_than=round_, timeout=30)
+        wait_logged(daemon, SCAN_LINE, more_than=scans, timeout=30)  # the scan of the new folder
         late = drop_good_file(input_dir, tmp_path, f"after-{round_}.mp4")
         wait_uploaded(client, f"after-{round_}.mp4", late)  # seen through the new inotify watch
     assert len(daemon.events("disappeared; waiting for it")) == 2
-    assert daemon.process.poll() is None
+    assert daemon.running
 
 
 # -- a links file of 100,000 lines -----------------------------------------------------------------
@@ -439,7 +444,7 @@ def test_a_links_file_of_100000_lines_is_settled_line_by_line(
         # A one-line file first, so the baseline includes yt-dlp and everything a download loads.
         (input_dir / "warmup.links.txt").write_text(f"{server.url}/v/warmup.mp4\n")
         wait_for((input_dir / "warmup.links.txt.report.json").is_file, timeout=120, what="the warm-up report")
-        baseline = peak_memory_kib(daemon.process.pid)
+        baseline = peak_memory_kib(daemon.pid)
 
         text, kinds = hundred_thousand_lines(server.url, good, missing=20)
         staged = tmp_path / "big.links.txt"
@@ -469,7 +474,7 @@ def test_a_links_file_of_100000_lines_is_settled_line_by_line(
     assert 0 < len(individually) <= 10, "the first rejected lines are logged one by one, once"
     summaries = daemon.events("more line(s) rejected or refused")
     assert summaries and sum(int(line["event"].split()[2]) for line in summaries) == kinds["rejected"] - len(individually)
-    grown = peak_memory_kib(daemon.process.pid) - baseline
+    grown = peak_memory_kib(daemon.pid) - baseline
     print(f"\n100,000-line links file ({store}): settled in {took:.1f}s, daemon peak RSS +{grown / 1024:.0f} MiB")
     assert grown < 100 * 1024, f"peak memory grew by {grown} KiB"
     assert took < 120
@@ -557,7 +562,7 @@ def test_staging_disk_filling_up_mid_download_fails_it_cleanly_and_retry_finishe
         (input_dir / "again.links.txt").write_text(f"{server.url}/v/big.mp4\n")  # picked up now, not next pass
         wait_for(lambda: any(key.startswith("big-") and size == len(big) for key, size in objects(client).items()),
                  timeout=120, what="the big download to be uploaded after the retry")
-    assert daemon.process.poll() is None
+    assert daemon.running
 
 
 def test_state_disk_full_holds_uploads_back_without_losing_them(
@@ -574,11 +579,11 @@ def test_state_disk_full_holds_uploads_back_without_losing_them(
     filler = fill_up(state)
     later = [drop_good_file(input_dir, tmp_path, f"later-{index:02d}.mp4", size=8 * KiB) for index in range(20)]
     wait_for(lambda: daemon.events("database or disk is full"), timeout=60, what="the full state disk to be logged")
-    assert daemon.process.poll() is None
+    assert daemon.running
     filler.unlink()
     for source in later:
         wait_uploaded(client, source.name, source, timeout=120)
-    assert daemon.process.poll() is None
+    assert daemon.running
 
 
 # -- many files at once ------------------------------------------------------------------------------
@@ -609,7 +614,7 @@ def run_burst(daemon: DaemonProcess, bucket_dir: Path, input_dir: Path, count: i
               timeout: float) -> dict[str, float]:
     """Drop `count` files, wait until every object and manifest is in the bucket (on rclone's
     disk), and measure: seconds, files/s and the daemon's peak RSS before and after."""
-    before = peak_memory_kib(daemon.process.pid)
+    before = peak_memory_kib(daemon.pid)
     began = time.monotonic()
     names = drop_many(input_dir, count, per_folder=per_folder)
     dropped = time.monotonic() - began
@@ -623,7 +628,7 @@ def run_burst(daemon: DaemonProcess, bucket_dir: Path, input_dir: Path, count: i
     took = time.monotonic() - began
     missing = [name for name in names if not (bucket_dir / name).is_file()]
     assert not missing, f"{len(missing)} objects missing, e.g. {missing[:3]}"
-    after = peak_memory_kib(daemon.process.pid)
+    after = peak_memory_kib(daemon.pid)
     return {"dropped_s": round(dropped, 1), "took_s": round(took, 1), "files_per_s": round(count / took, 1),
             "peak_before_mib": round(before / 1024, 1), "peak_after_mib": round(after / 1024, 1)}
 

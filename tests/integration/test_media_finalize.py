@@ -37,7 +37,8 @@ def ffprobe_json(path: Path) -> dict[str, Any]:
         ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
         check=True, capture_output=True, timeout=30,
     )
-    return json.loads(out.stdout)
+    probed: dict[str, Any] = json.loads(out.stdout)
+    return probed
 
 
 def record(path: Path, seconds: float, *, faststart: bool) -> subprocess.Popen[bytes]:

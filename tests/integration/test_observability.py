@@ -8,6 +8,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -67,14 +68,20 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     write_random(input_dir / "two.mp4", 1000)  # one PutObject
     client = moto.client()
     for name in ("one.mp4", "two.mp4"):
-        wait_for(lambda n=name: read_manifest(client, n), timeout=60, what=f"manifest of {name}")
+        wait_for(partial(read_manifest, client, name), timeout=60, what=f"manifest of {name}")
     assert get(f"{base}/metrics")[0] == 401  # the token guards metrics and status
-    status, body = get(f"{base}/metrics", token="s3cret-token")
-    text = body.decode()
-    assert status == 200
+
+    def both_counted() -> str | None:
+        """The metrics once both files are counted: a file is, once its job has ended, a moment
+        after its manifest is written."""
+        status, body = get(f"{base}/metrics", token="s3cret-token")
+        assert status == 200
+        text = body.decode()
+        return text if 'chunkd_files_total{outcome="completed"} 2.0' in text else None
+
+    text = wait_for(both_counted, timeout=30, what="both files counted as completed")
     assert metric(text, "chunkd_uploaded_bytes_total") == 12 * MiB + 1000
     assert metric(text, "chunkd_uploaded_parts_total") == 3
-    assert 'chunkd_files_total{outcome="completed"} 2.0' in text
     assert 'chunkd_streams{state="COMPLETED"} 2.0' in text
     status, body = get(f"{base}/status", token="s3cret-token")
     assert status == 200 and {row["relpath"] for row in json.loads(body)} == {"one.mp4", "two.mp4"}

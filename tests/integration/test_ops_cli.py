@@ -16,11 +16,11 @@ import pytest
 
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.ops.gc import MultipartUpload, orphans
-from chunkd.s3.devserver import free_port
+from chunkd.s3.devserver import LocalS3Server, free_port
 from chunkd.store import CheckpointStore, open_store
 from tests.support.cli import run_chunkd
 from tests.support.daemon import daemon_env
-from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
+from tests.support.s3_servers import MotoServer, make_client
 from tests.support.sizes import MiB
 
 HOUR, DAY = 3600.0, 86400.0

@@ -82,6 +82,16 @@ class DaemonProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited (a crash would end it)."""
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
@@ -106,6 +116,17 @@ class DaemonProcess:
         ]
 
 
+def wait_logged(daemon: DaemonProcess, text: str, *, more_than: int = 0, timeout: float = 60,
+                **fields: Any) -> list[dict[str, Any]]:
+    """Until more than `more_than` log lines contain `text` (and `fields`); returns them all."""
+
+    def lines() -> list[dict[str, Any]] | None:
+        found = daemon.events(text, **fields)
+        return found if len(found) > more_than else None
+
+    return wait_for(lines, timeout=timeout, what=f"more than {more_than} log line(s) with {text!r}")
+
+
 def wait_scans(daemon: DaemonProcess, count: int, *, timeout: float = 60) -> list[dict[str, Any]]:
     """Until the watcher has finished `count` more scans of the input folder; returns their lines.
 
@@ -113,8 +134,4 @@ def wait_scans(daemon: DaemonProcess, count: int, *, timeout: float = 60) -> lis
     called counts as the first, so "a whole scan after X" is `count=2`.
     """
     start = len(daemon.events(SCAN_LINE))
-    lines: list[dict[str, Any]] = wait_for(
-        lambda: (found := daemon.events(SCAN_LINE)[start:]) and len(found) >= count and found,
-        timeout=timeout, what=f"{count} scan(s) of the input folder",
-    )
-    return lines
+    return wait_logged(daemon, SCAN_LINE, more_than=start + count - 1, timeout=timeout)[start:]
