@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.errors import ConfigError
+from chunkd.errors import ConfigError, StoreError
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
 from chunkd.store.redis import RedisStore
@@ -24,10 +24,10 @@ def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ope
     """Opens a new store on the same backing data each call, to test what survives a reopen."""
     if request.param == "sqlite":
         path = str(tmp_path / "state" / "chunkd.db")
-        opener: Opener = lambda: SqliteStore(path)  # noqa: E731
+        opener: Opener = lambda: SqliteStore(path)
     else:
         url = request.getfixturevalue("redis_url")  # only redis params need the server
-        opener = lambda: RedisStore.from_url(url)  # noqa: E731
+        opener = lambda: RedisStore.from_url(url)
     opened: list[CheckpointStore] = []
 
     def open_one() -> CheckpointStore:
@@ -262,8 +262,16 @@ def test_content_index_finds_forgets_and_replaces(store: CheckpointStore) -> Non
     assert store.find_by_content(digest) is None
 
 
-def test_ping(store: CheckpointStore) -> None:
+def test_ping_answers_while_the_backend_is_there_and_raises_once_it_is_gone(
+    store: CheckpointStore, request: pytest.FixtureRequest
+) -> None:
     store.ping()
+    if isinstance(store, SqliteStore):
+        store.close()
+    else:
+        request.getfixturevalue("redis_server").stop()  # the next test's `redis_url` starts it again
+    with pytest.raises(StoreError):
+        store.ping()
 
 
 # deleting streams (chunkd gc's retention)

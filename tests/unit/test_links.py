@@ -307,9 +307,10 @@ def test_parse_never_raises_on_any_bytes(data: bytes) -> None:
 @given(st.text(max_size=200))
 def test_normalize_raises_only_value_error(text: str) -> None:
     try:
-        normalize_url(text)
+        normalized = normalize_url(text)
     except ValueError:
-        pass
+        return
+    assert normalized.startswith(("http://", "https://")) and "#" not in normalized
 
 
 # --- redaction -----------------------------------------------------------------------------------

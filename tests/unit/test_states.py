@@ -38,7 +38,10 @@ ALL_PAIRS = [(a, b) for a in S for b in S]
 
 @pytest.mark.parametrize(("current", "new"), sorted(ALLOWED), ids=lambda s: s.value)
 def test_allowed_transitions(current: StreamState, new: StreamState) -> None:
-    check_transition(current, new)
+    check_transition(current, new)  # raises InvalidTransition for a move the machine refuses
+    rec = record(state=current)
+    rec.move_to(new)
+    assert rec.state is new
 
 
 @pytest.mark.parametrize(
