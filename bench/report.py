@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.units import MiB
+
 CHUNKD = "chunkd"
 
 
@@ -194,7 +196,7 @@ def verdicts(results: Sequence[ScenarioResult]) -> list[Verdict]:
         row = _chunkd_row(result)
         allowed = result.setup.get("allowed_waste_bytes")
         waste = None if row is None else summarize(row.samples.get("waste_mib", []))
-        limit_mib = None if allowed is None else allowed / 2**20
+        limit_mib = None if allowed is None else allowed / MiB
         found.append(Verdict(
             f"Resume waste ≤ (parts in flight + 1) × part size = {_num(limit_mib, '{:.0f}')} MiB ({result.server})",
             "–" if waste is None else f"{waste.high:.1f} MiB re-sent (worst of {waste.n})",

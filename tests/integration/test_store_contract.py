@@ -15,6 +15,7 @@ from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
+from tests.support.sizes import MiB
 
 Opener = Callable[[], CheckpointStore]
 
@@ -51,7 +52,7 @@ def make_stream(stream_id: str = "s1", **overrides: object) -> StreamRecord:
         "source_path": "/in/cam/day 1/clip.mp4",
         "bucket": "videos",
         "key": "cam/day 1/clip.mp4",
-        "schedule": {"part_size": 8 * 1024**2, "sizes": [5, 8.5], "tag": "ünï", "opt": None, "nested": {"a": 1}},
+        "schedule": {"part_size": 8 * MiB, "sizes": [5, 8.5], "tag": "ünï", "opt": None, "nested": {"a": 1}},
         "discovered_at": 1_712_345_678.123456,
         "updated_at": 1_712_345_679.654321,
     }
@@ -62,8 +63,8 @@ def make_stream(stream_id: str = "s1", **overrides: object) -> StreamRecord:
 def make_part(number: int, **overrides: object) -> PartRecord:
     fields: dict[str, object] = {
         "number": number,
-        "offset": (number - 1) * 8 * 1024**2,
-        "size": 8 * 1024**2,
+        "offset": (number - 1) * 8 * MiB,
+        "size": 8 * MiB,
         "etag": f'"etag-{number}"',
         "sha256": f"{number:064x}",
     }
