@@ -14,7 +14,7 @@ import pytest
 
 from chunkd.store import open_store
 from tests.support.bucket import BUCKET, read_manifest, sha256_object
-from tests.support.daemon import SCAN_LINE, DaemonProcess, wait_for
+from tests.support.daemon import SCAN_LINE, DaemonProcess, wait_for, wait_logged
 from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
@@ -180,7 +180,7 @@ def test_startup_scan_picks_up_files_dropped_while_down(
     wait_for(lambda: read_manifest(client, "early.webm"), timeout=30, what="manifest of early.webm")
     # The startup scan says how many files it handed over; a wrongly accepted one is among them,
     # and its manifest is what to wait for before the bucket can say it is not there.
-    startup_scan = wait_for(lambda: daemon.events(SCAN_LINE), timeout=30, what="the startup scan")[0]
+    startup_scan = wait_logged(daemon, SCAN_LINE, timeout=30)[0]
     offered = int(startup_scan["event"].split()[2])
     wait_for(lambda: len(manifests(client)) >= offered, timeout=30, what=f"a manifest for each of {offered} file(s)")
     keys = {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
@@ -199,7 +199,8 @@ def test_restart_does_not_upload_a_completed_file_again(
     assert first.terminate() == 0
     moto.reset_counts()
     second = start_daemon(state_url, log_name="second.log", **settings)
-    wait_for(lambda: second.events(SCAN_LINE), timeout=30, what="the startup scan to hand done.mp4 over")
+    startup_scan = wait_logged(second, SCAN_LINE, timeout=30)[0]
+    assert startup_scan["event"] == "scan offered 1 files", "the startup scan should hand done.mp4 over"
     # Nothing logs a file found already uploaded; a newer file dropped after it is queued behind it
     # for the one worker, so once that one is up, done.mp4 has been looked at.
     after = drop(write_random(tmp_path / "after.mp4", 1024), input_dir, "after.mp4")
