@@ -159,7 +159,7 @@ def host_info() -> dict[str, Any]:
 
 def draw_chart(venv: PeersVenv, json_path: Path, png_path: Path) -> str | None:
     done = subprocess.run([str(venv.python), str(CHART_SCRIPT), str(json_path), str(png_path)],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         return f"chart failed ({done.returncode}): {done.stderr.strip()[-1500:]}"
     return None

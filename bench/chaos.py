@@ -79,17 +79,22 @@ import redis
 from botocore.exceptions import ClientError
 from werkzeug.wsgi import ClosingIterator
 
-from chunkd.s3.traits import PROBE_NAME
-from chunkd.s3.devserver import LocalS3Server
+from bench.units import KiB, MiB
 from chunkd.errors import ChunkdError
 from chunkd.model.states import StreamState
+from chunkd.s3.devserver import LocalS3Server
+from chunkd.s3.traits import PROBE_NAME
 from chunkd.store import open_store
 from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer
-from tests.support.s3_servers import MotoServer, S3Request, _raw_path, classify, make_client
+from tests.support.s3_servers import (
+    MotoServer,
+    S3Request,
+    _raw_path,
+    classify,
+    make_client,
+)
 
-KiB = 1024
-MiB = 1024 * KiB
 PART_SIZE = 5 * MiB
 MANIFEST_SUFFIX = ".manifest.json"
 IDLE_SECONDS = 2.0  # far above the growing file's pauses between writes (<= 0.15 s)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Self
 
 from bench.measure import kill_group
 from bench.peers import aws_env, chunkd_argv, chunkd_pinned
@@ -73,7 +74,7 @@ class Daemon:
                 self.kill()
         return self.process.returncode
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.servers import BUCKET, REGION, Endpoint, clean_env
+from bench.units import MiB
 from chunkd import __version__ as chunkd_version
 from chunkd.config import SETTING_NAMES, env_name
 
-MiB = 1024 * 1024
 PART_SIZE = 8 * MiB
 BENCH_DIR = Path(__file__).resolve().parent
 PEERS_VENV = BENCH_DIR / ".peers-venv"
@@ -68,7 +68,7 @@ class PeersVenv:
 
     @staticmethod
     def _run(argv: list[str], log: Path | None) -> None:
-        done = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), timeout=900)
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, env=clean_env(), timeout=900)
         if log is not None:
             with open(log, "a", encoding="utf-8") as out:
                 out.write(done.stdout + done.stderr)
@@ -130,7 +130,9 @@ def aws_env(endpoint: Endpoint, path: Path | None = None) -> dict[str, str]:
 
 def first_line(argv: list[str], env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env or clean_env())
+        done = subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=60, env=env or clean_env()
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return ((done.stdout or done.stderr).strip().splitlines() or ["unknown"])[0]

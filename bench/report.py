@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.units import MiB
+
 CHUNKD = "chunkd"
 
 
@@ -194,7 +196,7 @@ def verdicts(results: Sequence[ScenarioResult]) -> list[Verdict]:
         row = _chunkd_row(result)
         allowed = result.setup.get("allowed_waste_bytes")
         waste = None if row is None else summarize(row.samples.get("waste_mib", []))
-        limit_mib = None if allowed is None else allowed / 2**20
+        limit_mib = None if allowed is None else allowed / MiB
         found.append(Verdict(
             f"Resume waste ≤ (parts in flight + 1) × part size = {_num(limit_mib, '{:.0f}')} MiB ({result.server})",
             "–" if waste is None else f"{waste.high:.1f} MiB re-sent (worst of {waste.n})",
@@ -276,9 +278,9 @@ def render_markdown(doc: dict[str, Any], results: Sequence[ScenarioResult], char
     out = [
         f"# chunkd vs aws s3 cp, s5cmd, rclone — {doc.get('date', '')}",
         "",
-        f"{host.get('cpus', '?')} CPUs, load average {host.get('load_average_at_start', '?')} at start and "
+        (f"{host.get('cpus', '?')} CPUs, load average {host.get('load_average_at_start', '?')} at start and "
         f"{doc.get('load_average_at_end', '?')} at end (the machine is shared; timings move with it). "
-        f"Repeats: {doc.get('repeats_text', '?')}; median with (min–max). MB = 10^6 bytes.",
+        f"Repeats: {doc.get('repeats_text', '?')}; median with (min–max). MB = 10^6 bytes."),
         "",
     ]
     if doc.get("complete") is False:
@@ -287,8 +289,8 @@ def render_markdown(doc: dict[str, Any], results: Sequence[ScenarioResult], char
     if source:
         out += [f"chunkd sources: {source.get('sha256')} (newest file {source.get('newest_file')}).", ""]
         if at_end and at_end != source:
-            out += [f"**The chunkd sources changed while the bench ran** (now {at_end.get('sha256')}, newest file "
-                    f"{at_end.get('newest_file')}): each chunkd run measured the code of its moment.", ""]
+            out += [(f"**The chunkd sources changed while the bench ran** (now {at_end.get('sha256')}, newest file "
+                    f"{at_end.get('newest_file')}): each chunkd run measured the code of its moment."), ""]
     if chart:
         out += [f"![results]({chart})", ""]
     out += ["## Targets", "", verdict_table(verdicts(results)), ""]

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import boto3
 from botocore.config import Config
@@ -233,7 +233,7 @@ class CountingProxy:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="bench-proxy", daemon=True)
 
-    def __enter__(self) -> CountingProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

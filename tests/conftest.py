@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from chunkd.s3.devserver import LocalS3Server
+from tests.support.bucket import BUCKET
 from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
@@ -39,8 +40,6 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 # -- S3 servers --------------------------------------------------------------------------------
-
-BUCKET = "chunkd"
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +69,8 @@ def rclone_s3(tmp_path: Path) -> Iterator[LocalS3Server]:
 @pytest.fixture(params=["moto", "rclone"])
 def server(request: pytest.FixtureRequest) -> MotoServer | LocalS3Server:
     """Runs a test once against each S3 server; both have endpoint_url, access_key, secret_key."""
-    return request.getfixturevalue("moto" if request.param == "moto" else "rclone_s3")
+    chosen: MotoServer | LocalS3Server = request.getfixturevalue("moto" if request.param == "moto" else "rclone_s3")
+    return chosen
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ from __future__ import annotations
 from bench.peers import CurlPut, Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
-    MB,
     Context,
-    MiB,
     describe,
     make_file,
     progress,
     upload,
 )
+from bench.units import MB, MiB
 
 NAME = "ceiling"
 TITLE = "6. Server ceiling: one large PUT"
@@ -33,8 +32,8 @@ def run(ctx: Context, endpoint) -> ScenarioResult:
     result = ScenarioResult(
         NAME, TITLE, endpoint.name, primary="mb_per_s", columns=["mb_per_s", "wall_s", "cpu_s", "server_cpu_s"],
         setup={"file_size": size},
-        notes=[f"One {size / MiB:.0f} MiB PutObject with `curl -T` (SigV4 signed, unsigned payload); the ceiling "
-               "used for \"of ceiling\" is the best of this and every tool's throughput on the same server."],
+        notes=[(f"One {size / MiB:.0f} MiB PutObject with `curl -T` (SigV4 signed, unsigned payload); the ceiling "
+               "used for \"of ceiling\" is the best of this and every tool's throughput on the same server.")],
     )
     print(f"\n## {TITLE} on {endpoint.name}: {size / MiB:.0f} MiB", flush=True)
     ctx.record(NAME, tool, tuning)

@@ -13,10 +13,8 @@ from typing import Any
 from bench.measure import Budget, Measurement, process_cpu_s, run_measured, tail
 from bench.peers import ChunkdTool, Job, PeersVenv, Tool, Tuning, peer_tools
 from bench.servers import BUCKET, Endpoint, delete_prefix, list_objects
+from bench.units import MB, MiB
 
-MB = 1_000_000
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 MANIFEST_SUFFIX = ".manifest.json"
 MIN_TOOL_RATE = 5 * MB  # a run slower than this is taken as hung
 
@@ -132,7 +130,7 @@ def verify(endpoint: Endpoint, prefix: str, expected: dict[str, int], *, manifes
     """Every file must be an object of its size under prefix (and, for chunkd, have a manifest)."""
     try:
         found = list_objects(endpoint, prefix + "/")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to list is the finding to report
         return f"listing {prefix}/ failed: {exc}"
     objects = {key.rsplit("/", 1)[-1]: size for key, size in found.items() if not key.endswith(MANIFEST_SUFFIX)}
     missing = sorted(set(expected) - set(objects))

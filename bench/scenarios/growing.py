@@ -28,9 +28,7 @@ from bench.peers import Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
     MANIFEST_SUFFIX,
-    MB,
     Context,
-    MiB,
     describe,
     make_file,
     object_exists,
@@ -42,6 +40,7 @@ from bench.scenarios.common import (
     wait_until,
 )
 from bench.servers import Endpoint, delete_prefix, s3_client
+from bench.units import MB, MiB
 from chunkd.config import Settings
 from chunkd.s3.devserver import free_port
 
@@ -80,7 +79,7 @@ class Writer(threading.Thread):
                     out.write(self._pool[start : start + n])
                     self.written += n
             self.last_write = time.monotonic()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the scenario's thread
             self.error = exc
 
 
@@ -101,13 +100,13 @@ def run(ctx: Context, endpoint: Endpoint) -> ScenarioResult:
         columns=["lag_median_parts", "lag_max_parts", "after_last_write_s", "beyond_idle_s"],
         setup={"rate": rate, "duration": duration, "idle_seconds": idle, "part_size": tuning.part_size},
         notes=[
-            f"A writer appends at {rate / MB:.0f} MB/s for {duration:.0f} s ({rate * duration / MB:.0f} MB); "
+            (f"A writer appends at {rate / MB:.0f} MB/s for {duration:.0f} s ({rate * duration / MB:.0f} MB); "
             f"`chunkd run` at default settings (CHUNKD_IDLE_SECONDS={idle:g}, CHUNKD_POLL_SECONDS="
-            f"{defaults.poll_seconds:g}, {defaults.part_concurrency} parts of {defaults.part_size // MiB} MiB in flight).",
-            "Lag: parts the writer has completed that S3 has not acknowledged, sampled every 0.2 s "
-            "(0 is ideal; 1 while a part is on the wire).",
-            "Peers cannot follow a growing file: they start after the last write, so their "
-            "\"last write → object\" is the upload time of the finished file (same 4 × 8 MiB parts in flight).",
+            f"{defaults.poll_seconds:g}, {defaults.part_concurrency} parts of {defaults.part_size // MiB} MiB in flight)."),
+            ("Lag: parts the writer has completed that S3 has not acknowledged, sampled every 0.2 s "
+            "(0 is ideal; 1 while a part is on the wire)."),
+            ("Peers cannot follow a growing file: they start after the last write, so their "
+            "\"last write → object\" is the upload time of the finished file (same 4 × 8 MiB parts in flight)."),
         ],
     )
     print(f"\n## {TITLE} on {endpoint.name}: {rate / MB:.0f} MB/s for {duration:.0f} s", flush=True)

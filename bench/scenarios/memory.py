@@ -10,10 +10,7 @@ from __future__ import annotations
 from bench.peers import Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
-    MB,
     Context,
-    GiB,
-    MiB,
     describe,
     make_file,
     progress,
@@ -23,6 +20,7 @@ from bench.scenarios.common import (
     warm_up_tools,
 )
 from bench.servers import Endpoint
+from bench.units import MB, GiB, MiB
 
 NAME = "memory"
 TITLE = "2. Peak memory"
@@ -51,10 +49,10 @@ def run(ctx: Context, endpoint: Endpoint) -> ScenarioResult:
         setup={"small": small, "large": large, "file_size_text": size_text(large), "tuning": vars(tuning),
                "chunkd_buffer_bound_bytes": bound},
         notes=[
-            f"One {size_text(large)} file (and one {size_text(small)} file for comparison); chunkd at its default "
-            f"settings, peers with {tuning.parts} parts of {tuning.part_size // MiB} MiB in flight.",
-            f"Part buffers in flight: {tuning.parts} × {tuning.part_size // MiB} MiB = {bound / MB:.0f} MB; the rest "
-            "of a tool's RSS is its runtime (a Python interpreter with boto3, or a Go runtime).",
+            (f"One {size_text(large)} file (and one {size_text(small)} file for comparison); chunkd at its default "
+            f"settings, peers with {tuning.parts} parts of {tuning.part_size // MiB} MiB in flight."),
+            (f"Part buffers in flight: {tuning.parts} × {tuning.part_size // MiB} MiB = {bound / MB:.0f} MB; the rest "
+            "of a tool's RSS is its runtime (a Python interpreter with boto3, or a Go runtime)."),
             "MB/s is for the large file.",
         ],
     )

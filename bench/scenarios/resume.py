@@ -20,8 +20,6 @@ from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
     MANIFEST_SUFFIX,
     Context,
-    GiB,
-    MiB,
     make_file,
     object_exists,
     progress,
@@ -32,6 +30,7 @@ from bench.scenarios.common import (
     wait_until,
 )
 from bench.servers import CountingProxy, Endpoint, delete_prefix, s3_client
+from bench.units import GiB, MiB
 
 NAME = "resume"
 TITLE = "3. Resume waste after kill -9 at 50 %"
@@ -51,13 +50,13 @@ def run(ctx: Context, endpoint: Endpoint) -> ScenarioResult:
         NAME, TITLE, endpoint.name, primary="sent_ratio", columns=["sent_ratio", "waste_mib", "kill_at"],
         setup={"file_size": size, "tuning": vars(tuning), "allowed_waste_bytes": allowed, "kill_at": KILL_AT},
         notes=[
-            f"One {size / MiB:.0f} MiB file; each tool is SIGKILLed once a counting proxy in front of the server "
+            (f"One {size / MiB:.0f} MiB file; each tool is SIGKILLed once a counting proxy in front of the server "
             f"has seen {KILL_AT:.0%} of the file's bytes, then run again to the end. \"sent / file size\" counts every "
-            "byte both runs wrote to the server (headers, parts in flight at the kill).",
-            f"{tuning.parts} parts of {tuning.part_size // MiB} MiB in flight for every tool; chunkd's allowance: "
-            f"({tuning.parts} + 1) × {tuning.part_size // MiB} MiB = {allowed / MiB:.0f} MiB re-sent.",
-            "chunkd runs as `chunkd run` (daemon) on a drop folder, restarted on the same SQLite state; "
-            "CHUNKD_IDLE_SECONDS=1 so it does not wait for a file the bench has just made.",
+            "byte both runs wrote to the server (headers, parts in flight at the kill)."),
+            (f"{tuning.parts} parts of {tuning.part_size // MiB} MiB in flight for every tool; chunkd's allowance: "
+            f"({tuning.parts} + 1) × {tuning.part_size // MiB} MiB = {allowed / MiB:.0f} MiB re-sent."),
+            ("chunkd runs as `chunkd run` (daemon) on a drop folder, restarted on the same SQLite state; "
+            "CHUNKD_IDLE_SECONDS=1 so it does not wait for a file the bench has just made."),
         ],
     )
     print(f"\n## {TITLE} on {endpoint.name}: {size / MiB:.0f} MiB", flush=True)

@@ -43,8 +43,8 @@ def run(ctx: Context, endpoint: Endpoint) -> ScenarioResult:
         setup={"count": count, "low": LOW, "high": HIGH, "bytes": total, "tuning": vars(tuning)},
         ratio_to="s5cmd",
         notes=[
-            f"{count} random files of {LOW // 1024}–{HIGH // 1024} KiB ({total / 1e6:.0f} MB), uploaded as one folder; "
-            f"{FILES_IN_FLIGHT} files in flight for every tool (chunkd (defaults): 4).",
+            (f"{count} random files of {LOW // 1024}–{HIGH // 1024} KiB ({total / 1e6:.0f} MB), uploaded as one folder; "
+            f"{FILES_IN_FLIGHT} files in flight for every tool (chunkd (defaults): 4)."),
             "chunkd also records each file in SQLite, hashes it and writes its manifest (a second PUT per file).",
         ],
     )

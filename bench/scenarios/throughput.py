@@ -10,9 +10,7 @@ from __future__ import annotations
 from bench.peers import Tuning
 from bench.report import Row, ScenarioResult
 from bench.scenarios.common import (
-    MB,
     Context,
-    MiB,
     describe,
     make_file,
     progress,
@@ -22,6 +20,7 @@ from bench.scenarios.common import (
     warm_up_tools,
 )
 from bench.servers import Endpoint
+from bench.units import MB, MiB
 
 NAME = "throughput"
 TITLE = "1. Throughput, large files"
@@ -44,10 +43,10 @@ def run(ctx: Context, endpoint: Endpoint, *, files: int | None = None, file_size
         columns=["mb_per_s", "wall_s", "peak_rss_mb", "cpu_s", "server_cpu_s"],
         setup={"files": files, "file_size": file_size, "tuning": vars(tuning)},
         notes=[
-            f"{files} × {file_size / MiB:.0f} MiB random files, uploaded as one folder; "
-            f"{tuning.files} files × {tuning.parts} parts of {tuning.part_size // MiB} MiB in flight for every tool.",
-            "chunkd with its normal checkpointing (SQLite, every part recorded) and per-part + whole-file "
-            "SHA-256 on, and a manifest per file.",
+            (f"{files} × {file_size / MiB:.0f} MiB random files, uploaded as one folder; "
+            f"{tuning.files} files × {tuning.parts} parts of {tuning.part_size // MiB} MiB in flight for every tool."),
+            ("chunkd with its normal checkpointing (SQLite, every part recorded) and per-part + whole-file "
+            "SHA-256 on, and a manifest per file."),
         ],
     )
     print(f"\n## {TITLE} on {endpoint.name}: {files} × {file_size / MiB:.0f} MiB", flush=True)

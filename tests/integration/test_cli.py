@@ -12,25 +12,12 @@ from pathlib import Path
 import pytest
 
 from chunkd.s3.devserver import free_port
-from tests.integration.test_daemon import (
-    MiB,
-    read_manifest,
-    sha256_file,
-    sha256_object,
-    write_random,
-)
+from tests.support.bucket import read_manifest, sha256_object
+from tests.support.cli import error_lines, run_chunkd
 from tests.support.daemon import wait_for
+from tests.support.files import sha256_file, write_random
 from tests.support.s3_servers import MotoServer
-
-
-def run_chunkd(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chunkd", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("chunkd:")]
+from tests.support.sizes import MiB
 
 
 @pytest.mark.parametrize(
@@ -86,9 +73,9 @@ def test_dev_mode_needs_no_servers(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHUNKD_", "AWS_"))}
     env.update(CHUNKD_IDLE_SECONDS="1", CHUNKD_POLL_SECONDS="0.1", CHUNKD_LOG_FORMAT="json", CHUNKD_INVALID_MEDIA="upload",
                CHUNKD_HTTP_ADDR="")
-    log = open(tmp_path / "dev.log", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "chunkd", "run", "--dev"], cwd=tmp_path, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "dev.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        daemon = subprocess.Popen([sys.executable, "-m", "chunkd", "run", "--dev"], cwd=tmp_path, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
     try:
         source = write_random(tmp_path / "movie.mp4", 12 * MiB)
         wait_for(lambda: (tmp_path / "input").is_dir(), timeout=30, what="input folder")
@@ -103,7 +90,6 @@ def test_dev_mode_needs_no_servers(tmp_path: Path) -> None:
     finally:
         if daemon.poll() is None:
             daemon.kill()
-        log.close()
     assert "objects land in" in (tmp_path / "dev.log").read_text()
     status = run_chunkd("status", "--json", env=env, cwd=tmp_path)
     assert status.returncode == 0

@@ -2,63 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chunkd.store import open_store
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.daemon import SCAN_LINE, DaemonProcess, wait_for, wait_logged
+from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
-
-MiB = 1024 * 1024
-BUCKET = "chunkd"
+from tests.support.sizes import MiB
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(MiB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_object(client: Any, key: str) -> str:
-    digest = hashlib.sha256()
-    body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
-    for chunk in iter(lambda: body.read(MiB), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(client: Any, key: str) -> dict[str, Any] | None:
-    try:
-        body = client.get_object(Bucket=BUCKET, Key=f"{key}.manifest.json")["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
-    return json.loads(body)
-
-
-def write_random(path: Path, size: int) -> Path:
-    with open(path, "wb") as handle:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(4 * MiB, remaining))
-            handle.write(chunk)
-            remaining -= len(chunk)
-    return path
-
-
-def drop(source: Path, input_dir: Path, name: str) -> Path:
-    """Move a finished file into the drop folder in one step, as `mv` does."""
-    target = input_dir / name
-    os.replace(source, target)
-    return target
+def manifests(client: Any) -> set[str]:
+    return {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+            if item["Key"].endswith(".manifest.json")}
 
 
 def state_url_for(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> str:
@@ -85,7 +49,7 @@ def test_three_files_land_byte_identical_with_manifests(
         write_random(input_dir / name, size)  # written in place, like `cp` into the folder
     client = moto.client()
     for name, size in sizes.items():
-        manifest = wait_for(lambda n=name: read_manifest(client, n), timeout=120, what=f"manifest of {name}")
+        manifest = wait_for(partial(read_manifest, client, name), timeout=120, what=f"manifest of {name}")
         source = input_dir / name
         assert sha256_object(client, name) == sha256_file(source)
         assert manifest["size"] == size
@@ -137,7 +101,7 @@ def test_kill_9_mid_upload_resumes_without_resending_acknowledged_parts(
     tmp_path: Path, lazy_redis: Callable[[], str],
 ) -> None:
     state_url = state_url_for(store_kind, tmp_path, lazy_redis)
-    settings = {"part_size": "8MiB", "part_concurrency": 4, "bandwidth_limit": "40MB"}
+    settings: dict[str, Any] = {"part_size": "8MiB", "part_concurrency": 4, "bandwidth_limit": "40MB"}
     total_parts = 25  # 200 MiB in 8 MiB parts
     source = drop(write_random(tmp_path / "big.mp4", 200 * MiB), input_dir, "big.mp4")
     first = start_daemon(state_url, **settings)
@@ -211,10 +175,14 @@ def test_startup_scan_picks_up_files_dropped_while_down(
     (input_dir / "partial.mp4.part").write_bytes(b"x" * 10)
     outside = write_random(tmp_path / "secret.mp4", 1024)
     (input_dir / "link.mp4").symlink_to(outside)
-    start_daemon(f"sqlite:///{tmp_path / 'state.db'}")
+    daemon = start_daemon(f"sqlite:///{tmp_path / 'state.db'}", log_level="DEBUG")
     client = moto.client()
     wait_for(lambda: read_manifest(client, "early.webm"), timeout=30, what="manifest of early.webm")
-    time.sleep(1.5)  # give any wrongly accepted file the same chance to appear
+    # The startup scan says how many files it handed over; a wrongly accepted one is among them,
+    # and its manifest is what to wait for before the bucket can say it is not there.
+    startup_scan = wait_logged(daemon, SCAN_LINE, timeout=30)[0]
+    offered = int(startup_scan["event"].split()[2])
+    wait_for(lambda: len(manifests(client)) >= offered, timeout=30, what=f"a manifest for each of {offered} file(s)")
     keys = {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     assert keys == {"early.webm", "early.webm.manifest.json"}
 
@@ -223,13 +191,20 @@ def test_restart_does_not_upload_a_completed_file_again(
     start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
 ) -> None:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    settings = {"file_concurrency": 1, "log_level": "DEBUG"}  # one worker: files are looked at one after another
     write_random(input_dir / "done.mp4", 6 * MiB)
-    first = start_daemon(state_url)
+    first = start_daemon(state_url, **settings)
     client = moto.client()
     wait_for(lambda: read_manifest(client, "done.mp4"), timeout=30, what="manifest")
     assert first.terminate() == 0
     moto.reset_counts()
-    second = start_daemon(state_url)
-    wait_for(lambda: second.logged("unfinished upload(s) resumed"), timeout=15, what="daemon start")
-    time.sleep(1.5)
-    assert moto.counts()["UploadPart"] + moto.counts()["PutObject"] == 0
+    second = start_daemon(state_url, log_name="second.log", **settings)
+    startup_scan = wait_logged(second, SCAN_LINE, timeout=30)[0]
+    assert startup_scan["event"] == "scan offered 1 files", "the startup scan should hand done.mp4 over"
+    # Nothing logs a file found already uploaded; a newer file dropped after it is queued behind it
+    # for the one worker, so once that one is up, done.mp4 has been looked at.
+    after = drop(write_random(tmp_path / "after.mp4", 1024), input_dir, "after.mp4")
+    wait_for(lambda: read_manifest(client, "after.mp4"), timeout=30, what="manifest of a file dropped later")
+    assert sha256_object(client, "after.mp4") == sha256_file(after)
+    counts = Counter(r.operation for r in moto.requests() if r.key.startswith("done.mp4"))
+    assert counts["UploadPart"] + counts["PutObject"] == 0

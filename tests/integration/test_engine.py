@@ -4,72 +4,23 @@ single and multipart uploads, resume with adoption, and files that change under 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chunkd.config import load_settings
-from chunkd.daemon import build_engine
-from chunkd.pipeline.engine import Engine
 from chunkd.model.planner import plan_schedule
-from chunkd.s3.client import S3Target
 from chunkd.model.states import StreamState
 from chunkd.pipeline.discovery import Discovery
-from chunkd.pipeline.job import Outcome, StreamJob
-from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
+from chunkd.pipeline.engine import Engine
+from chunkd.pipeline.job import Outcome
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.daemon import wait_for
-from tests.support.s3_servers import make_client
-
-BUCKET = "chunkd"
-
-
-@pytest.fixture
-def client(server: Any) -> Any:
-    return make_client(server.endpoint_url, server.access_key, server.secret_key)
-
-
-@pytest.fixture
-def make_engine(server: Any, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
-    engines: list[Engine] = []
-    (tmp_path / "input").mkdir()
-
-    def make(**settings: Any) -> Engine:
-        values = {"input_dir": str(tmp_path / "input"), "state_url": f"sqlite:///{tmp_path / 'state.db'}",
-                  "part_size": "5MiB", "idle_seconds": 1, "poll_seconds": 0.05, "invalid_media": "upload",
-                  **settings}
-        target = S3Target(server.endpoint_url, None, server.access_key, server.secret_key)
-        engine = build_engine(load_settings(env={}, overrides=values), target)
-        engine.requests = Counter()  # type: ignore[attr-defined]
-        engine.uploader._on_request = lambda op: engine.requests.update([op])  # type: ignore[attr-defined]
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.stop.set()
-        engine.shutdown()
-        engine.store.close()
-
-
-def run_job(engine: Engine, name: str, *, final: bool = True) -> Outcome:
-    return StreamJob(engine, engine.input_dir / name, name, final=final).run()
-
-
-def run_in_thread(engine: Engine, name: str) -> tuple[threading.Thread, list[Outcome]]:
-    outcome: list[Outcome] = []
-    thread = threading.Thread(target=lambda: outcome.append(run_job(engine, name, final=False)))
-    thread.start()
-    return thread, outcome
-
-
-def recorded_parts(engine: Engine, name: str) -> list[int]:
-    record = engine.store.find_by_relpath(name)
-    return [] if record is None else [p.number for p in engine.store.list_parts(record.id)]
+from tests.support.engine import recorded_parts, run_in_thread, run_job
+from tests.support.files import sha256_file, write_random
+from tests.support.sizes import MiB
 
 
 @pytest.mark.parametrize("size", [0, 1024, 5 * MiB, 13 * MiB + 7])
@@ -85,7 +36,7 @@ def test_sizes_round_trip(make_engine: Callable[..., Engine], client: Any, size:
     )
     single = size < 5 * MiB
     assert manifest["upload"] == ("single" if single else "multipart")
-    assert engine.requests["PutObject"] == (2 if single else 1)  # object (if single) + manifest
+    assert engine.requests["PutObject"] == (2 if single else 1)  # type: ignore[attr-defined]  # object (if single) + manifest
     assert run_job(engine, "clip.mp4") is Outcome.SKIPPED  # unchanged: never sent twice
 
 
@@ -106,7 +57,7 @@ def test_resume_adopts_parts_the_checkpoint_missed(make_engine: Callable[..., En
     engine.requests.clear()  # type: ignore[attr-defined]
 
     assert run_job(engine, "movie.mkv") is Outcome.COMPLETED
-    assert engine.requests["UploadPart"] == 2  # parts 3 and 4 only  # type: ignore[attr-defined]
+    assert engine.requests["UploadPart"] == 2  # type: ignore[attr-defined]  # parts 3 and 4 only
     assert engine.requests["CreateMultipartUpload"] == 0  # type: ignore[attr-defined]
     assert sha256_object(client, "movie.mkv") == sha256_file(source)
 
@@ -297,8 +248,8 @@ def test_growing_duplicate_is_aborted_and_copied_at_finalize(make_engine: Callab
     manifest = read_manifest(client, "copy.mp4")
     assert manifest is not None and manifest["dedup_of"] == "orig.mp4"
     assert sha256_object(client, "copy.mp4") == sha256_file(original)
-    assert engine.requests["UploadPart"] >= 4  # 2 for orig, and some of copy's before it was done
-    assert engine.requests["AbortMultipartUpload"] == 1 and engine.requests["CopyObject"] == 1
+    assert engine.requests["UploadPart"] >= 4  # type: ignore[attr-defined]  # 2 for orig, some of copy's before it was done
+    assert engine.requests["AbortMultipartUpload"] == 1 and engine.requests["CopyObject"] == 1  # type: ignore[attr-defined]
 
 
 def test_cancel_from_the_store_stops_a_running_upload(make_engine: Callable[..., Engine], client: Any) -> None:

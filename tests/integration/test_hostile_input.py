@@ -26,16 +26,20 @@ from urllib.parse import unquote_to_bytes
 import pytest
 
 from chunkd.s3.devserver import free_port
-from tests.integration.test_daemon import read_manifest, sha256_file, sha256_object, write_random
-from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.daemon import (
+    SCAN_LINE,
+    DaemonProcess,
+    daemon_env,
+    wait_for,
+    wait_logged,
+    wait_scans,
+)
+from tests.support.files import sha256_file, write_random
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import MediaServer
 from tests.support.s3_servers import MotoServer
-
-BUCKET = "chunkd"
-KiB = 1024
-MiB = 1024 * KiB
-
+from tests.support.sizes import KiB, MiB
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -53,16 +57,12 @@ def status_json(daemon: DaemonProcess) -> list[dict[str, Any]]:
         [sys.executable, "-m", "chunkd", "status", "--json"], env=daemon.env, capture_output=True, text=True,
         timeout=60, check=True,
     )
-    return json.loads(result.stdout)
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
 
 
 def stream_for(daemon: DaemonProcess, relpath: str) -> dict[str, Any] | None:
     return next((entry for entry in status_json(daemon) if entry["relpath"] == relpath), None)
-
-
-def events(daemon: DaemonProcess, text: str) -> list[dict[str, Any]]:
-    """Log lines whose message contains `text`."""
-    return [line for line in daemon.log_lines() if text in str(line.get("event", ""))]
 
 
 def uploaded(client: Any, key: str, source: Path) -> bool:
@@ -81,12 +81,6 @@ def drop_good_file(input_dir: Path, tmp_path: Path, name: str = "good.mp4", size
 
 def wait_uploaded(client: Any, key: str, source: Path, *, timeout: float = 60) -> None:
     wait_for(lambda: uploaded(client, key, source), timeout=timeout, what=f"{key} to be uploaded")
-
-
-def wait_scans(daemon: DaemonProcess, count: int, *, timeout: float = 60) -> None:
-    """Until the watcher has rescanned the folder `count` more times (DEBUG lines)."""
-    start = len(events(daemon, "scan offered"))
-    wait_for(lambda: len(events(daemon, "scan offered")) >= start + count, timeout=timeout, what=f"{count} rescans")
 
 
 def peak_memory_kib(pid: int) -> int:
@@ -131,14 +125,14 @@ def test_symlinks_out_of_the_folder_and_loops_are_ignored_with_one_log_line_each
     wait_uploaded(client, "alias.mp4", inside)
     wait_scans(daemon, 3)  # the refusals must not be logged again on every rescan
 
-    ignored = {line["relpath"]: line["event"] for line in events(daemon, "ignoring ")}
+    ignored = {line["relpath"]: line["event"] for line in daemon.events("ignoring ")}
     assert ignored == {
         "evil.mp4": f"ignoring evil.mp4: symlink points outside the input folder ({secret})",
         "loop-a.mp4": "ignoring loop-a.mp4: symlink loop",
         "loop-b.mp4": "ignoring loop-b.mp4: symlink loop",
         "dangling.mp4": f"ignoring dangling.mp4: symlink to nothing ({tmp_path / 'nowhere.mp4'})",
     }
-    assert len(events(daemon, "ignoring ")) == 4, "each refusal is logged once"
+    assert len(daemon.events("ignoring ")) == 4, "each refusal is logged once"
     keys = objects(client)
     assert not any(key.startswith(("evil", "loop", "dangling", "outdir")) for key in keys)
     assert not [r for r in moto.requests() if r.key and r.key.startswith(("evil", "outdir"))]
@@ -158,14 +152,14 @@ def test_fifo_and_device_named_like_videos_are_ignored_and_never_opened(
     client = moto.client()
     wait_uploaded(client, "good.mp4", good)
     wait_scans(daemon, 2)
-    assert sorted(line["event"] for line in events(daemon, "ignoring ")) == [
+    assert sorted(line["event"] for line in daemon.events("ignoring ")) == [
         "ignoring pipe.mp4: not a regular file (FIFO)",
         "ignoring zero.mp4: not a regular file (character device)",
     ]
     assert set(objects(client)) == {"good.mp4", "good.mp4.manifest.json"}
     assert [entry["relpath"] for entry in status_json(daemon)] == ["good.mp4"]
     # Never opened: no process of ours holds either of them.
-    held = {os.readlink(fd) for fd in Path(f"/proc/{daemon.process.pid}/fd").iterdir() if fd.is_symlink()}
+    held = {os.readlink(fd) for fd in Path(f"/proc/{daemon.pid}/fd").iterdir() if fd.is_symlink()}
     assert str(input_dir / "pipe.mp4") not in held and str(input_dir / "zero.mp4") not in held
 
 
@@ -247,9 +241,9 @@ def test_an_escaped_name_resumes_after_a_crash(
     daemon.kill()
     again = start(part_size="5MiB")
     client, key = moto.client(), "caf%E9 50%2525 big.mp4"
-    wait_for(lambda: uploaded(client, key, source) or events(again, "failed: "), timeout=90,
+    wait_for(lambda: uploaded(client, key, source) or again.events("failed: "), timeout=90,
              what="the upload to finish or fail")
-    assert not events(again, "failed: ") and uploaded(client, key, source)
+    assert not again.events("failed: ") and uploaded(client, key, source)
 
 
 # -- empty, unreadable -----------------------------------------------------------------------------
@@ -272,7 +266,7 @@ def test_zero_byte_video_is_quarantined_with_its_reason(
     assert entry["last_error"].startswith("not readable as media: ")
     assert (input_dir / ".quarantine" / "empty.mp4").exists()
     assert "empty.mp4" not in objects(client)
-    assert events(daemon, "quarantined: not readable as media")
+    assert daemon.events("quarantined: not readable as media")
 
 
 class UnprivilegedDaemon(DaemonProcess):
@@ -329,10 +323,10 @@ def test_unreadable_file_fails_with_a_reason_and_retry_uploads_it_once_readable(
         timeout=60, what="locked.mp4 to fail",
     )
     assert entry["last_error"] == f"permission denied reading {locked}"
-    assert events(daemon, f"failed: permission denied reading {locked}")
+    assert daemon.events(f"failed: permission denied reading {locked}")
     assert "locked.mp4" not in objects(client)
     wait_scans(daemon, 2)
-    assert len(events(daemon, "failed: permission denied")) == 1, "an unchanged failed file is not tried again"
+    assert len(daemon.events("failed: permission denied")) == 1, "an unchanged failed file is not tried again"
 
     locked.chmod(0o644)
     subprocess.run([sys.executable, "-m", "chunkd", "retry", "--failed"], env=daemon.env, check=True,
@@ -355,7 +349,7 @@ def test_a_tree_120_folders_deep_uploads_the_file_at_the_bottom(
     client = moto.client()
     wait_uploaded(client, "good.mp4", good)
     wait_uploaded(client, "d/" * depth + "deep.mp4", deep)
-    assert not events(daemon, "Recursion") and not events(daemon, "cannot watch")
+    assert not daemon.events("Recursion") and not daemon.events("cannot watch")
 
 
 # -- the input folder itself -------------------------------------------------------------------------
@@ -375,21 +369,18 @@ def test_input_folder_deleted_and_recreated_while_running(
         shutil.rmtree(input_dir)
         # Counted, not just found: round 1 must not take round 0's line for its own and re-create
         # the folder before the watcher noticed it gone (it would then be "replaced", not "back").
-        wait_for(lambda seen=round_: len(events(daemon, f"input folder {input_dir} disappeared; waiting for it")) > seen,
-                 timeout=30, what="the disappearance to be logged")
-        assert daemon.process.poll() is None
+        wait_logged(daemon, f"input folder {input_dir} disappeared; waiting for it", more_than=round_, timeout=30)
+        assert daemon.running
         with urllib.request.urlopen(health, timeout=10) as response:
             assert response.status == 200
-        scans = len(events(daemon, "scan offered"))
+        scans = len(daemon.events(SCAN_LINE))
         input_dir.mkdir()
-        wait_for(lambda seen=round_: len(events(daemon, "is back; watching it again")) > seen, timeout=30,
-                 what="the folder to be watched again")
-        wait_for(lambda before=scans: len(events(daemon, "scan offered")) > before, timeout=30,
-                 what="the scan of the new folder")
+        wait_logged(daemon, "is back; watching it again", more_than=round_, timeout=30)
+        wait_logged(daemon, SCAN_LINE, more_than=scans, timeout=30)  # the scan of the new folder
         late = drop_good_file(input_dir, tmp_path, f"after-{round_}.mp4")
         wait_uploaded(client, f"after-{round_}.mp4", late)  # seen through the new inotify watch
-    assert len(events(daemon, "disappeared; waiting for it")) == 2
-    assert daemon.process.poll() is None
+    assert len(daemon.events("disappeared; waiting for it")) == 2
+    assert daemon.running
 
 
 # -- a links file of 100,000 lines -----------------------------------------------------------------
@@ -453,7 +444,7 @@ def test_a_links_file_of_100000_lines_is_settled_line_by_line(
         # A one-line file first, so the baseline includes yt-dlp and everything a download loads.
         (input_dir / "warmup.links.txt").write_text(f"{server.url}/v/warmup.mp4\n")
         wait_for((input_dir / "warmup.links.txt.report.json").is_file, timeout=120, what="the warm-up report")
-        baseline = peak_memory_kib(daemon.process.pid)
+        baseline = peak_memory_kib(daemon.pid)
 
         text, kinds = hundred_thousand_lines(server.url, good, missing=20)
         staged = tmp_path / "big.links.txt"
@@ -479,11 +470,11 @@ def test_a_links_file_of_100000_lines_is_settled_line_by_line(
     client = moto.client()
     wait_uploaded(client, "good.mp4", good_file)
     assert {key.split("-")[0] for key in objects(client) if not key.endswith(".manifest.json")} >= {"a", "b", "c"}
-    individually = events(daemon, "links file line")
+    individually = daemon.events("links file line")
     assert 0 < len(individually) <= 10, "the first rejected lines are logged one by one, once"
-    summaries = events(daemon, "more line(s) rejected or refused")
+    summaries = daemon.events("more line(s) rejected or refused")
     assert summaries and sum(int(line["event"].split()[2]) for line in summaries) == kinds["rejected"] - len(individually)
-    grown = peak_memory_kib(daemon.process.pid) - baseline
+    grown = peak_memory_kib(daemon.pid) - baseline
     print(f"\n100,000-line links file ({store}): settled in {took:.1f}s, daemon peak RSS +{grown / 1024:.0f} MiB")
     assert grown < 100 * 1024, f"peak memory grew by {grown} KiB"
     assert took < 120
@@ -559,8 +550,8 @@ def test_staging_disk_filling_up_mid_download_fails_it_cleanly_and_retry_finishe
         assert lines[0]["state"] == "FAILED"
         assert lines[0]["error"].startswith("not enough space in the staging folder: the file is 3145728 bytes")
         assert lines[1]["state"] == "COMPLETED", "the next download still went through"
-        assert events(daemon, "No space left on device"), "the write that hit the full disk is logged"
-        assert events(daemon, "download failed for") and not part.exists(), "the partial file was given up"
+        assert daemon.events("No space left on device"), "the write that hit the full disk is logged"
+        assert daemon.events("download failed for") and not part.exists(), "the partial file was given up"
         assert "not enough space in the staging folder" in downloads_table(daemon)
         client = moto.client()
         wait_uploaded(client, "good.mp4", good)
@@ -571,7 +562,7 @@ def test_staging_disk_filling_up_mid_download_fails_it_cleanly_and_retry_finishe
         (input_dir / "again.links.txt").write_text(f"{server.url}/v/big.mp4\n")  # picked up now, not next pass
         wait_for(lambda: any(key.startswith("big-") and size == len(big) for key, size in objects(client).items()),
                  timeout=120, what="the big download to be uploaded after the retry")
-    assert daemon.process.poll() is None
+    assert daemon.running
 
 
 def test_state_disk_full_holds_uploads_back_without_losing_them(
@@ -587,12 +578,12 @@ def test_state_disk_full_holds_uploads_back_without_losing_them(
 
     filler = fill_up(state)
     later = [drop_good_file(input_dir, tmp_path, f"later-{index:02d}.mp4", size=8 * KiB) for index in range(20)]
-    wait_for(lambda: events(daemon, "database or disk is full"), timeout=60, what="the full state disk to be logged")
-    assert daemon.process.poll() is None
+    wait_for(lambda: daemon.events("database or disk is full"), timeout=60, what="the full state disk to be logged")
+    assert daemon.running
     filler.unlink()
     for source in later:
         wait_uploaded(client, source.name, source, timeout=120)
-    assert daemon.process.poll() is None
+    assert daemon.running
 
 
 # -- many files at once ------------------------------------------------------------------------------
@@ -623,7 +614,7 @@ def run_burst(daemon: DaemonProcess, bucket_dir: Path, input_dir: Path, count: i
               timeout: float) -> dict[str, float]:
     """Drop `count` files, wait until every object and manifest is in the bucket (on rclone's
     disk), and measure: seconds, files/s and the daemon's peak RSS before and after."""
-    before = peak_memory_kib(daemon.process.pid)
+    before = peak_memory_kib(daemon.pid)
     began = time.monotonic()
     names = drop_many(input_dir, count, per_folder=per_folder)
     dropped = time.monotonic() - began
@@ -637,7 +628,7 @@ def run_burst(daemon: DaemonProcess, bucket_dir: Path, input_dir: Path, count: i
     took = time.monotonic() - began
     missing = [name for name in names if not (bucket_dir / name).is_file()]
     assert not missing, f"{len(missing)} objects missing, e.g. {missing[:3]}"
-    after = peak_memory_kib(daemon.process.pid)
+    after = peak_memory_kib(daemon.pid)
     return {"dropped_s": round(dropped, 1), "took_s": round(took, 1), "files_per_s": round(count / took, 1),
             "peak_before_mib": round(before / 1024, 1), "peak_after_mib": round(after / 1024, 1)}
 
@@ -657,7 +648,7 @@ def test_a_burst_of_600_files_drains_and_later_rescans_offer_nothing(
     print(f"\n600 files: {numbers}")
     # Finished files are not handed to the scheduler again by the periodic rescans.
     wait_scans(daemon, 3, timeout=60)
-    assert [line["event"] for line in events(daemon, "scan offered")[-3:]] == ["scan offered 0 files"] * 3
+    assert [line["event"] for line in daemon.events("scan offered")[-3:]] == ["scan offered 0 files"] * 3
     assert numbers["peak_after_mib"] - numbers["peak_before_mib"] < 64
     good = drop_good_file(input_dir, tmp_path, "after.bin")
     wait_for(lambda: (tmp_path / "s3" / BUCKET / "after.bin.manifest.json").is_file(), timeout=60,
@@ -676,7 +667,7 @@ def test_a_burst_of_50000_files_drains_with_bounded_memory(
     daemon = burst_daemon(chunkd_daemon, rclone_s3)
     numbers = run_burst(daemon, tmp_path / "s3" / BUCKET, input_dir, 50_000, per_folder=1000, timeout=3000)
     print(f"\n50,000 files: {numbers}")
-    overflowed = events(daemon, "overflow")
+    overflowed = daemon.events("overflow")
     print(f"inotify overflows logged: {len(overflowed)}")
     assert numbers["peak_after_mib"] - numbers["peak_before_mib"] < 200
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import pytest
 import redis
 
 from chunkd.errors import LeaseLostError, StoreError, StoreResetError
-from chunkd.store.lease import Lease, LeaseKeeper, Renewal, owner_is_dead
 from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.store import CheckpointStore, open_store
+from chunkd.store.lease import Lease, LeaseKeeper, Renewal, owner_is_dead
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
+from tests.support.daemon import wait_for
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -54,7 +54,7 @@ def test_one_owner_at_a_time_and_tokens_grow(store: CheckpointStore) -> None:
 def test_expired_lease_is_taken_over_and_the_old_token_is_fenced(store: CheckpointStore) -> None:
     old = Lease("cam/a.mp4", "host/1/aa", store.acquire_lease("cam/a.mp4", "host/1/aa", 0.3) or 0)
     store.save_stream(record(), fence=old)  # accepted while current
-    time.sleep(0.5)
+    wait_for(lambda: store.lease_owner("cam/a.mp4") is None, timeout=5, what="the lease to expire")
     new_token = store.acquire_lease("cam/a.mp4", "host/2/bb", 30)
     assert new_token is not None and new_token > old.token
     new = Lease("cam/a.mp4", "host/2/bb", new_token)
@@ -73,8 +73,7 @@ def test_expired_lease_is_taken_over_and_the_old_token_is_fenced(store: Checkpoi
 
 def test_renew_retakes_an_expired_lease_nobody_took(store: CheckpointStore) -> None:
     lease = Lease("cam/a.mp4", "host/1/aa", store.acquire_lease("cam/a.mp4", "host/1/aa", 0.2) or 0)
-    time.sleep(0.4)
-    assert store.lease_owner("cam/a.mp4") is None
+    wait_for(lambda: store.lease_owner("cam/a.mp4") is None, timeout=5, what="the lease to expire")
     assert store.renew_lease(lease, 30) is Renewal.HELD
     assert store.acquire_lease("cam/a.mp4", "host/2/bb", 30) is None
 
@@ -118,12 +117,14 @@ def test_keeper_renews_and_notices_a_takeover(store: CheckpointStore) -> None:
     keeper = LeaseKeeper(store, ttl=0.6, owner="host/1/aa")
     held = keeper.acquire("cam/a.mp4")
     assert held is not None
-    time.sleep(1.2)  # two lifetimes: only renewals keep it
+    # Until a renewal that began two lifetimes after the acquisition has come back: only renewals
+    # keep the lease that long, and a renewal is what would have found it lost.
+    two_lifetimes_on = held.valid_until + 2 * keeper.ttl
+    wait_for(lambda: held.valid_until >= two_lifetimes_on, timeout=10, what="renewals over two lifetimes")
     assert held.fresh and not held.lost.is_set()
     assert store.acquire_lease("cam/a.mp4", "host/2/bb", 30) is None
     store.acquire_lease("cam/a.mp4", "host/2/bb", 30, steal_from="host/1/aa")
-    time.sleep(0.5)
-    assert held.lost.is_set()
+    assert held.lost.wait(10), "the next renewal should notice the takeover"
     with pytest.raises(LeaseLostError):
         held.check()
     keeper.close()
@@ -152,7 +153,7 @@ def test_sqlite_refuses_a_second_daemon(tmp_path: Path) -> None:
         "import sys\nfrom chunkd.store import open_store\nfrom chunkd.errors import StoreError\n"
         f"try:\n    open_store({url!r}, exclusive=True)\nexcept StoreError as e:\n    print(e); sys.exit(3)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 3, result.stderr
     assert "in use by another chunkd daemon" in result.stdout and str(os.getpid()) in result.stdout
     open_store(url).close()  # status/retry/cancel still read it

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,8 @@ import pytest
 
 from chunkd.model.states import UrlState
 from chunkd.store import open_store
-from tests.integration.test_daemon import read_manifest, sha256_object
+from tests.support.bucket import read_manifest, sha256_object
+from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import MediaServer
@@ -102,8 +104,8 @@ def test_dropped_connection_resumes_with_range_and_a_second_drop_of_the_file_doe
     (input_dir / "a.links.txt").write_text(f"{server.url}/v/clip3.mp4\n")
     start_daemon()
     wait_for((input_dir / "a.links.txt.report.json").is_file, timeout=120, what="the report")
-    ranged = [entry.range for entry in server.log if entry.path == "/v/clip3.mp4" and entry.range]
-    assert ranged and ranged[0].startswith("bytes=") and int(ranged[0][6:].split("-")[0]) > 0
+    ranges = [entry.range for entry in server.log if entry.path == "/v/clip3.mp4" and entry.range]
+    assert ranges and ranges[0].startswith("bytes=") and int(ranges[0][6:].split("-")[0]) > 0
     key = json.loads((input_dir / "a.links.txt.report.json").read_text())["lines"][0]["key"]
     assert sha256_object(moto.client(), key) == sha(files["/v/clip3.mp4"])
 
@@ -154,9 +156,6 @@ def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
     start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
     media: tuple[MediaServer, dict[str, bytes]],
 ) -> None:
-    import subprocess
-    import sys
-
     server, files = media
     (input_dir / "links.txt").write_text(f"{server.url}/v/late.mp4\n")
     daemon = start_daemon()
@@ -164,8 +163,7 @@ def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
     assert json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]["state"] == "FAILED"
 
     def chunkd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "chunkd", *args], check=False, env=daemon.env, capture_output=True,
-                              text=True, timeout=30)
+        return run_chunkd(*args, env=daemon.env, timeout=30)
 
     status = chunkd("status")
     assert "FAILED" in status.stdout and "/v/late.mp4" in status.stdout and "404" in status.stdout
@@ -202,8 +200,9 @@ def test_kill_9_during_a_download_resumes_from_the_partial_file(
     assert entry["state"] == "COMPLETED"
     assert sha256_object(moto.client(), entry["key"]) == sha(files[path])
     assert server.bytes_served(path) < 1.2 * size
-    ranged = [req.range for req in server.requests_for(path, "GET") if req.range]
-    assert ranged and int(ranged[-1][6:].split("-")[0]) >= on_disk * 0.9
+    ranges = [req.range for req in server.requests_for(path, "GET") if req.range]
+    assert ranges and int(ranges[-1][6:].split("-")[0]) >= on_disk * 0.9
+
 
 
 def test_a_download_waits_for_a_free_worker_and_one_queued_at_stop_is_sent_on_the_next_start(

@@ -32,12 +32,11 @@ from typing import Any, Self
 import pytest
 
 from chunkd.s3.devserver import LocalS3Server
+from tests.support.bucket import BUCKET, sha256_object
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.s3_servers import make_client
+from tests.support.sizes import KiB, MiB
 
-KiB = 1024
-MiB = 1024 * KiB
-BUCKET = "chunkd"
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -192,14 +191,6 @@ def list_bucket(client: Any) -> dict[str, tuple[int, str]]:
         for item in page.get("Contents", []):
             objects[item["Key"]] = (item["Size"], item["ETag"].strip('"'))
     return objects
-
-
-def sha256_object(client: Any, key: str) -> str:
-    digest = hashlib.sha256()
-    body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
-    for chunk in iter(lambda: body.read(MiB), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_bucket(client: Any, sources: list[Source]) -> None:

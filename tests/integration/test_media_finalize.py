@@ -7,19 +7,24 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_daemon import MiB, read_manifest, sha256_file, sha256_object, write_random
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, wait_for
-from tests.support.media import make_mp4, make_text_as_mp4, make_truncated_copy, require_ffmpeg
+from tests.support.files import sha256_file, write_random
+from tests.support.media import (
+    make_mp4,
+    make_text_as_mp4,
+    make_truncated_copy,
+    require_ffmpeg,
+)
 from tests.support.s3_servers import make_client
-
-BUCKET = "chunkd"
+from tests.support.sizes import MiB
 
 
 @pytest.fixture
@@ -32,7 +37,8 @@ def ffprobe_json(path: Path) -> dict[str, Any]:
         ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
         check=True, capture_output=True, timeout=30,
     )
-    return json.loads(out.stdout)
+    probed: dict[str, Any] = json.loads(out.stdout)
+    return probed
 
 
 def record(path: Path, seconds: float, *, faststart: bool) -> subprocess.Popen[bytes]:
@@ -100,18 +106,12 @@ def test_files_that_are_not_media_are_quarantined_and_the_rest_flows(
     keys = {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert keys == {"good.mp4", "good.mp4.manifest.json"}
     assert moto.counts()["CreateMultipartUpload"] == 0 and moto.counts()["UploadPart"] == 0
-    status = subprocess.run(
-        [*daemon_cmd(), "status", "--state", "quarantined"], env=daemon.env, capture_output=True, text=True, timeout=30
-    )
+    status = run_chunkd("status", "--state", "quarantined", env=daemon.env, timeout=30)
     assert status.returncode == 0
     rows = status.stdout.splitlines()[1:]
     assert sorted(row.split()[0] for row in rows) == ["QUARANTINED"] * 3
     assert all(any(name in row and "not readable as media" in row for row in rows) for name in ("x.mp4", "y.mp4", "cut.mp4"))
     assert "good.mp4" not in status.stdout
-
-
-def daemon_cmd() -> list[str]:
-    return [sys.executable, "-m", "chunkd"]
 
 
 def test_same_bytes_under_two_names_are_sent_once(

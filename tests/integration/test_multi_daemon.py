@@ -9,26 +9,28 @@ from __future__ import annotations
 import json
 import os
 import random
-import urllib.error
-import urllib.request
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import redis
 
-from chunkd.s3.devserver import free_port
 from chunkd.model.states import StreamState
+from chunkd.s3.devserver import free_port
 from chunkd.store.redis import RedisStore
-from tests.integration.test_daemon import BUCKET, read_manifest, sha256_file, sha256_object, write_random
-from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.bucket import read_manifest, sha256_object
+from tests.support.daemon import DaemonProcess, wait_for, wait_logged, wait_scans
+from tests.support.files import sha256_file, write_random
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 LEASE = {"lease_seconds": 3, "rescan_seconds": 1, "part_size": "5MiB"}
 
 
@@ -110,8 +112,8 @@ def test_sigkill_one_daemon_the_other_finishes_without_resending(
     victim = chunkd_daemon(moto, state_url=redis_url, log_name="victim.log", bandwidth_limit="6MB",
                            part_concurrency=2, **LEASE)
     wait_for(lambda: len(acked_parts(moto, "big.mp4")) >= 3, timeout=60, what="3 acknowledged parts")
-    survivor = chunkd_daemon(moto, state_url=redis_url, log_name="survivor.log", **LEASE)
-    time.sleep(1.5)  # the survivor has seen the stream and found its lease taken
+    survivor = chunkd_daemon(moto, state_url=redis_url, log_name="survivor.log", log_level="DEBUG", **LEASE)
+    wait_logged(survivor, "another daemon holds this file's lease", relpath="big.mp4", timeout=30)
     assert stream_state(redis_url, "big.mp4") in (StreamState.UPLOADING, StreamState.FINALIZING)
     victim.kill()
     acknowledged = acked_parts(moto, "big.mp4")
@@ -119,7 +121,7 @@ def test_sigkill_one_daemon_the_other_finishes_without_resending(
 
     client = moto.client()
     manifest = wait_for(lambda: read_manifest(client, "big.mp4"), timeout=120, what="manifest")
-    resent = {r.part_number for r in moto.requests()[before:] if r.operation == "UploadPart"} & acknowledged
+    resent = {r.part_number for r in moto.requests()[before:] if r.operation == "UploadPart" and r.part_number} & acknowledged
     assert resent == set(), f"parts acknowledged before the kill were sent again: {sorted(resent)}"
     assert manifest["sha256"] == sha256_file(source) == sha256_object(client, "big.mp4")
     assert sum(r.operation == "CreateMultipartUpload" for r in moto.requests()) == 1
@@ -131,7 +133,7 @@ def test_paused_daemon_loses_its_lease_and_cannot_overwrite_the_new_owner(
 ) -> None:
     source = write_random(input_dir / "long.mp4", 50 * MiB)
     paused = chunkd_daemon(moto, state_url=redis_url, log_name="paused.log", bandwidth_limit="5MB",
-                           part_concurrency=2, **LEASE)
+                           part_concurrency=2, log_level="DEBUG", **LEASE)
     wait_for(lambda: len(acked_parts(moto, "long.mp4")) >= 2, timeout=60, what="2 acknowledged parts")
     assert paused.process is not None
     os.kill(paused.process.pid, signal.SIGSTOP)
@@ -143,7 +145,7 @@ def test_paused_daemon_loses_its_lease_and_cannot_overwrite_the_new_owner(
     finally:
         os.kill(paused.process.pid, signal.SIGCONT)
     wait_for(lambda: paused.logged("another daemon took over"), timeout=30, what="the paused daemon to stand down")
-    time.sleep(2)  # whatever the paused daemon still had queued has been tried by now
+    wait_scans(paused, 2)  # a whole rescan since: what would hand the file to it again
     assert stream_state(redis_url, "long.mp4") is StreamState.COMPLETED, "a late write went through"
     assert manifest["sha256"] == sha256_file(source) == sha256_object(client, "long.mp4")
     assert sum(r.operation == "CompleteMultipartUpload" and r.key == "long.mp4" for r in moto.requests()) == 1
@@ -164,7 +166,7 @@ def test_redis_down_for_20s_then_back_everything_completes(
     assert http_get(ready)[0] == 200
     server.stop()
     outage_started = time.monotonic()
-    status, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=15, what="/readyz 503")
+    _, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=15, what="/readyz 503")
     assert json.loads(body)["store"] is not True and json.loads(body)["s3"] is True
     time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
     assert daemon.process is not None and daemon.process.poll() is None, "the daemon stays up"
@@ -172,7 +174,7 @@ def test_redis_down_for_20s_then_back_everything_completes(
     wait_for(lambda: http_get(ready)[0] == 200, timeout=30, what="/readyz 200 again")
     client = moto.client()
     for source in sources:
-        manifest = wait_for(lambda s=source: read_manifest(client, s.name), timeout=120, what=f"{source.name}")
+        manifest = wait_for(partial(read_manifest, client, source.name), timeout=120, what=f"{source.name}")
         assert manifest["sha256"] == sha256_file(source) == sha256_object(client, source.name)
         assert stream_state(server.url, source.name) is StreamState.COMPLETED
     lines = daemon.log_path.read_text().splitlines()
@@ -227,15 +229,17 @@ def test_files_uploaded_before_redis_came_back_empty_are_not_uploaded_again(
     first = chunkd_daemon(moto, state_url=server.url, log_name="first.log", **LEASE)
     client = moto.client()
     for source in (small, large):
-        wait_for(lambda s=source: read_manifest(client, s.name), timeout=60, what=f"manifest of {source.name}")
+        wait_for(partial(read_manifest, client, source.name), timeout=60, what=f"manifest of {source.name}")
     first.terminate()
     server.stop()
     server.start()  # empty: nothing says these files were uploaded, except the bucket
     moto.reset_counts()
-    again = chunkd_daemon(moto, state_url=server.url, log_name="again.log", **LEASE)
+    again = chunkd_daemon(moto, state_url=server.url, log_name="again.log", log_level="DEBUG", **LEASE)
     wait_for(lambda: stream_state(server.url, "small.mp4") is StreamState.COMPLETED
              and stream_state(server.url, "large.mp4") is StreamState.COMPLETED, timeout=30, what="records restored")
-    time.sleep(2.5)  # two more rescans
+    # Each job logs the restore last, then ends without sending; two rescans since would offer them again.
+    wait_logged(again, "record restored", more_than=1, timeout=30)
+    wait_scans(again, 2)
     counts = moto.counts()
     assert counts["PutObject"] == 0 and counts["CreateMultipartUpload"] == 0 and counts["UploadPart"] == 0
     assert again.log_path.read_text().count("record restored") == 2

@@ -8,14 +8,17 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from chunkd.s3.devserver import free_port
-from tests.integration.test_daemon import MiB, read_manifest, write_random
+from tests.support.bucket import read_manifest
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.files import write_random
 from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
 
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in metrics")
 
@@ -65,14 +68,20 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     write_random(input_dir / "two.mp4", 1000)  # one PutObject
     client = moto.client()
     for name in ("one.mp4", "two.mp4"):
-        wait_for(lambda n=name: read_manifest(client, n), timeout=60, what=f"manifest of {name}")
+        wait_for(partial(read_manifest, client, name), timeout=60, what=f"manifest of {name}")
     assert get(f"{base}/metrics")[0] == 401  # the token guards metrics and status
-    status, body = get(f"{base}/metrics", token="s3cret-token")
-    text = body.decode()
-    assert status == 200
+
+    def both_counted() -> str | None:
+        """The metrics once both files are counted: a file is, once its job has ended, a moment
+        after its manifest is written."""
+        status, body = get(f"{base}/metrics", token="s3cret-token")
+        assert status == 200
+        text = body.decode()
+        return text if 'chunkd_files_total{outcome="completed"} 2.0' in text else None
+
+    text = wait_for(both_counted, timeout=30, what="both files counted as completed")
     assert metric(text, "chunkd_uploaded_bytes_total") == 12 * MiB + 1000
     assert metric(text, "chunkd_uploaded_parts_total") == 3
-    assert 'chunkd_files_total{outcome="completed"} 2.0' in text
     assert 'chunkd_streams{state="COMPLETED"} 2.0' in text
     status, body = get(f"{base}/status", token="s3cret-token")
     assert status == 200 and {row["relpath"] for row in json.loads(body)} == {"one.mp4", "two.mp4"}
@@ -100,7 +109,7 @@ def test_webhook_gets_a_signed_post_per_completed_file(
     received: list[tuple[dict[str, str], bytes]] = []
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append((dict(self.headers), body))
             self.send_response(204)

@@ -16,14 +16,14 @@ import pytest
 
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.ops.gc import orphans
-from chunkd.s3.devserver import free_port
+from chunkd.s3.devserver import LocalS3Server, free_port
 from chunkd.s3.uploader import MultipartUpload
 from chunkd.store import CheckpointStore, open_store
-from tests.integration.test_cli import run_chunkd
+from tests.support.cli import run_chunkd
 from tests.support.daemon import daemon_env
-from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
+from tests.support.s3_servers import MotoServer, make_client
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 HOUR, DAY = 3600.0, 86400.0
 
 

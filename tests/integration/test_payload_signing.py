@@ -18,16 +18,15 @@ from botocore.exceptions import ClientError
 import chunkd.s3.uploader as uploader_module
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine, preflight
-from chunkd.s3.devserver import LocalS3Server
-from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range
 from chunkd.model.planner import Part
-from chunkd.s3.retry import RetryPolicy
+from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range
 from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.devserver import LocalS3Server
+from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import Uploader
+from tests.support.bucket import BUCKET
 from tests.support.s3_servers import MotoServer
-
-BUCKET = "chunkd"
-MiB = 1024 * 1024
+from tests.support.sizes import MiB
 
 
 def chunkd_client(moto: MotoServer) -> Any:
@@ -134,7 +133,8 @@ def test_the_probe_finds_rclone_stores_what_it_does_not_check_and_cleans_up(rclo
     client = make_client(S3Target(rclone_s3.endpoint_url, None, rclone_s3.access_key, rclone_s3.secret_key))
     uploader = Uploader(client, RetryPolicy(max_attempts=1))
     assert uploader.checks_payload_hash(BUCKET, "cams/.chunkd-probe-1") is False
-    assert client.list_objects_v2(Bucket=BUCKET).get("Contents", []) == []  # the probe was deleted
+    listing: Any = client.list_objects_v2(Bucket=BUCKET)  # type: ignore[attr-defined]  # botocore builds its methods
+    assert listing.get("Contents", []) == []  # the probe was deleted
 
 
 @pytest.mark.parametrize(("server_name", "md5_expected"), [("moto", False), ("rclone", True)])

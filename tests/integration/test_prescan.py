@@ -16,9 +16,11 @@ import pytest
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.hashing import Scan
 from chunkd.pipeline.job import Outcome
-from tests.integration.test_daemon import MiB, sha256_file, sha256_object
-from tests.integration.test_engine import client, make_engine, run_in_thread  # noqa: F401 - fixtures
+from tests.support.bucket import sha256_object
 from tests.support.daemon import wait_for
+from tests.support.engine import run_in_thread
+from tests.support.files import sha256_file
+from tests.support.sizes import MiB
 
 IDLE = 2.0
 
@@ -46,7 +48,7 @@ def grow(path: Path, chunks: int, size: int = 3 * MiB, pause: float = 0.2) -> No
 
 
 def test_a_quiet_file_is_read_once_during_its_idle_period(
-    make_engine: Callable[..., Engine], client: Any, scans: list[str]  # noqa: F811
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]
 ) -> None:
     engine = make_engine(idle_seconds=IDLE)
     path = engine.input_dir / "live.ts"
@@ -60,7 +62,7 @@ def test_a_quiet_file_is_read_once_during_its_idle_period(
 
 
 def test_a_write_after_the_prescan_began_makes_finalize_read_again(
-    make_engine: Callable[..., Engine], client: Any, scans: list[str]  # noqa: F811
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]
 ) -> None:
     engine = make_engine(idle_seconds=IDLE)
     path = engine.input_dir / "live.ts"
@@ -77,7 +79,7 @@ def test_a_write_after_the_prescan_began_makes_finalize_read_again(
 
 
 def test_a_part_rewritten_before_the_quiet_period_is_sent_again(
-    make_engine: Callable[..., Engine], client: Any, scans: list[str]  # noqa: F811
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]
 ) -> None:
     engine = make_engine(idle_seconds=IDLE)
     path = engine.input_dir / "live.ts"

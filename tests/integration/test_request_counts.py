@@ -29,7 +29,8 @@ def make_files(folder: Path, count: int) -> None:
 def upload(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[str]:
     env = {**env, "CHUNKD_INVALID_MEDIA": "upload", "CHUNKD_DEDUP": "off"}
     return subprocess.run(
-        [sys.executable, "-m", "chunkd", "upload", str(folder)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "chunkd", "upload", str(folder)], check=False, env=env, capture_output=True, text=True,
+        timeout=120,
     )
 
 

@@ -16,20 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon import (
-    MiB,
-    drop,
-    read_manifest,
-    sha256_file,
-    sha256_object,
-    write_random,
-)
+from tests.support.bucket import read_manifest, sha256_object
 from tests.support.daemon import DaemonProcess, wait_for
+from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
 
 OUTAGE_SECONDS = 20.0
 FILES = 4
@@ -144,7 +140,7 @@ def run_through_outage(
 def assert_all_completed(moto: MotoServer, sources: dict[str, Path], timeout: float) -> None:
     client = moto.client()
     for name, source in sources.items():
-        manifest = wait_for(lambda n=name: read_manifest(client, n), timeout=timeout, what=f"manifest of {name}")
+        manifest = wait_for(partial(read_manifest, client, name), timeout=timeout, what=f"manifest of {name}")
         assert manifest["size"] == FILE_SIZE
         assert manifest["sha256"] == sha256_file(source) == sha256_object(client, name)
         assert sum(part["size"] for part in manifest["parts"]) == FILE_SIZE

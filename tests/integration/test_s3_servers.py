@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from chunkd.errors import DevServerError
 from chunkd.s3.devserver import LocalS3Server
+from tests.support.bucket import BUCKET
 from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_client
-
-BUCKET = "chunkd"
-MiB = 1024 * 1024
+from tests.support.sizes import MiB
 
 
 def content_md5(data: bytes) -> str:
@@ -41,12 +41,13 @@ def multipart_round_trip(client: Any, key: str, parts: list[bytes]) -> dict[str,
     assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in listed] == [
         (n, len(body), etag) for n, (body, etag) in enumerate(zip(parts, etags), start=1)
     ]
-    return client.complete_multipart_upload(
+    completed: dict[str, Any] = client.complete_multipart_upload(
         Bucket=BUCKET,
         Key=key,
         UploadId=upload_id,
         MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]},
     )
+    return completed
 
 
 def test_multipart_round_trip(server: Any) -> None:
@@ -87,7 +88,7 @@ def test_parts_of_an_aborted_upload_get_no_such_upload(server: Any) -> None:
     body = os.urandom(5 * MiB)
     etag = client.upload_part(Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id, PartNumber=1, Body=body)["ETag"]
     client.abort_multipart_upload(Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id)
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "ListParts": lambda: client.list_parts(Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id),
         "UploadPart": lambda: client.upload_part(
             Bucket=BUCKET, Key="gone.mp4", UploadId=upload_id, PartNumber=2, Body=b"x", ContentMD5=content_md5(b"x")

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.errors import ConfigError
+from chunkd.errors import ConfigError, StoreError
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
+from tests.support.sizes import MiB
 
 Opener = Callable[[], CheckpointStore]
 
@@ -24,10 +25,10 @@ def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ope
     """Opens a new store on the same backing data each call, to test what survives a reopen."""
     if request.param == "sqlite":
         path = str(tmp_path / "state" / "chunkd.db")
-        opener: Opener = lambda: SqliteStore(path)  # noqa: E731
+        opener: Opener = lambda: SqliteStore(path)
     else:
         url = request.getfixturevalue("redis_url")  # only redis params need the server
-        opener = lambda: RedisStore.from_url(url)  # noqa: E731
+        opener = lambda: RedisStore.from_url(url)
     opened: list[CheckpointStore] = []
 
     def open_one() -> CheckpointStore:
@@ -51,7 +52,7 @@ def make_stream(stream_id: str = "s1", **overrides: object) -> StreamRecord:
         "source_path": "/in/cam/day 1/clip.mp4",
         "bucket": "videos",
         "key": "cam/day 1/clip.mp4",
-        "schedule": {"part_size": 8 * 1024**2, "sizes": [5, 8.5], "tag": "ünï", "opt": None, "nested": {"a": 1}},
+        "schedule": {"part_size": 8 * MiB, "sizes": [5, 8.5], "tag": "ünï", "opt": None, "nested": {"a": 1}},
         "discovered_at": 1_712_345_678.123456,
         "updated_at": 1_712_345_679.654321,
     }
@@ -62,8 +63,8 @@ def make_stream(stream_id: str = "s1", **overrides: object) -> StreamRecord:
 def make_part(number: int, **overrides: object) -> PartRecord:
     fields: dict[str, object] = {
         "number": number,
-        "offset": (number - 1) * 8 * 1024**2,
-        "size": 8 * 1024**2,
+        "offset": (number - 1) * 8 * MiB,
+        "size": 8 * MiB,
         "etag": f'"etag-{number}"',
         "sha256": f"{number:064x}",
     }
@@ -262,8 +263,16 @@ def test_content_index_finds_forgets_and_replaces(store: CheckpointStore) -> Non
     assert store.find_by_content(digest) is None
 
 
-def test_ping(store: CheckpointStore) -> None:
+def test_ping_answers_while_the_backend_is_there_and_raises_once_it_is_gone(
+    store: CheckpointStore, request: pytest.FixtureRequest
+) -> None:
     store.ping()
+    if isinstance(store, SqliteStore):
+        store.close()
+    else:
+        request.getfixturevalue("redis_server").stop()  # the next test's `redis_url` starts it again
+    with pytest.raises(StoreError):
+        store.ping()
 
 
 # deleting streams (chunkd gc's retention)

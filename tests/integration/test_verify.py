@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from chunkd.s3.devserver import LocalS3Server, free_port
-from tests.integration.test_cli import error_lines, run_chunkd
-from tests.integration.test_daemon import MiB, read_manifest, write_random
+from tests.support.bucket import BUCKET, read_manifest
+from tests.support.cli import error_lines, run_chunkd
 from tests.support.daemon import daemon_env
+from tests.support.files import write_random
 from tests.support.s3_servers import MotoServer
-
-BUCKET = "chunkd"
+from tests.support.sizes import MiB
 
 
 def upload(path: Path, env: dict[str, str]) -> None:

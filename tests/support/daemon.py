@@ -10,13 +10,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
+SCAN_LINE = "scan offered"  # the watcher's DEBUG line after each scan of the input folder
 
-def wait_for(predicate: Callable[[], T], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:
-    """Poll until `predicate()` is truthy; fail the test with `what` on timeout."""
+
+def wait_for(predicate: Callable[[], T | None | Literal[False]], *, timeout: float, interval: float = 0.1,
+             what: str = "condition") -> T:
+    """Poll until `predicate()` is truthy and return that value; fail the test with `what` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -79,6 +82,16 @@ class DaemonProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited (a crash would end it)."""
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
@@ -94,3 +107,31 @@ class DaemonProcess:
 
     def logged(self, text: str) -> bool:
         return text in self.log_path.read_text(errors="replace")
+
+    def events(self, text: str, **fields: Any) -> list[dict[str, Any]]:
+        """Log lines whose message contains `text` and whose fields (relpath=...) are as given."""
+        return [
+            line for line in self.log_lines()
+            if text in str(line.get("event", "")) and all(line.get(k) == v for k, v in fields.items())
+        ]
+
+
+def wait_logged(daemon: DaemonProcess, text: str, *, more_than: int = 0, timeout: float = 60,
+                **fields: Any) -> list[dict[str, Any]]:
+    """Until more than `more_than` log lines contain `text` (and `fields`); returns them all."""
+
+    def lines() -> list[dict[str, Any]] | None:
+        found = daemon.events(text, **fields)
+        return found if len(found) > more_than else None
+
+    return wait_for(lines, timeout=timeout, what=f"more than {more_than} log line(s) with {text!r}")
+
+
+def wait_scans(daemon: DaemonProcess, count: int, *, timeout: float = 60) -> list[dict[str, Any]]:
+    """Until the watcher has finished `count` more scans of the input folder; returns their lines.
+
+    The lines are DEBUG: the daemon must run with log_level=DEBUG. A scan under way when this is
+    called counts as the first, so "a whole scan after X" is `count=2`.
+    """
+    start = len(daemon.events(SCAN_LINE))
+    return wait_logged(daemon, SCAN_LINE, more_than=start + count - 1, timeout=timeout)[start:]

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from typing import Self
 
 import pytest
 
@@ -90,7 +91,7 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -17,7 +17,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
@@ -27,9 +27,8 @@ from moto.server import DomainDispatcherApplication, MotoRequestHandler, Threade
 from werkzeug.serving import make_server
 from werkzeug.wsgi import get_input_stream
 
-from chunkd.s3.traits import PROBE_NAME
-
 from chunkd.s3.devserver import LocalS3Server, free_port
+from chunkd.s3.traits import PROBE_NAME
 
 RcloneS3Server = LocalS3Server  # one name for tests that want to say which server they mean
 
@@ -206,10 +205,10 @@ class StrictS3Middleware:
         if path.startswith("/moto-api"):
             return self.app(environ, start_response)
         request = classify(environ.get("REQUEST_METHOD", ""), path, environ.get("QUERY_STRING", ""))
-        if request.operation in ("UploadPart", "UploadPartCopy", "CompleteMultipartUpload"):
-            if _upload_missing(request):
-                _drain(environ)
-                return _error(start_response, 404, "NoSuchUpload", _NO_SUCH_UPLOAD, UploadId=request.upload_id or "")
+        missing_upload = request.operation in ("UploadPart", "UploadPartCopy", "CompleteMultipartUpload")
+        if missing_upload and _upload_missing(request):
+            _drain(environ)
+            return _error(start_response, 404, "NoSuchUpload", _NO_SUCH_UPLOAD, UploadId=request.upload_id or "")
         if request.operation in ("UploadPart", "PutObject"):
             problem = _body_problem(environ)
             if problem:
@@ -234,7 +233,7 @@ def _upload_missing(request: S3Request) -> bool:
         from moto.s3.models import s3_backends
 
         buckets = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets
-    except Exception:  # moto's internals moved: fall back to moto's own answer
+    except Exception:  # noqa: BLE001 - moto's internals moved: fall back to moto's own answer
         return False
     bucket = buckets.get(request.bucket)
     if bucket is None:
@@ -323,7 +322,7 @@ class _CountingThreadedMotoServer(ThreadedMotoServer):
             self._server = make_server(
                 self._ip_address, self._port, app, threaded=True, request_handler=_TrackingRequestHandler
             )
-        except BaseException as exc:  # e.g. port taken: moto's start() would wait forever
+        except BaseException as exc:  # noqa: BLE001 - e.g. port taken: moto's start() would wait forever
             self.error = exc
             self._server_ready_event.set()
             return
@@ -445,7 +444,7 @@ class MotoServer:
     def reset_counts(self) -> None:
         self._log.clear()
 
-    def __enter__(self) -> MotoServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from chunkd.s3.bandwidth import TokenBucket
-
-MB = 1_000_000
+from tests.support.sizes import MB
 
 
 class FakeClock:

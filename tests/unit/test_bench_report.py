@@ -24,8 +24,7 @@ from bench.peers import (
 from bench.report import Row, ScenarioResult, Summary, summarize
 from bench.scenarios.growing import lag_parts
 from bench.servers import Endpoint
-
-MiB = 1024 * 1024
+from tests.support.sizes import MiB
 
 
 def throughput(server: str = "rclone serve s3", **medians: list[float | None]) -> ScenarioResult:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from chunkd.pipeline.objectcheck import completed_earlier
-from chunkd.model.states import PartRecord
 from chunkd.model.etags import multipart_etag
+from chunkd.model.states import PartRecord
+from chunkd.pipeline.objectcheck import completed_earlier
 from chunkd.s3.uploader import ObjectInfo
 
 FIRST, SECOND = b"a" * 10, b"b" * 6

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.config import DEFAULT_INCLUDE, SETTING_NAMES, Settings, env_name, load_settings, parse_size
+from chunkd.config import (
+    DEFAULT_INCLUDE,
+    SETTING_NAMES,
+    Settings,
+    env_name,
+    load_settings,
+    parse_size,
+)
 from chunkd.errors import ConfigError
-
-MiB = 1024 * 1024
+from tests.support.sizes import MiB
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.observe.events import EventSink, WebhookTarget, build_event, sign
 from chunkd.model.states import StreamRecord, StreamState
+from chunkd.observe.events import EventSink, WebhookTarget, build_event, sign
 from chunkd.store.sqlite import SqliteStore
 
 SECRET = "s3cr3t-webhook-key"

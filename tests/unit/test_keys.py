@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkd.model.keys import FIELDS, key_problem, render_key, validate_template
 from chunkd.intake.paths import escape_name
+from chunkd.model.keys import FIELDS, key_problem, render_key, validate_template
 
 NOW = calendar.timegm((2026, 11, 23, 23, 59, 0))  # late in the UTC day: catches local-time dates
 
@@ -69,7 +69,9 @@ def test_file_without_extension() -> None:
 
 @pytest.mark.parametrize("template", ["{relpath}", "{stem}", "{date}/{hostname}/{dir}/{stem}.{ext}", "x/{relpath}"])
 def test_valid_templates(template: str) -> None:
-    validate_template(template)
+    validate_template(template)  # raises ValueError for a bad one
+    keys = {render_key(template, relpath, now=NOW, hostname="h") for relpath in ("d/a.mp4", "d/b.mp4")}
+    assert len(keys) == 2, "a valid template gives two files two keys"
 
 
 @pytest.mark.parametrize(

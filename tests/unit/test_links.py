@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkd.links.batch import REJECTS_LOGGED, LinkManager, ReportLine, _RejectLog, _write_report
+from chunkd.links.batch import (
+    REJECTS_LOGGED,
+    LinkManager,
+    ReportLine,
+    _RejectLog,
+    _write_report,
+)
 from chunkd.links.parse import (
     INVALID_PORT,
     MALFORMED,
@@ -30,6 +36,7 @@ from chunkd.links.parse import (
     parse_links_bytes,
     redact_url,
 )
+from tests.support.sizes import MiB
 
 FILE_REFUSED = "scheme 'file' not allowed (only http and https)"
 
@@ -308,9 +315,10 @@ def test_parse_never_raises_on_any_bytes(data: bytes) -> None:
 @given(st.text(max_size=200))
 def test_normalize_raises_only_value_error(text: str) -> None:
     try:
-        normalize_url(text)
+        normalized = normalize_url(text)
     except ValueError:
-        pass
+        return
+    assert normalized.startswith(("http://", "https://")) and "#" not in normalized
 
 
 # --- redaction -----------------------------------------------------------------------------------
@@ -565,7 +573,7 @@ def test_a_links_file_over_the_size_limit_is_not_read_and_said_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="chunkd.links")
-    monkeypatch.setattr("chunkd.links.batch.MAX_LINKS_FILE_BYTES", 1024 * 1024)
+    monkeypatch.setattr("chunkd.links.batch.MAX_LINKS_FILE_BYTES", MiB)
     manager = LinkManager(None, None, None)  # type: ignore[arg-type]  # reading needs none of them
     path = tmp_path / "huge.links.txt"
     path.write_bytes(b"https://a.example/x.mp4\n" * 50_000)  # 1.2 MB

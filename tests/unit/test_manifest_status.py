@@ -14,8 +14,8 @@ from chunkd.model.manifest import SCHEMA_VERSION, build_manifest, encode, manife
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.observe.overview import collect, render_json, render_table
 from chunkd.store.sqlite import SqliteStore
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 
 
@@ -52,7 +52,7 @@ PARTS = [
 
 def parse_z(text: str) -> datetime:
     assert text.endswith("Z"), text
-    parsed = datetime.fromisoformat(text[:-1] + "+00:00")
+    parsed = datetime.fromisoformat(text)  # 3.11 reads the Z itself
     assert parsed.utcoffset() is not None
     return parsed
 

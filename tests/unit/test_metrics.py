@@ -10,11 +10,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chunkd.errors import StoreError
-from chunkd.observe.metrics import BreakerState, Metrics, StoreSnapshot, store_snapshot
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.observe.metrics import Metrics, StoreSnapshot, store_snapshot
+from chunkd.s3.breaker import BreakerState
 from chunkd.store.sqlite import SqliteStore
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 T0 = 1_700_000_000.0
 
 
@@ -138,8 +139,13 @@ def test_store_gauges_follow_the_callable_across_scrapes() -> None:
 
 
 def test_registering_does_not_call_the_store() -> None:
-    calls = []
-    Metrics(snapshot=lambda: calls.append(1) or StoreSnapshot({}, 0, None))
+    calls: list[int] = []
+
+    def snapshot() -> StoreSnapshot:
+        calls.append(1)
+        return StoreSnapshot({}, 0, None)
+
+    Metrics(snapshot=snapshot)
     assert calls == []
 
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkd.pipeline import partreader
 from chunkd.errors import SourceChangedError, SourceGoneError
+from chunkd.pipeline import partreader
 from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range, open_checked
 
 FILE_SIZE = 64 * 1024

@@ -7,14 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chunkd.model.planner import (
-    GiB,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    GiB,
     MiB,
-    TiB,
     PartSchedule,
+    TiB,
     plan_schedule,
 )
 

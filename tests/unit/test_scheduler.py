@@ -31,17 +31,26 @@ WAIT = 5.0  # generous upper bound for anything that should happen "soon"
 
 
 class FakeClock:
+    """Time that moves only when told, and counts its reads since the last move.
+
+    A worker reads the clock each time round its loop, before it takes the next entry: one that
+    has read it twice since a move has acted on that move (promoted what came due, and taken it).
+    """
+
     def __init__(self) -> None:
         self.now = 100.0
+        self.reads_since_advance = 0
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
         with self._lock:
+            self.reads_since_advance += 1
             return self.now
 
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
+            self.reads_since_advance = 0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
@@ -58,6 +67,7 @@ class Jobs:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.threads: list[threading.Thread] = []  # the thread each call ran on
         self.outcomes: dict[str, list[Outcome]] = {}  # scripted outcomes per relpath, consumed in order
         self.hold: set[str] = set()
         self.release = threading.Event()
@@ -78,6 +88,7 @@ class Jobs:
         relpath = request.relpath
         with self._lock:
             self.calls.append(relpath)
+            self.threads.append(threading.current_thread())
             scripted = self.outcomes.get(relpath)
             outcome = scripted.pop(0) if scripted else Outcome.COMPLETED
         self.event(self.started, relpath).set()
@@ -178,7 +189,8 @@ def test_retry_later_puts_the_path_back_after_retry_delay(make_scheduler: Callab
     assert not scheduler.submit(Path("/in/a.mp4"), "a.mp4")
 
     clock.advance(29.0)
-    assert not wait_until(lambda: jobs.count("a.mp4") > 1, timeout=0.5), "re-ran before retry_delay passed"
+    assert wait_until(lambda: clock.reads_since_advance >= 2), "the worker never looked at the clock"
+    assert jobs.count("a.mp4") == 1, "re-ran before retry_delay passed"
 
     clock.advance(1.0)
     assert wait_until(lambda: jobs.count("a.mp4") == 2)
@@ -352,7 +364,8 @@ def test_a_large_file_dropped_after_a_small_backlog_starts_at_once(
     scheduler.start()
 
     assert wait_until(lambda: len(jobs.calls) == 2)
-    assert not wait_until(lambda: len(jobs.calls) > 2, timeout=0.3), "more jobs than workers"
+    # Each worker is inside a held job now: no third job can start until the test releases them.
+    assert len(scheduler._threads) == 2 and set(jobs.threads) == set(scheduler._threads), "more jobs than workers"
     assert sorted(jobs.calls) == ["big.mp4", "clip-00.mp4"]  # the oldest small one, and the large one
     assert scheduler.running() == {SMALL: 1, LARGE: 1}
     assert scheduler.queue_depth == 19

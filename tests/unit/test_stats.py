@@ -10,9 +10,16 @@ from datetime import UTC, datetime
 import pytest
 
 from chunkd.model.states import StreamRecord, StreamState
-from chunkd.observe.daily import TOTAL, aggregate, render_csv, render_json, render_table, throughput
+from chunkd.observe.daily import (
+    TOTAL,
+    aggregate,
+    render_csv,
+    render_json,
+    render_table,
+    throughput,
+)
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 DAY1 = datetime(2024, 5, 1, 23, 59, 0, tzinfo=UTC).timestamp()
 DAY2 = datetime(2024, 5, 2, 0, 1, 0, tzinfo=UTC).timestamp()
 

@@ -21,17 +21,17 @@ from chunkd.errors import (
     SourceChangedError,
     SourceGoneError,
 )
+from chunkd.model.etags import multipart_etag, same_etag
 from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
-from chunkd.model.etags import multipart_etag, same_etag
 from chunkd.pipeline.partreader import FileIdentity
 from chunkd.s3.breaker import BreakerState, CircuitBreaker, Verdict
 from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import RemotePart, Uploader
 from tests.support.daemon import wait_for
+from tests.support.sizes import MiB
 
-MiB = 1024 * 1024
 PART = 5 * MiB  # S3's minimum for every part but the last
 BUCKET = "videos"
 
@@ -354,8 +354,13 @@ def test_waiting_for_the_breaker_uses_up_no_attempts() -> None:
     breaker = CircuitBreaker("http://s3.test:9000", failures=1, cooldown=30.0, clock=clock)
     stop = threading.Event()
     uploader = Uploader(fake, RetryPolicy(max_attempts=2, sleep=lambda s: None, stop_event=stop), breaker=breaker)  # type: ignore[arg-type]
-    outcome: list[object] = []
-    thread = threading.Thread(target=lambda: outcome.append(uploader.head_bucket(BUCKET)), daemon=True)
+    outcome: list[str] = []
+
+    def call() -> None:
+        uploader.head_bucket(BUCKET)
+        outcome.append("returned")
+
+    thread = threading.Thread(target=call, daemon=True)
     try:
         thread.start()
         # Attempt 1 failed and opened the breaker; attempt 2 waits for it rather than failing.
@@ -366,7 +371,7 @@ def test_waiting_for_the_breaker_uses_up_no_attempts() -> None:
         thread.join(timeout=10)
     finally:
         stop.set()
-    assert outcome == [None]
+    assert outcome == ["returned"]
     assert fake.calls == 2
     assert breaker.state is BreakerState.CLOSED
 

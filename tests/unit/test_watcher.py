@@ -112,8 +112,7 @@ def test_an_unchanged_file_is_offered_again_after_a_while(
     monkeypatch.setattr("chunkd.intake.watcher.REOFFER_SECONDS", 0.05)
     (root / "a.mp4").write_bytes(b"x")
     watcher.scan(everything=False)
-    time.sleep(0.1)  # past 1.5 times the re-offer period
-    watcher.scan(everything=False)
+    wait_for(lambda: watcher.scan(everything=False), timeout=5, interval=0.01, what="the file to be offered again")
     assert submit.calls == ["a.mp4", "a.mp4"]
 
 
