@@ -1,4 +1,4 @@
-"""Fixtures of the integration layer that run the upload engine in-process."""
+"""Fixtures of the integration layer: the upload engine in-process, and state stores on both backends."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 
 from chunkd.pipeline.engine import Engine
+from chunkd.store import CheckpointStore
+from chunkd.store.redis import RedisStore
+from chunkd.store.sqlite import SqliteStore
 from tests.support.engine import close_test_engine, make_test_engine
 from tests.support.s3_servers import make_client
+from tests.support.stores import Opener
 
 
 @pytest.fixture
@@ -33,3 +37,29 @@ def make_engine(server: Any, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     yield make
     for engine in engines:
         close_test_engine(engine)
+
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Each call opens another connection to the same data (a reopen, or the daemon's and the CLI's)."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "state" / "chunkd.db")
+        opener: Opener = lambda: SqliteStore(path)
+    else:
+        url = request.getfixturevalue("redis_url")  # only redis params need the server
+        opener = lambda: RedisStore.from_url(url)
+    opened: list[CheckpointStore] = []
+
+    def open_one() -> CheckpointStore:
+        opened.append(opener())
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_backend: Opener) -> CheckpointStore:
+    return open_backend()

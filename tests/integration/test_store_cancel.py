@@ -4,9 +4,7 @@ real server): the cancel is one atomic step, and a job's guarded save never writ
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from pathlib import Path
 
 import pytest
 
@@ -16,36 +14,9 @@ from chunkd.store import CheckpointStore
 from chunkd.store.fenced import FencedStore
 from chunkd.store.health import StoreHealth
 from chunkd.store.lease import HeldLease, Lease
-from chunkd.store.redis import RedisStore
-from chunkd.store.sqlite import SqliteStore
+from tests.support.stores import Opener
 
 CANCELLED = "cancelled by operator"
-Opener = Callable[[], CheckpointStore]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Each call opens another connection to the same data: the daemon's and the CLI's."""
-    if request.param == "sqlite":
-        path = str(tmp_path / "state.db")
-        opener: Opener = lambda: SqliteStore(path)
-    else:
-        url = request.getfixturevalue("redis_url")
-        opener = lambda: RedisStore.from_url(url)
-    opened: list[CheckpointStore] = []
-
-    def open_one() -> CheckpointStore:
-        opened.append(opener())
-        return opened[-1]
-
-    yield open_one
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_backend: Opener) -> CheckpointStore:
-    return open_backend()
 
 
 def uploading(stream_id: str = "s1") -> StreamRecord:

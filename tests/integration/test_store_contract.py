@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,33 +15,7 @@ from chunkd.store import CheckpointStore, open_store
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
 from tests.support.sizes import MiB
-
-Opener = Callable[[], CheckpointStore]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens a new store on the same backing data each call, to test what survives a reopen."""
-    if request.param == "sqlite":
-        path = str(tmp_path / "state" / "chunkd.db")
-        opener: Opener = lambda: SqliteStore(path)
-    else:
-        url = request.getfixturevalue("redis_url")  # only redis params need the server
-        opener = lambda: RedisStore.from_url(url)
-    opened: list[CheckpointStore] = []
-
-    def open_one() -> CheckpointStore:
-        opened.append(opener())
-        return opened[-1]
-
-    yield open_one
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_backend: Opener) -> CheckpointStore:
-    return open_backend()
+from tests.support.stores import Opener
 
 
 def make_stream(stream_id: str = "s1", **overrides: object) -> StreamRecord:
