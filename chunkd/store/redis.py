@@ -1,28 +1,15 @@
 """Redis checkpoint store: lets several hosts (or a restarted container) share one ledger.
 
-Keys, with the default prefix:
-
-    chunkd:stream:<id>           hash: data (StreamRecord JSON), state, relpath
-    chunkd:stream:<id>:parts     hash: part number -> PartRecord JSON
-    chunkd:streams               sorted set: every stream id, scored by discovered_at
-    chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
-    chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
-    chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
-    chunkd:sizes                 set: sizes of indexed content (a file of another size is no duplicate)
-    chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
-    chunkd:urls                  sorted set: url keys scored by created_at
-    chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
-    chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
-    chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
+The stream writes live here: fenced and guarded transactions, batches, deletes. Every other role
+is one class, which `RedisStore` composes and hands its calls to: stream reads (redis_reads.py),
+leases (redis_leases.py), the event log (redis_events.py), the URL ledger (redis_urls.py) and the
+content index (redis_content.py). The key layout is in redis_keys.py; errors in redis_errors.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import json
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 import redis
@@ -38,15 +25,17 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
+from chunkd.store.redis_content import RedisContentIndex
+from chunkd.store.redis_errors import RedisErrors, connection_kwargs, redact_redis_url
+from chunkd.store.redis_events import RedisEventLog
+from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
+from chunkd.store.redis_reads import RedisStreamReader
+from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
 _Queue: TypeAlias = "Callable[[Pipeline[str]], object]"
 
-# Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
-# far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
-_EVENT_CLOCK_SLACK_SECONDS = 300.0
-_EVENT_PAGE = 500
 
 class RedisStore:
     """CheckpointStore on Redis. Thread-safe: redis-py hands each call its own pooled connection.
@@ -56,11 +45,17 @@ class RedisStore:
     """
 
     def __init__(self, client: redis.Redis[str], prefix: str = "chunkd:") -> None:
-        if not _connection_kwargs(client).get("decode_responses"):
+        if not connection_kwargs(client).get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
+        self._errors = RedisErrors(client)
+        self.reads = RedisStreamReader(client, self.keys, errors=self._errors)
         self.leases = RedisLeases(client, prefix, errors=self._errors)
+        self.events = RedisEventLog(client, self.keys, errors=self._errors)
+        self.urls = RedisUrlLedger(client, self.keys, errors=self._errors)
+        self.content = RedisContentIndex(client, self.keys, errors=self._errors)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -74,50 +69,8 @@ class RedisStore:
                 health_check_interval=30,
             )
         except ValueError as exc:  # malformed URL; the message may quote it, password and all
-            raise StoreError(f"invalid redis URL {_redact(url)}") from exc
+            raise StoreError(f"invalid redis URL {redact_redis_url(url)}") from exc
         return cls(client, prefix)
-
-    # keys
-
-    def _stream_key(self, stream_id: str) -> str:
-        return f"{self.prefix}stream:{stream_id}"
-
-    def _parts_key(self, stream_id: str) -> str:
-        return f"{self.prefix}stream:{stream_id}:parts"
-
-    def _path_key(self, relpath: str) -> str:
-        return f"{self.prefix}path:{relpath}"
-
-    def _url_key(self, url: str) -> str:
-        return f"{self.prefix}url:{hashlib.sha256(url.encode()).hexdigest()}"
-
-    def _content_key(self, sha256: str) -> str:
-        return f"{self.prefix}sha256:{sha256}"
-
-    def _streams_key(self, state: StreamState | None = None) -> str:
-        return f"{self.prefix}streams" + (f":{state.value}" if state else "")
-
-    def _events_key(self) -> str:
-        return f"{self.prefix}events"
-
-    # errors
-
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
-
-    def _where(self) -> str:
-        kwargs = _connection_kwargs(self.client)
-        if kwargs.get("path"):
-            return f"unix://{kwargs['path']}"
-        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-
-    def _scrub(self, message: str) -> str:
-        password = _connection_kwargs(self.client).get("password")
-        return message.replace(password, "***") if password else message
 
     # writes
 
@@ -134,7 +87,7 @@ class RedisStore:
                 pipe.execute()
             return
         keys = [] if fence is None else [self.leases.fence_key(fence.name)]
-        keys += [] if guard is None else [self._stream_key(guard.id)]
+        keys += [] if guard is None else [self.keys.stream(guard.id)]
 
         def checked(pipe: Pipeline[str]) -> _Queue:
             if fence is not None:
@@ -165,7 +118,7 @@ class RedisStore:
 
     def _stored(self, pipe: Pipeline[str], stream_id: str) -> StreamRecord | None:
         """The stream's record as stored, read on a watching pipeline."""
-        data = _reply(pipe.hget(self._stream_key(stream_id), "data"))
+        data = _reply(pipe.hget(self.keys.stream(stream_id), "data"))
         return StreamRecord.from_dict(json.loads(data)) if data else None
 
     def save_stream(
@@ -192,7 +145,7 @@ class RedisStore:
             result = record = cancelled(self._stored(pipe, stream_id), reason)
             return None if record is None else lambda queued: self._queue_save(queued, record)
 
-        written = self._transaction(f"cancel stream {stream_id}", [self._stream_key(stream_id)], decide)
+        written = self._transaction(f"cancel stream {stream_id}", [self.keys.stream(stream_id)], decide)
         return result if written else None
 
     def _queue_save(self, pipe: Pipeline[str], record: StreamRecord) -> None:
@@ -200,19 +153,19 @@ class RedisStore:
         fields: dict[str | bytes, str] = {
             "data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath
         }
-        pipe.hset(self._stream_key(record.id), mapping=fields)
-        pipe.zadd(self._streams_key(), score)
+        pipe.hset(self.keys.stream(record.id), mapping=fields)
+        pipe.zadd(self.keys.streams(), score)
         # Blind ZREM from every other state's set: no read needed, so the write stays one MULTI.
         for state in StreamState:
             if state is not record.state:
-                pipe.zrem(self._streams_key(state), record.id)
-        pipe.zadd(self._streams_key(record.state), score)
-        pipe.zadd(self._path_key(record.relpath), score)
+                pipe.zrem(self.keys.streams(state), record.id)
+        pipe.zadd(self.keys.streams(record.state), score)
+        pipe.zadd(self.keys.path(record.relpath), score)
 
     def record_part(
         self, stream_id: str, part: PartRecord, *, pipeline: Pipeline[str] | None = None, fence: Lease | None = None
     ) -> None:
-        args = (self._parts_key(stream_id), str(part.number), json.dumps(part.to_dict()))
+        args = (self.keys.parts(stream_id), str(part.number), json.dumps(part.to_dict()))
         if pipeline is not None:
             pipeline.hset(*args)
             return
@@ -229,7 +182,7 @@ class RedisStore:
         fields = None if numbers is None else [str(int(number)) for number in numbers]
         if fields == []:
             return  # HDEL with no fields is a syntax error
-        key = self._parts_key(stream_id)
+        key = self.keys.parts(stream_id)
 
         def queue(pipe: Pipeline[str]) -> None:
             if fields is None:
@@ -259,138 +212,60 @@ class RedisStore:
     def delete_stream(self, stream_id: str, *, pipeline: Pipeline[str] | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
         with self._errors(f"delete stream {stream_id}"):
-            content_key = self._content_key(record.sha256) if record and record.sha256 else None
+            content_key = self.keys.content(record.sha256) if record and record.sha256 else None
             owns_content = content_key is not None and self.client.get(content_key) == stream_id
             pipe = pipeline if pipeline is not None else self.client.pipeline(transaction=True)
-            pipe.delete(self._stream_key(stream_id), self._parts_key(stream_id))
+            pipe.delete(self.keys.stream(stream_id), self.keys.parts(stream_id))
             for state in (None, *StreamState):
-                pipe.zrem(self._streams_key(state), stream_id)
+                pipe.zrem(self.keys.streams(state), stream_id)
             if record is not None:
-                pipe.zrem(self._path_key(record.relpath), stream_id)
+                pipe.zrem(self.keys.path(record.relpath), stream_id)
             if owns_content and content_key is not None:
                 pipe.delete(content_key)
             if pipeline is None:
                 pipe.execute()
 
-    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline[str] | None = None) -> None:
-        fields = {"data": json.dumps(event)}
-        target = pipeline if pipeline is not None else self.client
-        with self._errors("append event"):
-            target.xadd(self._events_key(), fields, maxlen=max(1, maxlen), approximate=True)
-
-    # reads
-
-    def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        low = "-" if since is None else str(max(0, int((since - _EVENT_CLOCK_SLACK_SECONDS) * 1000)))
-        found: list[dict[str, Any]] = []
-        high = "+"
-        with self._errors("list events"):
-            while len(found) < limit:
-                page = self.client.xrevrange(self._events_key(), max=high, min=low, count=_EVENT_PAGE)
-                for _, fields in page:
-                    event = json.loads(fields["data"])
-                    if since is None or float(event.get("ts", 0)) >= since:
-                        found.append(event)
-                if len(page) < _EVENT_PAGE:
-                    break
-                high = f"({page[-1][0]}"
-        return list(reversed(found[:limit]))
+    # the other roles (see redis_reads, redis_events, redis_urls, redis_content)
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
-        with self._errors(f"get stream {stream_id}"):
-            data = self.client.hget(self._stream_key(stream_id), "data")
-        return StreamRecord.from_dict(json.loads(data)) if data else None
+        return self.reads.get_stream(stream_id)
 
     def find_by_relpath(self, relpath: str) -> StreamRecord | None:
-        # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
-        # upload) must not take the path back from the file that replaced it.
-        with self._errors(f"find stream for {relpath!r}"):
-            ids = self.client.zrevrange(self._path_key(relpath), 0, -1)
-        for record in self._load(ids):
-            if record.relpath == relpath:  # skips a stream whose record was later moved to another path
-                return record
-        return None
+        return self.reads.find_by_relpath(relpath)
 
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        wanted = None if states is None else {StreamState(state) for state in states}
-        keys = [self._streams_key()] if wanted is None else [self._streams_key(state) for state in wanted]
-        with self._errors("list streams"):
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.zrange(key, 0, -1, withscores=True)
-            ranges = pipe.execute()
-        # Same order as SQLite's "ORDER BY discovered_at, id", and what ZRANGE does within one set.
-        merged = heapq.merge(*[[(score, sid) for sid, score in members] for members in ranges])
-        records = self._load([sid for _, sid in merged])
-        # A stream may change state between the two round trips; the record itself is the truth.
-        return [r for r in records if wanted is None or r.state in wanted]
-
-    def _load(self, ids: list[str]) -> list[StreamRecord]:
-        if not ids:
-            return []
-        with self._errors("load streams"):
-            pipe = self.client.pipeline(transaction=False)
-            for stream_id in ids:
-                pipe.hget(self._stream_key(stream_id), "data")
-            found = pipe.execute()
-        return [StreamRecord.from_dict(json.loads(data)) for data in found if data]
+        return self.reads.list_streams(states)
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
-        with self._errors(f"list parts of stream {stream_id}"):
-            found = self.client.hgetall(self._parts_key(stream_id))
-        return sorted((PartRecord.from_dict(json.loads(data)) for data in found.values()), key=lambda p: p.number)
+        return self.reads.list_parts(stream_id)
+
+    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline[str] | None = None) -> None:
+        self.events.append_event(event, maxlen=maxlen, pipeline=pipeline)
+
+    def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return self.events.list_events(since=since, limit=limit)
+
+    def save_url(self, record: UrlRecord) -> None:
+        self.urls.save_url(record)
+
+    def get_url(self, url: str) -> UrlRecord | None:
+        return self.urls.get_url(url)
+
+    def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
+        return self.urls.list_urls(states)
 
     def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
-        with self._errors(f"index content of stream {stream_id}"):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(self._content_key(sha256), stream_id)
-            if size is not None:
-                pipe.sadd(f"{self.prefix}sizes", size)
-            pipe.execute()
+        self.content.index_content(sha256, stream_id, size=size)
 
     def may_hold_size(self, size: int) -> bool:
-        with self._errors("look up content size"):
-            if self.client.sismember(f"{self.prefix}sizes", size):
-                return True
-            # Content indexed before sizes were kept: cannot rule it out.
-            return not self.client.exists(f"{self.prefix}sizes") and bool(
-                next(iter(self.client.scan_iter(f"{self.prefix}sha256:*", count=100)), None)
-            )
+        return self.content.may_hold_size(size)
 
     def find_by_content(self, sha256: str) -> StreamRecord | None:
-        with self._errors("find stream by content"):
-            stream_id = self.client.get(self._content_key(sha256))
+        stream_id = self.content.holder(sha256)
         return self.get_stream(stream_id) if stream_id else None
 
     def forget_content(self, sha256: str) -> None:
-        with self._errors("forget content"):
-            self.client.delete(self._content_key(sha256))
-
-    def save_url(self, record: UrlRecord) -> None:
-        key = self._url_key(record.url)
-        with self._errors("save url"):
-            pipe = self.client.pipeline(transaction=True)
-            fields: dict[str | bytes, str] = {"data": json.dumps(record.to_dict()), "state": record.state.value}
-            score: dict[str | bytes, float] = {key: record.created_at}
-            pipe.hset(key, mapping=fields)
-            pipe.zadd(f"{self.prefix}urls", score)
-            pipe.execute()
-
-    def get_url(self, url: str) -> UrlRecord | None:
-        with self._errors("get url"):
-            data = self.client.hget(self._url_key(url), "data")
-        return UrlRecord.from_dict(json.loads(data)) if data else None
-
-    def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
-        wanted = None if states is None else {UrlState(state) for state in states}
-        with self._errors("list urls"):
-            keys = self.client.zrange(f"{self.prefix}urls", 0, -1)
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hget(key, "data")
-            found = pipe.execute() if keys else []
-        records = [UrlRecord.from_dict(json.loads(data)) for data in found if data]
-        return [r for r in records if wanted is None or r.state in wanted]
+        self.content.forget_content(sha256)
 
     def ping(self) -> None:
         with self._errors("ping"):
@@ -422,24 +297,9 @@ class _Batch:
             self._pipe.reset()
 
 
-def _connection_kwargs(client: redis.Redis[str]) -> dict[str, Any]:
-    """What the client connects with (`get_connection_kwargs`, which the stubs leave untyped)."""
-    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
-    return kwargs
-
-
 def _reply(value: object) -> str | None:
     """A command's reply on a watching pipeline, which runs it at once (the stubs type it as the
     pipeline itself)."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"expected a decoded reply, got {type(value).__name__}")
     return value
-
-
-def _redact(url: str) -> str:
-    """The URL without userinfo or query (`?password=` is legal too), safe for error messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<unparseable>"
-    netloc, slash, path = rest.split("?")[0].partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"

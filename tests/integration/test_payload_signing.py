@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-import chunkd.s3.uploader as uploader_module
+import chunkd.s3.writes as uploader_module
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine, preflight
 from chunkd.model.planner import Part

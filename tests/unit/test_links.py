@@ -14,13 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkd.links.batch import (
-    REJECTS_LOGGED,
-    LinkManager,
-    ReportLine,
-    _RejectLog,
-    _write_report,
-)
+from chunkd.links.batch import LinkManager
 from chunkd.links.parse import (
     INVALID_PORT,
     MALFORMED,
@@ -36,6 +30,8 @@ from chunkd.links.parse import (
     parse_links_bytes,
     redact_url,
 )
+from chunkd.links.reader import REJECTS_LOGGED, _RejectLog
+from chunkd.links.report import ReportLine, _write_report
 from tests.support.sizes import MiB
 
 FILE_REFUSED = "scheme 'file' not allowed (only http and https)"
@@ -573,7 +569,7 @@ def test_a_links_file_over_the_size_limit_is_not_read_and_said_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="chunkd.links")
-    monkeypatch.setattr("chunkd.links.batch.MAX_LINKS_FILE_BYTES", MiB)
+    monkeypatch.setattr("chunkd.links.reader.MAX_LINKS_FILE_BYTES", MiB)
     manager = LinkManager(None, None, None)  # type: ignore[arg-type]  # reading needs none of them
     path = tmp_path / "huge.links.txt"
     path.write_bytes(b"https://a.example/x.mp4\n" * 50_000)  # 1.2 MB

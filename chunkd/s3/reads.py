@@ -1,0 +1,162 @@
+"""The gateway's reads and listings: HEAD, small and streamed GETs, the parts and unfinished
+uploads the server holds (the truth for reconciling and for `chunkd gc`), and a folder's keys."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
+
+from chunkd.errors import UploadGoneError
+from chunkd.s3.calls import S3Calls
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import (
+        ListMultipartUploadsOutputTypeDef,
+        ListMultipartUploadsRequestTypeDef,
+        ListObjectsV2OutputTypeDef,
+        ListObjectsV2RequestTypeDef,
+        ListPartsOutputTypeDef,
+    )
+
+T = TypeVar("T")
+READ_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemotePart:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: float  # epoch seconds; 0.0 when the server did not say
+
+
+class ReadCalls(S3Calls):
+    """Everything that only asks what the server holds; mixed into `Uploader`."""
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> dict[int, RemotePart]:
+        """What the server really holds for this upload (paginated); the truth for reconciling."""
+        found: dict[int, RemotePart] = {}
+        marker = 0
+        while True:
+            page = functools.partial(_parts_page, self._client, bucket, key, upload_id, marker)
+            response = self._call("ListParts", page, key=key)
+            for item in response.get("Parts", []):
+                number = int(item["PartNumber"])
+                found[number] = RemotePart(number, int(item["Size"]), str(item["ETag"]))
+            if not response.get("IsTruncated"):
+                return found
+            marker = int(response.get("NextPartNumberMarker", 0))
+
+    def list_uploads(self, bucket: str, key: str) -> list[str]:
+        """Ids of the unfinished multipart uploads for exactly this key, newest first."""
+        found = [upload for upload in self._uploads(bucket, prefix=key) if upload.key == key]
+        found.sort(key=lambda upload: upload.initiated, reverse=True)
+        return [upload.upload_id for upload in found]
+
+    def list_all_uploads(self, bucket: str) -> Iterator[MultipartUpload]:
+        """Every unfinished multipart upload in the bucket, page by page."""
+        return self._uploads(bucket, prefix="")
+
+    def _uploads(self, bucket: str, *, prefix: str) -> Iterator[MultipartUpload]:
+        markers = ("", "")
+        while True:
+            try:
+                page = functools.partial(_uploads_page, self._client, bucket, prefix, markers)
+                response = self._call("ListMultipartUploads", page, key=prefix)
+            except UploadGoneError:  # `rclone serve s3` answers NoSuchUpload when there are none
+                return
+            for item in response.get("Uploads", []):
+                yield MultipartUpload(str(item["Key"]), str(item["UploadId"]), _epoch(item.get("Initiated")))
+            following = (response.get("NextKeyMarker") or "", response.get("NextUploadIdMarker") or "")
+            if not response.get("IsTruncated") or not any(following) or following == markers:
+                return  # the last test: a server that does not move its markers would loop forever
+            markers = following
+
+    def list_folder(self, bucket: str, folder: str, *, max_pages: int) -> set[str] | None:
+        """The keys directly in `folder` ("" or "a/b/"), or None when there are more than
+        `max_pages` pages of them (listing would cost more than asking about each key)."""
+        keys: set[str] = set()
+        token = ""
+        for _ in range(max_pages):
+            page = functools.partial(_folder_page, self._client, bucket, folder, token)
+            response = self._call("ListObjectsV2", page, key=folder)
+            keys.update(str(item["Key"]) for item in response.get("Contents", []))
+            if not response.get("IsTruncated"):
+                return keys
+            token = str(response["NextContinuationToken"])
+        return None
+
+    def get_small(self, bucket: str, key: str, *, limit: int) -> bytes | None:
+        """A small object's bytes (a manifest), or None when there is no such key. Reads one byte
+        past `limit`, so that a caller can tell an object over it from one at it."""
+        return self.stream(bucket, key, lambda chunks: b"".join(_upto(chunks, limit + 1)))
+
+    def stream(self, bucket: str, key: str, consume: Callable[[Iterator[bytes]], T]) -> T | None:
+        """`consume` fed the object's bytes as they arrive (1 MiB reads), or None when there is no
+        such key. A connection dropped mid-read is retried by calling `consume` again from the
+        first byte, so it must start afresh each time (a hash, not an append to a file)."""
+
+        def read() -> T:
+            with contextlib.closing(self._client.get_object(Bucket=bucket, Key=key)["Body"]) as body:
+                return consume(body.iter_chunks(READ_SIZE))
+
+        return self._found("GetObject", read, key=key)
+
+    def head(self, bucket: str, key: str) -> ObjectInfo | None:
+        response = self._found("HeadObject", lambda: self._client.head_object(Bucket=bucket, Key=key), key=key)
+        return None if response is None else ObjectInfo(int(response["ContentLength"]), str(response.get("ETag", "")))
+
+    def head_bucket(self, bucket: str) -> None:
+        self._call("HeadBucket", lambda: self._client.head_bucket(Bucket=bucket), key="")
+
+
+def _parts_page(client: S3Client, bucket: str, key: str, upload_id: str, marker: int) -> ListPartsOutputTypeDef:
+    return client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000)
+
+
+def _uploads_page(
+    client: S3Client, bucket: str, prefix: str, markers: tuple[str, str]
+) -> ListMultipartUploadsOutputTypeDef:
+    request: ListMultipartUploadsRequestTypeDef = {"Bucket": bucket, "Prefix": prefix}
+    if markers[0]:
+        request["KeyMarker"] = markers[0]
+    if markers[1]:
+        request["UploadIdMarker"] = markers[1]
+    return client.list_multipart_uploads(**request)
+
+
+def _folder_page(client: S3Client, bucket: str, folder: str, token: str) -> ListObjectsV2OutputTypeDef:
+    request: ListObjectsV2RequestTypeDef = {"Bucket": bucket, "Prefix": folder, "Delimiter": "/"}
+    if token:
+        request["ContinuationToken"] = token
+    return client.list_objects_v2(**request)
+
+
+def _epoch(initiated: datetime | None) -> float:
+    return 0.0 if initiated is None else initiated.timestamp()  # unknown age: old enough
+
+
+def _upto(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """The first `limit` bytes of `chunks`, reading no further."""
+    for chunk in chunks:
+        if limit <= 0:
+            return
+        yield chunk[:limit]
+        limit -= len(chunk)

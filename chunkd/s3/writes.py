@@ -1,0 +1,204 @@
+"""The gateway's writes: multipart uploads (create, parts, complete, abort), single PUTs, the
+server-side copy, and the probes that learn what a server checks (see chunkd.s3.traits).
+
+A body is hashed before it is sent and sent signed with that SHA-256 (and Content-MD5 when the
+server needs it), read lazily by byte offset through the bandwidth limiter.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, cast
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chunkd.errors import RetryableError, TransferError
+from chunkd.model.etags import same_etag
+from chunkd.model.planner import Part
+from chunkd.model.states import PartRecord
+from chunkd.pipeline.partreader import (
+    Digest,
+    FileIdentity,
+    RangeReader,
+    digest_range,
+    open_checked,
+)
+from chunkd.s3.calls import S3Calls
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import (
+        CompletedMultipartUploadTypeDef,
+        CopySourceTypeDef,
+        CreateMultipartUploadRequestTypeDef,
+        PutObjectRequestTypeDef,
+        UploadPartRequestTypeDef,
+    )
+
+    from chunkd.s3.reads import ObjectInfo
+
+
+class WriteCalls(S3Calls):
+    """Everything that puts bytes on the server or ends an upload; mixed into `Uploader`."""
+
+    if TYPE_CHECKING:  # a read: ReadCalls's, in the Uploader that combines both
+
+        def head(self, bucket: str, key: str) -> ObjectInfo | None: ...
+
+    def create(self, bucket: str, key: str, *, content_type: str | None = None) -> str:
+        request: CreateMultipartUploadRequestTypeDef = {"Bucket": bucket, "Key": key}
+        if content_type:
+            request["ContentType"] = content_type
+        response = self._call("CreateMultipartUpload", lambda: self._client.create_multipart_upload(**request), key=key)
+        return str(response["UploadId"])
+
+    def upload_part(
+        self, bucket: str, key: str, upload_id: str, path: Path, part: Part, identity: FileIdentity | None
+    ) -> PartRecord:
+        """Hash the range, then send it signed with its SHA-256 (and Content-MD5 if configured)."""
+
+        def send() -> PartRecord:
+            with open_checked(path, identity) as handle:
+                digest, body = self._read(handle, part.offset, part.size)
+                request: UploadPartRequestTypeDef = {
+                    "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part.number,
+                    "Body": body, "ContentLength": part.size,
+                }
+                if digest.md5_b64:
+                    request["ContentMD5"] = digest.md5_b64
+                self._on_request("UploadPart")
+                response = self._client.upload_part(**request)
+            return _part_record(part, digest, str(response["ETag"]))
+
+        return self._policy.call(self._attempt(send), key=key, part=part.number)
+
+    def put_object(
+        self, bucket: str, key: str, path: Path, size: int, identity: FileIdentity | None,
+        *, content_type: str | None = None,
+    ) -> tuple[Digest, str]:
+        """Single PutObject for files smaller than one part; returns the digest and ETag."""
+
+        def send() -> tuple[Digest, str]:
+            with open_checked(path, identity) as handle:
+                digest, body = self._read(handle, 0, size)
+                request: PutObjectRequestTypeDef = {"Bucket": bucket, "Key": key, "Body": body, "ContentLength": size}
+                if digest.md5_b64:
+                    request["ContentMD5"] = digest.md5_b64
+                if content_type:
+                    request["ContentType"] = content_type
+                self._on_request("PutObject")
+                response = self._client.put_object(**request)
+            etag = str(response["ETag"])
+            _check_etag(etag, digest)
+            return digest, etag
+
+        return self._policy.call(self._attempt(send), key=key)
+
+    def _read(self, handle: io.BufferedReader, offset: int, size: int) -> tuple[Digest, IO[bytes]]:
+        digest = digest_range(handle, offset, size, md5=self.content_md5)
+        body = RangeReader(handle, offset, size, self._limiter, payload_sha256=digest.sha256_hex)
+        return digest, cast("IO[bytes]", body)  # botocore reads any file-like object
+
+    def checks_payload_hash(self, bucket: str, key: str) -> bool | None:
+        """Whether the server refuses a body that does not hash to its signed SHA-256.
+
+        Sends a few bytes signed with another body's hash: S3, MinIO and Ceph refuse them
+        (`XAmzContentSHA256Mismatch`). A server that stores them anyway (`rclone serve s3`, moto)
+        would also keep a body cut short by a client killed mid-part, so it needs Content-MD5; the
+        stored probe is deleted. None: the probe itself was refused (permissions), so nobody knows.
+        """
+        body = _BytesBody(b"chunkd probe", payload_sha256=hashlib.sha256(b"not these bytes").hexdigest())
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body.data))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return True if code in PAYLOAD_HASH_REFUSALS else None
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.delete_object(Bucket=bucket, Key=key)
+        return False
+
+    def probe_multipart_etag(self, bucket: str, key: str, body: bytes) -> str:
+        """The ETag a one-part multipart upload of `body` completes with; the object is deleted."""
+        upload_id = self.create(bucket, key)
+        try:
+            response = self._call(
+                "UploadPart",
+                lambda: self._client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body,
+                    ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
+                ),
+                key=key,
+            )
+            part = PartRecord(number=1, offset=0, size=len(body), etag=str(response["ETag"]), sha256="")
+            etag = self.complete(bucket, key, upload_id, [part])
+        except BaseException:
+            with contextlib.suppress(TransferError):
+                self.abort(bucket, key, upload_id)
+            raise
+        with contextlib.suppress(TransferError):
+            self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
+        return etag
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        self._call(
+            "PutObject",
+            lambda: self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, ContentMD5=md5),
+            key=key,
+        )
+
+    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> None:
+        """Server-side copy: CopyObject up to 5 GiB, boto3's managed multipart copy beyond."""
+        source: CopySourceTypeDef = {"Bucket": src_bucket, "Key": src_key}
+        info = self.head(src_bucket, src_key)
+        if info is not None and info.size > 5 * 1024**3:
+            self._call("MultipartCopy", lambda: self._client.copy(source, bucket, key), key=key)
+            return
+        self._call("CopyObject", lambda: self._client.copy_object(CopySource=source, Bucket=bucket, Key=key), key=key)
+
+    def complete(self, bucket: str, key: str, upload_id: str, parts: list[PartRecord]) -> str:
+        layout: CompletedMultipartUploadTypeDef = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
+        response = self._call(
+            "CompleteMultipartUpload",
+            lambda: self._client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=layout
+            ),
+            key=key,
+        )
+        return str(response.get("ETag", ""))
+
+    def abort(self, bucket: str, key: str, upload_id: str) -> None:
+        self._call(
+            "AbortMultipartUpload",
+            lambda: self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id),
+            key=key,
+        )
+
+
+PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
+
+
+class _BytesBody(io.BytesIO):
+    """Bytes with a signed hash of our choosing (see chunkd.s3.client.PrecomputedPayloadAuth)."""
+
+    def __init__(self, data: bytes, *, payload_sha256: str) -> None:
+        super().__init__(data)
+        self.data = data
+        self.payload_sha256 = payload_sha256
+
+
+def _check_etag(etag: str, digest: Digest, part: int | None = None) -> None:
+    """With our MD5 at hand: servers that return a non-MD5 ETag are fine; a different MD5 means
+    corrupted bytes."""
+    if digest.etag is None or same_etag(etag, digest.etag):
+        return
+    if len(etag.strip('"')) == 32:
+        raise RetryableError(f"server ETag {etag} != local MD5 {digest.md5_hex}", code="BadDigest", part=part)
+
+
+def _part_record(part: Part, digest: Digest, etag: str) -> PartRecord:
+    _check_etag(etag, digest, part.number)
+    return PartRecord(number=part.number, offset=part.offset, size=part.size, etag=etag, sha256=digest.sha256_hex)

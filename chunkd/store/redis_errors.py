@@ -1,0 +1,52 @@
+"""What a Redis failure looks like to the daemon: a StoreError that names the server and the
+action, and never the password (redis-py may quote the URL it was given, secrets and all)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from chunkd.errors import StoreError
+
+
+class RedisErrors:
+    """`with errors("save url"):` turns a RedisError into a StoreError; every Redis piece of the
+    store shares one."""
+
+    def __init__(self, client: redis.Redis[str]) -> None:
+        self._client = client
+
+    @contextmanager
+    def __call__(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
+
+    def _where(self) -> str:
+        kwargs = connection_kwargs(self._client)
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    def _scrub(self, message: str) -> str:
+        password = connection_kwargs(self._client).get("password")
+        return message.replace(password, "***") if password else message
+
+
+def connection_kwargs(client: redis.Redis[str]) -> dict[str, Any]:
+    """What the client connects with (`get_connection_kwargs`, which the stubs leave untyped)."""
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    return kwargs
+
+
+def redact_redis_url(url: str) -> str:
+    """The URL without userinfo or query (`?password=` is legal too), safe for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable>"
+    netloc, slash, path = rest.split("?")[0].partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"

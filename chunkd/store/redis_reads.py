@@ -1,0 +1,70 @@
+"""Stream reads on Redis: a record by id, the newest for a path, all (or some states') in
+discovery order, and a stream's parts. No transactions: each read is one round trip or two, and
+a record read is the truth where an index and the record disagree."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import redis
+
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.store.redis_keys import RedisKeys
+
+
+class RedisStreamReader:
+    """StreamReader on Redis; RedisStore hands its stream reads here."""
+
+    def __init__(
+        self, client: redis.Redis[str], keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self._errors = errors  # a RedisError becomes a StoreError without secrets (redis_errors.py)
+
+    def get_stream(self, stream_id: str) -> StreamRecord | None:
+        with self._errors(f"get stream {stream_id}"):
+            data = self.client.hget(self.keys.stream(stream_id), "data")
+        return StreamRecord.from_dict(json.loads(data)) if data else None
+
+    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+        # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
+        # upload) must not take the path back from the file that replaced it.
+        with self._errors(f"find stream for {relpath!r}"):
+            ids = self.client.zrevrange(self.keys.path(relpath), 0, -1)
+        for record in self._load(ids):
+            if record.relpath == relpath:  # skips a stream whose record was later moved to another path
+                return record
+        return None
+
+    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
+        wanted = None if states is None else {StreamState(state) for state in states}
+        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        with self._errors("list streams"):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zrange(key, 0, -1, withscores=True)
+            ranges = pipe.execute()
+        # Same order as SQLite's "ORDER BY discovered_at, id", and what ZRANGE does within one set.
+        merged = heapq.merge(*[[(score, sid) for sid, score in members] for members in ranges])
+        records = self._load([sid for _, sid in merged])
+        # A stream may change state between the two round trips; the record itself is the truth.
+        return [r for r in records if wanted is None or r.state in wanted]
+
+    def _load(self, ids: list[str]) -> list[StreamRecord]:
+        if not ids:
+            return []
+        with self._errors("load streams"):
+            pipe = self.client.pipeline(transaction=False)
+            for stream_id in ids:
+                pipe.hget(self.keys.stream(stream_id), "data")
+            found = pipe.execute()
+        return [StreamRecord.from_dict(json.loads(data)) for data in found if data]
+
+    def list_parts(self, stream_id: str) -> list[PartRecord]:
+        with self._errors(f"list parts of stream {stream_id}"):
+            found = self.client.hgetall(self.keys.parts(stream_id))
+        return sorted((PartRecord.from_dict(json.loads(data)) for data in found.values()), key=lambda p: p.number)
