@@ -55,12 +55,14 @@ class Watcher:
         *,
         rescan_seconds: float = 60.0,
         links: tuple[PathFilter, Submit] | None = None,
+        reoffer_seconds: float = REOFFER_SECONDS,
     ) -> None:
         self.root = root
         self._filter = path_filter
         self._submit = submit
         self._links = links  # links files go to their own consumer
         self._rescan_seconds = rescan_seconds
+        self._reoffer_seconds = reoffer_seconds
         self._pending = PendingPaths(MAX_PENDING)
         self._stop = threading.Event()
         self._folder = FolderWatch(root, self._pending, rescan_seconds=rescan_seconds, stop=self._stop)
@@ -155,7 +157,7 @@ class Watcher:
         # the file as it is when it runs. (A change in the last instant before such a job ends is
         # what the hourly re-offer is for.)
         if not is_links and signature is not None:
-            self._offered[relpath] = (signature, now + REOFFER_SECONDS * self._random.uniform(0.5, 1.5))
+            self._offered[relpath] = (signature, now + self._reoffer_seconds * self._random.uniform(0.5, 1.5))
         return taken
 
     def _note_refusal(self, relpath: str, verdict: Verdict) -> None:

@@ -39,8 +39,11 @@ class LinksFileReader:
     already judged (an appended file is read again without logging its old rejects twice) and
     which too-big version was already refused."""
 
-    def __init__(self, engine: Engine, *, queue_url: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, engine: Engine, *, queue_url: Callable[[str, str], None], max_bytes: int = MAX_LINKS_FILE_BYTES
+    ) -> None:
         self._engine = engine
+        self._max_bytes = max_bytes
         self._queue_url = queue_url  # (url, links file): the links file waits on that URL
         self._logged: dict[str, tuple[int, int]] = {}  # links file -> (last line judged, lines logged)
         self._refused_size: dict[str, tuple[int, int]] = {}  # links file -> (size, mtime_ns) refused as too big
@@ -48,7 +51,7 @@ class LinksFileReader:
     def read_bounded(self, path: Path, relpath: str) -> bytes | None:
         """The file's bytes, or None (logged once per version of the file) when it is too big."""
         info = path.stat()
-        if info.st_size <= MAX_LINKS_FILE_BYTES:
+        if info.st_size <= self._max_bytes:
             self._refused_size.pop(relpath, None)
             return path.read_bytes()
         version = (info.st_size, info.st_mtime_ns)
@@ -56,7 +59,7 @@ class LinksFileReader:
             self._refused_size[relpath] = version
             logger.error(
                 "links file is %d bytes, more than the %d MiB limit: not read; split it into smaller files",
-                info.st_size, MAX_LINKS_FILE_BYTES // (1024 * 1024), extra={"relpath": relpath},
+                info.st_size, self._max_bytes // (1024 * 1024), extra={"relpath": relpath},
             )
         return None
 

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkd.links.batch import LinkManager
 from chunkd.links.parse import (
     INVALID_PORT,
     MALFORMED,
@@ -30,7 +29,7 @@ from chunkd.links.parse import (
     parse_links_bytes,
     redact_url,
 )
-from chunkd.links.reader import REJECTS_LOGGED, _RejectLog
+from chunkd.links.reader import REJECTS_LOGGED, LinksFileReader, _RejectLog
 from chunkd.links.report import ReportLine, _write_report
 from tests.support.sizes import MiB
 
@@ -566,17 +565,16 @@ def test_the_report_is_valid_json_one_entry_a_line_and_appears_whole(tmp_path: P
 
 
 def test_a_links_file_over_the_size_limit_is_not_read_and_said_so_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="chunkd.links")
-    monkeypatch.setattr("chunkd.links.reader.MAX_LINKS_FILE_BYTES", MiB)
-    manager = LinkManager(None, None, None)  # type: ignore[arg-type]  # reading needs none of them
+    reader = LinksFileReader(None, queue_url=lambda url, relpath: None, max_bytes=MiB)  # type: ignore[arg-type]
     path = tmp_path / "huge.links.txt"
     path.write_bytes(b"https://a.example/x.mp4\n" * 50_000)  # 1.2 MB
-    assert manager._read_bounded(path, "huge.links.txt") is None
-    assert manager._read_bounded(path, "huge.links.txt") is None
+    assert reader.read_bounded(path, "huge.links.txt") is None
+    assert reader.read_bounded(path, "huge.links.txt") is None
     assert [record.getMessage() for record in caplog.records] == [
         "links file is 1200000 bytes, more than the 1 MiB limit: not read; split it into smaller files"
     ]
     path.write_bytes(b"https://a.example/x.mp4\n")
-    assert manager._read_bounded(path, "huge.links.txt") == b"https://a.example/x.mp4\n"
+    assert reader.read_bounded(path, "huge.links.txt") == b"https://a.example/x.mp4\n"

@@ -106,10 +106,8 @@ def test_a_file_the_scheduler_already_has_is_not_offered_again_while_unchanged(
     assert submit.calls == ["a.mp4"]
 
 
-def test_an_unchanged_file_is_offered_again_after_a_while(
-    watcher: Watcher, root: Path, submit: Recorder, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("chunkd.intake.watcher.REOFFER_SECONDS", 0.05)
+def test_an_unchanged_file_is_offered_again_after_a_while(root: Path, submit: Recorder) -> None:
+    watcher = Watcher(root, PathFilter(DEFAULT_INCLUDE), submit, rescan_seconds=0, reoffer_seconds=0.05)
     (root / "a.mp4").write_bytes(b"x")
     watcher.scan(everything=False)
     wait_for(lambda: watcher.scan(everything=False), timeout=5, interval=0.01, what="the file to be offered again")
