@@ -31,10 +31,11 @@ from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_reads import RedisStreamReader
+from chunkd.store.redis_replies import Fields, text
 from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
-_Queue: TypeAlias = "Callable[[Pipeline[str]], object]"
+_Queue: TypeAlias = "Callable[[Pipeline], object]"
 
 
 class RedisStore:
@@ -44,7 +45,7 @@ class RedisStore:
     MULTI/EXEC; they then only queue commands, and the caller executes (see `batch`).
     """
 
-    def __init__(self, client: redis.Redis[str], prefix: str = "chunkd:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "chunkd:") -> None:
         if not connection_kwargs(client).get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
@@ -89,23 +90,24 @@ class RedisStore:
         keys = [] if fence is None else [self.leases.fence_key(fence.name)]
         keys += [] if guard is None else [self.keys.stream(guard.id)]
 
-        def checked(pipe: Pipeline[str]) -> _Queue:
+        def checked(pipe: Pipeline) -> _Queue:
             if fence is not None:
-                check_fence(fence, _reply(pipe.get(self.leases.fence_key(fence.name))))
+                check_fence(fence, text(pipe.get(self.leases.fence_key(fence.name))))
             if guard is not None:
                 check_not_finished(self._stored(pipe, guard.id), guard)
             return queue
 
         self._transaction(action, keys, checked)
 
-    def _transaction(self, action: str, keys: list[str], decide: Callable[[Pipeline[str]], _Queue | None]) -> bool:
+    def _transaction(self, action: str, keys: list[str], decide: Callable[[Pipeline], _Queue | None]) -> bool:
         """WATCH `keys`; `decide` reads them (commands run at once while watching) and returns what to
         queue, or None to write nothing. Decided again whenever a watched key changed before EXEC.
         True when something was written."""
         with self._errors(action), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(*keys)
+                    # redis 8.2 leaves Pipeline.watch unannotated (it returns the WATCH reply, unused here).
+                    pipe.watch(*keys)  # type: ignore[no-untyped-call]
                     queue = decide(pipe)
                     if queue is None:
                         return False
@@ -116,16 +118,16 @@ class RedisStore:
                 except redis.WatchError:
                     continue
 
-    def _stored(self, pipe: Pipeline[str], stream_id: str) -> StreamRecord | None:
+    def _stored(self, pipe: Pipeline, stream_id: str) -> StreamRecord | None:
         """The stream's record as stored, read on a watching pipeline."""
-        data = _reply(pipe.hget(self.keys.stream(stream_id), "data"))
+        data = text(pipe.hget(self.keys.stream(stream_id), "data"))
         return StreamRecord.from_dict(json.loads(data)) if data else None
 
     def save_stream(
         self,
         record: StreamRecord,
         *,
-        pipeline: Pipeline[str] | None = None,
+        pipeline: Pipeline | None = None,
         fence: Lease | None = None,
         guard: bool = False,
     ) -> None:
@@ -140,7 +142,7 @@ class RedisStore:
     def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
         result: StreamRecord | None = None
 
-        def decide(pipe: Pipeline[str]) -> _Queue | None:
+        def decide(pipe: Pipeline) -> _Queue | None:
             nonlocal result
             result = record = cancelled(self._stored(pipe, stream_id), reason)
             return None if record is None else lambda queued: self._queue_save(queued, record)
@@ -148,9 +150,9 @@ class RedisStore:
         written = self._transaction(f"cancel stream {stream_id}", [self.keys.stream(stream_id)], decide)
         return result if written else None
 
-    def _queue_save(self, pipe: Pipeline[str], record: StreamRecord) -> None:
-        score: dict[str | bytes, float] = {record.id: record.discovered_at}
-        fields: dict[str | bytes, str] = {
+    def _queue_save(self, pipe: Pipeline, record: StreamRecord) -> None:
+        score = {record.id: record.discovered_at}
+        fields: Fields = {
             "data": json.dumps(record.to_dict()), "state": record.state.value, "relpath": record.relpath
         }
         pipe.hset(self.keys.stream(record.id), mapping=fields)
@@ -163,7 +165,7 @@ class RedisStore:
         pipe.zadd(self.keys.path(record.relpath), score)
 
     def record_part(
-        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline[str] | None = None, fence: Lease | None = None
+        self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
     ) -> None:
         args = (self.keys.parts(stream_id), str(part.number), json.dumps(part.to_dict()))
         if pipeline is not None:
@@ -176,7 +178,7 @@ class RedisStore:
         stream_id: str,
         numbers: Iterable[int] | None = None,
         *,
-        pipeline: Pipeline[str] | None = None,
+        pipeline: Pipeline | None = None,
         fence: Lease | None = None,
     ) -> None:
         fields = None if numbers is None else [str(int(number)) for number in numbers]
@@ -184,7 +186,7 @@ class RedisStore:
             return  # HDEL with no fields is a syntax error
         key = self.keys.parts(stream_id)
 
-        def queue(pipe: Pipeline[str]) -> None:
+        def queue(pipe: Pipeline) -> None:
             if fields is None:
                 pipe.delete(key)
             else:
@@ -209,7 +211,7 @@ class RedisStore:
     def release_lease(self, lease: Lease) -> None:
         self.leases.release_lease(lease)
 
-    def delete_stream(self, stream_id: str, *, pipeline: Pipeline[str] | None = None) -> None:
+    def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
         with self._errors(f"delete stream {stream_id}"):
             content_key = self.keys.content(record.sha256) if record and record.sha256 else None
@@ -239,7 +241,7 @@ class RedisStore:
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         return self.reads.list_parts(stream_id)
 
-    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline[str] | None = None) -> None:
+    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline | None = None) -> None:
         self.events.append_event(event, maxlen=maxlen, pipeline=pipeline)
 
     def list_events(self, *, since: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -281,9 +283,9 @@ class _Batch:
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._pipe: Pipeline[str] | None = None
+        self._pipe: Pipeline | None = None
 
-    def __enter__(self) -> Pipeline[str]:
+    def __enter__(self) -> Pipeline:
         self._pipe = self._store.client.pipeline(transaction=True)
         return self._pipe
 
@@ -295,11 +297,3 @@ class _Batch:
                     self._pipe.execute()
         finally:
             self._pipe.reset()
-
-
-def _reply(value: object) -> str | None:
-    """A command's reply on a watching pipeline, which runs it at once (the stubs type it as the
-    pipeline itself)."""
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"expected a decoded reply, got {type(value).__name__}")
-    return value

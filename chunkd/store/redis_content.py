@@ -9,13 +9,14 @@ from contextlib import AbstractContextManager
 import redis
 
 from chunkd.store.redis_keys import RedisKeys
+from chunkd.store.redis_replies import text
 
 
 class RedisContentIndex:
     """ContentIndex on Redis, by stream id; RedisStore turns the id into the stream's record."""
 
     def __init__(
-        self, client: redis.Redis[str], keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
+        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
     ) -> None:
         self.client = client
         self.keys = keys
@@ -31,7 +32,8 @@ class RedisContentIndex:
 
     def may_hold_size(self, size: int) -> bool:
         with self._errors("look up content size"):
-            if self.client.sismember(self.keys.sizes(), size):
+            # As SADD stored it: redis-py sends an int as its decimal text.
+            if self.client.sismember(self.keys.sizes(), str(size)):
                 return True
             # Content indexed before sizes were kept: cannot rule it out.
             return not self.client.exists(self.keys.sizes()) and bool(
@@ -41,7 +43,7 @@ class RedisContentIndex:
     def holder(self, sha256: str) -> str | None:
         """The id of the stream last indexed under this SHA-256, if any."""
         with self._errors("find stream by content"):
-            return self.client.get(self.keys.content(sha256))
+            return text(self.client.get(self.keys.content(sha256)))
 
     def forget_content(self, sha256: str) -> None:
         with self._errors("forget content"):

@@ -16,7 +16,7 @@ class RedisErrors:
     """`with errors("save url"):` turns a RedisError into a StoreError; every Redis piece of the
     store shares one."""
 
-    def __init__(self, client: redis.Redis[str]) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self._client = client
 
     @contextmanager
@@ -37,7 +37,7 @@ class RedisErrors:
         return message.replace(password, "***") if password else message
 
 
-def connection_kwargs(client: redis.Redis[str]) -> dict[str, Any]:
+def connection_kwargs(client: redis.Redis) -> dict[str, Any]:
     """What the client connects with (`get_connection_kwargs`, which the stubs leave untyped)."""
     kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
     return kwargs

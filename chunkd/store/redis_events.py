@@ -11,6 +11,7 @@ import redis
 from redis.client import Pipeline
 
 from chunkd.store.redis_keys import RedisKeys
+from chunkd.store.redis_replies import Fields, member
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
@@ -22,14 +23,14 @@ class RedisEventLog:
     """EventLog on Redis; RedisStore hands its event calls here."""
 
     def __init__(
-        self, client: redis.Redis[str], keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
+        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
     ) -> None:
         self.client = client
         self.keys = keys
         self._errors = errors  # a RedisError becomes a StoreError without secrets (redis_errors.py)
 
-    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline[str] | None = None) -> None:
-        fields = {"data": json.dumps(event)}
+    def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline | None = None) -> None:
+        fields: Fields = {"data": json.dumps(event)}
         target = pipeline if pipeline is not None else self.client
         with self._errors("append event"):
             target.xadd(self.keys.events(), fields, maxlen=max(1, maxlen), approximate=True)
@@ -40,12 +41,16 @@ class RedisEventLog:
         high = "+"
         with self._errors("list events"):
             while len(found) < limit:
-                page = self.client.xrevrange(self.keys.events(), max=high, min=low, count=_EVENT_PAGE)
+                # XREVRANGE gives a list of entries, each with fields; redis-py's type also admits the nil
+                # reply and the nil entries of XCLAIM, whose parser it shares.
+                page = self.client.xrevrange(self.keys.events(), max=high, min=low, count=_EVENT_PAGE) or []
                 for _, fields in page:
+                    if fields is None:
+                        continue
                     event = json.loads(fields["data"])
                     if since is None or float(event.get("ts", 0)) >= since:
                         found.append(event)
                 if len(page) < _EVENT_PAGE:
                     break
-                high = f"({page[-1][0]}"
+                high = f"({member(page[-1][0])}"
         return list(reversed(found[:limit]))

@@ -14,6 +14,7 @@ import redis
 
 from chunkd.errors import LeaseLostError, StoreResetError
 from chunkd.store.lease import Lease, Renewal
+from chunkd.store.redis_replies import text
 
 # KEYS: lease, fence. ARGV: owner, ttl ms, an owner we may take the lease from ("" for none).
 # A lease held by anyone else — this daemon's own other job included — is not handed out.
@@ -48,7 +49,7 @@ class RedisLeases:
     """LeaseStore on Redis; RedisStore hands its lease calls here, and checks fences with `check_fence`."""
 
     def __init__(
-        self, client: redis.Redis[str], prefix: str, *, errors: Callable[[str], AbstractContextManager[None]]
+        self, client: redis.Redis, prefix: str, *, errors: Callable[[str], AbstractContextManager[None]]
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -71,7 +72,7 @@ class RedisLeases:
 
     def lease_owner(self, name: str) -> str | None:
         with self._errors(f"read lease on {name!r}"):
-            value = self.client.get(self.lease_key(name))
+            value = text(self.client.get(self.lease_key(name)))
         return value.rpartition("|")[0] if value else None
 
     def renew_lease(self, lease: Lease, ttl: float) -> Renewal:

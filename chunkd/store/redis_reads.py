@@ -13,13 +13,14 @@ import redis
 
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store.redis_keys import RedisKeys
+from chunkd.store.redis_replies import texts
 
 
 class RedisStreamReader:
     """StreamReader on Redis; RedisStore hands its stream reads here."""
 
     def __init__(
-        self, client: redis.Redis[str], keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
+        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
     ) -> None:
         self.client = client
         self.keys = keys
@@ -34,7 +35,7 @@ class RedisStreamReader:
         # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
         # upload) must not take the path back from the file that replaced it.
         with self._errors(f"find stream for {relpath!r}"):
-            ids = self.client.zrevrange(self.keys.path(relpath), 0, -1)
+            ids = texts(self.client.zrevrange(self.keys.path(relpath), 0, -1))
         for record in self._load(ids):
             if record.relpath == relpath:  # skips a stream whose record was later moved to another path
                 return record

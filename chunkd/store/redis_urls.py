@@ -11,13 +11,14 @@ import redis
 
 from chunkd.model.states import UrlRecord, UrlState
 from chunkd.store.redis_keys import RedisKeys
+from chunkd.store.redis_replies import Fields, texts
 
 
 class RedisUrlLedger:
     """UrlLedger on Redis; RedisStore hands its URL calls here."""
 
     def __init__(
-        self, client: redis.Redis[str], keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
+        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
     ) -> None:
         self.client = client
         self.keys = keys
@@ -27,8 +28,8 @@ class RedisUrlLedger:
         key = self.keys.url(record.url)
         with self._errors("save url"):
             pipe = self.client.pipeline(transaction=True)
-            fields: dict[str | bytes, str] = {"data": json.dumps(record.to_dict()), "state": record.state.value}
-            score: dict[str | bytes, float] = {key: record.created_at}
+            fields: Fields = {"data": json.dumps(record.to_dict()), "state": record.state.value}
+            score = {key: record.created_at}
             pipe.hset(key, mapping=fields)
             pipe.zadd(self.keys.urls(), score)
             pipe.execute()
@@ -41,7 +42,7 @@ class RedisUrlLedger:
     def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
         wanted = None if states is None else {UrlState(state) for state in states}
         with self._errors("list urls"):
-            keys = self.client.zrange(self.keys.urls(), 0, -1)
+            keys = texts(self.client.zrange(self.keys.urls(), 0, -1))
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.hget(key, "data")
