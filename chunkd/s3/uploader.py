@@ -27,16 +27,17 @@ class Uploader(WriteCalls, ReadCalls):
 
     def with_traits(self, traits: ServerTraits) -> Uploader:
         """The same gateway for a server whose traits are now known."""
-        return Uploader(
-            self._client, self._policy, limiter=self._limiter, on_request=self._on_request,
-            breaker=self._breaker, wait_for_breaker=self._wait_for_breaker, traits=traits,
-        )
+        return self._variant(self._policy, wait_for_breaker=self._wait_for_breaker, traits=traits)
 
     def with_policy(self, policy: RetryPolicy, *, wait_for_breaker: bool = False) -> Uploader:
         """The same client, limiter and breaker under another retry policy, for quick checks
         (start-up preflight, /readyz): by default they fail at once with CircuitOpenError while the
         breaker is open instead of waiting for it, though they may serve as its half-open probe."""
+        return self._variant(policy, wait_for_breaker=wait_for_breaker, traits=self.traits)
+
+    def _variant(self, policy: RetryPolicy, *, wait_for_breaker: bool, traits: ServerTraits) -> Uploader:
+        """This gateway's client, limiter, breaker and request counter under other settings."""
         return Uploader(
             self._client, policy, limiter=self._limiter, on_request=self._on_request,
-            breaker=self._breaker, wait_for_breaker=wait_for_breaker, traits=self.traits,
+            breaker=self._breaker, wait_for_breaker=wait_for_breaker, traits=traits,
         )
