@@ -3,24 +3,12 @@ sizes indexed, so a file of any other size is known to be new without hashing it
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-
-import redis
-
-from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_replies import text
+from chunkd.store.redis_role import RedisRole
 
 
-class RedisContentIndex:
+class RedisContentIndex(RedisRole):
     """ContentIndex on Redis, by stream id; RedisStore turns the id into the stream's record."""
-
-    def __init__(
-        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self._errors = errors  # a RedisError becomes a StoreError without secrets (redis_errors.py)
 
     def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
         with self._errors(f"index content of stream {stream_id}"):

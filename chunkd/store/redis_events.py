@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
-import redis
 from redis.client import Pipeline
 
-from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_replies import Fields, member
+from chunkd.store.redis_role import RedisRole
 
 # Events are filtered on their own `ts`, but paged by stream id (the Redis server's clock): look this
 # far below `since` in id time so an event written by a host whose clock runs ahead is not missed.
@@ -19,15 +16,8 @@ _EVENT_CLOCK_SLACK_SECONDS = 300.0
 _EVENT_PAGE = 500
 
 
-class RedisEventLog:
+class RedisEventLog(RedisRole):
     """EventLog on Redis; RedisStore hands its event calls here."""
-
-    def __init__(
-        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self._errors = errors  # a RedisError becomes a StoreError without secrets (redis_errors.py)
 
     def append_event(self, event: dict[str, Any], *, maxlen: int, pipeline: Pipeline | None = None) -> None:
         fields: Fields = {"data": json.dumps(event)}

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-
-import redis
+from collections.abc import Iterable
 
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
-from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_replies import texts
+from chunkd.store.redis_role import RedisRole
 
 
-class RedisStreamReader:
+class RedisStreamReader(RedisRole):
     """StreamReader on Redis; RedisStore hands its stream reads here."""
-
-    def __init__(
-        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self._errors = errors  # a RedisError becomes a StoreError without secrets (redis_errors.py)
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         with self._errors(f"get stream {stream_id}"):

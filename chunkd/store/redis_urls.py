@@ -4,25 +4,15 @@ set of them by creation, so listing is oldest first as SQLite's is."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-
-import redis
+from collections.abc import Iterable
 
 from chunkd.model.states import UrlRecord, UrlState
-from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_replies import Fields, texts
+from chunkd.store.redis_role import RedisRole
 
 
-class RedisUrlLedger:
+class RedisUrlLedger(RedisRole):
     """UrlLedger on Redis; RedisStore hands its URL calls here."""
-
-    def __init__(
-        self, client: redis.Redis, keys: RedisKeys, *, errors: Callable[[str], AbstractContextManager[None]]
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self._errors = errors  # a RedisError becomes a StoreError without secrets (redis_errors.py)
 
     def save_url(self, record: UrlRecord) -> None:
         key = self.keys.url(record.url)
