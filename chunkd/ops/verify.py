@@ -32,12 +32,12 @@ from chunkd.model.manifest import (
 )
 from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.observe.logs import redact
+from chunkd.pipeline.partreader import READ_SIZE
 from chunkd.s3.client import S3Target
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import ObjectInfo, Uploader
 from chunkd.store import CheckpointStore, open_store
 
-READ_SIZE = 1024 * 1024
 T = TypeVar("T")
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from chunkd.errors import UploadGoneError
+from chunkd.pipeline.partreader import READ_SIZE
 from chunkd.s3.calls import S3Calls
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     )
 
 T = TypeVar("T")
-READ_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
