@@ -65,7 +65,10 @@ def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event 
         make_client(target, max_pool_connections=pool), policy, limiter=limiter, breaker=breaker,
         content_md5=settings.content_md5 == "on",
     )
-    return Engine(settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop, metrics=metrics)
+    return Engine(
+        settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop, metrics=metrics,
+        endpoint=target.destination,
+    )
 
 
 def preflight(engine: Engine, target: S3Target) -> None:

@@ -62,7 +62,10 @@ class DevEndpoint:
 
     def __enter__(self) -> S3Target:
         self.server.start()
-        return S3Target(self.server.endpoint_url, None, self.server.access_key, self.server.secret_key)
+        return S3Target(
+            self.server.endpoint_url, None, self.server.access_key, self.server.secret_key,
+            name=f"dev:{self.root}",  # its port changes with every start; its folder does not
+        )
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()

@@ -118,6 +118,7 @@ def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     engine = build_engine(settings, s3, stop=stop)
+    engine.confirm_skips = True  # "uploaded" only for an object seen at its destination
     preflight(engine, s3)
     bar = _progress_bar(sum(p.stat().st_size for p, _ in items))
     if bar is not None:

@@ -107,6 +107,7 @@ class StreamRecord:
     sha256: str | None = None
     dedup_of: str | None = None  # key of the object with the same bytes, when not sent again
     origin: dict[str, Any] | None = None  # for downloads: url, webpage_url, extractor, title, …
+    endpoint: str | None = None  # the S3 endpoint it goes to (S3Target.destination); None: recorded before
     last_error: str | None = None
     discovered_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None

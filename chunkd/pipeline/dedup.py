@@ -30,6 +30,8 @@ def duplicate_of(upload: UploadCoordinator, sha256: str, size: int) -> StreamRec
         return None
     if original.size != size or original.bucket != record.bucket:
         return None
+    if (original.endpoint or record.endpoint) != record.endpoint:
+        return None  # the same bytes, but at another endpoint: no server-side copy reaches them
     info = engine.uploader.head(original.bucket, original.key)
     if info is None or info.size != size:
         upload.store.forget_content(sha256)  # the object was deleted or replaced since

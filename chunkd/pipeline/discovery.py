@@ -38,10 +38,13 @@ class Discovery:
         """The record to work on; None when there is nothing to do. Raises SourceGoneError."""
         snap = take_snapshot(self.path)
         existing = None if fresh else self.store.find_by_relpath(self.relpath)
+        if existing is not None and not self._goes_here(existing):
+            self._moved_destination(existing)
+            return self._new_record(snap)
         if existing is not None:
             same_file = (existing.device, existing.inode) == (snap.identity.device, snap.identity.inode)
             unchanged = same_file and (existing.size, existing.mtime) == (snap.size, snap.mtime)
-            if existing.state is StreamState.COMPLETED and unchanged:
+            if existing.state is StreamState.COMPLETED and unchanged and self._still_there(existing):
                 after_upload(self.engine, existing, self.path, self._log())  # in case a crash cut it short
                 return None
             if existing.state is StreamState.FAILED and unchanged:
@@ -53,6 +56,44 @@ class Discovery:
         elif not fresh and snap.mtime < self.engine.started_at and self._uploaded_before(snap):
             return None
         return self._new_record(snap)
+
+    def _destination(self) -> tuple[str, str, str]:
+        engine = self.engine
+        key = render_key(engine.settings.key_template, self.relpath, hostname=engine.hostname)
+        return engine.endpoint, engine.settings.bucket, key
+
+    def _goes_here(self, record: StreamRecord) -> bool:
+        """A record is done (or under way) only for the destination it went to: endpoint, bucket, key.
+        A record from before endpoints were recorded is taken to be for this endpoint."""
+        endpoint, bucket, key = self._destination()
+        return (record.endpoint or endpoint, record.bucket, record.key) == (endpoint, bucket, key)
+
+    def _moved_destination(self, record: StreamRecord) -> None:
+        """The settings point elsewhere now: the file goes there too. An unfinished upload to the old
+        place is given up (aborted where this endpoint can reach it; else `chunkd gc` there)."""
+        endpoint, bucket, key = self._destination()
+        self._log().info(
+            "destination changed from s3://%s/%s (%s) to s3://%s/%s (%s): uploading there",
+            record.bucket, record.key, record.endpoint or endpoint, bucket, key, endpoint,
+        )
+        if not record.state.terminal:
+            reachable = (record.endpoint or endpoint) == endpoint
+            if record.upload_id is None or not reachable:
+                record_failure(self.engine, self.store, record, "destination changed", self._log())
+            else:
+                log = StreamLog(logger, {"relpath": self.relpath, "stream_id": record.id})
+                UploadCoordinator(self.engine, self.store, self.path, record, log).fail("destination changed", abort=True)
+
+    def _still_there(self, record: StreamRecord) -> bool:
+        """`chunkd upload` says "uploaded" only for an object it saw: a completed file's object is
+        looked for (HeadObject) before it is skipped. The daemon trusts its records."""
+        if not self.engine.confirm_skips:
+            return True
+        info = self.engine.uploader.head(record.bucket, record.key)
+        if info is not None and info.size == record.size:
+            return True
+        self._log().warning("s3://%s/%s is no longer there: uploading it again", record.bucket, record.key)
+        return False
 
     def forget_vanished(self) -> None:
         """The file disappeared: an unfinished stream of it fails (and its upload is aborted)."""
@@ -88,6 +129,7 @@ class Discovery:
             size=snap.size,
             mtime=snap.mtime,
             origin=self.origin,
+            endpoint=self.engine.endpoint,
         )
         self.store.save_stream(record)
         self._log().info("discovered", extra={"stream_id": record.id, "key": record.key, "bytes": snap.size})

@@ -46,6 +46,8 @@ class Engine:
     wall: Callable[[], float] = time.time  # timestamps users see
     monotonic: Callable[[], float] = time.monotonic  # intervals
     pacing: Pacing = field(default_factory=Pacing)
+    endpoint: str = ""  # the destination's name in records (S3Target.destination)
+    confirm_skips: bool = False  # `chunkd upload`: an unchanged completed file is looked for in the bucket
     part_pool: ThreadPoolExecutor = field(init=False)
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)

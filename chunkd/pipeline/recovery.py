@@ -54,6 +54,7 @@ def restore_completed(
     if info is None or info.size != snap.size:
         return None
     record = _record(manifest, bucket, key, relpath, path, snap)
+    record.endpoint = engine.endpoint  # the manifest was read from this endpoint's bucket
     store.save_stream(record)
     for part in manifest.parts:
         store.record_part(record.id, part)

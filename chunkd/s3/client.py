@@ -47,6 +47,15 @@ class S3Target:
     region: str | None = None
     access_key: str | None = None  # None: boto3's normal chain (env, profile, instance role)
     secret_key: str | None = None
+    name: str | None = None  # what the destination is called in records, when not its URL (`--dev`)
+
+    @property
+    def destination(self) -> str:
+        """The endpoint as stream records name it: a record is "done" only for this endpoint."""
+        return self.name or (self.endpoint_url or AWS_S3).rstrip("/")
+
+
+AWS_S3 = "aws-s3"
 
 
 def make_client(target: S3Target, *, max_pool_connections: int = 10) -> S3Client:

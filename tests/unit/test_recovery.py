@@ -41,7 +41,9 @@ def engine(client: Any, tmp_path: Path) -> Iterator[Any]:
     store = SqliteStore(str(tmp_path / "state.db"))
     uploader = Uploader(client, RetryPolicy(max_attempts=1))
     settings = SimpleNamespace(bucket=BUCKET, manifest_suffix=".manifest.json")
-    yield SimpleNamespace(settings=settings, store=store, uploader=uploader, folders=FolderListings(uploader))
+    yield SimpleNamespace(
+        settings=settings, store=store, uploader=uploader, folders=FolderListings(uploader), endpoint="http://s3.test"
+    )
     store.close()
 
 
