@@ -87,7 +87,7 @@ S3Server = MotoServer | LocalS3Server | CephRGW
 _SERVER_FIXTURES = {"moto": "moto", "rclone": "rclone_s3", "rgw": "rgw"}
 
 
-@pytest.fixture(params=["moto", "rclone"])
+@pytest.fixture(params=["moto", "rclone", "rgw"])
 def server(request: pytest.FixtureRequest) -> S3Server:
     """Runs a test once against each S3 server; all have endpoint_url, access_key, secret_key."""
     chosen: S3Server = request.getfixturevalue(_SERVER_FIXTURES[request.param])
