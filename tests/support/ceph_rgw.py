@@ -290,6 +290,7 @@ def _config(root: Path, *, fsid: str, mon_port: int, rgw_port: int) -> str:
 fsid = {fsid}
 mon host = v2:127.0.0.1:{mon_port}
 public addr = 127.0.0.1
+cluster addr = 127.0.0.1
 ms bind msgr1 = false
 ms bind ipv6 = false
 run dir = {root}/run
