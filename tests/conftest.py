@@ -15,6 +15,7 @@ import redis
 
 from chunkd.s3.devserver import LocalS3Server
 from tests.support.bucket import BUCKET
+from tests.support.ceph_rgw import CephRGW, require_ceph
 from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
@@ -66,10 +67,30 @@ def rclone_s3(tmp_path: Path) -> Iterator[LocalS3Server]:
         yield server
 
 
-@pytest.fixture(params=["moto", "rclone"])
-def server(request: pytest.FixtureRequest) -> MotoServer | LocalS3Server:
-    """Runs a test once against each S3 server; both have endpoint_url, access_key, secret_key."""
-    chosen: MotoServer | LocalS3Server = request.getfixturevalue("moto" if request.param == "moto" else "rclone_s3")
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[CephRGW]:
+    """One Ceph RGW cluster for the session (about 2 s to start); `rgw` isolates each test."""
+    require_ceph()
+    with CephRGW() as server:
+        yield server
+
+
+@pytest.fixture
+def rgw(rgw_server: CephRGW) -> CephRGW:
+    """A running Ceph RGW whose `chunkd` bucket holds no object and no multipart upload."""
+    rgw_server.start()  # a fault test may have stopped it (a restart is a fresh, empty cluster)
+    rgw_server.empty_bucket(BUCKET)
+    return rgw_server
+
+
+S3Server = MotoServer | LocalS3Server | CephRGW
+_SERVER_FIXTURES = {"moto": "moto", "rclone": "rclone_s3", "rgw": "rgw"}
+
+
+@pytest.fixture(params=["moto", "rclone", "rgw"])
+def server(request: pytest.FixtureRequest) -> S3Server:
+    """Runs a test once against each S3 server; all have endpoint_url, access_key, secret_key."""
+    chosen: S3Server = request.getfixturevalue(_SERVER_FIXTURES[request.param])
     return chosen
 
 

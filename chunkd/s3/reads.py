@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from chunkd.errors import UploadGoneError
+from chunkd.errors import PermanentError, UploadGoneError
 from chunkd.pipeline.partreader import READ_SIZE
 from chunkd.s3.calls import S3Calls
 
@@ -56,7 +56,14 @@ class ReadCalls(S3Calls):
         marker = 0
         while True:
             page = functools.partial(_parts_page, self._client, bucket, key, upload_id, marker)
-            response = self._call("ListParts", page, key=key)
+            try:
+                response = self._call("ListParts", page, key=key)
+            except PermanentError as exc:
+                # Ceph RGW answers ListParts of a completed or aborted upload with 404 NoSuchKey
+                # where S3 says NoSuchUpload; the bucket exists (that would be NoSuchBucket).
+                if exc.code != "NoSuchKey":
+                    raise
+                raise UploadGoneError("ListParts: NoSuchKey (upload completed or aborted)", code=exc.code, key=key) from exc
             for item in response.get("Parts", []):
                 number = int(item["PartNumber"])
                 found[number] = RemotePart(number, int(item["Size"]), str(item["ETag"]))

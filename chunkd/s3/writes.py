@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chunkd.errors import RetryableError, TransferError
+from chunkd.errors import RetryableError, TransferError, UploadGoneError
 from chunkd.model.etags import same_etag
 from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
@@ -32,6 +32,7 @@ from chunkd.s3.calls import S3Calls
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import (
         CompletedMultipartUploadTypeDef,
+        CompleteMultipartUploadOutputTypeDef,
         CopySourceTypeDef,
         CreateMultipartUploadRequestTypeDef,
         PutObjectRequestTypeDef,
@@ -160,15 +161,37 @@ class WriteCalls(S3Calls):
         self._call("CopyObject", lambda: self._client.copy_object(CopySource=source, Bucket=bucket, Key=key), key=key)
 
     def complete(self, bucket: str, key: str, upload_id: str, parts: list[PartRecord]) -> str:
+        """Complete the upload; the ETag the server answered with ("" if it sent none: Ceph RGW)."""
         layout: CompletedMultipartUploadTypeDef = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
-        response = self._call(
-            "CompleteMultipartUpload",
-            lambda: self._client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=layout
-            ),
-            key=key,
-        )
+
+        def send() -> CompleteMultipartUploadOutputTypeDef:
+            try:
+                return self._client.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=layout
+                )
+            except ClientError as exc:
+                # Ceph RGW answers a Complete of an aborted upload with 500 InternalError where S3
+                # says NoSuchUpload: before retrying a 500 as an outage, ask whether the upload is there.
+                if _error_code(exc) == "InternalError" and self._upload_missing(bucket, key, upload_id):
+                    raise UploadGoneError(
+                        "CompleteMultipartUpload: InternalError for an upload that no longer exists",
+                        code="NoSuchUpload", key=key,
+                    ) from exc
+                raise
+
+        response = self._call("CompleteMultipartUpload", send, key=key)
         return str(response.get("ETag", ""))
+
+    def _upload_missing(self, bucket: str, key: str, upload_id: str) -> bool:
+        """One ListParts, no retries: True only if the server says the upload does not exist."""
+        self._on_request("ListParts")
+        try:
+            self._client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, MaxParts=1)
+        except ClientError as exc:
+            return _error_code(exc) in _UPLOAD_MISSING  # NoSuchKey: Ceph RGW's word for it
+        except BotoCoreError:
+            return False
+        return False
 
     def abort(self, bucket: str, key: str, upload_id: str) -> None:
         self._call(
@@ -179,6 +202,11 @@ class WriteCalls(S3Calls):
 
 
 PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
+_UPLOAD_MISSING = frozenset({"NoSuchUpload", "NoSuchKey"})
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class _BytesBody(io.BytesIO):

@@ -137,11 +137,11 @@ def test_the_probe_finds_rclone_stores_what_it_does_not_check_and_cleans_up(rclo
     assert listing.get("Contents", []) == []  # the probe was deleted
 
 
-@pytest.mark.parametrize(("server_name", "md5_expected"), [("moto", False), ("rclone", True)])
+@pytest.mark.parametrize(("server_name", "md5_expected"), [("moto", False), ("rclone", True), ("rgw", False)])
 def test_auto_sends_content_md5_only_to_servers_that_do_not_check_hashes(
     server_name: str, md5_expected: bool, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    server = request.getfixturevalue("moto" if server_name == "moto" else "rclone_s3")
+    server = request.getfixturevalue({"moto": "moto", "rclone": "rclone_s3", "rgw": "rgw"}[server_name])
     settings = load_settings(env={}, overrides={
         "input_dir": str(tmp_path), "state_url": f"sqlite:///{tmp_path / 'state.db'}",
         "key_template": "cams/{relpath}", "s3_endpoint_url": server.endpoint_url,

@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from chunkd.errors import DevServerError
 from chunkd.s3.devserver import LocalS3Server
 from tests.support.bucket import BUCKET
+from tests.support.ceph_rgw import CephRGW
 from tests.support.s3_servers import MotoServer, RcloneS3Server, classify, make_client
 from tests.support.sizes import MiB
 
@@ -57,7 +58,11 @@ def test_multipart_round_trip(server: Any) -> None:
     completed = multipart_round_trip(client, key, parts)
     whole = b"".join(parts)
     s3_etag = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-2"
-    assert completed["ETag"].strip('"') == s3_etag
+    if isinstance(server, CephRGW):  # Ceph 16.2 sends <ETag></ETag>; its HEAD has the S3 ETag
+        assert completed.get("ETag", "") == ""
+        assert client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"') == s3_etag
+    else:
+        assert completed["ETag"].strip('"') == s3_etag
     head = client.head_object(Bucket=BUCKET, Key=key)
     assert head["ContentLength"] == len(whole)
     # rclone's HEAD reports the MD5 of the whole object, not S3's multipart ETag.
@@ -98,11 +103,14 @@ def test_parts_of_an_aborted_upload_get_no_such_upload(server: Any) -> None:
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
         ),
     }
+    expected = dict.fromkeys(calls, ("NoSuchUpload", 404))
+    if isinstance(server, CephRGW):  # RGW's own answers; chunkd reads both as NoSuchUpload (test_rgw.py)
+        expected.update(ListParts=("NoSuchKey", 404), CompleteMultipartUpload=("InternalError", 500))
     for name, call in calls.items():
         with pytest.raises(ClientError) as info:
             call()
-        assert info.value.response["Error"]["Code"] == "NoSuchUpload", name
-        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404, name
+        answer = (info.value.response["Error"]["Code"], info.value.response["ResponseMetadata"]["HTTPStatusCode"])
+        assert answer == expected[name], name
 
 
 # -- moto: counting and outages --------------------------------------------------------------
