@@ -1,0 +1,121 @@
+"""A file uploaded once goes again wherever the settings now point: another bucket, another key
+template, another endpoint. Both `chunkd upload` and `chunkd run`, on one state store across runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.cli import run_chunkd
+from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.files import sha256_file, write_random
+from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
+from tests.support.sizes import MiB
+
+OTHER_BUCKET = "b-two"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a run sends the file: the server, settings that differ, and the object it must make."""
+
+    server: Any
+    settings: dict[str, str]
+    bucket: str
+    key: str
+
+
+def places(case: str, moto: MotoServer, rclone: LocalS3Server) -> tuple[Place, Place]:
+    first = Place(moto, {}, BUCKET, "clip.mp4")
+    if case == "bucket":
+        moto.create_bucket(OTHER_BUCKET)
+        return first, Place(moto, {"bucket": OTHER_BUCKET}, OTHER_BUCKET, "clip.mp4")
+    if case == "key_template":
+        return first, Place(moto, {"key_template": "archive/{relpath}"}, BUCKET, "archive/clip.mp4")
+    return first, Place(rclone, {}, BUCKET, "clip.mp4")
+
+
+def env_for(place: Place, tmp_path: Path, **extra: Any) -> dict[str, str]:
+    server = place.server
+    return daemon_env(
+        input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        endpoint_url=server.endpoint_url, access_key=server.access_key, secret_key=server.secret_key,
+        **place.settings, **extra,
+    )
+
+
+def client_of(place: Place) -> Any:
+    server = place.server
+    return make_client(server.endpoint_url, server.access_key, server.secret_key)
+
+
+def assert_landed(place: Place, source: Path) -> None:
+    client = client_of(place)
+    assert sha256_object(client, place.key, bucket=place.bucket) == sha256_file(source)
+    manifest = read_manifest(client, place.key, bucket=place.bucket)
+    assert manifest is not None and manifest["key"] == place.key and manifest["bucket"] == place.bucket
+
+
+CASES = ["bucket", "key_template", "endpoint"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_upload_to_a_new_destination_uploads_again(
+    case: str, moto: MotoServer, rclone_s3: LocalS3Server, tmp_path: Path
+) -> None:
+    (tmp_path / "input").mkdir()
+    source = write_random(tmp_path / "clip.mp4", 6 * MiB)
+    first, second = places(case, moto, rclone_s3)
+
+    done = run_chunkd("upload", str(source), env=env_for(first, tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_landed(first, source)
+
+    again = run_chunkd("upload", str(source), env=env_for(second, tmp_path), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "1/1 file(s) uploaded" in again.stderr
+    assert_landed(second, source)
+
+
+def test_upload_looks_for_the_object_before_it_says_uploaded(moto: MotoServer, tmp_path: Path) -> None:
+    """The record says COMPLETED, the object was deleted since: `chunkd upload` sends it again."""
+    (tmp_path / "input").mkdir()
+    source = write_random(tmp_path / "clip.mp4", MiB)
+    place = Place(moto, {}, BUCKET, "clip.mp4")
+    assert run_chunkd("upload", str(source), env=env_for(place, tmp_path), timeout=120).returncode == 0
+    moto.client().delete_object(Bucket=BUCKET, Key="clip.mp4")
+
+    again = run_chunkd("upload", str(source), env=env_for(place, tmp_path), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert_landed(place, source)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_daemon_restarted_with_a_new_destination_uploads_there(
+    case: str, moto: MotoServer, rclone_s3: LocalS3Server, tmp_path: Path,
+) -> None:
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    source = write_random(input_dir / "clip.mp4", 6 * MiB)
+    first, second = places(case, moto, rclone_s3)
+
+    run(first, tmp_path, "first.log", lambda: read_manifest(client_of(first), first.key, bucket=first.bucket))
+    assert_landed(first, source)
+    run(second, tmp_path, "second.log",
+        lambda: read_manifest(client_of(second), second.key, bucket=second.bucket))
+    assert_landed(second, source)
+    assert_landed(first, source)  # the old object stays where it was
+
+
+def run(place: Place, tmp_path: Path, log_name: str, landed: Callable[[], object]) -> None:
+    daemon = DaemonProcess(env_for(place, tmp_path), tmp_path / log_name).start()
+    try:
+        wait_for(landed, timeout=90, what=f"the manifest in s3://{place.bucket}/{place.key}")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
