@@ -30,10 +30,11 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     gc = commands.add_parser(
         "gc", parents=[parent], help="abort orphaned multipart uploads and expire old finished records",
         description="Abort every multipart upload in the bucket initiated more than --hours ago that no unfinished "
-        "stream owns (also other tools' uploads in a shared bucket), and delete COMPLETED/FAILED/QUARANTINED "
-        "records not updated for CHUNKD_RETENTION_DAYS.",
+        "stream owns (also other tools' uploads in a shared bucket), delete the start-up probe objects "
+        "(.chunkd-probe-*) older than 10 minutes that a killed daemon left beside the objects, and delete "
+        "COMPLETED/FAILED/QUARANTINED records not updated for CHUNKD_RETENTION_DAYS.",
     )
-    gc.add_argument("--dry-run", action="store_true", help="only list what would be aborted or expired")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be aborted, removed or expired")
     gc.add_argument("--hours", type=hours, metavar="N", help="minimum upload age (default CHUNKD_GC_HOURS)")
     retry = commands.add_parser("retry", parents=[parent], help="set FAILED streams back to PENDING")
     retry.add_argument("ids", nargs="*", metavar="ID", help="stream id (chunkd status --json)")
@@ -62,6 +63,7 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
         collector = Collector(store, uploader, settings.bucket, echo=print, dry_run=args.dry_run)
         try:
             collector.abort_orphans(hours=max_age)
+            collector.remove_probes(key_template=settings.key_template)
         except TransferError as exc:
             raise s3_error(settings, exc) from None
         collector.expire_records(days=settings.retention_days)

@@ -5,6 +5,10 @@ is still PENDING, UPLOADING or FINALIZING; any other upload in the bucket initia
 `hours` ago is an orphan (a crash before its id was recorded, a stream that failed without an
 abort, another tool's leftovers) and is aborted, as an AbortIncompleteMultipartUpload lifecycle
 rule would.
+
+It also deletes the objects the daemon's start-up probes (chunkd.s3.traits) left beside the objects
+when a reply was lost or the daemon was killed between PUT and DELETE: a probe runs for seconds, so
+one older than `PROBE_MAX_AGE` is nobody's. The probes' multipart uploads are unowned, so orphans.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from dataclasses import dataclass
 
 from chunkd.errors import TransferError, UploadGoneError
 from chunkd.model.states import StreamRecord, StreamState
-from chunkd.s3.uploader import MultipartUpload, Uploader
+from chunkd.s3.traits import PROBE_NAME, probe_prefix
+from chunkd.s3.uploader import ListedObject, MultipartUpload, Uploader
 from chunkd.store import StreamLedger
 
 LIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
 FINISHED = (StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED)
+PROBE_MAX_AGE = 600.0  # seconds; a running probe's object lives for a second or two
 
 
 def orphans(
@@ -31,6 +37,18 @@ def orphans(
         age = max(0.0, now - upload.initiated)  # a server clock ahead of ours is not a negative age
         if upload.upload_id not in owned and age >= hours * 3600:
             found.append((upload, age))
+    return found
+
+
+def stale_probes(
+    objects: Iterable[ListedObject], *, max_age: float, now: float
+) -> list[tuple[ListedObject, float]]:
+    """(object, age in seconds) of each probe object at least `max_age` seconds old."""
+    found: list[tuple[ListedObject, float]] = []
+    for listed in objects:
+        age = max(0.0, now - listed.modified)  # a server clock ahead of ours is not a negative age
+        if listed.key.rpartition("/")[2].startswith(PROBE_NAME) and age >= max_age:
+            found.append((listed, age))
     return found
 
 
@@ -50,6 +68,7 @@ class Collector:
     echo: Callable[[str], None]
     dry_run: bool = False
     now: float | None = None
+    probe_age: float = PROBE_MAX_AGE  # seconds; tests pass 0, a server's LastModified cannot be backdated
 
     def __post_init__(self) -> None:
         self.now = time.time() if self.now is None else self.now
@@ -77,6 +96,29 @@ class Collector:
         verb = "would abort" if self.dry_run else "aborted"
         count = len(found) if self.dry_run else done
         self.echo(f"gc: {verb} {count} orphaned multipart upload(s) older than {hours:g}h ({len(owned)} in use)")
+        return count
+
+    def remove_probes(self, *, key_template: str) -> int:
+        """Delete (or list, dry run) start-up probe objects left beside the objects; returns how many."""
+        assert self.now is not None
+        listed = self.uploader.list_prefix(self.bucket, probe_prefix(key_template))
+        found = stale_probes(listed, max_age=self.probe_age, now=self.now)
+        done = 0
+        for listed_object, age in found:
+            where = f"{listed_object.key}  age {age / 60:.1f} min"
+            if self.dry_run:
+                self.echo(f"would remove  {where}")
+                continue
+            try:
+                self.uploader.delete(self.bucket, listed_object.key)
+            except TransferError as exc:
+                self.echo(f"could not remove  {where}: {exc}")
+                continue
+            self.echo(f"removed  {where}")
+            done += 1
+        verb = "would remove" if self.dry_run else "removed"
+        count = len(found) if self.dry_run else done
+        self.echo(f"gc: {verb} {count} start-up probe object(s) older than {self.probe_age / 60:g} min")
         return count
 
     def expire_records(self, *, days: float) -> int:

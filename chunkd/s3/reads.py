@@ -1,5 +1,6 @@
 """The gateway's reads and listings: HEAD, small and streamed GETs, the parts and unfinished
-uploads the server holds (the truth for reconciling and for `chunkd gc`), and a folder's keys."""
+uploads the server holds (the truth for reconciling and for `chunkd gc`), a folder's keys, and the
+objects under a prefix with their ages (`chunkd gc`'s leftover probes)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ class RemotePart:
 class ObjectInfo:
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    modified: float  # epoch seconds; 0.0 when the server did not say
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,19 @@ class ReadCalls(S3Calls):
                 return keys
             token = str(response["NextContinuationToken"])
         return None
+
+    def list_prefix(self, bucket: str, prefix: str) -> Iterator[ListedObject]:
+        """Every key in `prefix`'s folder that starts with it (not below it), page by page."""
+        token = ""
+        while True:
+            page = functools.partial(_folder_page, self._client, bucket, prefix, token)
+            response = self._call("ListObjectsV2", page, key=prefix)
+            for item in response.get("Contents", []):
+                yield ListedObject(str(item["Key"]), _epoch(item.get("LastModified")))
+            following = str(response.get("NextContinuationToken") or "")
+            if not response.get("IsTruncated") or not following or following == token:
+                return  # the last test: a server that repeats its token would be asked forever
+            token = following
 
     def get_small(self, bucket: str, key: str, *, limit: int) -> bytes | None:
         """A small object's bytes (a manifest), or None when there is no such key. Reads one byte

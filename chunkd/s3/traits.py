@@ -47,11 +47,15 @@ class ServerTraits:
         return self.content_md5 and self.etag_style is not EtagStyle.PART_MD5S
 
 
-def probe_key(key_template: str) -> str:
-    """Beside the objects (the key template's fixed start), where a prefix-scoped key may write."""
+def probe_prefix(key_template: str) -> str:
+    """Where every probe key starts: beside the objects (the key template's fixed folder), where a
+    prefix-scoped key may write; `chunkd gc` lists it for probes a lost reply or a kill left."""
     folder = key_template.split("{", 1)[0].rpartition("/")[0]
-    name = f"{PROBE_NAME}{uuid.uuid4().hex}"
-    return f"{folder}/{name}" if folder else name
+    return f"{folder}/{PROBE_NAME}" if folder else PROBE_NAME
+
+
+def probe_key(key_template: str) -> str:
+    return f"{probe_prefix(key_template)}{uuid.uuid4().hex}"
 
 
 def decide_traits(uploader: Uploader, bucket: str, *, content_md5: str, key_template: str) -> ServerTraits:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -28,6 +29,7 @@ from chunkd.pipeline.partreader import (
     open_checked,
 )
 from chunkd.s3.calls import S3Calls
+from chunkd.s3.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import (
@@ -108,8 +110,9 @@ class WriteCalls(S3Calls):
 
         Sends a few bytes signed with another body's hash: S3, MinIO and Ceph refuse them
         (`XAmzContentSHA256Mismatch`). A server that stores them anyway (`rclone serve s3`, moto)
-        would also keep a body cut short by a client killed mid-part, so it needs Content-MD5; the
-        stored probe is deleted. None: the probe itself was refused (permissions), so nobody knows.
+        would also keep a body cut short by a client killed mid-part, so it needs Content-MD5. None:
+        the probe itself was refused (permissions), so nobody knows. The probe key is deleted
+        whatever the answer, even none: a PUT whose reply was lost may have been stored.
         """
         body = _BytesBody(b"chunkd probe", payload_sha256=hashlib.sha256(b"not these bytes").hexdigest())
         try:
@@ -117,12 +120,13 @@ class WriteCalls(S3Calls):
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             return True if code in PAYLOAD_HASH_REFUSALS else None
-        with contextlib.suppress(ClientError, BotoCoreError):
-            self._client.delete_object(Bucket=bucket, Key=key)
+        finally:
+            self._forget_probe(bucket, key)
         return False
 
     def probe_multipart_etag(self, bucket: str, key: str, body: bytes) -> str:
-        """The ETag a one-part multipart upload of `body` completes with; the object is deleted."""
+        """The ETag a one-part multipart upload of `body` completes with. The upload is aborted if
+        it did not complete, and the object deleted either way (a Complete whose reply was lost)."""
         upload_id = self.create(bucket, key)
         try:
             response = self._call(
@@ -139,9 +143,26 @@ class WriteCalls(S3Calls):
             with contextlib.suppress(TransferError):
                 self.abort(bucket, key, upload_id)
             raise
-        with contextlib.suppress(TransferError):
-            self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
+        finally:
+            self._forget_probe(bucket, key)
         return etag
+
+    def _forget_probe(self, bucket: str, key: str) -> None:
+        """Delete a probe's object: a key that is not there is fine (S3 answers 204), and one left
+        behind is `chunkd gc`'s, never a reason to fail or hold up start-up: a few quick attempts,
+        not held back by the breaker."""
+        quick = dataclasses.replace(RetryPolicy.quick(), stop_event=self._policy.stop_event, sleep=self._policy.sleep)
+
+        def send() -> None:
+            self._on_request("DeleteObject")
+            self._client.delete_object(Bucket=bucket, Key=key)
+
+        with contextlib.suppress(TransferError):
+            quick.call(send, key=key)
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Delete an object; S3 answers a key that is not there as a success."""
+        self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()

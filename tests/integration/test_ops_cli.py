@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
-from chunkd.ops.gc import orphans
+from chunkd.ops.gc import Collector, orphans
+from chunkd.s3.client import S3Target
 from chunkd.s3.devserver import LocalS3Server, free_port
-from chunkd.s3.uploader import MultipartUpload
+from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.uploader import MultipartUpload, Uploader
 from chunkd.store import CheckpointStore, open_store
 from tests.support.cli import run_chunkd
 from tests.support.daemon import daemon_env
@@ -243,6 +245,43 @@ def test_gc_expires_old_finished_records(env: dict[str, str], moto: MotoServer) 
     assert "expired 2 finished record(s)" in ok("gc", env=env)
     assert [load(env, i) is None for i in ("ancient", "oldfail", "recent", "stuck")] == [True, True, False, False]
     assert "expired 1 finished" in ok("gc", env={**env, "CHUNKD_RETENTION_DAYS": "10"})
+
+
+def test_gc_removes_the_probe_objects_and_uploads_a_killed_daemon_left(env: dict[str, str], moto: MotoServer) -> None:
+    env = {**env, "CHUNKD_KEY_TEMPLATE": "cams/{relpath}"}
+    client = moto.client()
+    left = "cams/.chunkd-probe-0123abcd"
+    for key in (left, "cams/clip.mp4"):
+        client.put_object(Bucket="chunkd", Key=key, Body=b"chunkd probe")
+    probe_upload = client.create_multipart_upload(Bucket="chunkd", Key="cams/.chunkd-probe-4567")["UploadId"]
+
+    # A probe seconds old may be a starting daemon's: left by the default age (10 min).
+    out = ok("gc", "--hours", "0", env=env)
+    assert f"aborted  cams/.chunkd-probe-4567  upload {probe_upload}" in out
+    assert "gc: removed 0 start-up probe object(s) older than 10 min" in out
+    assert objects(moto) == ["cams/.chunkd-probe-0123abcd", "cams/clip.mp4"]
+
+    # moto cannot backdate LastModified: the same pass with the age threshold at 0.
+    uploader = Uploader.connect(S3Target(moto.endpoint_url, None, moto.access_key, moto.secret_key), RetryPolicy())
+    store = open_store(env["CHUNKD_STATE_URL"])
+    lines: list[str] = []
+    try:
+        for dry_run in (True, False):
+            collector = Collector(store, uploader, "chunkd", echo=lines.append, dry_run=dry_run, probe_age=0)
+            assert collector.remove_probes(key_template="cams/{relpath}") == 1
+    finally:
+        store.close()
+    assert re.match(rf"would remove  {re.escape(left)}  age \d+\.\d min", lines[0]), lines
+    assert lines[1:] == [
+        "gc: would remove 1 start-up probe object(s) older than 0 min", lines[2],
+        "gc: removed 1 start-up probe object(s) older than 0 min",
+    ]
+    assert lines[2].startswith(f"removed  {left}  age ")
+    assert objects(moto) == ["cams/clip.mp4"]
+
+
+def objects(moto: MotoServer) -> list[str]:
+    return sorted(item["Key"] for item in moto.client().list_objects_v2(Bucket="chunkd").get("Contents", []))
 
 
 def test_gc_with_an_unreachable_endpoint_is_one_line(env: dict[str, str]) -> None:

@@ -428,8 +428,9 @@ class MotoServer:
         return Counter(request.operation for request in self._log.snapshot() if not is_probe(request))
 
     def probes(self) -> int:
-        """Start-up probes of whether the server checks signed SHA-256s."""
-        return sum(1 for request in self._log.snapshot() if is_probe(request))
+        """Start-up probes of whether the server checks signed SHA-256s: their PUTs (each is
+        followed by a DELETE of its key, whatever the answer)."""
+        return sum(1 for request in self._log.snapshot() if is_probe(request) and request.operation == "PutObject")
 
     def uploaded_parts(self, *, key: str | None = None, ok_only: bool = False) -> list[tuple[str, int]]:
         """(key, part number) of every UploadPart received, in arrival order."""

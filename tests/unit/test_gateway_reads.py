@@ -16,7 +16,7 @@ from moto import mock_aws
 from chunkd.errors import PermanentError
 from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.uploader import MultipartUpload, Uploader
+from chunkd.s3.uploader import ListedObject, MultipartUpload, Uploader
 
 BUCKET = "videos"
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -129,6 +129,40 @@ class NoSuchUploadWhenEmpty:
 def test_no_such_upload_means_no_uploads() -> None:
     assert list(gateway(NoSuchUploadWhenEmpty()).list_all_uploads(BUCKET)) == []
     assert gateway(NoSuchUploadWhenEmpty()).list_uploads(BUCKET, "k") == []
+
+
+class PagedObjects:
+    """ListObjectsV2 answered from a list of pages; records each request."""
+
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+        self.requests: list[dict[str, Any]] = []
+
+    def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]:
+        self.requests.append(kwargs)
+        return self.pages[len(self.requests) - 1]
+
+
+def test_list_prefix_follows_continuation_tokens() -> None:
+    fake = PagedObjects([
+        {"Contents": [{"Key": "cams/.p-1", "LastModified": T0}], "IsTruncated": True, "NextContinuationToken": "t1"},
+        {"Contents": [{"Key": "cams/.p-2"}], "IsTruncated": False},
+    ])
+
+    found = list(gateway(fake).list_prefix(BUCKET, "cams/.p-"))
+
+    assert found == [ListedObject("cams/.p-1", T0.timestamp()), ListedObject("cams/.p-2", 0.0)]  # 0.0: age unknown
+    assert fake.requests == [
+        {"Bucket": BUCKET, "Prefix": "cams/.p-", "Delimiter": "/"},
+        {"Bucket": BUCKET, "Prefix": "cams/.p-", "Delimiter": "/", "ContinuationToken": "t1"},
+    ]
+
+
+def test_list_prefix_stops_on_a_token_that_does_not_move() -> None:
+    stuck = {"Contents": [{"Key": "a"}], "IsTruncated": True, "NextContinuationToken": "t"}
+    fake = PagedObjects([stuck, stuck, stuck])
+    assert len(list(gateway(fake).list_prefix(BUCKET, ""))) == 2
+    assert len(fake.requests) == 2
 
 
 # -- GetObject ----------------------------------------------------------------------------------
