@@ -30,3 +30,17 @@ def is_md5_etag(etag: str) -> bool:
     """An MD5 of something (whole object, or part MD5s before "-N"), so comparing it proves bytes."""
     digest = etag.strip('"').split("-", 1)[0]
     return len(digest) == 32 and all(c in _HEX for c in digest)
+
+
+# S3 gives an object encrypted with a KMS key or a customer's key an ETag that is not its MD5.
+_OPAQUE_ENCRYPTION = ("aws:kms",)
+
+
+def is_body_md5(etag: str, *, encryption: str | None = None, customer_key: bool = False) -> bool:
+    """Whether a single PutObject's ETag is the MD5 of the bytes stored, so that comparing it with
+    the MD5 of the bytes sent (or read back) proves them: 32 hex digits, no "-N", and not an object
+    encrypted with SSE-KMS or SSE-C (`encryption`, `customer_key`: what the response said)."""
+    if customer_key or (encryption or "").startswith(_OPAQUE_ENCRYPTION):
+        return False
+    digest = etag.strip('"')
+    return len(digest) == 32 and all(c in _HEX for c in digest)

@@ -35,7 +35,7 @@ from chunkd.observe.logs import redact
 from chunkd.pipeline.partreader import READ_SIZE
 from chunkd.s3.client import S3Target
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.uploader import ObjectInfo, Uploader
+from chunkd.s3.uploader import ObjectInfo, SmallObject, Uploader
 from chunkd.store import CheckpointStore, open_store
 
 T = TypeVar("T")
@@ -210,8 +210,8 @@ class _Bucket:
         except TransferError as exc:
             raise endpoint_error(exc, bucket=self.bucket, where=self._where, what=f"s3://{self.bucket}/{key}") from None
 
-    def read_small(self, key: str, limit: int) -> bytes | None:
-        return self._ask(lambda: self._uploader.get_small(self.bucket, key, limit=limit), key)
+    def read_small(self, key: str, limit: int) -> SmallObject | None:
+        return self._ask(lambda: self._uploader.get_small_object(self.bucket, key, limit=limit), key)
 
     def head(self, key: str) -> ObjectInfo | None:
         return self._ask(lambda: self._uploader.head(self.bucket, key), key)
@@ -254,11 +254,33 @@ def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -
 
 
 def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Manifest | None:
+    """The "manifest" check, then a "manifest integrity" failure if its bytes are not the ones
+    the server's ETag vouches for (damaged in storage or on the way back)."""
     where = f"s3://{bucket.bucket}/{key}"
-    raw = bucket.read_small(key, MAX_MANIFEST_BYTES)
-    if raw is None:
+    found = bucket.read_small(key, MAX_MANIFEST_BYTES)
+    if found is None:
         report.checks.append(Check("manifest", False, f"no manifest at {where}"))
         return None
+    expected = _parse_manifest(report, found.data, where)
+    damaged = check_manifest_integrity(found, where, MAX_MANIFEST_BYTES)
+    if damaged is not None:
+        report.checks.append(damaged)
+    return expected
+
+
+def check_manifest_integrity(found: SmallObject, where: str, limit: int) -> Check | None:
+    """A failed check when the manifest's ETag is the MD5 of what the server stored and the bytes
+    read hash to another; None when they agree or the ETag proves nothing (not an MD5, or the
+    manifest is over `limit` and was not read whole)."""
+    if not found.etag_is_md5 or len(found.data) > limit:
+        return None
+    md5 = hashlib.md5(found.data, usedforsecurity=False).hexdigest()
+    if same_etag(found.etag, md5):
+        return None
+    return Check("manifest integrity", False, f"{where}: ETag {found.etag} != MD5 {md5} of the bytes read")
+
+
+def _parse_manifest(report: Report, raw: bytes, where: str) -> Manifest | None:
     try:
         expected = parse_manifest(raw)
     except ManifestError as exc:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from chunkd.errors import PermanentError, UploadGoneError
+from chunkd.model.etags import is_body_md5
 from chunkd.pipeline.partreader import READ_SIZE
 from chunkd.s3.calls import S3Calls
 
@@ -45,6 +46,15 @@ class ObjectInfo:
 class ListedObject:
     key: str
     modified: float  # epoch seconds; 0.0 when the server did not say
+
+
+@dataclass(frozen=True)
+class SmallObject:
+    """A small object's bytes, as GetObject answered them, and the ETag it answered with."""
+
+    data: bytes
+    etag: str
+    etag_is_md5: bool  # the ETag is the MD5 of the stored bytes (see chunkd.model.etags.is_body_md5)
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,24 @@ class ReadCalls(S3Calls):
     def get_small(self, bucket: str, key: str, *, limit: int) -> bytes | None:
         """A small object's bytes (a manifest), or None when there is no such key. Reads one byte
         past `limit`, so that a caller can tell an object over it from one at it."""
-        return self.stream(bucket, key, lambda chunks: b"".join(_upto(chunks, limit + 1)))
+        found = self.get_small_object(bucket, key, limit=limit)
+        return None if found is None else found.data
+
+    def get_small_object(self, bucket: str, key: str, *, limit: int) -> SmallObject | None:
+        """`get_small`, with the ETag of the same GetObject, so a caller can check the bytes."""
+
+        def read() -> SmallObject:
+            response = self._client.get_object(Bucket=bucket, Key=key)
+            with contextlib.closing(response["Body"]) as body:
+                data = b"".join(_upto(body.iter_chunks(READ_SIZE), limit + 1))
+            etag = str(response.get("ETag", ""))
+            plain = is_body_md5(
+                etag, encryption=response.get("ServerSideEncryption"),
+                customer_key=bool(response.get("SSECustomerAlgorithm")),
+            )
+            return SmallObject(data, etag, plain)
+
+        return self._found("GetObject", read, key=key)
 
     def stream(self, bucket: str, key: str, consume: Callable[[Iterator[bytes]], T]) -> T | None:
         """`consume` fed the object's bytes as they arrive (1 MiB reads), or None when there is no

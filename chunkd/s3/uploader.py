@@ -8,12 +8,12 @@ that escapes is a classified TransferError carrying key and part number.
 from __future__ import annotations
 
 from chunkd.s3.client import S3Target, make_client
-from chunkd.s3.reads import ListedObject, MultipartUpload, ObjectInfo, ReadCalls, RemotePart
+from chunkd.s3.reads import ListedObject, MultipartUpload, ObjectInfo, ReadCalls, RemotePart, SmallObject
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.traits import ServerTraits
 from chunkd.s3.writes import WriteCalls
 
-__all__ = ["ListedObject", "MultipartUpload", "ObjectInfo", "RemotePart", "Uploader"]
+__all__ = ["ListedObject", "MultipartUpload", "ObjectInfo", "RemotePart", "SmallObject", "Uploader"]
 
 
 class Uploader(WriteCalls, ReadCalls):

@@ -2,7 +2,8 @@
 server-side copy, and the probes that learn what a server checks (see chunkd.s3.traits).
 
 A body is hashed before it is sent and sent signed with that SHA-256 (and Content-MD5 when the
-server needs it), read lazily by byte offset through the bandwidth limiter.
+server needs it), read lazily by byte offset through the bandwidth limiter. A small body (a
+manifest) is signed the same way, always carries Content-MD5, and has its ETag checked.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import IO, TYPE_CHECKING, cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chunkd.errors import RetryableError, TransferError, UploadGoneError
-from chunkd.model.etags import same_etag
+from chunkd.model.etags import is_body_md5, same_etag
 from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
 from chunkd.pipeline.partreader import (
@@ -165,12 +166,29 @@ class WriteCalls(S3Calls):
         self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
-        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-        self._call(
-            "PutObject",
-            lambda: self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, ContentMD5=md5),
-            key=key,
-        )
+        """A small body (a manifest), checked like a part: signed with its SHA-256 and sent with
+        Content-MD5, so a server that checks either refuses damaged bytes; and where the returned
+        ETag is the body's MD5, a different one (a server that checks neither stored other bytes)
+        is a BadDigest, and the body is sent again."""
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        sha256 = hashlib.sha256(data).hexdigest()
+
+        def send() -> None:
+            self._on_request("PutObject")
+            response = self._client.put_object(
+                Bucket=bucket, Key=key, Body=cast("IO[bytes]", _BytesBody(data, payload_sha256=sha256)),
+                ContentLength=len(data), ContentType=content_type,
+                ContentMD5=base64.b64encode(md5.digest()).decode(),
+            )
+            etag = str(response.get("ETag", ""))
+            stored_md5 = is_body_md5(
+                etag, encryption=response.get("ServerSideEncryption"),
+                customer_key=bool(response.get("SSECustomerAlgorithm")),
+            )
+            if stored_md5 and not same_etag(etag, md5.hexdigest()):
+                raise RetryableError(f"server ETag {etag} != local MD5 {md5.hexdigest()}", code="BadDigest")
+
+        self._policy.call(self._attempt(send), key=key)
 
     def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> None:
         """Server-side copy: CopyObject up to 5 GiB, boto3's managed multipart copy beyond."""

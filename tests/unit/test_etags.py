@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from chunkd.model.etags import is_md5_etag, multipart_etag, same_etag
+from chunkd.model.etags import is_body_md5, is_md5_etag, multipart_etag, same_etag
 from chunkd.model.states import PartRecord
 
 MiB = 1024 * 1024
@@ -73,3 +73,19 @@ def test_rclone_style_whole_object_md5_matches_only_the_whole_object() -> None:
     assert is_md5_etag(whole) and "-" not in whole
     assert same_etag(whole, hashlib.md5(b"".join(chunks)).hexdigest())
     assert not same_etag(whole, multipart_etag(records(chunks)))
+
+
+@pytest.mark.parametrize(
+    ("etag", "encryption", "customer_key", "expected"),
+    [
+        ('"' + "a" * 32 + '"', None, False, True),
+        ('"' + "a" * 32 + '"', "AES256", False, True),  # SSE-S3 keeps the MD5
+        ('"' + "a" * 32 + '"', "aws:kms", False, False),
+        ('"' + "a" * 32 + '"', "aws:kms:dsse", False, False),
+        ('"' + "a" * 32 + '"', None, True, False),  # SSE-C
+        ('"' + "a" * 32 + '-2"', None, False, False),  # multipart: an MD5 of MD5s, not of the bytes
+        ('"opaque"', None, False, False),
+    ],
+)
+def test_is_body_md5(etag: str, encryption: str | None, customer_key: bool, expected: bool) -> None:
+    assert is_body_md5(etag, encryption=encryption, customer_key=customer_key) is expected
