@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,7 @@ class Settings:
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0
     content_md5: str = "auto"
+    overwrite: bool = False  # a file may replace another file's object (key collisions)
 
     @property
     def fixed_parts(self) -> bool:
@@ -231,6 +232,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "breaker_failures": _positive_int,
     "breaker_cooldown": _non_negative_float,
     "content_md5": lambda v: _parse_switch(v),
+    "overwrite": _parse_bool,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)
@@ -309,3 +311,14 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         validate_template(settings.key_template)
     except ValueError as exc:
         raise ConfigError(where("key_template"), str(exc)) from None
+
+
+def with_destination(settings: Settings, url: str) -> Settings:
+    """`chunkd upload PATH… s3://BUCKET/PREFIX/`, as `aws s3 cp` takes it: that bucket, and keys
+    `PREFIX/{relpath}`, for this run only."""
+    match = re.fullmatch(r"s3://([^/]*)(?:/(.*))?", url)
+    if match is None or not _BUCKET_RE.match(match[1]):
+        raise ConfigError(url, "not an s3://BUCKET/PREFIX/ destination (bucket: 3-63 of a-z 0-9 . -)")
+    prefix = "/".join(part for part in (match[2] or "").split("/") if part)
+    prefix = prefix.replace("{", "{{").replace("}", "}}")  # literal text, not template fields
+    return replace(settings, bucket=match[1], key_template=f"{prefix}/{{relpath}}" if prefix else "{relpath}")

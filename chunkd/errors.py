@@ -115,6 +115,11 @@ class SourceChangedError(ChunkdError):
         self.reason = reason
 
 
+class KeyTakenError(ChunkdError):
+    """Another file's object is (or is being uploaded) at this file's key, and overwriting is off:
+    the file's stream failed with this message rather than replace that object."""
+
+
 class SourceGoneError(ChunkdError):
     """The local file disappeared before its upload was finished."""
 

@@ -21,6 +21,7 @@ logger = logging.getLogger("chunkd.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEV_ROOT = Path(".chunkd")
+SWITCHES = frozenset({"overwrite"})  # settings given as `--name` alone, meaning true
 
 
 def settings_parent() -> argparse.ArgumentParser:
@@ -28,6 +29,9 @@ def settings_parent() -> argparse.ArgumentParser:
     group = parent.add_argument_group("settings (each also CHUNKD_<NAME> in the environment or <name> in --config)")
     group.add_argument("--config", metavar="FILE", help="TOML file with settings (env CHUNKD_CONFIG)")
     for name in SETTING_NAMES:
+        if name in SWITCHES:  # a bare flag: a value after it would be taken for a PATH
+            group.add_argument(f"--{name}", dest=name, action="store_const", const="true", help=f"env {env_name(name)}")
+            continue
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"env {env_name(name)}")
     return parent
 

@@ -23,16 +23,19 @@ from chunkd.cli.common import (
     logger,
     target,
 )
-from chunkd.config import Settings
+from chunkd.config import Settings, with_destination
 from chunkd.errors import ChunkdError
 from chunkd.s3.client import S3Target
+from chunkd.store import StreamReader
 
 
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     run = commands.add_parser("run", parents=[parent], help="watch the input folder and upload what lands there")
     run.add_argument("--dev", action="store_true", help="embedded state and a local S3 endpoint under ./.chunkd/")
     upload = commands.add_parser("upload", parents=[parent], help="upload files or folders once, then exit")
-    upload.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    upload.add_argument(
+        "paths", nargs="+", metavar="PATH", help="files or folders; a last s3://BUCKET/PREFIX/ says where they go"
+    )
     upload.add_argument("--dev", action="store_true", help="upload to the local S3 endpoint under ./.chunkd/")
 
 
@@ -77,10 +80,16 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
+    paths: list[str] = args.paths
+    if paths[-1].startswith("s3://"):
+        settings = with_destination(settings, paths.pop())
+        if not paths:
+            raise ChunkdError("nothing to upload: give files or folders before the s3:// destination")
+    files = [Path(path) for path in paths]
     if args.dev:
         with DevEndpoint(settings) as dev:
-            return _upload(settings, dev, args.paths)
-    return _upload(settings, target(settings), args.paths)
+            return _upload(settings, dev, files)
+    return _upload(settings, target(settings), files)
 
 
 def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path, str]]:
@@ -104,7 +113,21 @@ def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path,
             items.append((path.resolve(), path.name))
         else:
             raise ChunkdError(f"{path}: no such file or folder")
-    return items
+    return list(dict.fromkeys(items))  # a file named twice is uploaded once
+
+
+def _rounds(items: Sequence[tuple[Path, str]]) -> list[list[tuple[Path, str]]]:
+    """Files that share a relpath (`a/x.mp4 b/x.mp4`: both `x.mp4`) go one after the other, in the
+    order given: a path is one job at a time, and the later file meets the earlier one's record
+    (a key collision, unless overwriting is on)."""
+    rounds: list[list[tuple[Path, str]]] = []
+    seen: dict[str, int] = {}
+    for path, relpath in items:
+        index = seen[relpath] = seen.get(relpath, -1) + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append((path, relpath))
+    return rounds
 
 
 def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
@@ -123,29 +146,43 @@ def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
     bar = _progress_bar(sum(p.stat().st_size for p, _ in items))
     if bar is not None:
         engine.on_progress = lambda relpath, nbytes: bar.update(nbytes)
-    scheduler = Scheduler(
-        lambda request: JobResult(StreamJob(engine, request.path, request.relpath, final=True).run()),
-        workers=settings.file_concurrency,
-        retry_delay=5.0,
-    )
-    for path, relpath in items:
-        scheduler.submit(path, relpath)
     started = time.monotonic()
-    scheduler.start()
-    while scheduler.busy and not stop.is_set():
-        time.sleep(0.1)
-    scheduler.stop(timeout=settings.shutdown_timeout)
+    failed: list[str] = []
+    for batch in _rounds(items):
+        if stop.is_set():
+            break
+        scheduler = Scheduler(
+            lambda request: JobResult(StreamJob(engine, request.path, request.relpath, final=True).run()),
+            workers=settings.file_concurrency,
+            retry_delay=5.0,
+        )
+        for path, relpath in batch:
+            scheduler.submit(path, relpath)
+        scheduler.start()
+        while scheduler.busy and not stop.is_set():
+            time.sleep(0.1)
+        scheduler.stop(timeout=settings.shutdown_timeout)
+        for path, relpath in batch:
+            outcome = scheduler.outcomes.get(relpath, Outcome.INTERRUPTED)
+            if outcome not in (Outcome.COMPLETED, Outcome.SKIPPED):
+                reason = _recorded_error(engine.store, path, relpath)
+                failed.append(f"{relpath} ({outcome.value})" if reason is None else f"{relpath} ({path}): {reason}")
     engine.shutdown()
     engine.store.close()
     if bar is not None:
         bar.close()
-    failed = [r for r, o in scheduler.outcomes.items() if o not in (Outcome.COMPLETED, Outcome.SKIPPED)]
     elapsed = time.monotonic() - started
     done = len(items) - len(failed)
     print(f"chunkd: {done}/{len(items)} file(s) uploaded in {elapsed:.1f}s", file=sys.stderr)
-    for relpath in failed:
-        print(f"chunkd: failed: {relpath} ({scheduler.outcomes[relpath].value})", file=sys.stderr)
+    for line in failed:
+        print(f"chunkd: failed: {line}", file=sys.stderr)
     return EXIT_FAILURE if failed or stop.is_set() else EXIT_OK
+
+
+def _recorded_error(store: StreamReader, path: Path, relpath: str) -> str | None:
+    """Why this file's stream failed, as recorded (a key another file has, say)."""
+    record = store.find_by_relpath(relpath)
+    return record.last_error if record is not None and record.source_path == str(path) else None
 
 
 def _progress_bar(total: int) -> Any:

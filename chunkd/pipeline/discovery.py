@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chunkd.errors import KeyTakenError
 from chunkd.model.keys import render_key
 from chunkd.model.planner import plan_schedule
 from chunkd.model.states import StreamRecord, StreamState, new_stream_id
 from chunkd.pipeline.coordinator import UploadCoordinator, record_failure
 from chunkd.pipeline.disposal import after_upload
 from chunkd.pipeline.engine import Engine, StreamLog
+from chunkd.pipeline.keyclaim import find_rival, taken_message
 from chunkd.pipeline.monitor import Snapshot, take_snapshot
 from chunkd.pipeline.recovery import restore_completed
 from chunkd.store import JobLedger
@@ -35,7 +37,8 @@ class Discovery:
     origin: dict[str, Any] | None = None  # where a downloaded file came from, for the manifest
 
     def find_or_create(self, *, fresh: bool) -> StreamRecord | None:
-        """The record to work on; None when there is nothing to do. Raises SourceGoneError."""
+        """The record to work on; None when there is nothing to do. Raises SourceGoneError, and
+        KeyTakenError when another file has the key (see chunkd.pipeline.keyclaim)."""
         snap = take_snapshot(self.path)
         existing = None if fresh else self.store.find_by_relpath(self.relpath)
         if existing is not None and not self._goes_here(existing):
@@ -133,7 +136,18 @@ class Discovery:
         )
         self.store.save_stream(record)
         self._log().info("discovered", extra={"stream_id": record.id, "key": record.key, "bytes": snap.size})
+        self._claim_key(record)
         return record
+
+    def _claim_key(self, record: StreamRecord) -> None:
+        """Raises KeyTakenError (after failing the new stream) when another file has its key."""
+        if self.engine.settings.overwrite:
+            return
+        rival = find_rival(self.store, record, endpoint=self.engine.endpoint)
+        if rival is not None:
+            reason = taken_message(record, rival)
+            record_failure(self.engine, self.store, record, reason, self._log())
+            raise KeyTakenError(reason)
 
     def _log(self) -> StreamLog:
         return StreamLog(logger, {"relpath": self.relpath})

@@ -17,6 +17,7 @@ from typing import Any
 from chunkd.errors import (
     CancelledError,
     Interrupted,
+    KeyTakenError,
     LeaseLostError,
     PermanentError,
     Quarantined,
@@ -121,6 +122,8 @@ class StreamJob:
             except SourceGoneError:
                 discovery.forget_vanished()
                 return Outcome.SKIPPED
+            except KeyTakenError:
+                return Outcome.FAILED  # recorded, with the reason, by discovery
             except StoreError as exc:
                 engine.metrics.store_error()
                 self.log.error("checkpoint store unavailable: %s", exc)

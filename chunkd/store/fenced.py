@@ -65,6 +65,9 @@ class FencedStore:
     def find_by_relpath(self, relpath: str) -> StreamRecord | None:
         return self.patiently(lambda: self._store.find_by_relpath(relpath))
 
+    def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
+        return self.patiently(lambda: self._store.find_by_key(bucket, key))
+
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         return self.patiently(lambda: self._store.list_streams(states))
 

@@ -31,6 +31,10 @@ class StreamReader(Protocol):
     def find_by_relpath(self, relpath: str) -> StreamRecord | None:
         """The newest stream recorded for this relative path, if any."""
 
+    def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
+        """Every stream recorded for this object (any endpoint, any path), newest discovery first:
+        two files must not take one key unnoticed."""
+
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         """Streams (optionally only those in `states`), oldest discovery first."""
 

@@ -163,6 +163,7 @@ class RedisStore:
                 pipe.zrem(self.keys.streams(state), record.id)
         pipe.zadd(self.keys.streams(record.state), score)
         pipe.zadd(self.keys.path(record.relpath), score)
+        pipe.zadd(self.keys.object(record.bucket, record.key), score)
 
     def record_part(
         self, stream_id: str, part: PartRecord, *, pipeline: Pipeline | None = None, fence: Lease | None = None
@@ -222,6 +223,7 @@ class RedisStore:
                 pipe.zrem(self.keys.streams(state), stream_id)
             if record is not None:
                 pipe.zrem(self.keys.path(record.relpath), stream_id)
+                pipe.zrem(self.keys.object(record.bucket, record.key), stream_id)
             if owns_content and content_key is not None:
                 pipe.delete(content_key)
             if pipeline is None:
@@ -234,6 +236,9 @@ class RedisStore:
 
     def find_by_relpath(self, relpath: str) -> StreamRecord | None:
         return self.reads.find_by_relpath(relpath)
+
+    def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
+        return self.reads.find_by_key(bucket, key)
 
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         return self.reads.list_streams(states)

@@ -5,6 +5,7 @@
     chunkd:streams               sorted set: every stream id, scored by discovered_at
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
+    chunkd:key:<bucket>/<key>    sorted set: ids of streams for that object, scored by discovered_at
     chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
     chunkd:sizes                 set: sizes of indexed content (a file of another size is no duplicate)
     chunkd:url:<sha256 of url>   hash: data (UrlRecord JSON), state
@@ -37,6 +38,9 @@ class RedisKeys:
 
     def path(self, relpath: str) -> str:
         return f"{self.prefix}path:{relpath}"
+
+    def object(self, bucket: str, key: str) -> str:
+        return f"{self.prefix}key:{bucket}/{key}"
 
     def content(self, sha256: str) -> str:
         return f"{self.prefix}sha256:{sha256}"

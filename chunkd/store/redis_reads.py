@@ -31,6 +31,11 @@ class RedisStreamReader(RedisRole):
                 return record
         return None
 
+    def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
+        with self._errors(f"find streams for s3://{bucket}/{key}"):
+            ids = texts(self.client.zrevrange(self.keys.object(bucket, key), 0, -1))
+        return [r for r in self._load(ids) if (r.bucket, r.key) == (bucket, key)]
+
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         wanted = None if states is None else {StreamState(state) for state in states}
         keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]

@@ -172,6 +172,17 @@ class SqliteStore:
             row = conn.execute(query, (relpath,)).fetchone()
         return _stream(row[0]) if row else None
 
+    def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
+        # A scan of the JSON: collisions are looked for once per new stream, and an index would
+        # need a schema change.
+        query = (
+            "SELECT data FROM streams WHERE json_extract(data, '$.bucket') = ? AND json_extract(data, '$.key') = ?"
+            " ORDER BY discovered_at DESC, id DESC"
+        )
+        with self._read(f"find streams for s3://{bucket}/{key}") as conn:
+            rows = conn.execute(query, (bucket, key)).fetchall()
+        return [_stream(row[0]) for row in rows]
+
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
         where, args = _state_filter(states, StreamState)
         with self._read("list streams") as conn:

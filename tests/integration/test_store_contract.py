@@ -107,6 +107,20 @@ def test_find_by_relpath_returns_the_newest_stream(store: CheckpointStore) -> No
     assert store.find_by_relpath("b.mp4") == elsewhere
 
 
+def test_find_by_key_returns_every_stream_for_the_object_newest_first(store: CheckpointStore) -> None:
+    first = make_stream("first", relpath="a/x.mp4", key="x.mp4", discovered_at=100.0)
+    second = make_stream("second", relpath="b/x.mp4", key="x.mp4", discovered_at=200.0)
+    other_bucket = make_stream("ob", relpath="c/x.mp4", bucket="other", key="x.mp4", discovered_at=300.0)
+    other_key = make_stream("ok", relpath="d/y.mp4", key="y.mp4", discovered_at=400.0)
+    for record in (second, first, other_bucket, other_key):
+        store.save_stream(record)
+    assert [r.id for r in store.find_by_key("videos", "x.mp4")] == ["second", "first"]
+    assert [r.id for r in store.find_by_key("other", "x.mp4")] == ["ob"]
+    assert store.find_by_key("videos", "nothing.mp4") == []
+    store.delete_stream("second")
+    assert [r.id for r in store.find_by_key("videos", "x.mp4")] == ["first"]
+
+
 def test_list_streams_oldest_discovery_first(store: CheckpointStore) -> None:
     for stream_id, at in [("c", 300.0), ("d", 100.0), ("a", 100.0), ("b", 200.0)]:
         store.save_stream(make_stream(stream_id, relpath=f"{stream_id}.mp4", discovered_at=at))

@@ -13,6 +13,7 @@ from chunkd.config import (
     env_name,
     load_settings,
     parse_size,
+    with_destination,
 )
 from chunkd.errors import ConfigError
 from tests.support.sizes import MiB
@@ -233,3 +234,33 @@ def test_bandwidth_limit_and_schedule_from_env() -> None:
     settings = load_settings(env={"CHUNKD_BANDWIDTH_LIMIT": "10MB", "CHUNKD_PART_SCHEDULE": "fixed"})
     assert settings.bandwidth_limit == 10_000_000
     assert settings.fixed_parts
+
+
+def test_overwrite_is_off_unless_asked_for() -> None:
+    assert Settings().overwrite is False
+    assert load_settings(env={"CHUNKD_OVERWRITE": "true"}).overwrite is True
+    assert load_settings(env={}, overrides={"overwrite": "true"}).overwrite is True
+    with pytest.raises(ConfigError, match="CHUNKD_OVERWRITE"):
+        load_settings(env={"CHUNKD_OVERWRITE": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "template"),
+    [
+        ("s3://other/pre/", "other", "pre/{relpath}"),
+        ("s3://other/a//b", "other", "a/b/{relpath}"),
+        ("s3://other", "other", "{relpath}"),
+        ("s3://other/", "other", "{relpath}"),
+        ("s3://other/{x}/", "other", "{{x}}/{relpath}"),
+    ],
+)
+def test_destination_url_sets_bucket_and_key_prefix(url: str, bucket: str, template: str) -> None:
+    settings = with_destination(Settings(key_template="{stem}"), url)
+    assert (settings.bucket, settings.key_template) == (bucket, template)
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///pre/", "s3://Bad_Bucket/x", "s3://ab/x"])
+def test_malformed_destination_url_is_refused_naming_it(url: str) -> None:
+    with pytest.raises(ConfigError, match="not an s3://BUCKET/PREFIX/ destination") as caught:
+        with_destination(Settings(), url)
+    assert url in str(caught.value)
