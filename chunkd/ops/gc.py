@@ -13,8 +13,9 @@ one older than `PROBE_MAX_AGE` is nobody's. The probes' multipart uploads are un
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from chunkd.errors import TransferError, UploadGoneError
@@ -78,23 +79,12 @@ class Collector:
         assert self.now is not None
         owned = {r.upload_id for r in self.store.list_streams(LIVE) if r.upload_id}
         found = orphans(self.uploader.list_all_uploads(self.bucket), owned, hours=hours, now=self.now)
-        done = 0
-        for upload, age in found:
-            where = f"{upload.key}  upload {upload.upload_id}  age {age / 3600:.1f}h"
-            if self.dry_run:
-                self.echo(f"would abort  {where}")
-                continue
-            try:
-                self.uploader.abort(self.bucket, upload.key, upload.upload_id)
-            except UploadGoneError:
-                pass  # gone meanwhile: what we wanted
-            except TransferError as exc:
-                self.echo(f"could not abort  {where}: {exc}")
-                continue
-            self.echo(f"aborted  {where}")
-            done += 1
+        targets = [
+            (f"{upload.key}  upload {upload.upload_id}  age {age / 3600:.1f}h", self._aborter(upload))
+            for upload, age in found
+        ]
+        count = self._apply(targets, would="would abort", did="aborted", failed="could not abort")
         verb = "would abort" if self.dry_run else "aborted"
-        count = len(found) if self.dry_run else done
         self.echo(f"gc: {verb} {count} orphaned multipart upload(s) older than {hours:g}h ({len(owned)} in use)")
         return count
 
@@ -103,23 +93,40 @@ class Collector:
         assert self.now is not None
         listed = self.uploader.list_prefix(self.bucket, probe_prefix(key_template))
         found = stale_probes(listed, max_age=self.probe_age, now=self.now)
-        done = 0
-        for listed_object, age in found:
-            where = f"{listed_object.key}  age {age / 60:.1f} min"
-            if self.dry_run:
-                self.echo(f"would remove  {where}")
-                continue
-            try:
-                self.uploader.delete(self.bucket, listed_object.key)
-            except TransferError as exc:
-                self.echo(f"could not remove  {where}: {exc}")
-                continue
-            self.echo(f"removed  {where}")
-            done += 1
+        targets = [
+            (f"{item.key}  age {age / 60:.1f} min", functools.partial(self.uploader.delete, self.bucket, item.key))
+            for item, age in found
+        ]
+        count = self._apply(targets, would="would remove", did="removed", failed="could not remove")
         verb = "would remove" if self.dry_run else "removed"
-        count = len(found) if self.dry_run else done
         self.echo(f"gc: {verb} {count} start-up probe object(s) older than {self.probe_age / 60:g} min")
         return count
+
+    def _aborter(self, upload: MultipartUpload) -> Callable[[], None]:
+        def abort() -> None:
+            try:
+                self.uploader.abort(self.bucket, upload.key, upload.upload_id)
+            except UploadGoneError:
+                pass  # gone meanwhile: what we wanted
+
+        return abort
+
+    def _apply(self, targets: Sequence[tuple[str, Callable[[], None]]], *, would: str, did: str, failed: str) -> int:
+        """Act on each (description, action), one line each; how many were (or would be) done."""
+        if self.dry_run:
+            for where, _ in targets:
+                self.echo(f"{would}  {where}")
+            return len(targets)
+        done = 0
+        for where, act in targets:
+            try:
+                act()
+            except TransferError as exc:
+                self.echo(f"{failed}  {where}: {exc}")
+                continue
+            self.echo(f"{did}  {where}")
+            done += 1
+        return done
 
     def expire_records(self, *, days: float) -> int:
         """Delete (or list, dry run) finished records older than `days`; returns how many."""
