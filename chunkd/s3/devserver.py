@@ -264,7 +264,7 @@ class LocalS3Server:
                 stdout=log,
                 stderr=log,
                 env=self._environment(),
-                preexec_fn=_exit_with_parent(os.getpid()) if _PRCTL else None,  # noqa: PLW1509 - prctl only
+                preexec_fn=exit_with_parent(),  # noqa: PLW1509 - prctl only
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -288,12 +288,16 @@ class LocalS3Server:
         raise DevServerError(message)
 
 
-def _exit_with_parent(parent: int) -> Callable[[], None]:
-    """Runs in the child between fork and exec: nothing here may allocate much or take locks."""
+def exit_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child sent `signum` when this process's thread that started it
+    dies; None where prctl is not available. It runs between fork and exec: nothing in it may
+    allocate much or take locks."""
+    if _PRCTL is None:
+        return None
+    prctl, parent = _PRCTL, os.getpid()
 
     def arrange() -> None:
-        assert _PRCTL is not None
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, signum)
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(1)
 

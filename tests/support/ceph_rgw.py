@@ -14,13 +14,11 @@ daemon holding ports or memory behind.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,7 +29,7 @@ from typing import Any, Self
 
 import pytest
 
-from chunkd.s3.devserver import free_port
+from chunkd.s3.devserver import exit_with_parent, free_port
 from tests.support.redis_server import _in_ci
 from tests.support.s3_servers import make_client
 
@@ -46,27 +44,6 @@ INSTALL_HINT = "apt-get install --no-install-recommends ceph-mon ceph-osd radosg
 MEMSTORE_BYTES = 4 * 1024**3
 GC_MIN_WAIT_SECONDS = 30
 GC_PERIOD_SECONDS = 15
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child must not dlopen
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: ask for SIGKILL when our parent thread dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 def missing_binaries() -> list[str]:
     return [name for name in BINARIES if shutil.which(name) is None]
@@ -256,7 +233,7 @@ class CephRGW:
         with open(self.dir / "log" / f"{name}.out", "ab") as out:
             self._processes[name] = subprocess.Popen(
                 [*command, "-f"], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                preexec_fn=_die_with_parent if _PRCTL else None,  # noqa: PLW1509 - prctl only
+                preexec_fn=exit_with_parent(signal.SIGKILL),  # noqa: PLW1509 - prctl only
             )
 
     def _wait(self, ready: Callable[[], bool], *, what: str) -> None:
