@@ -21,9 +21,7 @@ from chunkd.intake.scheduler import JobRequest, JobResult, Scheduler, priority_r
 from chunkd.intake.watcher import Watcher
 from chunkd.links.batch import LinkManager
 from chunkd.links.download import Downloader
-from chunkd.model.keys import render_key
-from chunkd.model.planner import plan_schedule
-from chunkd.model.states import StreamRecord, StreamState, new_stream_id
+from chunkd.model.states import StreamRecord, StreamState
 from chunkd.observe import systemd
 from chunkd.observe.events import EventSink
 from chunkd.observe.http import HttpServer
@@ -31,10 +29,11 @@ from chunkd.observe.logs import redact
 from chunkd.observe.metrics import Metrics, store_snapshot
 from chunkd.observe.overview import collect
 from chunkd.observe.probes import Probes
+from chunkd.pipeline.discovery import new_record
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome, StreamJob
 from chunkd.pipeline.media import ffprobe_available
-from chunkd.pipeline.monitor import take_snapshot
+from chunkd.pipeline.monitor import Snapshot, take_snapshot
 from chunkd.s3.bandwidth import TokenBucket
 from chunkd.s3.breaker import endpoint_breaker
 from chunkd.s3.client import S3Target, make_client
@@ -179,19 +178,12 @@ class Daemon:
                 return None
             record.move_to(StreamState.FAILED, error=reason)
             return record
-        settings = self.engine.settings
-        record = StreamRecord(
-            id=new_stream_id(), relpath=request.relpath, source_path=str(request.path), bucket=settings.bucket,
-            key=render_key(settings.key_template, request.relpath, hostname=self.engine.hostname),
-            schedule=plan_schedule(settings.part_size, fixed=settings.fixed_parts).to_dict(),
-            state=StreamState.FAILED, origin=request.origin, last_error=reason,
-        )
         try:  # as the job records it: unchanged, the file stays FAILED until `chunkd retry`
-            snap = take_snapshot(request.path)
+            snap: Snapshot | None = take_snapshot(request.path)
         except (SourceGoneError, OSError):
-            return record
-        record.device, record.inode = snap.identity.device, snap.identity.inode
-        record.size, record.mtime = snap.size, snap.mtime
+            snap = None
+        record = new_record(self.engine, request.path, request.relpath, snap, origin=request.origin)
+        record.state, record.last_error = StreamState.FAILED, reason
         return record
 
     def _links_submit(self, path: Path, relpath: str) -> bool:

@@ -62,9 +62,12 @@ class UploadCoordinator:
         self.engine.metrics.part_uploaded(part.size)
         self.engine.progress(self.record.relpath, part.size - (previous.size if previous else 0))
 
-    def cancelled(self) -> bool:
+    def cancelled(self) -> StreamRecord | None:
+        """The stored record if an operator cancelled the stream (it says FAILED, ours does not)."""
         stored = self.store.get_stream(self.record.id)
-        return stored is not None and stored.state is StreamState.FAILED and self.record.state is not StreamState.FAILED
+        if stored is None or stored.state is not StreamState.FAILED or self.record.state is StreamState.FAILED:
+            return None
+        return stored
 
     # -- the multipart upload ------------------------------------------------------------------
 

@@ -80,12 +80,7 @@ class Discovery:
             record.bucket, record.key, record.endpoint or endpoint, bucket, key, endpoint,
         )
         if not record.state.terminal:
-            reachable = (record.endpoint or endpoint) == endpoint
-            if record.upload_id is None or not reachable:
-                record_failure(self.engine, self.store, record, "destination changed", self._log())
-            else:
-                log = StreamLog(logger, {"relpath": self.relpath, "stream_id": record.id})
-                UploadCoordinator(self.engine, self.store, self.path, record, log).fail("destination changed", abort=True)
+            self._fail(record, "destination changed", abort=(record.endpoint or endpoint) == endpoint)
 
     def _still_there(self, record: StreamRecord) -> bool:
         """`chunkd upload` says "uploaded" only for an object it saw: a completed file's object is
@@ -104,36 +99,22 @@ class Discovery:
         if existing is not None and not existing.state.terminal:
             self._fail(existing, "file disappeared before its upload finished")
 
-    def _fail(self, record: StreamRecord, reason: str) -> None:
+    def _fail(self, record: StreamRecord, reason: str, *, abort: bool = True) -> None:
+        """Fail an old stream of this file; its multipart upload is aborted when `abort` (this
+        endpoint can reach it)."""
         log = StreamLog(logger, {"relpath": self.relpath, "stream_id": record.id})
-        if record.upload_id is None:
+        if record.upload_id is None or not abort:
             record_failure(self.engine, self.store, record, reason, log)
             return
         UploadCoordinator(self.engine, self.store, self.path, record, log).fail(reason, abort=True)
 
     def _uploaded_before(self, snap: Snapshot) -> bool:
         """A file older than this run with no record: maybe the store forgot it (see recovery)."""
-        engine = self.engine
-        key = render_key(engine.settings.key_template, self.relpath, hostname=engine.hostname)
-        return restore_completed(engine, self.store, key, self.relpath, self.path, snap) is not None
+        _, _, key = self._destination()
+        return restore_completed(self.engine, self.store, key, self.relpath, self.path, snap) is not None
 
     def _new_record(self, snap: Snapshot) -> StreamRecord:
-        settings = self.engine.settings
-        schedule = plan_schedule(settings.part_size, fixed=settings.fixed_parts)
-        record = StreamRecord(
-            id=new_stream_id(),
-            relpath=self.relpath,
-            source_path=str(self.path),
-            bucket=settings.bucket,
-            key=render_key(settings.key_template, self.relpath, hostname=self.engine.hostname),
-            schedule=schedule.to_dict(),
-            device=snap.identity.device,
-            inode=snap.identity.inode,
-            size=snap.size,
-            mtime=snap.mtime,
-            origin=self.origin,
-            endpoint=self.engine.endpoint,
-        )
+        record = new_record(self.engine, self.path, self.relpath, snap, origin=self.origin)
         self.store.save_stream(record)
         self._log().info("discovered", extra={"stream_id": record.id, "key": record.key, "bytes": snap.size})
         self._claim_key(record)
@@ -151,3 +132,25 @@ class Discovery:
 
     def _log(self) -> StreamLog:
         return StreamLog(logger, {"relpath": self.relpath})
+
+
+def new_record(
+    engine: Engine, path: Path, relpath: str, snap: Snapshot | None, *, origin: dict[str, Any] | None = None
+) -> StreamRecord:
+    """A stream for this file to the destination the settings name now (not saved). `snap`: the
+    file as last seen, None when it could not be read."""
+    settings = engine.settings
+    record = StreamRecord(
+        id=new_stream_id(),
+        relpath=relpath,
+        source_path=str(path),
+        bucket=settings.bucket,
+        key=render_key(settings.key_template, relpath, hostname=engine.hostname),
+        schedule=plan_schedule(settings.part_size, fixed=settings.fixed_parts).to_dict(),
+        origin=origin,
+        endpoint=engine.endpoint,
+    )
+    if snap is not None:
+        record.device, record.inode = snap.identity.device, snap.identity.inode
+        record.size, record.mtime = snap.size, snap.mtime
+    return record

@@ -92,11 +92,11 @@ class GrowthLoop:
 
     def _stop_if_cancelled(self) -> None:
         upload = self._upload
-        if not upload.cancelled():
+        stored = upload.cancelled()
+        if stored is None:
             return
         self._sender.cancel_all()
-        stored = upload.store.get_stream(upload.record.id)
-        if upload.record.upload_id and stored is not None and stored.upload_id:  # not yet aborted by the canceller
+        if upload.record.upload_id and stored.upload_id:  # not yet aborted by the canceller
             upload.run_cleanups()
         raise CancelledError(f"stream {upload.record.id} was cancelled")
 
