@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS streams (
 );
 CREATE INDEX IF NOT EXISTS streams_by_discovery ON streams (discovered_at, id);
 CREATE INDEX IF NOT EXISTS streams_by_relpath ON streams (relpath, discovered_at, id);
+CREATE INDEX IF NOT EXISTS streams_by_key ON streams (json_extract(data, '$.bucket'), json_extract(data, '$.key'));
 CREATE TABLE IF NOT EXISTS parts (
     stream_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -173,8 +174,7 @@ class SqliteStore:
         return _stream(row[0]) if row else None
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
-        # A scan of the JSON: collisions are looked for once per new stream, and an index would
-        # need a schema change.
+        # Looked for once per new stream: the expression index streams_by_key keeps it off a scan.
         query = (
             "SELECT data FROM streams WHERE json_extract(data, '$.bucket') = ? AND json_extract(data, '$.key') = ?"
             " ORDER BY discovered_at DESC, id DESC"
