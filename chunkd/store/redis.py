@@ -25,6 +25,7 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
+from chunkd.store.redis_backfill import KeyIndexBackfill
 from chunkd.store.redis_content import RedisContentIndex
 from chunkd.store.redis_errors import RedisErrors, connection_kwargs, redact_redis_url
 from chunkd.store.redis_events import RedisEventLog
@@ -57,6 +58,7 @@ class RedisStore:
         self.events = RedisEventLog(client, self.keys, errors=self._errors)
         self.urls = RedisUrlLedger(client, self.keys, errors=self._errors)
         self.content = RedisContentIndex(client, self.keys, errors=self._errors)
+        self.key_index = KeyIndexBackfill(client, self.keys, errors=self._errors)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -238,6 +240,7 @@ class RedisStore:
         return self.reads.find_by_relpath(relpath)
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
+        self.key_index.ensure()  # records from before the index are in it too
         return self.reads.find_by_key(bucket, key)
 
     def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:

@@ -13,6 +13,7 @@
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
     chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
+    chunkd:schema                hash: which indexes the records are in (redis_backfill.py)
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class RedisKeys:
 
     def object(self, bucket: str, key: str) -> str:
         return f"{self.prefix}key:{bucket}/{key}"
+
+    def schema(self) -> str:
+        return f"{self.prefix}schema"
 
     def content(self, sha256: str) -> str:
         return f"{self.prefix}sha256:{sha256}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -465,3 +466,20 @@ def test_url_records_round_trip_and_filter(store: CheckpointStore) -> None:
     assert [r.url for r in store.list_urls([UrlState.FAILED])] == [second.url]
     stored = store.get_url(second.url)
     assert stored is not None and stored.attempts == 3 and stored.last_error == "HTTP 404"
+
+
+def test_redis_finds_by_key_the_streams_saved_before_the_object_index(redis_url: str) -> None:
+    """Records an older chunkd saved have no `chunkd:key:` entry: the first lookup fills it in."""
+    with closing(RedisStore.from_url(redis_url)) as older:
+        older.save_stream(make_stream("old", relpath="a/x.mp4", key="x.mp4", state=StreamState.COMPLETED))
+        older.save_stream(make_stream("other", relpath="b/y.mp4", key="y.mp4", discovered_at=5.0))
+        for index in older.client.scan_iter("chunkd:key:*"):
+            older.client.delete(index)
+        older.client.delete("chunkd:schema")  # as an older chunkd left it
+    with closing(RedisStore.from_url(redis_url)) as store:
+        assert [r.id for r in store.find_by_key("videos", "x.mp4")] == ["old"]
+        assert [r.id for r in store.find_by_key("videos", "y.mp4")] == ["other"]
+        assert store.client.hget("chunkd:schema", "key_index") == "1"
+    with closing(RedisStore.from_url(redis_url)) as store:  # marked: no second pass, the index stays right
+        store.client.zrem("chunkd:key:videos/y.mp4", "other")
+        assert store.find_by_key("videos", "y.mp4") == []
