@@ -9,6 +9,7 @@ its manifest in the bucket says so (see chunkd.pipeline.recovery).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,11 @@ class Discovery:
                 return None
             if existing.state is StreamState.FAILED and unchanged:
                 return None  # nothing new since it failed: `chunkd retry` is the way back
+            if existing.state is StreamState.FAILED and same_file and self._still_taken(existing, snap):
+                return None
             if not existing.state.terminal:
                 if same_file:
+                    self._claim_key(existing)
                     return existing
                 self._fail(existing, "replaced by a new file with the same name")
         elif not fresh and snap.mtime < self.engine.started_at and self._uploaded_before(snap):
@@ -121,14 +125,27 @@ class Discovery:
         return record
 
     def _claim_key(self, record: StreamRecord) -> None:
-        """Raises KeyTakenError (after failing the new stream) when another file has its key."""
-        if self.engine.settings.overwrite:
-            return
-        rival = find_rival(self.store, record, endpoint=self.engine.endpoint)
+        """Raises KeyTakenError (after failing the stream) when another file has its key. Checked for
+        a new stream, and again each time one resumes: `chunkd retry` may have put back a stream
+        whose key another file took, or it began with overwriting on."""
+        rival = None if self.engine.settings.overwrite else find_rival(self.store, record, endpoint=self.engine.endpoint)
         if rival is not None:
             reason = taken_message(record, rival)
-            record_failure(self.engine, self.store, record, reason, self._log())
+            self._fail(record, reason)
             raise KeyTakenError(reason)
+
+    def _still_taken(self, record: StreamRecord, snap: Snapshot) -> bool:
+        """A file that lost its key keeps its one FAILED record while it changes: a growing file would
+        otherwise start, and fail, a new stream on every write. The record follows the file's size."""
+        if self.engine.settings.overwrite:
+            return False
+        rival = find_rival(self.store, record, endpoint=self.engine.endpoint)
+        if rival is None:
+            return False
+        record.size, record.mtime = snap.size, snap.mtime
+        record.last_error, record.updated_at = taken_message(record, rival), time.time()
+        self.store.save_stream(record)
+        return True
 
     def _log(self) -> StreamLog:
         return StreamLog(logger, {"relpath": self.relpath})

@@ -4,6 +4,7 @@ And `chunkd upload PATH… s3://BUCKET/PREFIX/` says where files go, as `aws s3 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,67 @@ def test_upload_to_a_destination_url(env: dict[str, str], tmp_path: Path, moto: 
     for bad in ("s3://", "s3://Bad_Bucket/x/", "s3:///pre/"):
         refused = run_chunkd("upload", str(source), bad, env=env)
         assert refused.returncode == 2 and len(error_lines(refused)) == 1 and bad in refused.stderr, refused.stderr
+
+
+def rows_for(env: dict[str, str], relpath: str) -> list[dict[str, Any]]:
+    status = run_chunkd("status", "--json", env=env)
+    rows: list[dict[str, Any]] = json.loads(status.stdout) if status.returncode == 0 else []
+    return [row for row in rows if row["relpath"] == relpath]
+
+
+def finished(env: dict[str, str], relpath: str, state: str) -> dict[str, Any] | None:
+    rows = rows_for(env, relpath)
+    return rows[-1] if rows and rows[-1]["state"] == state else None
+
+
+def winner_and_loser(daemon: DaemonProcess, env: dict[str, str], tmp_path: Path) -> tuple[Path, Path]:
+    """a/x.mp4 uploaded to x.mp4 first; then b/x.mp4, whose key ({stem}.mp4) is taken, fails."""
+    wait_for(lambda: daemon.logged("watching"), timeout=30, what="the daemon to start")
+    paths = []
+    for relpath, size in (("a/x.mp4", 2 * MiB), ("b/x.mp4", 3 * MiB)):
+        staged = put(tmp_path / "staged" / relpath, size)
+        target = tmp_path / "input" / relpath
+        target.parent.mkdir(parents=True)
+        paths.append(staged.rename(target))
+        wait_for(lambda r=relpath: finished(env, r, "COMPLETED" if r == "a/x.mp4" else "FAILED"),
+                 timeout=60, what=f"{relpath} to finish")
+    return paths[0], paths[1]
+
+
+def test_a_retried_file_whose_key_is_taken_fails_again(env: dict[str, str], tmp_path: Path, moto: MotoServer) -> None:
+    env = {**env, "CHUNKD_KEY_TEMPLATE": "{stem}.mp4"}
+    daemon = DaemonProcess(env, tmp_path / "daemon.log").start()
+    try:
+        winner, _ = winner_and_loser(daemon, env, tmp_path)
+        retried_at = time.time()
+        retried = run_chunkd("retry", "--failed", env=env)
+        assert retried.returncode == 0 and "b/x.mp4" in retried.stdout, retried.stdout + retried.stderr
+        # The retried stream runs again and finishes: FAILED again, not COMPLETED over a's object.
+        row = wait_for(lambda: next((r for r in rows_for(env, "b/x.mp4")
+                                     if r["state"] in ("FAILED", "COMPLETED") and r["updated_at"] > retried_at), None),
+                       timeout=90, what="the retried stream to finish")
+    finally:
+        daemon.stop()
+    assert row["state"] == "FAILED" and TAKEN in row["last_error"], row
+    assert sha256_object(moto.client(), "x.mp4") == sha256_file(winner), "the first file's object is intact"
+
+
+def test_a_growing_file_whose_key_is_taken_keeps_one_failed_record(
+    env: dict[str, str], tmp_path: Path, moto: MotoServer
+) -> None:
+    env = {**env, "CHUNKD_KEY_TEMPLATE": "{stem}.mp4"}
+    daemon = DaemonProcess(env, tmp_path / "daemon.log").start()
+    try:
+        winner, loser = winner_and_loser(daemon, env, tmp_path)
+        size = loser.stat().st_size
+        for _ in range(3):  # a recording that goes on: each write is a change the daemon sees
+            with loser.open("ab") as out:
+                out.write(b"\0" * MiB)
+            size += MiB
+            wait_for(lambda s=size: all(row["size"] == s for row in rows_for(env, "b/x.mp4")) or None,
+                     timeout=60, what=f"the record to follow the file to {size} bytes")
+        rows = rows_for(env, "b/x.mp4")
+    finally:
+        daemon.stop()
+    assert len(rows) == 1 and rows[0]["state"] == "FAILED" and TAKEN in rows[0]["last_error"], rows
+    assert sha256_object(moto.client(), "x.mp4") == sha256_file(winner)
