@@ -105,7 +105,7 @@ class StreamRecord:
     mtime: float = 0.0
     upload_id: str | None = None
     sha256: str | None = None
-    dedup_of: str | None = None  # key of the object with the same bytes, when not sent again
+    dedup_of: str | None = None  # the object with the same bytes (its key; s3://B/K in another bucket)
     origin: dict[str, Any] | None = None  # for downloads: url, webpage_url, extractor, title, …
     endpoint: str | None = None  # the S3 endpoint it goes to (S3Target.destination); None: recorded before
     last_error: str | None = None

@@ -1,12 +1,14 @@
 """Content dedup: a file whose bytes a completed object already holds is not sent again.
 
 CHUNKD_DEDUP=record writes only a manifest naming the original (`dedup_of`); copy also makes the
-object at the new key with a server-side copy. The index is a hint: the original must still be in
+object at the new key with a server-side copy, from another bucket too (a file sent again after
+CHUNKD_BUCKET changed is copied, not re-sent, when the old object is on the same endpoint). The index is a hint: the original must still be in
 the bucket with the same size, else the entry is forgotten and the file is sent.
 """
 
 from __future__ import annotations
 
+from chunkd.model.etags import is_md5_etag, multipart_etag, same_etag
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
 from chunkd.pipeline.mediagate import MediaVerdict
@@ -28,15 +30,25 @@ def duplicate_of(upload: UploadCoordinator, sha256: str, size: int) -> StreamRec
     original = upload.store.find_by_content(sha256)
     if original is None or original.id == record.id or original.state is not StreamState.COMPLETED:
         return None
-    if original.size != size or original.bucket != record.bucket:
+    if original.size != size:
         return None
+    if original.bucket != record.bucket and engine.settings.dedup != "copy":
+        return None  # a manifest naming an object in another bucket is no object in this one
     if (original.endpoint or record.endpoint) != record.endpoint:
         return None  # the same bytes, but at another endpoint: no server-side copy reaches them
     info = engine.uploader.head(original.bucket, original.key)
-    if info is None or info.size != size:
+    if info is None or info.size != size or _replaced(info.etag, upload.store.list_parts(original.id)):
         upload.store.forget_content(sha256)  # the object was deleted or replaced since
         return None
     return original
+
+
+def _replaced(etag: str, parts: list[PartRecord]) -> bool:
+    """Another object of the same size at the original's key, where its ETag can tell: a multipart
+    MD5 ("-N") that is not the one the original's parts make."""
+    if "-" not in etag or not is_md5_etag(etag) or not parts or not all(part.etag for part in parts):
+        return False
+    return not same_etag(etag, multipart_etag(parts))
 
 
 def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Snapshot, media: MediaVerdict) -> None:
@@ -52,6 +64,7 @@ def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Sn
     ]
     check = ObjectCheck(engine.uploader, record, upload.path)
     etag = check.verify(snap, parts, size_only=True) if mode == "copy" else ""
-    record.dedup_of = original.key
-    upload.log.info("same bytes as %s: not sent again (dedup=%s)", original.key, mode)
+    same_bucket = original.bucket == record.bucket
+    record.dedup_of = original.key if same_bucket else f"s3://{original.bucket}/{original.key}"
+    upload.log.info("same bytes as %s: not sent again (dedup=%s)", record.dedup_of, mode)
     publish(upload, parts, etag, snap, kind=mode, media=media)

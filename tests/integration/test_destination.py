@@ -14,7 +14,7 @@ from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for
 from tests.support.files import sha256_file, write_random
-from tests.support.s3_servers import LocalS3Server, MotoServer, make_client
+from tests.support.s3_servers import LocalS3Server, make_client
 from tests.support.sizes import MiB
 
 OTHER_BUCKET = "b-two"
@@ -30,14 +30,37 @@ class Place:
     key: str
 
 
-def places(case: str, moto: MotoServer, rclone: LocalS3Server) -> tuple[Place, Place]:
-    first = Place(moto, {}, BUCKET, "clip.mp4")
+def places(case: str, server: Any, request: pytest.FixtureRequest) -> tuple[Place, Place]:
+    """The first run's place on `server`, the second's in another bucket, under another template, or
+    on another endpoint (rclone serve s3, or moto when `server` is rclone)."""
+    first = Place(server, {}, BUCKET, "clip.mp4")
     if case == "bucket":
-        moto.create_bucket(OTHER_BUCKET)
-        return first, Place(moto, {"bucket": OTHER_BUCKET}, OTHER_BUCKET, "clip.mp4")
+        empty_bucket(client_of(first), OTHER_BUCKET)
+        return first, Place(server, {"bucket": OTHER_BUCKET}, OTHER_BUCKET, "clip.mp4")
     if case == "key_template":
-        return first, Place(moto, {"key_template": "archive/{relpath}"}, BUCKET, "archive/clip.mp4")
-    return first, Place(rclone, {}, BUCKET, "clip.mp4")
+        return first, Place(server, {"key_template": "archive/{relpath}"}, BUCKET, "archive/clip.mp4")
+    other = request.getfixturevalue("moto" if isinstance(server, LocalS3Server) else "rclone_s3")
+    return first, Place(other, {}, BUCKET, "clip.mp4")
+
+
+def empty_bucket(client: Any, name: str) -> None:
+    """A session-wide server may keep the bucket from an earlier test: empty it, or create it."""
+    try:
+        client.head_bucket(Bucket=name)
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=name)
+        return
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=item["Key"])
+
+
+def copied_from(case: str, first: Place) -> str | None:
+    """What the second manifest names as the object it was copied from: a server-side copy on the
+    same endpoint, none across endpoints."""
+    if case == "endpoint":
+        return None
+    return first.key if case == "key_template" else f"s3://{first.bucket}/{first.key}"
 
 
 def env_for(place: Place, tmp_path: Path, **extra: Any) -> dict[str, str]:
@@ -54,11 +77,12 @@ def client_of(place: Place) -> Any:
     return make_client(server.endpoint_url, server.access_key, server.secret_key)
 
 
-def assert_landed(place: Place, source: Path) -> None:
+def assert_landed(place: Place, source: Path) -> dict[str, Any]:
     client = client_of(place)
     assert sha256_object(client, place.key, bucket=place.bucket) == sha256_file(source)
     manifest = read_manifest(client, place.key, bucket=place.bucket)
     assert manifest is not None and manifest["key"] == place.key and manifest["bucket"] == place.bucket
+    return manifest
 
 
 CASES = ["bucket", "key_template", "endpoint"]
@@ -66,11 +90,11 @@ CASES = ["bucket", "key_template", "endpoint"]
 
 @pytest.mark.parametrize("case", CASES)
 def test_upload_to_a_new_destination_uploads_again(
-    case: str, moto: MotoServer, rclone_s3: LocalS3Server, tmp_path: Path
+    case: str, server: Any, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     (tmp_path / "input").mkdir()
     source = write_random(tmp_path / "clip.mp4", 6 * MiB)
-    first, second = places(case, moto, rclone_s3)
+    first, second = places(case, server, request)
 
     done = run_chunkd("upload", str(source), env=env_for(first, tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr
@@ -79,16 +103,16 @@ def test_upload_to_a_new_destination_uploads_again(
     again = run_chunkd("upload", str(source), env=env_for(second, tmp_path), timeout=120)
     assert again.returncode == 0, again.stderr
     assert "1/1 file(s) uploaded" in again.stderr
-    assert_landed(second, source)
+    assert assert_landed(second, source)["dedup_of"] == copied_from(case, first)
 
 
-def test_upload_looks_for_the_object_before_it_says_uploaded(moto: MotoServer, tmp_path: Path) -> None:
+def test_upload_looks_for_the_object_before_it_says_uploaded(server: Any, tmp_path: Path) -> None:
     """The record says COMPLETED, the object was deleted since: `chunkd upload` sends it again."""
     (tmp_path / "input").mkdir()
     source = write_random(tmp_path / "clip.mp4", MiB)
-    place = Place(moto, {}, BUCKET, "clip.mp4")
+    place = Place(server, {}, BUCKET, "clip.mp4")
     assert run_chunkd("upload", str(source), env=env_for(place, tmp_path), timeout=120).returncode == 0
-    moto.client().delete_object(Bucket=BUCKET, Key="clip.mp4")
+    client_of(place).delete_object(Bucket=BUCKET, Key="clip.mp4")
 
     again = run_chunkd("upload", str(source), env=env_for(place, tmp_path), timeout=120)
     assert again.returncode == 0, again.stderr
@@ -97,18 +121,18 @@ def test_upload_looks_for_the_object_before_it_says_uploaded(moto: MotoServer, t
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_daemon_restarted_with_a_new_destination_uploads_there(
-    case: str, moto: MotoServer, rclone_s3: LocalS3Server, tmp_path: Path,
+    case: str, server: Any, request: pytest.FixtureRequest, tmp_path: Path,
 ) -> None:
     input_dir = tmp_path / "input"
     input_dir.mkdir()
     source = write_random(input_dir / "clip.mp4", 6 * MiB)
-    first, second = places(case, moto, rclone_s3)
+    first, second = places(case, server, request)
 
     run(first, tmp_path, "first.log", lambda: read_manifest(client_of(first), first.key, bucket=first.bucket))
     assert_landed(first, source)
     run(second, tmp_path, "second.log",
         lambda: read_manifest(client_of(second), second.key, bucket=second.bucket))
-    assert_landed(second, source)
+    assert assert_landed(second, source)["dedup_of"] == copied_from(case, first)
     assert_landed(first, source)  # the old object stays where it was
 
 
