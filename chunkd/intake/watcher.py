@@ -218,9 +218,10 @@ class Watcher:
 
 
 def _signature(verdict: Verdict) -> int | None:
-    """What identifies this version of the file, as one int: 50,000 of them cost ~10 MiB, not ~20."""
+    """What identifies this version of the file, as one int: 50,000 of them cost ~10 MiB, not ~20.
+    The ctime too: a file moved out and dropped in again is offered again (see discovery)."""
     info = verdict.info
     if info is None:
         return None
-    return hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
 

@@ -48,7 +48,7 @@ class Discovery:
         if existing is not None:
             same_file = (existing.device, existing.inode) == (snap.identity.device, snap.identity.inode)
             unchanged = same_file and (existing.size, existing.mtime) == (snap.size, snap.mtime)
-            if existing.state is StreamState.COMPLETED and unchanged and self._still_there(existing):
+            if existing.state is StreamState.COMPLETED and unchanged and self._still_there(existing, snap):
                 after_upload(self.engine, existing, self.path, self._log())  # in case a crash cut it short
                 return None
             if existing.state is StreamState.FAILED and unchanged:
@@ -86,10 +86,13 @@ class Discovery:
         if not record.state.terminal:
             self._fail(record, "destination changed", abort=(record.endpoint or endpoint) == endpoint)
 
-    def _still_there(self, record: StreamRecord) -> bool:
-        """`chunkd upload` says "uploaded" only for an object it saw: a completed file's object is
-        looked for (HeadObject) before it is skipped. The daemon trusts its records."""
-        if not self.engine.confirm_skips:
+    def _still_there(self, record: StreamRecord, snap: Snapshot) -> bool:
+        """Says "uploaded" only for an object seen at its destination: `chunkd upload` looks for a completed
+        file's object (HeadObject) before it skips it; the daemon does when the file was handled since
+        it was uploaded (its ctime is newer: moved out and dropped in again, renamed, touched), and
+        otherwise trusts its records — a bucket's expiry rule must not make it upload again hourly."""
+        dropped_again = snap.ctime_ns / 1e9 > (record.completed_at or record.updated_at)
+        if not (self.engine.confirm_skips or dropped_again):
             return True
         info = self.engine.uploader.head(record.bucket, record.key)
         if info is not None and info.size == record.size:

@@ -10,7 +10,7 @@ import enum
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkd.errors import SourceGoneError
@@ -22,6 +22,8 @@ class Snapshot:
     size: int
     mtime_ns: int
     identity: FileIdentity
+    # Moved or renamed back in, chmod, touch: a file handled since it was uploaded (see discovery).
+    ctime_ns: int = field(default=0, compare=False)
 
     @property
     def mtime(self) -> float:
@@ -41,7 +43,7 @@ def take_snapshot(path: Path) -> Snapshot:
         stat = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise SourceGoneError(f"{path} no longer exists") from None
-    return Snapshot(stat.st_size, stat.st_mtime_ns, FileIdentity.of(stat))
+    return Snapshot(stat.st_size, stat.st_mtime_ns, FileIdentity.of(stat), stat.st_ctime_ns)
 
 
 def compare(before: Snapshot, after: Snapshot) -> Change:

@@ -143,3 +143,27 @@ def run(place: Place, tmp_path: Path, log_name: str, landed: Callable[[], object
         assert daemon.terminate() == 0
     finally:
         daemon.stop()
+
+
+def test_an_object_deleted_behind_chunkds_back_is_uploaded_again_when_its_file_is_dropped_again(
+    server: Any, tmp_path: Path
+) -> None:
+    """The same file (same inode, size and mtime) moved out of the folder and back in after its
+    object was deleted on the server: the daemon looks for the object and uploads it again."""
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    place = Place(server, {}, BUCKET, "clip.mp4")
+    client = client_of(place)
+    daemon = DaemonProcess(env_for(place, tmp_path), tmp_path / "daemon.log").start()
+    try:
+        wait_for(lambda: daemon.logged("watching"), timeout=30, what="the daemon to start")
+        source = write_random(tmp_path / "clip.mp4", 6 * MiB).rename(input_dir / "clip.mp4")
+        wait_for(lambda: read_manifest(client, place.key), timeout=90, what="the first upload")
+        client.delete_object(Bucket=BUCKET, Key=place.key)
+        client.delete_object(Bucket=BUCKET, Key=f"{place.key}.manifest.json")
+        outside = source.rename(tmp_path / "clip.mp4")
+        outside.rename(input_dir / "clip.mp4")
+        wait_for(lambda: read_manifest(client, place.key), timeout=60, what="the object uploaded again")
+    finally:
+        daemon.stop()
+    assert_landed(place, input_dir / "clip.mp4")
