@@ -17,6 +17,7 @@ from chunkd.s3.devserver import LocalS3Server
 from tests.support.bucket import BUCKET
 from tests.support.ceph_rgw import CephRGW, require_ceph
 from tests.support.daemon import DaemonProcess, daemon_env
+from tests.support.faultproxy import FaultProxy, Proxied
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
 
@@ -92,6 +93,14 @@ def server(request: pytest.FixtureRequest) -> S3Server:
     """Runs a test once against each S3 server; all have endpoint_url, access_key, secret_key."""
     chosen: S3Server = request.getfixturevalue(_SERVER_FIXTURES[request.param])
     return chosen
+
+
+@pytest.fixture
+def proxied(server: S3Server) -> Iterator[Proxied]:
+    """`server` behind a FaultProxy (tests/support/faultproxy.py): chunkd talks to its endpoint_url,
+    faults are armed on `.proxy`, and `.direct` is the server itself, for checking what it holds."""
+    with FaultProxy(server.endpoint_url) as proxy:
+        yield Proxied(server, proxy)
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ class UploadCoordinator:
         record = self.record
         if record.upload_id is not None:
             return record.upload_id
-        upload_id = self.engine.uploader.create(record.bucket, record.key)
+        upload_id = self.engine.uploader.create(record.bucket, record.key, held=self._held_by_another_stream)
         self.use_upload(upload_id)
         record.first_byte_at = self.engine.wall()
         try:
@@ -87,6 +87,14 @@ class UploadCoordinator:
             raise
         self.log.info("multipart upload created")
         return upload_id
+
+    def _held_by_another_stream(self, upload_id: str) -> bool:
+        """Another stream's record names this upload: never ours to abort."""
+        record = self.record
+        return any(
+            other.id != record.id and other.upload_id == upload_id
+            for other in self.store.find_by_key(record.bucket, record.key)
+        )
 
     def use_upload(self, upload_id: str) -> None:
         """Take this upload as the stream's own (created, or adopted from the bucket)."""

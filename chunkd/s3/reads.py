@@ -90,9 +90,14 @@ class ReadCalls(S3Calls):
 
     def list_uploads(self, bucket: str, key: str) -> list[str]:
         """Ids of the unfinished multipart uploads for exactly this key, newest first."""
+        return [upload.upload_id for upload in self.uploads_of(bucket, key)]
+
+    def uploads_of(self, bucket: str, key: str) -> list[MultipartUpload]:
+        """The unfinished multipart uploads for exactly this key (the listing's prefix matches
+        longer keys too), newest first."""
         found = [upload for upload in self._uploads(bucket, prefix=key) if upload.key == key]
         found.sort(key=lambda upload: upload.initiated, reverse=True)
-        return [upload.upload_id for upload in found]
+        return found
 
     def list_all_uploads(self, bucket: str) -> Iterator[MultipartUpload]:
         """Every unfinished multipart upload in the bucket, page by page."""

@@ -13,6 +13,9 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
 
@@ -37,27 +40,74 @@ if TYPE_CHECKING:
         CompletedMultipartUploadTypeDef,
         CompleteMultipartUploadOutputTypeDef,
         CopySourceTypeDef,
+        CreateMultipartUploadOutputTypeDef,
         CreateMultipartUploadRequestTypeDef,
         PutObjectRequestTypeDef,
         UploadPartRequestTypeDef,
     )
 
-    from chunkd.s3.reads import ObjectInfo
+    from chunkd.s3.reads import MultipartUpload, ObjectInfo
+    from chunkd.s3.uploader import Uploader
+
+logger = logging.getLogger("chunkd.stream")
 
 
 class WriteCalls(S3Calls):
     """Everything that puts bytes on the server or ends an upload; mixed into `Uploader`."""
 
-    if TYPE_CHECKING:  # a read: ReadCalls's, in the Uploader that combines both
+    if TYPE_CHECKING:  # ReadCalls's reads and Uploader's copies, in the Uploader that combines both
 
         def head(self, bucket: str, key: str) -> ObjectInfo | None: ...
 
-    def create(self, bucket: str, key: str, *, content_type: str | None = None) -> str:
+        def uploads_of(self, bucket: str, key: str) -> list[MultipartUpload]: ...
+
+        def with_policy(self, policy: RetryPolicy, *, wait_for_breaker: bool = False) -> Uploader: ...
+
+    def create(
+        self, bucket: str, key: str, *, content_type: str | None = None, held: Callable[[str], bool] | None = None,
+    ) -> str:
+        """A new multipart upload's id. A failed attempt may have created an upload whose reply was
+        lost: after a retried create, the key's other uploads the server started during this call
+        are aborted, except those `held` says belong to someone else (another stream's record)."""
         request: CreateMultipartUploadRequestTypeDef = {"Bucket": bucket, "Key": key}
         if content_type:
             request["ContentType"] = content_type
-        response = self._call("CreateMultipartUpload", lambda: self._client.create_multipart_upload(**request), key=key)
-        return str(response["UploadId"])
+        sent: list[float] = []  # when each attempt went out
+
+        def send() -> CreateMultipartUploadOutputTypeDef:
+            sent.append(time.monotonic())
+            self._on_request("CreateMultipartUpload")
+            return self._client.create_multipart_upload(**request)
+
+        upload_id = str(self._policy.call(self._attempt(send), key=key)["UploadId"])
+        if len(sent) > 1:
+            self._abort_lost_creates(bucket, key, upload_id, within=time.monotonic() - sent[0], held=held)
+        return upload_id
+
+    def _abort_lost_creates(
+        self, bucket: str, key: str, upload_id: str, *, within: float, held: Callable[[str], bool] | None,
+    ) -> None:
+        """Abort the key's uploads initiated at most `within` seconds before ours, by the server's
+        clock (ours is in the same listing, so a skewed local clock does not matter). Best effort:
+        what this misses, `chunkd gc` finds."""
+        quick = self.with_policy(
+            dataclasses.replace(RetryPolicy.quick(), stop_event=self._policy.stop_event, sleep=self._policy.sleep)
+        )
+        try:
+            uploads = quick.uploads_of(bucket, key)
+        except TransferError as exc:
+            logger.warning("could not look for uploads of %s created by lost replies (gc will): %s", key, exc)
+            return
+        ours = next((upload for upload in uploads if upload.upload_id == upload_id), None)
+        if ours is None or not ours.initiated:
+            return  # nothing to measure the window against
+        earliest, latest = ours.initiated - within - _CLOCK_SLACK, ours.initiated + _CLOCK_SLACK
+        for upload in uploads:
+            if upload is ours or not earliest <= upload.initiated <= latest or (held and held(upload.upload_id)):
+                continue
+            logger.info("aborting an upload of %s whose create reply was lost", key, extra={"upload_id": upload.upload_id})
+            with contextlib.suppress(TransferError):
+                quick.abort(bucket, key, upload.upload_id)
 
     def upload_part(
         self, bucket: str, key: str, upload_id: str, path: Path, part: Part, identity: FileIdentity | None
@@ -240,6 +290,8 @@ class WriteCalls(S3Calls):
         )
 
 
+# Initiated times are read to the second by some servers: a margin either side of the window.
+_CLOCK_SLACK = 1.0
 PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
 _UPLOAD_MISSING = frozenset({"NoSuchUpload", "NoSuchKey"})
 

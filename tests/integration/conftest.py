@@ -13,6 +13,7 @@ from chunkd.store import CheckpointStore
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
 from tests.support.engine import close_test_engine, make_test_engine
+from tests.support.faultproxy import Proxied
 from tests.support.s3_servers import make_client
 from tests.support.stores import Opener
 
@@ -38,6 +39,15 @@ def make_engine(server: Any, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     for engine in engines:
         close_test_engine(engine)
 
+
+@pytest.fixture
+def proxied_engine(proxied: Proxied, tmp_path: Path) -> Iterator[Engine]:
+    """An engine as `make_engine` builds it, talking to `server` through the FaultProxy `proxied`;
+    faults armed after it is built miss its start-up probes."""
+    (tmp_path / "input").mkdir()
+    engine = make_test_engine(proxied, tmp_path)
+    yield engine
+    close_test_engine(engine)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

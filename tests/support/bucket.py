@@ -27,3 +27,24 @@ def read_manifest(client: Any, key: str, *, bucket: str = BUCKET) -> dict[str, A
         return None
     manifest: dict[str, Any] = json.loads(body)
     return manifest
+
+
+def open_uploads(client: Any, key: str, *, bucket: str = BUCKET) -> list[str]:
+    """Ids of the unfinished multipart uploads for exactly `key` (a listing's prefix matches more)."""
+    return [upload["UploadId"] for upload in _uploads(client, key, bucket) if upload["Key"] == key]
+
+
+def open_uploads_under(client: Any, prefix: str, *, bucket: str = BUCKET) -> list[str]:
+    """Keys of the unfinished multipart uploads under `prefix`."""
+    return [upload["Key"] for upload in _uploads(client, prefix, bucket)]
+
+
+def _uploads(client: Any, prefix: str, bucket: str) -> list[dict[str, Any]]:
+    try:
+        listing = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+    except client.exceptions.ClientError as exc:  # `rclone serve s3`: NoSuchUpload when there are none
+        if exc.response["Error"]["Code"] == "NoSuchUpload":
+            return []
+        raise
+    uploads: list[dict[str, Any]] = listing.get("Uploads", [])
+    return uploads

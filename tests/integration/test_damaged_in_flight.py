@@ -1,0 +1,120 @@
+"""Bodies damaged on their way to the server: a FaultProxy flips one bit of a request body after
+chunkd signed it, as a faulty middlebox would. The damaged bytes must never be what the bucket
+keeps: the server refuses them (signed SHA-256, Content-MD5) or chunkd's own ETag check catches
+them, and the body is sent again.
+
+What each server does with a damaged part, Content-MD5 as the start-up probe decides it:
+- Ceph RGW and the strict moto check the signed SHA-256 (Content-MD5 off): 400
+  XAmzContentSHA256Mismatch;
+- `rclone serve s3` checks no payload hash, so every body carries Content-MD5: 400 BadDigest.
+A manifest sent to moto without its strict middleware (it checks neither) is stored damaged, and
+only its ETag (the stored bytes' MD5) tells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chunkd.daemon import preflight
+from chunkd.pipeline.engine import Engine
+from chunkd.pipeline.job import Outcome
+from chunkd.s3.client import S3Target
+from tests.support.bucket import BUCKET, open_uploads, read_manifest, sha256_object
+from tests.support.engine import close_test_engine, make_test_engine, run_job
+from tests.support.faultproxy import Fault, FaultProxy, Proxied, on, without_query
+from tests.support.files import sha256_file, write_random
+from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
+
+KEY = "clip.mp4"
+MANIFEST_KEY = f"{KEY}.manifest.json"
+# The server's answer to the damaged part, and whether the probe turned Content-MD5 on there.
+PART_REFUSAL = {"moto": (400, False), "rclone": (400, True), "rgw": (400, False)}
+
+
+def started(proxied: Proxied, tmp_path: Path) -> Engine:
+    """An engine through the proxy with the server's traits decided by the start-up probes."""
+    (tmp_path / "input").mkdir(exist_ok=True)
+    engine = make_test_engine(proxied, tmp_path)
+    preflight(engine, S3Target(proxied.endpoint_url, None, proxied.access_key, proxied.secret_key))
+    return engine
+
+
+@pytest.fixture
+def engine(proxied: Proxied, tmp_path: Path) -> Iterator[Engine]:
+    built = started(proxied, tmp_path)
+    yield built
+    close_test_engine(built)
+
+
+def part_digests(path: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(MD5, SHA-256) of the file's bytes at each part the manifest lists."""
+    data = path.read_bytes()
+    found = []
+    for part in manifest["parts"]:
+        chunk = data[part["offset"]:part["offset"] + part["size"]]
+        found.append((hashlib.md5(chunk).hexdigest(), hashlib.sha256(chunk).hexdigest()))
+    return found
+
+
+def test_a_part_damaged_in_flight_is_refused_and_sent_again(
+    proxied: Proxied, engine: Engine, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    status, content_md5 = PART_REFUSAL[request.node.callspec.params["server"]]
+    assert engine.uploader.content_md5 is content_md5
+    path = write_random(tmp_path / "input" / KEY, 6 * MiB)
+    proxied.proxy.add(Fault.FLIP_BIT, on("PUT", f"/{BUCKET}/{KEY}", query="partNumber"))
+
+    assert run_job(engine, KEY) is Outcome.COMPLETED
+
+    assert [(fired.fault, fired.status) for fired in proxied.proxy.fired] == [(Fault.FLIP_BIT, status)]
+    uploads_of_parts = [seen for seen in proxied.proxy.seen if on("PUT", f"/{BUCKET}/{KEY}", query="partNumber")(seen)]
+    assert len(uploads_of_parts) == 3  # two parts, one sent twice
+    client = proxied.client()
+    assert sha256_object(client, KEY) == sha256_file(path)
+    manifest = read_manifest(client, KEY)
+    assert manifest is not None and manifest["sha256"] == sha256_file(path)
+    assert [(p["etag"].strip('"'), p["sha256"]) for p in manifest["parts"]] == part_digests(path, manifest)
+    assert open_uploads(client, KEY) == []
+
+
+# --- the manifest ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["plain-moto", "rgw"])
+def manifest_server(request: pytest.FixtureRequest) -> Iterator[Proxied]:
+    """moto with no checks of its own (sharing the `moto` fixture's store and bucket), or Ceph RGW,
+    behind a FaultProxy."""
+    if request.param == "rgw":
+        with FaultProxy(request.getfixturevalue("rgw").endpoint_url) as proxy:
+            yield Proxied(request.getfixturevalue("rgw"), proxy)
+        return
+    request.getfixturevalue("moto")
+    with MotoServer(strict=False) as plain, FaultProxy(plain.endpoint_url) as proxy:
+        yield Proxied(plain, proxy)
+
+
+def test_a_manifest_damaged_in_flight_is_caught_and_sent_again(manifest_server: Proxied, tmp_path: Path) -> None:
+    engine = started(manifest_server, tmp_path)
+    try:
+        path = write_random(tmp_path / "input" / KEY, 1 * MiB)  # one PutObject, then the manifest
+        manifest_server.proxy.add(Fault.FLIP_BIT, without_query(on("PUT", f"/{BUCKET}/{MANIFEST_KEY}"), "uploadId"))
+
+        assert run_job(engine, KEY) is Outcome.COMPLETED
+    finally:
+        close_test_engine(engine)
+
+    fired = manifest_server.proxy.fired
+    assert [(f.fault, f.seen.path) for f in fired] == [(Fault.FLIP_BIT, f"/{BUCKET}/{MANIFEST_KEY}")]
+    client = manifest_server.client()
+    manifest = read_manifest(client, KEY)  # parsed: the damaged copy was replaced
+    assert manifest is not None and manifest["sha256"] == sha256_file(path)
+    stored = client.get_object(Bucket=BUCKET, Key=MANIFEST_KEY)
+    body = stored["Body"].read()
+    assert body == fired[0].original  # the bytes chunkd meant to send the first time
+    assert stored["ETag"].strip('"') == hashlib.md5(body).hexdigest()

@@ -1,0 +1,285 @@
+"""A fault-injecting HTTP proxy in front of an S3 test server (moto, `rclone serve s3`, Ceph RGW).
+
+Requests pass on unchanged, Host header included, so SigV4 signatures stay valid; each answer is
+read whole from the server and passed back. Rules pick requests by method, path and query and fire
+a fault a given number of times, for the failures a network or a faulty middlebox causes and a
+well-behaved server never does:
+
+- FLIP_BIT: one bit of the request body flipped before it is forwarded (damage in flight);
+- DROP_REPLY: forwarded, then the client's connection closed without the answer (the server did
+  it, the reply got lost);
+- RESET: the connection reset without forwarding anything;
+- ERROR_500 / SLOW_DOWN: an error answered by the proxy, without forwarding.
+
+One upstream connection per request keeps the relay simple; a test's traffic is small.
+"""
+
+from __future__ import annotations
+
+import enum
+import http.client
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.support.s3_servers import make_client
+
+
+class Fault(enum.Enum):
+    FLIP_BIT = "flip-bit"
+    DROP_REPLY = "drop-reply"
+    RESET = "reset"
+    ERROR_500 = "500"
+    SLOW_DOWN = "503"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as the proxy saw it: `path` unquoted ("/bucket/key"), `query` parsed."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+
+
+Match = Callable[[Seen], bool]
+
+
+def on(method: str, path: str | None = None, *, prefix: str | None = None, query: str | None = None) -> Match:
+    """Requests with this method, exact path (or path prefix), and `query` among their parameters
+    ("uploads" for CreateMultipartUpload, "partNumber" for UploadPart)."""
+
+    def matches(seen: Seen) -> bool:
+        return (
+            seen.method == method
+            and (path is None or seen.path == path)
+            and (prefix is None or seen.path.startswith(prefix))
+            and (query is None or query in seen.query)
+        )
+
+    return matches
+
+
+def without_query(match: Match, *names: str) -> Match:
+    """`match`, for requests carrying none of `names` (a PutObject, not an UploadPart)."""
+    return lambda seen: match(seen) and not any(name in seen.query for name in names)
+
+
+@dataclass
+class Rule:
+    fault: Fault
+    match: Match
+    times: int = 1
+    fired: int = 0
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A fault that fired: `status` is the server's answer when the request was forwarded (for
+    DROP_REPLY, what the client lost); `original` the body before FLIP_BIT damaged it."""
+
+    fault: Fault
+    seen: Seen
+    status: int | None = None
+    original: bytes | None = None
+
+
+@dataclass
+class _Log:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rules: list[Rule] = field(default_factory=list)
+    fired: list[Fired] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)
+
+
+class FaultProxy:
+    """`endpoint_url` points clients (and chunkd) at the proxy; `add` arms a rule; `fired` says what
+    happened. Usable as a context manager; `upstream` is the server's own URL."""
+
+    def __init__(self, upstream_url: str) -> None:
+        parts = urlsplit(upstream_url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._log = _Log()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        assert self._server is not None, "proxy not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add(self, fault: Fault, match: Match, *, times: int = 1) -> Rule:
+        rule = Rule(fault, match, times)
+        with self._log.lock:
+            self._log.rules.append(rule)
+        return rule
+
+    @property
+    def fired(self) -> list[Fired]:
+        with self._log.lock:
+            return list(self._log.fired)
+
+    @property
+    def seen(self) -> list[Seen]:
+        """Every request that reached the proxy, in order of arrival."""
+        with self._log.lock:
+            return list(self._log.seen)
+
+    def start(self) -> Self:
+        handler = type("Handler", (_Handler,), {"proxy": self})  # this proxy's requests come to it
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="fault-proxy", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the relay -----------------------------------------------------------------------------
+
+    def _take(self, seen: Seen) -> Fault | None:
+        """The fault of the first rule that matches and has shots left, counting the shot."""
+        with self._log.lock:
+            self._log.seen.append(seen)
+            for rule in self._log.rules:
+                if rule.fired < rule.times and rule.match(seen):
+                    rule.fired += 1
+                    return rule.fault
+        return None
+
+    def _record(self, fault: Fault, seen: Seen, status: int | None = None, original: bytes | None = None) -> None:
+        with self._log.lock:
+            self._log.fired.append(Fired(fault, seen, status, original))
+
+    def relay(self, handler: _Handler) -> None:
+        raw_path, _, query = handler.path.partition("?")
+        seen = Seen(handler.command, unquote(raw_path), parse_qs(query, keep_blank_values=True))
+        fault = self._take(seen)
+        if fault is Fault.RESET:
+            self._record(fault, seen)
+            _reset(handler)
+            return
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        if fault in (Fault.ERROR_500, Fault.SLOW_DOWN):
+            self._record(fault, seen)
+            _error(handler, fault)
+            return
+        original = body if fault is Fault.FLIP_BIT else None
+        if original:
+            middle = len(original) // 2
+            body = original[:middle] + bytes([original[middle] ^ 0x01]) + original[middle + 1:]
+        status, reason, headers, answer = self._forward(handler, body)
+        if fault is not None:
+            self._record(fault, seen, status, original)
+        if fault is Fault.DROP_REPLY:
+            handler.close_connection = True
+            return
+        handler.send_response_only(status, reason)
+        for name, value in headers:
+            if name.lower() not in _HOP_HEADERS and (handler.command == "HEAD" or name.lower() != "content-length"):
+                handler.send_header(name, value)
+        if handler.command != "HEAD":
+            handler.send_header("Content-Length", str(len(answer)))
+            handler.end_headers()
+            handler.wfile.write(answer)
+        else:
+            handler.end_headers()
+        handler.wfile.flush()
+
+    def _forward(self, handler: _Handler, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
+        try:
+            upstream.putrequest(handler.command, handler.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in handler.headers.items():
+                if name.lower() not in _HOP_HEADERS:
+                    upstream.putheader(name, value)
+            upstream.endheaders(body or None)
+            response = upstream.getresponse()
+            return response.status, response.reason, response.getheaders(), response.read()
+        finally:
+            upstream.close()
+
+
+_HOP_HEADERS = frozenset({"connection", "keep-alive", "expect", "transfer-encoding", "proxy-connection"})
+_ERRORS = {
+    Fault.ERROR_500: (500, "InternalError", "We encountered an internal error. Please try again."),
+    Fault.SLOW_DOWN: (503, "SlowDown", "Please reduce your request rate."),
+}
+
+
+def _reset(handler: _Handler) -> None:
+    """Close with SO_LINGER 0: the client sees a reset, not an orderly end."""
+    handler.close_connection = True
+    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    handler.connection.close()
+
+
+def _error(handler: _Handler, fault: Fault) -> None:
+    status, code, message = _ERRORS[fault]
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            "<RequestId>fault-proxy</RequestId></Error>").encode()
+    handler.send_response_only(status)
+    handler.send_header("Content-Type", "application/xml")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+    handler.wfile.flush()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, and `Expect: 100-continue` answered here
+    proxy: FaultProxy
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError:  # a reset, or the client went away
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self.proxy.relay(self)
+
+    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the faults cut connections on purpose."""
+
+
+@dataclass(frozen=True)
+class Proxied:
+    """An S3 test server seen through a FaultProxy: the same credentials, the proxy's endpoint.
+    `direct` is the server itself, for checking what it really holds."""
+
+    direct: Any
+    proxy: FaultProxy
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.proxy.endpoint_url
+
+    @property
+    def access_key(self) -> str:
+        return str(self.direct.access_key)
+
+    @property
+    def secret_key(self) -> str:
+        return str(self.direct.secret_key)
+
+    def client(self) -> Any:
+        """A boto3 client on the server itself, past the proxy."""
+        return make_client(self.direct.endpoint_url, self.access_key, self.secret_key)
