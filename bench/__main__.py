@@ -1,13 +1,15 @@
 """chunkd side by side with `aws s3 cp`, `s5cmd cp` and `rclone copy`, on the same local S3
 servers and the same files, in one run:
 
-    python -m bench [--quick] [--scenario NAME ...] [--server rclone|moto|both] [--repeats N]
+    python -m bench [--quick] [--scenario NAME ...] [--server rclone|moto|rgw|both|all] [--repeats N]
 
 Sets itself up on a fresh machine: the peers go into their own venv (bench/.peers-venv, made
-and pip-installed on first use), the servers (`rclone serve s3` on a folder, moto server) and all
-test data are made in a temporary folder that is removed on exit. Writes
-bench/results/<date>.json, .md and .png (--quick: bench/results/tmp/, one repeat, tiny sizes,
-under two minutes once the peers' venv exists). Exits 1 if any tool failed or left a wrong or
+and pip-installed on first use), the servers (`rclone serve s3` on a folder, moto server, and with
+--server rgw|all a one-node Ceph RGW) and all test data are made in a temporary folder that is
+removed on exit. `all` runs every chosen scenario on each server in turn; each table compares the
+tools on one server, and a last table puts chunkd's ratio to the best peer side by side per
+server. Writes bench/results/<date>.json, .md and .png (--quick: bench/results/tmp/, one repeat,
+tiny sizes, rclone and moto only, under two minutes once the peers' venv exists). Exits 1 if any tool failed or left a wrong or
 missing object, 2 on bad arguments or a failed set-up.
 """
 
@@ -39,7 +41,9 @@ from chunkd.config import parse_size
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_DIR = RESULTS_DIR / "tmp"
 QUICK_BUDGET = 150.0  # seconds for every tool run of --quick: a hang still ends the run
-QUICK_SERVERS = {"throughput": ("rclone", "moto"), "ceiling": ("rclone", "moto")}  # the rest: rclone
+# --quick stays on the two servers that start in a second (no RGW): the rest run on rclone only.
+QUICK_SERVERS = {"throughput": ("rclone", "moto"), "ceiling": ("rclone", "moto")}
+SERVER_CHOICES = {"both": ("rclone", "moto"), "all": ("rclone", "moto", "rgw")}
 CHART_SCRIPT = Path(__file__).resolve().parent / "chart.py"
 
 
@@ -48,9 +52,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (the CI smoke run)")
     parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), metavar="NAME",
                         help=f"only these ({', '.join(SCENARIOS)}); default: all")
-    parser.add_argument("--server", choices=("rclone", "moto", "both"),
-                        help="servers for every scenario (default: both for throughput, small_files and ceiling, "
-                             "rclone for the rest; --quick: rclone except throughput and ceiling)")
+    parser.add_argument("--server", choices=(*SERVERS, *SERVER_CHOICES),
+                        help="servers for every scenario: one, both (rclone and moto) or all (and Ceph RGW) "
+                             "(default: rclone and moto for throughput and ceiling, rclone for the rest; "
+                             "--quick: the same)")
     parser.add_argument("--repeats", type=int, help="timed runs per tool (default per scenario: 2 or 3)")
     parser.add_argument("--tools", help="comma list of tools to keep: chunkd, aws, s5cmd, rclone (default all)")
     parser.add_argument("--chunkd-env", action="append", default=[], metavar="NAME=VALUE",
@@ -72,8 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def servers_for(name: str, choice: str | None, quick: bool) -> tuple[str, ...]:
-    if choice == "both":
-        return ("rclone", "moto")
+    if choice in SERVER_CHOICES:
+        return SERVER_CHOICES[choice]
     if choice:
         return (choice,)
     if quick:
@@ -83,7 +88,7 @@ def servers_for(name: str, choice: str | None, quick: bool) -> tuple[str, ...]:
 
 def plan(args: argparse.Namespace) -> dict[str, list[str]]:
     """server -> scenarios to run on it, in scenario order."""
-    order: dict[str, list[str]] = {"rclone": [], "moto": []}
+    order: dict[str, list[str]] = {server: [] for server in SERVERS}
     for name in [n for n in SCENARIOS if n in args.scenario]:
         for server in servers_for(name, args.server, args.quick):
             order[server].append(name)
@@ -116,8 +121,8 @@ def run_scenarios(
                     checkpoint(results)
         except ServerStartError as exc:
             problems.append(f"{SERVER_NAMES[server]} did not start: {exc}")
-    order = list(SCENARIOS)
-    results.sort(key=lambda r: (order.index(r.name), r.server != SERVER_NAMES["rclone"]))
+    order, servers = list(SCENARIOS), list(SERVER_NAMES.values())
+    results.sort(key=lambda r: (order.index(r.name), servers.index(r.server)))
     return results, problems
 
 

@@ -1,13 +1,14 @@
 """kill -9 campaign: SIGKILL a real `chunkd run` at chosen moments, restart it, verify every object.
 
-    python -m bench.chaos --trials N [--seed S] [--state sqlite|redis|mixed] [--server moto|rclone]
+    python -m bench.chaos --trials N [--seed S] [--state sqlite|redis|mixed] [--server moto|rclone|rgw]
                           [--json out.json] [--keep]
     python -m bench.chaos --replay TRIAL_SEED [--state ...]     # one trial again, same plan
 
 Each trial gets a fresh drop folder, fresh state (a SQLite file, or a flushed database on one
 redis-server the campaign starts; `mixed` alternates) and a fresh bucket on one S3 server for the
 campaign: moto running in this process (a WSGI layer sees every request), or `rclone serve s3`
-(chunkd's --dev server) behind a small loopback proxy that sees the same.
+(chunkd's --dev server) or a one-node Ceph RGW (the strict server) behind a small loopback proxy
+that sees the same.
 The folder holds mixed files: two small ones present at start, one small one dropped a moment
 later, one large one (several parts, sometimes an exact multiple of the part size) and one growing
 file appended by a writer thread for a few seconds (multipart, its tail sent at finalize).
@@ -85,6 +86,7 @@ from chunkd.model.states import StreamState
 from chunkd.s3.devserver import LocalS3Server
 from chunkd.s3.traits import PROBE_NAME
 from chunkd.store import open_store
+from tests.support.ceph_rgw import CephRGW
 from tests.support.daemon import DaemonProcess, daemon_env
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import (
@@ -103,6 +105,7 @@ PART_CONCURRENCY = 4
 IN_FLIGHT_BOUND = FILE_CONCURRENCY * PART_CONCURRENCY  # data requests a daemon can have open
 RUN_TIMEOUT = 90.0  # seconds one daemon run may take to be killed or to finish the trial
 DATA_OPERATIONS = frozenset({"UploadPart", "PutObject"})
+SERVERS = ("moto", "rclone", "rgw")
 
 
 class Phase(str, enum.Enum):
@@ -376,7 +379,7 @@ class ChaosMotoServer(MotoServer):
 
 
 class ObservedServer(Protocol):
-    """An S3 endpoint whose requests go through an Observer: ChaosMotoServer or ProxiedRclone."""
+    """An S3 endpoint whose requests go through an Observer: ChaosMotoServer or ProxiedServer."""
 
     observer: Observer
 
@@ -512,13 +515,30 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         """Quiet, like the moto side: a kill cuts connections on purpose."""
 
 
-class ProxiedRclone:
-    """`rclone serve s3` (chunkd's dev server) behind an ObservingProxy; the daemon talks to the
-    proxy, verification talks to rclone directly."""
+class UpstreamServer(Protocol):
+    """A server started and stopped by the campaign: chunkd's LocalS3Server or the tests' CephRGW."""
 
-    def __init__(self, root: Path, observer: Observer) -> None:
+    @property
+    def endpoint_url(self) -> str: ...
+
+    @property
+    def access_key(self) -> str: ...
+
+    @property
+    def secret_key(self) -> str: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+class ProxiedServer:
+    """A server that takes no WSGI middleware (`rclone serve s3`, Ceph RGW) behind an
+    ObservingProxy; the daemon talks to the proxy, verification talks to the server directly."""
+
+    def __init__(self, upstream: UpstreamServer, observer: Observer) -> None:
         self.observer = observer
-        self._rclone = LocalS3Server(root, buckets=())
+        self._upstream = upstream
         self._proxy: ObservingProxy | None = None
 
     @property
@@ -528,24 +548,36 @@ class ProxiedRclone:
 
     @property
     def access_key(self) -> str:
-        return self._rclone.access_key
+        return self._upstream.access_key
 
     @property
     def secret_key(self) -> str:
-        return self._rclone.secret_key
+        return self._upstream.secret_key
 
     def client(self) -> Any:
-        return make_client(self._rclone.endpoint_url, self.access_key, self.secret_key)
+        return make_client(self._upstream.endpoint_url, self.access_key, self.secret_key)
 
     def __enter__(self) -> Self:
-        self._rclone.start()
-        self._proxy = ObservingProxy(self._rclone.endpoint_url, self.observer).start()
+        self._upstream.start()
+        self._proxy = ObservingProxy(self._upstream.endpoint_url, self.observer).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._proxy is not None:
             self._proxy.stop()
-        self._rclone.stop()
+        self._upstream.stop()
+
+
+def proxied_rclone(root: Path, observer: Observer) -> ProxiedServer:
+    """`rclone serve s3` (chunkd's dev server) on a folder, observed through the proxy."""
+    return ProxiedServer(LocalS3Server(root, buckets=()), observer)
+
+
+def proxied_rgw(observer: Observer) -> ProxiedServer:
+    """A fresh one-node Ceph RGW (tests/support/ceph_rgw.py), observed through the proxy: the
+    strict server, and one that answers unlike S3 exactly where a kill leaves chunkd to find out
+    what happened (ListParts on a completed upload is 404 NoSuchKey, Complete after an abort 500)."""
+    return ProxiedServer(CephRGW(), observer)
 
 
 # -- killing ---------------------------------------------------------------------------------
@@ -1227,10 +1259,11 @@ def _size(count: int) -> str:
     return f"{count / MiB:,.1f} MiB"
 
 
-def trial_seeds(seed: int, trials: int) -> list[int]:
-    """Random seeds whose first kills cycle through the phases (see plan_trial)."""
+def trial_seeds(seed: int, trials: int, *, first: int = 0) -> list[int]:
+    """Random seeds whose first kills cycle through the phases (see plan_trial), from the phase
+    at index `first`: a short campaign can cover the phases another one left out."""
     rng, count = random.Random(seed), len(Phase)
-    return [(rng.getrandbits(32) // count) * count + index % count for index in range(trials)]
+    return [(rng.getrandbits(32) // count) * count + (first + index) % count for index in range(trials)]
 
 
 def run_campaign(
@@ -1245,8 +1278,8 @@ def run_campaign(
     progress: Callable[[str], None] | None = None,
 ) -> CampaignResult:
     """Run `trials` trials (or one per entry of `seeds`); state 'mixed' alternates sqlite/redis."""
-    if server not in ("moto", "rclone"):
-        raise ValueError(f"server must be moto or rclone, not {server!r}")
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
     if state not in ("sqlite", "redis", "mixed"):
         raise ValueError(f"state must be sqlite, redis or mixed, not {state!r}")
     seeds = list(seeds) if seeds is not None else trial_seeds(seed, trials)
@@ -1259,8 +1292,10 @@ def run_campaign(
         endpoint: ObservedServer
         if server == "moto":
             endpoint = stack.enter_context(ChaosMotoServer(observer))
+        elif server == "rclone":
+            endpoint = stack.enter_context(proxied_rclone(root / "s3", observer))
         else:
-            endpoint = stack.enter_context(ProxiedRclone(root / "s3", observer))
+            endpoint = stack.enter_context(proxied_rgw(observer))
         needs_redis = state in ("redis", "mixed")
         redis_server = stack.enter_context(RedisServer()) if needs_redis else None
         for index, trial_seed in enumerate(seeds):
@@ -1309,8 +1344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replay", type=int, action="append", metavar="TRIAL_SEED",
                         help="run the trial with this seed (as printed for a failure); repeatable")
     parser.add_argument("--state", choices=("sqlite", "redis", "mixed"), default="sqlite")
-    parser.add_argument("--server", choices=("moto", "rclone"), default="moto",
-                        help="moto in this process, or `rclone serve s3` behind an observing proxy")
+    parser.add_argument("--server", choices=SERVERS, default="moto",
+                        help="moto in this process, or `rclone serve s3` or Ceph RGW behind an observing proxy")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON")
     parser.add_argument("--keep", action="store_true", help="keep every trial's folder, not only failed ones")
     args = parser.parse_args(argv)

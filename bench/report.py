@@ -273,6 +273,36 @@ def verdict_table(found: Sequence[Verdict]) -> str:
     return "\n".join(lines)
 
 
+def servers_table(results: Sequence[ScenarioResult]) -> str | None:
+    """chunkd (or the scenario's own tool, curl for the ceiling) side by side on every server: its
+    median and its ratio to the best peer on that server. None when only one server ran."""
+    servers = list(dict.fromkeys(result.server for result in results))
+    if len(servers) < 2:
+        return None
+    lines = ["| scenario | " + " | ".join(servers) + " |", "|---|" + "---:|" * len(servers)]
+    titles = list(dict.fromkeys(result.title for result in results))
+    for title in titles:
+        cells = []
+        for server in servers:
+            result = next((r for r in results if r.title == title and r.server == server), None)
+            cells.append("–" if result is None else _server_cell(result))
+        metric = next(r.primary for r in results if r.title == title)
+        lines.append(f"| {title} ({METRICS[metric].label}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _server_cell(result: ScenarioResult) -> str:
+    row = _chunkd_row(result) or next((r for r in result.rows if not r.peer), None)
+    value = None if row is None else row.median(result.primary)
+    if row is None or value is None:
+        return "–" if row is None or row.ok else "FAILED"
+    text = METRICS[result.primary].fmt.format(value)
+    if row.tool != CHUNKD:
+        return f"{text} ({row.tool})"
+    found, peer = ratio_to_best(result, row), best_peer(result)
+    return text if found is None or peer is None else f"{text} = {found:.2f}× {peer.tool}"
+
+
 def render_markdown(doc: dict[str, Any], results: Sequence[ScenarioResult], chart: str | None = None) -> str:
     host = doc.get("host", {})
     out = [
@@ -294,6 +324,9 @@ def render_markdown(doc: dict[str, Any], results: Sequence[ScenarioResult], char
     if chart:
         out += [f"![results]({chart})", ""]
     out += ["## Targets", "", verdict_table(verdicts(results)), ""]
+    side_by_side = servers_table(results)
+    if side_by_side:
+        out += ["## chunkd on each server (× the best peer on the same server and files)", "", side_by_side, ""]
     for result in results:
         out += [f"## {result.title} — {result.server}", ""]
         out += [f"- {note}" for note in result.notes]

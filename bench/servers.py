@@ -4,6 +4,9 @@
   server that is rarely the bottleneck.
 * moto server (`python -m moto.server`, a child process): keeps objects in its own memory and is
   CPU-bound (one Python process), so it shows how each tool behaves against a slow server.
+* Ceph RGW (the tests' one-node cluster, tests/support/ceph_rgw.py): a production S3 server that
+  checks signatures, payload SHA-256s and Content-MD5s; objects live in the OSD's memory, freed
+  after every run (`collect_garbage`) so gigabytes of uploads never fill it.
 
 The proxy counts the bytes every client sends, whatever the tool: the fair way to measure what a
 resumed upload sends again.
@@ -21,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -33,17 +36,25 @@ from chunkd.s3.devserver import LocalS3Server, free_port
 
 BUCKET = "bench"
 REGION = "us-east-1"
-SERVER_NAMES = {"rclone": "rclone serve s3", "moto": "moto"}
+SERVER_NAMES = {"rclone": "rclone serve s3", "moto": "moto", "rgw": "Ceph RGW"}
+RGW_MEMSTORE_BYTES = 10 * 1024**3  # the memory scenario's 4 GiB file, and room for a run not yet freed
 
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    key: str  # "rclone" or "moto"
+    key: str  # "rclone", "moto" or "rgw"
     url: str
     access_key: str
     secret_key: str
     pid: int | None  # the server process, for its CPU time
     root: Path | None = None  # where rclone keeps the bucket's files, for a fast clean-up
+    helper_pids: tuple[int, ...] = ()  # more processes doing the server's work (RGW's OSD and monitor)
+    collect: Callable[[], None] | None = None  # frees deleted objects' space now (RGW's garbage collector)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Every process whose CPU time is the server's."""
+        return ((self.pid,) if self.pid is not None else ()) + self.helper_pids
 
     @property
     def name(self) -> str:
@@ -138,6 +149,28 @@ def rclone_server(workdir: Path) -> Iterator[Endpoint]:
         server.stop()
 
 
+@contextlib.contextmanager
+def rgw_server(workdir: Path) -> Iterator[Endpoint]:
+    """A fresh one-node Ceph RGW (mon, memstore OSD, radosgw) with the bucket created; the
+    cluster lives in its own temporary folder and is deleted on exit."""
+    from tests.support.ceph_rgw import CephRGW  # imports pytest and moto: only when RGW is asked for
+
+    server = CephRGW(memstore_bytes=RGW_MEMSTORE_BYTES)
+    try:
+        server.start()
+    except Exception as exc:
+        raise ServerStartError(str(exc)) from exc
+    try:
+        pids = server.pids
+        gateway = pids.pop("client.rgw", None)
+        endpoint = Endpoint("rgw", server.endpoint_url, server.access_key, server.secret_key, gateway,
+                            helper_pids=tuple(pids.values()), collect=server.collect_garbage)
+        s3_client(endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
+
+
 def _children_named(name: str) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -152,7 +185,7 @@ def _children_named(name: str) -> list[int]:
     return found
 
 
-SERVERS = {"rclone": rclone_server, "moto": moto_server}
+SERVERS = {"rclone": rclone_server, "moto": moto_server, "rgw": rgw_server}
 
 
 def s3_client(endpoint: Endpoint) -> Any:
@@ -210,6 +243,14 @@ def delete_prefix(endpoint: Endpoint, prefix: str) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             client.delete_objects(Bucket=BUCKET, Delete={"Objects": batch, "Quiet": True})
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=BUCKET, Prefix=prefix):
+            for upload in page.get("Uploads", []):  # a killed tool's: their parts hold space too
+                client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    if endpoint.collect is not None:
+        try:
+            endpoint.collect()
+        except Exception as exc:  # noqa: BLE001 - later runs may slow down as the store fills: say so
+            print(f"  garbage collection on {endpoint.name} failed: {exc}", flush=True)
 
 
 class CountingProxy:

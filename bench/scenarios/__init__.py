@@ -16,6 +16,8 @@ SCENARIOS: dict[str, ModuleType] = {
 # server, and moto would hold every multi-GiB object in its own memory on a shared machine.
 # Small files on moto (one Python process answering 5,000 PUTs per tool) would add the longest
 # stretch of the run to measure mostly moto: `--server both --scenario small_files` does it.
+# Ceph RGW, the strict production server, runs every scenario on request (`--server rgw` or
+# `all`), not by default: each run adds its cluster's start-up and a garbage collection per upload.
 DEFAULT_SERVERS: dict[str, tuple[str, ...]] = {
     "throughput": ("rclone", "moto"),
     "memory": ("rclone",),

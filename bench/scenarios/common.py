@@ -179,9 +179,9 @@ def upload(
     job = Job(endpoint, source, prefix, rundir, tuning)
     argv, env = tool.command(job)
     log = rundir / "tool.log"
-    before = process_cpu_s(endpoint.pid)
+    before = server_cpu_s(endpoint)
     measured = run_measured(argv, env=env, cwd=rundir, timeout=timeout, log=log, kill_when=kill_when)
-    after = process_cpu_s(endpoint.pid)
+    after = server_cpu_s(endpoint)
     server_cpu = None if before is None or after is None else after - before
     error = None
     if measured.timed_out:
@@ -196,6 +196,12 @@ def upload(
         delete_prefix(direct, prefix)
         os.sync()  # the server's writes of this run must not slow the next one
     return Outcome(measured, error, server_cpu)
+
+
+def server_cpu_s(endpoint: Endpoint) -> float | None:
+    """CPU seconds used so far by every process of the server (RGW: gateway, OSD and monitor)."""
+    used = [process_cpu_s(pid) for pid in endpoint.pids]
+    return None if not used or None in used else sum(u for u in used if u is not None)
 
 
 def warm_up_tools(ctx: Context, endpoint: Endpoint, tools: Sequence[Tool]) -> None:

@@ -68,9 +68,11 @@ class CephRGW:
 
     host = "127.0.0.1"
 
-    def __init__(self, *, port: int | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(self, *, port: int | None = None, start_timeout: float = 60.0,
+                 memstore_bytes: int = MEMSTORE_BYTES) -> None:
         self._port = port
         self.start_timeout = start_timeout
+        self.memstore_bytes = memstore_bytes  # the benchmark's 4 GiB file needs more than the default
         self.access_key = RGW_ACCESS_KEY
         self.secret_key = RGW_SECRET_KEY
         self.dir: Path | None = None
@@ -97,6 +99,20 @@ class CephRGW:
 
     def client(self, **config: Any) -> Any:
         return make_client(self.endpoint_url, self.access_key, self.secret_key, **config)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The daemons' PIDs by name (`mon.a`, `osd.0`, `client.rgw`): the benchmark counts the CPU
+        time of all three as the server's."""
+        return {name: process.pid for name, process in self._processes.items()}
+
+    def collect_garbage(self) -> None:
+        """Free the space of deleted objects now (`radosgw-admin gc process --include-all`), not
+        after RGW's `gc obj min wait`: a benchmark that deletes and uploads gigabytes again would
+        otherwise fill the in-memory store."""
+        assert self.dir is not None
+        self._run("radosgw-admin", "-c", str(self.dir / "ceph.conf"), "-n", "client.rgw", "gc", "process",
+                  "--include-all", timeout=300)
 
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
@@ -182,7 +198,8 @@ class CephRGW:
         conf = root / "ceph.conf"
         fsid = str(uuid.uuid4())
         mon_port = free_port(self.host)
-        conf.write_text(_config(root, fsid=fsid, mon_port=mon_port, rgw_port=self.port))
+        conf.write_text(_config(root, fsid=fsid, mon_port=mon_port, rgw_port=self.port,
+                                memstore_bytes=self.memstore_bytes))
         keyring = root / "keyring"
         self._run("ceph-authtool", "--create-keyring", "--gen-key", "-n", "mon.", "--cap", "mon", "allow *",
                   str(keyring))
@@ -261,7 +278,7 @@ def _answers(host: str, port: int) -> bool:
         connection.close()
 
 
-def _config(root: Path, *, fsid: str, mon_port: int, rgw_port: int) -> str:
+def _config(root: Path, *, fsid: str, mon_port: int, rgw_port: int, memstore_bytes: int) -> str:
     """ceph.conf of the one-node cluster; every path stays inside `root`."""
     return f"""[global]
 fsid = {fsid}
@@ -301,7 +318,7 @@ mon cluster log file = {root}/log/cluster.log
 [osd]
 osd data = {root}/osd
 osd objectstore = memstore
-memstore device bytes = {MEMSTORE_BYTES}
+memstore device bytes = {memstore_bytes}
 osd memory target = 1073741824
 osd op num shards = 2
 osd op num threads per shard = 1

@@ -293,3 +293,23 @@ def test_markdown_says_when_the_chunkd_sources_changed_during_the_run() -> None:
     assert "changed while the bench ran" not in report.render_markdown(doc, [])
     doc["chunkd_source_at_end"] = {"sha256": "bbbb", "newest_file": "t1"}
     assert "changed while the bench ran** (now bbbb" in report.render_markdown(doc, [])
+
+
+def test_all_runs_every_chosen_scenario_on_each_server_and_quick_never_starts_rgw() -> None:
+    assert plan(parse_args(["--server", "all", "--scenario", "throughput", "resume"])) == {
+        "rclone": ["throughput", "resume"], "moto": ["throughput", "resume"], "rgw": ["throughput", "resume"]}
+    assert plan(parse_args(["--server", "rgw", "--scenario", "memory"])) == {"rgw": ["memory"]}
+    assert "rgw" not in plan(parse_args(["--quick"]))
+
+
+def test_servers_table_puts_chunkd_ratio_per_server_side_by_side() -> None:
+    results = [
+        throughput("rclone serve s3", chunkd=[90.0], aws=[100.0], s5cmd=[80.0]),
+        throughput("Ceph RGW", chunkd=[60.0], aws=[40.0], s5cmd=[50.0]),
+    ]
+    assert report.servers_table(results[:1]) is None  # one server: the scenario's own table says it all
+    table = report.servers_table(results)
+    assert table is not None
+    assert table.splitlines()[0] == "| scenario | rclone serve s3 | Ceph RGW |"
+    assert table.splitlines()[2] == "| 1. Throughput (MB/s) | 90.0 = 0.90× aws s3 cp | 60.0 = 1.20× s5cmd cp |"
+    assert "## chunkd on each server" in report.render_markdown({}, results)
