@@ -13,6 +13,7 @@
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
     chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
+    chunkd:mark                  string: a random token, gone with the data (RedisStore.data_mark)
 """
 
 from __future__ import annotations
@@ -60,3 +61,6 @@ class RedisKeys:
 
     def events(self) -> str:
         return f"{self.prefix}events"
+
+    def mark(self) -> str:
+        return f"{self.prefix}mark"
