@@ -8,6 +8,7 @@ The rename happens at a point the finalizer passes deterministically: while the 
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +34,15 @@ def _keys(client: Any) -> set[str]:
     return {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
 
 
-def _finalize_after_growth(engine: Engine, name: str, size: int) -> tuple[threading.Thread, list[Outcome]]:
-    """A job on a file whose whole parts the growth loop sends before it goes idle: at finalize
-    there is nothing left to send between reading the file and committing the object."""
-    write_random(engine.input_dir / name, size)
+def _finalize_after_growth(
+    engine: Engine, name: str, size: int, *, copy_of: Path | None = None
+) -> tuple[threading.Thread, list[Outcome]]:
+    """A job on a file (random bytes, or those of `copy_of`) whose whole parts the growth loop sends
+    before it goes idle: at finalize nothing is left to send between reading it and the commit."""
+    if copy_of is None:
+        write_random(engine.input_dir / name, size)
+    else:
+        shutil.copyfile(copy_of, engine.input_dir / name)
     thread, outcome = run_in_thread(engine, name)
     full_parts = size // (5 * MiB)
     wait_for(lambda: len(recorded_parts(engine, name)) >= full_parts, timeout=30, what="every full part sent")
@@ -44,17 +50,18 @@ def _finalize_after_growth(engine: Engine, name: str, size: int) -> tuple[thread
 
 
 @pytest.mark.parametrize(
-    ("size", "dedup"),
-    [(3 * MiB, "off"), (10 * MiB, "off"), (10 * MiB, "record")],
-    ids=["single", "multipart", "multipart-dedup-candidate"],
+    ("size", "dedup", "duplicate"),
+    [(3 * MiB, "off", False), (10 * MiB, "off", False), (10 * MiB, "record", False), (10 * MiB, "copy", True)],
+    ids=["single", "multipart", "multipart-dedup-candidate", "multipart-duplicate"],
 )
 def test_renamed_after_being_read_at_finalize_is_aborted_not_completed(
-    make_engine: Callable[..., Engine], client: Any, monkeypatch: pytest.MonkeyPatch, size: int, dedup: str
+    make_engine: Callable[..., Engine], client: Any, monkeypatch: pytest.MonkeyPatch, size: int, dedup: str,
+    duplicate: bool,
 ) -> None:
     """The file was read whole and found idle; it is renamed before the commit: no object under the
     old name, the multipart upload aborted, the record FAILED; the new name goes up on its own."""
     engine = make_engine(idle_seconds=2, dedup=dedup)
-    write_random(engine.input_dir / "earlier.mp4", size)  # indexed content of the same size
+    earlier = write_random(engine.input_dir / "earlier.mp4", size)  # indexed content of the same size
     assert run_job(engine, "earlier.mp4") is Outcome.COMPLETED
     engine.requests.clear()  # type: ignore[attr-defined]
     renamed: list[Path] = []
@@ -64,14 +71,14 @@ def test_renamed_after_being_read_at_finalize_is_aborted_not_completed(
         return None
 
     monkeypatch.setattr(mediagate, "probe", probe_while_renamed)
-    thread, outcome = _finalize_after_growth(engine, "clip.mp4", size)
+    thread, outcome = _finalize_after_growth(engine, "clip.mp4", size, copy_of=earlier if duplicate else None)
     thread.join(timeout=60)
     assert renamed and outcome == [Outcome.FAILED]
     record = engine.store.find_by_relpath("clip.mp4")
     assert record is not None and record.state is StreamState.FAILED
     assert record.last_error == "file deleted or renamed during upload"
     requests = engine.requests  # type: ignore[attr-defined]
-    assert requests["CompleteMultipartUpload"] == 0 and requests["PutObject"] == 0
+    assert requests["CompleteMultipartUpload"] == 0 and requests["PutObject"] == 0 and requests["CopyObject"] == 0
     if size >= 5 * MiB:
         assert requests["AbortMultipartUpload"] == 1
         assert client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
