@@ -41,6 +41,7 @@ from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.traits import decide_traits
 from chunkd.s3.uploader import Uploader
 from chunkd.store import open_store
+from chunkd.store.health import ResetWatch
 
 logger = logging.getLogger("chunkd.daemon")
 
@@ -125,6 +126,7 @@ class Daemon:
         engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
         self.probes = Probes(engine, lambda: self.watcher.alive)
         self.http = self._http_server()
+        self.resets = ResetWatch(engine.store)
 
     def _run_job(self, request: JobRequest) -> JobResult:
         job = StreamJob(self.engine, request.path, request.relpath, final=request.final, origin=request.origin)
@@ -220,6 +222,23 @@ class Daemon:
         else:
             self.engine.store_health.ok()
 
+    def _restore_if_store_lost_data(self) -> None:
+        """The store came back empty while we run: the records of files already uploaded are restored
+        from their manifests, as at start, by handing every file over again."""
+        try:
+            lost = self.resets.lost_data()
+        except StoreError as exc:
+            self.engine.store_health.failed(exc)
+            return
+        self.engine.store_health.ok()
+        if lost:
+            logger.warning(
+                "the state store lost its records (restarted empty or flushed); restoring those of the "
+                "files already uploaded from their manifests in the bucket"
+            )
+            self.engine.store_lost_data()
+            self.watcher.offer_everything_again()
+
     def run(self) -> None:
         """Block until the stop event is set, then stop warm: in-flight parts finish and are recorded."""
         engine = self.engine
@@ -232,6 +251,7 @@ class Daemon:
             logger.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status)", *self.http.address)
         if not ffprobe_available():
             logger.warning("ffprobe not found: manifests get media: null and unreadable files are not quarantined")
+        self.resets.lost_data()  # the mark of the data the store holds now
         resumed = self.resume_unfinished()
         self.links.resume()
         self.links.start()
@@ -248,6 +268,7 @@ class Daemon:
         next_resume = time.monotonic() + resume_every
         while not engine.stop.wait(1.0):
             self.probes.beat()
+            self._restore_if_store_lost_data()
             if watchdog_every is not None and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog_every

@@ -67,6 +67,7 @@ class Watcher:
         self._stop = threading.Event()
         self._folder = FolderWatch(root, self._pending, rescan_seconds=rescan_seconds, stop=self._stop)
         self._offered: dict[str, Offered] = {}  # handed over, unchanged since: not offered on rescans
+        self._forget_offered = threading.Event()  # set from another thread: the pump clears _offered
         self._refused: dict[str, str] = {}  # relpath -> refusal already logged
         self._random = random.Random()
         self._alarm = OverflowAlarm(self._pending)
@@ -125,6 +126,12 @@ class Watcher:
             del self._refused[gone]
         self._folder.warn_if_too_many_folders(folders[0])
         return offered
+
+    def offer_everything_again(self) -> None:
+        """Rescan soon and hand over every file, as at start: the store lost its records, so files
+        handed over before are not known to be done any more (their jobs restore the records)."""
+        self._forget_offered.set()
+        self._pending.request_scan()
 
     def offer(self, path: Path, *, cached: bool = True) -> bool:
         """Hand a path to its consumer if it is ours and safe; True if the consumer took it."""
@@ -210,6 +217,9 @@ class Watcher:
         """Rescan; returns how long it took."""
         if not self._folder.present:
             return 0.0
+        if self._forget_offered.is_set():
+            self._forget_offered.clear()
+            self._offered.clear()
         began = time.monotonic()
         offered = self.scan(everything=False)
         took = time.monotonic() - began

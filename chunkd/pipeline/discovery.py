@@ -2,8 +2,8 @@
 
 A file is the same file while its inode is; its record says whether it was uploaded, failed, or is
 under way. A completed or failed file unchanged since is left alone; a replaced one fails its old
-stream and starts a new one. A file older than this run with no record may be one the store forgot:
-its manifest in the bucket says so (see chunkd.pipeline.recovery).
+stream and starts a new one. A file older than this run (or than the store's loss of its data) with no
+record may be one the store forgot: its manifest in the bucket says so (see chunkd.pipeline.recovery).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Discovery:
                     self._claim_key(existing)
                     return existing
                 self._fail(existing, "replaced by a new file with the same name")
-        elif not fresh and snap.mtime < self.engine.started_at and self._uploaded_before(snap):
+        elif not fresh and snap.mtime < self.engine.forgotten_before and self._uploaded_before(snap):
             return None
         return self._new_record(snap)
 
@@ -116,7 +116,7 @@ class Discovery:
         UploadCoordinator(self.engine, self.store, self.path, record, log).fail(reason, abort=True)
 
     def _uploaded_before(self, snap: Snapshot) -> bool:
-        """A file older than this run with no record: maybe the store forgot it (see recovery)."""
+        """A file older than this run (or the store's loss) with no record: maybe the store forgot it."""
         _, _, key = self._destination()
         return restore_completed(self.engine, self.store, key, self.relpath, self.path, snap) is not None
 

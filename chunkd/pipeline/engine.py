@@ -52,8 +52,12 @@ class Engine:
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)
     folders: FolderListings = field(init=False)
+    # A file older than this without a record may be one the store forgot, and its manifest is looked
+    # for (chunkd.pipeline.recovery): the run's start, moved on when the store loses its data.
+    forgotten_before: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.forgotten_before = self.started_at
         workers = self.settings.file_concurrency * self.settings.part_concurrency
         self.part_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunkd-part")
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds)
@@ -63,6 +67,12 @@ class Engine:
     def adopt_traits(self, traits: ServerTraits) -> None:
         """At start, before any job runs: the gateway from now on is the one for this server."""
         self.uploader = self.uploader.with_traits(traits)
+
+    def store_lost_data(self) -> None:
+        """The store came back empty: every file older than now may be one it forgot, and a bucket
+        listing made before may miss manifests written since."""
+        self.forgotten_before = self.wall()
+        self.folders.forget()
 
     def progress(self, relpath: str, nbytes: int) -> None:
         if self.on_progress is not None:

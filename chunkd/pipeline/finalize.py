@@ -19,7 +19,7 @@ import dataclasses
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from chunkd.errors import PermanentError, SourceChangedError, UploadGoneError
+from chunkd.errors import PermanentError, SourceChangedError, SourceGoneError, UploadGoneError
 from chunkd.model.planner import Part, PartSchedule
 from chunkd.model.states import PartRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
@@ -66,6 +66,8 @@ class Finalizer:
         media = self._check_media(snap)
         original = duplicate_of(upload, scan.sha256, snap.size)
         if original is not None:
+            if _moved_on(upload, snap):  # the last look before the object is committed
+                return False
             finish_duplicate(upload, original, snap, media)
             return True
         if not multipart:
@@ -113,8 +115,10 @@ class Finalizer:
     def _finish_single(self, snap: Snapshot, scan: LocalScan, media: MediaVerdict) -> bool:
         upload = self._upload
         record, engine = upload.record, upload.engine
+        if _moved_on(upload, snap):  # the last look before the object is committed
+            return False
         digest, etag = engine.uploader.put_object(record.bucket, record.key, upload.path, snap.size, snap.identity)
-        if digest.sha256_hex != scan.sha256 or _moved_on(upload, snap):
+        if digest.sha256_hex != scan.sha256 or _moved_on(upload, snap, gone_is_done=True):
             return False
         part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=digest.sha256_hex)
         engine.progress(record.relpath, snap.size)
@@ -146,6 +150,8 @@ class Finalizer:
                 return False
         else:
             raise SourceChangedError("file kept changing during finalize")
+        if _moved_on(upload, snap):  # the last look before the object is committed
+            return False
         parts = [upload.done[p.number] for p in needed]
         check_layout(parts, snap.size)
         etag = self._check.verified_etag(snap, parts, self._complete(parts), md5=scan.md5)
@@ -179,5 +185,17 @@ def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
     return scan.part_sha256.get(part.number, recorded.sha256) == recorded.sha256
 
 
-def _moved_on(upload: UploadCoordinator, snap: Snapshot) -> bool:
-    return compare(snap, take_snapshot(upload.path)) is not Change.UNCHANGED
+def _moved_on(upload: UploadCoordinator, snap: Snapshot, *, gone_is_done: bool = False) -> bool:
+    """Whether the file is no longer as `snap` saw it; SourceGoneError if it left its name.
+
+    Up to the commit (CompleteMultipartUpload, PutObject, the copy of a duplicate) a file renamed or
+    deleted fails the upload under its old name, and the new name goes up on its own. Once the commit
+    was sent (`gone_is_done`) the object is the file as read: it stands under the old name.
+    """
+    try:
+        now = take_snapshot(upload.path)
+    except SourceGoneError:
+        if gone_is_done:
+            return False
+        raise
+    return compare(snap, now) is not Change.UNCHANGED

@@ -26,7 +26,8 @@ class FolderListings:
     """Used only to rule a key out: "not in a listing under a minute old".
 
     A manifest written after the listing belongs to a file some daemon holds a record of, so only a
-    store that loses its data within that minute can make a file go up again (waste, not loss). A
+    store that loses its data within that minute could make a file go up again (waste, not loss);
+    a daemon that sees its store lose its data drops its listings (`forget`). A
     folder too big to list, or a listing that failed, answers "maybe" and the caller asks about the
     key itself.
     """
@@ -52,6 +53,11 @@ class FolderListings:
                 self._listed[folder] = listed
         keys = listed[1]
         return keys is None or key in keys
+
+    def forget(self) -> None:
+        """Drop every listing: the store lost its records, so manifests written since count now."""
+        with self._guard:
+            self._listed.clear()
 
     def _list(self, bucket: str, folder: str) -> frozenset[str] | None:
         try:

@@ -1,4 +1,5 @@
-"""Whether the state store answers: one log line when it goes away and one when it is back."""
+"""Whether the state store answers (one log line when it goes away and one when it is back), and
+whether it still holds its data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 logger = logging.getLogger("chunkd.store")
 
@@ -41,3 +43,27 @@ class StoreHealth:
             seconds = self._clock() - self._down_since
             self._down_since = None
         logger.info("state store reachable again after %.1fs; uploads carry on", seconds)
+
+
+class Marked(Protocol):
+    def data_mark(self) -> str: ...
+
+
+class ResetWatch:
+    """Notices the store losing its data while the daemon runs.
+
+    A job holding a lease learns of it from its next fenced write (StoreResetError), but the records
+    of files already done are lost too and no job is looking: the store's data mark, read once a
+    second, is what tells. One call reads the mark (making it if missing); it is a new one exactly
+    when the data it named is gone.
+    """
+
+    def __init__(self, store: Marked) -> None:
+        self._store = store
+        self._mark: str | None = None
+
+    def lost_data(self) -> bool:
+        """True once per loss seen since the last call (never on the first). Raises StoreError."""
+        mark = self._store.data_mark()
+        seen, self._mark = self._mark, mark
+        return seen is not None and seen != mark

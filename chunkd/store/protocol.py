@@ -145,6 +145,10 @@ class StoreConnection(Protocol):
     def ping(self) -> None:
         """Raise StoreError when the backend is unreachable."""
 
+    def data_mark(self) -> str:
+        """A token naming the data the store holds: made on the first call, the same on every later
+        one until the store loses its data (Redis restarted empty, or flushed), then a new one."""
+
     def close(self) -> None: ...
 
 

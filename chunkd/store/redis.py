@@ -9,6 +9,7 @@ content index (redis_content.py). The key layout is in redis_keys.py; errors in 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
@@ -32,7 +33,7 @@ from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_reads import RedisStreamReader
-from chunkd.store.redis_replies import Fields, text
+from chunkd.store.redis_replies import Fields, member, text
 from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
@@ -280,6 +281,13 @@ class RedisStore:
     def ping(self) -> None:
         with self._errors("ping"):
             self.client.ping()
+
+    def data_mark(self) -> str:
+        """Set if missing, then read, in one MULTI/EXEC: every daemon on this Redis sees one token."""
+        with self._errors("read the data mark"), self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.mark(), uuid.uuid4().hex, nx=True)
+            pipe.get(self.keys.mark())
+            return member(pipe.execute()[1])
 
     def close(self) -> None:
         with self._errors("close"):

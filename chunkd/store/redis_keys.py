@@ -14,6 +14,7 @@
     chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
     chunkd:schema                hash: which indexes the records are in (redis_backfill.py)
+    chunkd:mark                  string: a random token, gone with the data (RedisStore.data_mark)
 """
 
 from __future__ import annotations
@@ -64,3 +65,6 @@ class RedisKeys:
 
     def events(self) -> str:
         return f"{self.prefix}events"
+
+    def mark(self) -> str:
+        return f"{self.prefix}mark"

@@ -308,6 +308,10 @@ class SqliteStore:
         with self._read("ping") as conn:
             conn.execute("SELECT 1").fetchone()
 
+    def data_mark(self) -> str:
+        """Constant: the database is the daemon's own file (locked), not a server that can lose it."""
+        return f"sqlite:{self.path}"
+
     def close(self) -> None:
         with self._lock, self._errors("close"):
             self._conn.close()

@@ -25,6 +25,7 @@ from chunkd.model.states import StreamState
 from chunkd.s3.devserver import free_port
 from chunkd.store.redis import RedisStore
 from tests.support.bucket import read_manifest, sha256_object
+from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, wait_for, wait_logged, wait_scans
 from tests.support.files import sha256_file, write_random
 from tests.support.redis_server import RedisServer
@@ -245,3 +246,46 @@ def test_files_uploaded_before_redis_came_back_empty_are_not_uploaded_again(
     assert again.log_path.read_text().count("record restored") == 2
     touched = write_random(input_dir / "new.mp4", 100_000)  # a new file still goes up
     wait_for(lambda: read_manifest(client, touched.name), timeout=30, what="manifest of a new file")
+
+
+def completed_in_status(env: dict[str, str]) -> set[str]:
+    """The relpaths `chunkd status` shows COMPLETED."""
+    result = run_chunkd("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return {row["relpath"] for row in json.loads(result.stdout) if row["state"] == "COMPLETED"}
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"])
+def test_records_lost_under_a_running_daemon_come_back_without_restarting_it(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, own_redis: Callable[..., RedisServer],
+    input_dir: Path, loss: str,
+) -> None:
+    """Redis loses its data (FLUSHALL, or a restart without persistence) under a running daemon: the
+    same process restores the COMPLETED records from the manifests in the bucket, as a start does,
+    for files older than the run and files dropped during it, and sends no byte again."""
+    server = own_redis(persistent=False)
+    write_random(input_dir / "before.mp4", 300_000)  # older than the run: start-up lists its folder
+    daemon = chunkd_daemon(moto, state_url=server.url, log_level="DEBUG", **LEASE)
+    wait_logged(daemon, "watching", timeout=30)
+    write_random(input_dir / "small.mp4", 200_000)
+    write_random(input_dir / "large.mp4", 12 * MiB)
+    names = {"before.mp4", "small.mp4", "large.mp4"}
+    wait_for(lambda: completed_in_status(daemon.env) == names, timeout=60, what="3 files COMPLETED in status")
+    pid = daemon.pid
+    moto.reset_counts()
+    if loss == "flushall":
+        redis.Redis.from_url(server.url).flushall()
+    else:
+        server.kill()
+        server.start()
+    lost_at = time.monotonic()
+
+    wait_for(lambda: completed_in_status(daemon.env) == names, timeout=60, what="the records back in status")
+    print(f"records back in chunkd status {time.monotonic() - lost_at:.1f}s after the {loss}")
+    # Each job logs the restore last, then ends without sending; two rescans since would offer them again.
+    wait_logged(daemon, "record restored", more_than=len(names) - 1, timeout=30)
+    wait_scans(daemon, 2)
+    counts = moto.counts()
+    assert counts["PutObject"] == 0 and counts["CreateMultipartUpload"] == 0 and counts["UploadPart"] == 0
+    assert len(daemon.events("record restored")) == len(names)
+    assert daemon.running and daemon.pid == pid

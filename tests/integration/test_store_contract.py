@@ -13,6 +13,7 @@ import pytest
 from chunkd.errors import ConfigError, StoreError
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store import CheckpointStore, open_store
+from chunkd.store.health import ResetWatch
 from chunkd.store.redis import RedisStore
 from chunkd.store.sqlite import SqliteStore
 from tests.support.sizes import MiB
@@ -445,6 +446,24 @@ def test_redis_batch_is_one_transaction(redis_url: str) -> None:
         assert store.get_stream("s1") is None  # queued, not yet sent
     assert store.get_stream("s1") == replace(record, state=StreamState.UPLOADING)
     assert store.list_parts("s1") == [make_part(1)]
+    store.close()
+
+
+def test_data_mark_is_one_token_for_every_connection(open_backend: Opener) -> None:
+    first, second = open_backend(), open_backend()
+    mark = first.data_mark()
+    assert mark and second.data_mark() == mark == first.data_mark()
+
+
+def test_redis_data_mark_tells_once_that_the_data_was_lost(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url)
+    watch = ResetWatch(store)
+    assert not watch.lost_data()  # the first call notes the mark
+    store.save_stream(make_stream())
+    assert not watch.lost_data()
+    store.client.flushall()
+    assert watch.lost_data()
+    assert not watch.lost_data()  # once per loss
     store.close()
 
 
