@@ -21,7 +21,7 @@ from chunkd.errors import (
     endpoint_error,
 )
 from chunkd.intake.paths import relpath_of
-from chunkd.model.etags import same_etag
+from chunkd.model.etags import is_md5_etag, multipart_etag, same_etag
 from chunkd.model.keys import render_key
 from chunkd.model.manifest import (
     MAX_MANIFEST_BYTES,
@@ -114,10 +114,45 @@ def check_size(name: str, actual: int, expected: int) -> Check:
     return Check(name, False, f"{actual} bytes, manifest says {expected}")
 
 
-def check_etag(actual: str, expected: str) -> Check:
+def check_etag(
+    actual: str, expected: str, parts: Sequence[PartRecord] = (), *, object_md5: str | None = None,
+    object_differs: bool = False,
+) -> Check:
+    """The object's ETag against the manifest's, in either style a multipart object has.
+
+    The manifest keeps what Complete answered: the MD5 of the part MD5s with "-N" (S3, MinIO,
+    Ceph, moto, and `rclone serve s3`'s Complete), or for manifests written before, what HeadObject
+    answered. `rclone serve s3` answers HeadObject with the whole object's MD5, which no manifest
+    field holds: it is compared with `object_md5`, the MD5 of bytes that matched the manifest's
+    SHA-256 (the object's with --deep, or the local file's); it fails when the object's bytes were
+    read and did not match (`object_differs`), and passes unread otherwise.
+    """
     if same_etag(actual, expected):
         return Check("etag", True, actual)
-    return Check("etag", False, f"object {actual} != manifest {expected}")
+    if not is_whole_object_md5(actual, expected, parts):
+        return Check("etag", False, f"object {actual} != manifest {expected}")
+    if len(parts) == 1:
+        whole = parts[0].etag  # one part: the whole object's MD5 is the part's
+    elif object_differs:
+        return Check("etag", False, f"object {actual}: its bytes are not the ones the manifest describes")
+    elif object_md5 is None:
+        return Check("etag", True, f"{actual} (the whole object's MD5; the manifest holds its part MD5s, "
+                                   f"{expected}: --deep compares it with the object's bytes)")
+    else:
+        whole = object_md5
+    if same_etag(actual, whole):
+        return Check("etag", True, actual)
+    return Check("etag", False, f"object {actual} != MD5 {whole.strip(chr(34))} of the bytes the manifest describes")
+
+
+def is_whole_object_md5(actual: str, expected: str, parts: Sequence[PartRecord]) -> bool:
+    """An object ETag that may be the whole object's MD5 where the manifest holds the MD5 of its
+    part MD5s ("-N", and the parts' own MD5s agree with it)."""
+    if "-" in actual or not is_md5_etag(actual) or "-" not in expected or not is_md5_etag(expected):
+        return False
+    return bool(parts) and all(is_md5_etag(p.etag) and "-" not in p.etag for p in parts) and same_etag(
+        expected, multipart_etag(parts)
+    )
 
 
 def check_sha256(name: str, actual: str, expected: str) -> Check:
@@ -143,11 +178,15 @@ def check_parts(parts: Sequence[PartRecord], size: int) -> Check:
     return Check("parts", True, f"{len(parts)} part(s) tile [0, {size})")
 
 
-def sha256_of(chunks: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
+def digests_of(chunks: Iterable[bytes], *, md5: bool) -> tuple[str, str | None]:
+    """SHA-256, and the MD5 when asked for (an object whose ETag is its whole MD5)."""
+    sha = hashlib.sha256()
+    md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
     for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
+        sha.update(chunk)
+        if md5_hash is not None:
+            md5_hash.update(chunk)
+    return sha.hexdigest(), md5_hash.hexdigest() if md5_hash is not None else None
 
 
 def read_chunks(handle: BinaryIO) -> Iterator[bytes]:
@@ -216,10 +255,10 @@ class _Bucket:
     def head(self, key: str) -> ObjectInfo | None:
         return self._ask(lambda: self._uploader.head(self.bucket, key), key)
 
-    def sha256(self, key: str) -> str | None:
-        """Streamed; a dropped connection restarts the hash from the first byte. None: deleted
-        since HeadObject."""
-        return self._ask(lambda: self._uploader.stream(self.bucket, key, sha256_of), key)
+    def digests(self, key: str, *, md5: bool) -> tuple[str, str | None] | None:
+        """SHA-256 (and MD5 if asked), streamed; a dropped connection restarts the hashes from the
+        first byte. None: deleted since HeadObject."""
+        return self._ask(lambda: self._uploader.stream(self.bucket, key, lambda c: digests_of(c, md5=md5)), key)
 
 
 # -- putting it together -----------------------------------------------------------------------
@@ -238,19 +277,32 @@ def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -
         report.checks.append(Check("object", True, f"HeadObject: {head.size} bytes, ETag {head.etag}"))
     if expected is None:
         return report
-    if head is not None:
-        report.checks += [check_size("size", head.size, expected.size), check_etag(head.etag, expected.etag)]
-    report.checks.append(check_parts(expected.parts, expected.size))
-    if deep and head is not None:
-        digest = bucket.sha256(subject.key)
-        if digest is None:
-            report.checks.append(Check("object_sha256", False, "object disappeared before it could be read"))
-        else:
-            report.checks.append(check_sha256("object_sha256", digest, expected.sha256))
     report.local_path = _local_file(subject, expected, settings)
-    if report.local_path is not None:
-        report.checks += _check_local(report.local_path, expected)
+    whole_md5 = head is not None and is_whole_object_md5(head.etag, expected.etag, expected.parts)
+    object_digests = _object_digests(report, bucket, expected, md5=whole_md5) if deep and head is not None else None
+    local = _check_local(report.local_path, expected, md5=whole_md5) if report.local_path is not None else None
+    object_md5 = object_digests[1] if object_digests else local[1] if local else None
+    if head is not None:
+        report.checks += [
+            check_size("size", head.size, expected.size),
+            check_etag(head.etag, expected.etag, expected.parts, object_md5=object_md5,
+                       object_differs=object_digests is not None and not object_digests[0].ok),
+        ]
+    report.checks.append(check_parts(expected.parts, expected.size))
+    if object_digests is not None:
+        report.checks.append(object_digests[0])
+    if local is not None:
+        report.checks += local[0]
     return report
+
+
+def _object_digests(report: Report, bucket: _Bucket, expected: Manifest, *, md5: bool) -> tuple[Check, str | None]:
+    """The "object_sha256" check, and the object's MD5 (if asked) when its SHA-256 matched."""
+    digests = bucket.digests(report.key, md5=md5)
+    if digests is None:
+        return Check("object_sha256", False, "object disappeared before it could be read"), None
+    check = check_sha256("object_sha256", digests[0], expected.sha256)
+    return check, digests[1] if check.ok else None
 
 
 def _check_manifest(report: Report, bucket: _Bucket, key: str) -> Manifest | None:
@@ -303,12 +355,14 @@ def _local_file(subject: Subject, expected: Manifest, settings: Settings) -> Pat
     return candidate if candidate.is_file() else None
 
 
-def _check_local(path: Path, expected: Manifest) -> list[Check]:
+def _check_local(path: Path, expected: Manifest, *, md5: bool = False) -> tuple[list[Check], str | None]:
+    """The local file's checks, and its MD5 (if asked) when its SHA-256 matched the manifest."""
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, 2)
             handle.seek(0)
-            digest = sha256_of(read_chunks(handle))
+            sha256, md5_hex = digests_of(read_chunks(handle), md5=md5)
     except OSError as exc:
-        return [Check("local_file", False, f"cannot read {path}: {exc.strerror}")]
-    return [check_size("local_size", size, expected.size), check_sha256("local_sha256", digest, expected.sha256)]
+        return [Check("local_file", False, f"cannot read {path}: {exc.strerror}")], None
+    checks = [check_size("local_size", size, expected.size), check_sha256("local_sha256", sha256, expected.sha256)]
+    return checks, md5_hex if all(check.ok for check in checks) else None

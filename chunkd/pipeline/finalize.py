@@ -76,12 +76,7 @@ class Finalizer:
 
     def scan_for(self, snap: Snapshot, part_hashes: set[int]) -> Scan:
         """The read of the whole file as `snap` saw it, with the SHA-256 of the parts named."""
-        return Scan(
-            self._upload.path, snap.identity, list(self._schedule.parts_for(snap.size)),
-            # With MD5s checked and a server whose multipart ETag may be the whole object's MD5, that
-            # MD5 is computed alongside: after completion it would be one more read, on the critical path.
-            part_hashes=part_hashes, md5=self._multipart(snap) and self._upload.engine.uploader.traits.wants_whole_md5,
-        )
+        return Scan(self._upload.path, snap.identity, list(self._schedule.parts_for(snap.size)), part_hashes=part_hashes)
 
     def _multipart(self, snap: Snapshot) -> bool:
         return self._upload.record.upload_id is not None or snap.size >= self._schedule.part_size(1)
@@ -154,7 +149,7 @@ class Finalizer:
             return False
         parts = [upload.done[p.number] for p in needed]
         check_layout(parts, snap.size)
-        etag = self._check.verified_etag(snap, parts, self._complete(parts), md5=scan.md5)
+        etag = self._check.verified_etag(snap, parts, self._complete(parts))
         publish(upload, parts, etag, snap, kind="multipart", media=media)
         return True
 

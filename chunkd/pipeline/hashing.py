@@ -1,8 +1,7 @@
-"""Reading a settled file for its hashes: whole-file SHA-256, the SHA-256 of parts sent earlier,
-and the whole-file MD5 when the server's multipart ETags are plain MD5s (`rclone serve s3`).
+"""Reading a settled file for its hashes: whole-file SHA-256 and the SHA-256 of parts sent earlier.
 
-The MD5 runs in a thread of its own beside the SHA-256 pass: hashlib releases the GIL on large
-buffers, so on two cores both cost the time of one.
+No whole-file MD5: a Complete answered with our parts' ETag proves the object (see
+chunkd.pipeline.objectcheck), and the rare check that needs it reads the file then (`whole_md5`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from chunkd.pipeline.partreader import READ_SIZE, FileIdentity, open_checked
 class LocalScan:
     sha256: str
     part_sha256: dict[int, str] = field(default_factory=dict)  # only the parts asked for
-    md5: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,23 +30,11 @@ class Scan:
     identity: FileIdentity
     parts: list[Part]
     part_hashes: Collection[int] = ()  # part numbers whose own SHA-256 is wanted (rewrite detection)
-    md5: bool = False
     cancel: threading.Event | None = None  # set: stop reading soon (ScanCancelled)
 
     def run(self) -> LocalScan:
-        md5_result: list[str | BaseException] = []
-        worker = None
-        if self.md5:
-            worker = threading.Thread(target=self._md5_into, args=(md5_result,), name="chunkd-md5", daemon=True)
-            worker.start()
         sha256, part_sha256 = self._sha256()
-        md5: str | None = None
-        if worker is not None:
-            worker.join()
-            if isinstance(md5_result[0], BaseException):
-                raise md5_result[0]
-            md5 = md5_result[0]
-        return LocalScan(sha256, part_sha256, md5)
+        return LocalScan(sha256, part_sha256)
 
     def _sha256(self) -> tuple[str, dict[int, str]]:
         whole = hashlib.sha256()
@@ -64,17 +50,6 @@ class Scan:
                 if part_hash is not None:
                     digests[part.number] = part_hash.hexdigest()
         return whole.hexdigest(), digests
-
-    def _md5_into(self, result: list[str | BaseException]) -> None:
-        try:
-            md5 = hashlib.md5(usedforsecurity=False)
-            size = sum(part.size for part in self.parts)
-            with open_checked(self.path, self.identity) as handle:
-                for chunk in _chunks(handle.fileno(), 0, size, self.cancel):
-                    md5.update(chunk)
-            result.append(md5.hexdigest())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            result.append(exc)
 
 
 def _chunks(fd: int, offset: int, size: int, cancel: threading.Event | None) -> Iterator[bytes]:

@@ -1,8 +1,8 @@
 """Checking the object a finalize made: it is what completing our parts makes, nothing else.
 
-"Uploaded" is said only for an object seen at its destination: its size, and its ETag wherever the
-ETag is an MD5 chunkd can recompute — MD5 of the part MD5s ("-N", S3, MinIO, Ceph, moto) or the
-whole object's MD5 (`rclone serve s3`, checked only when MD5s are checked at all).
+"Uploaded" is said only for an object the server vouches for: a Complete answered with the MD5 of
+our parts' MD5s ("-N"), or else one seen at its destination by HeadObject: its size, and its ETag
+wherever it is an MD5 chunkd can recompute — of the part MD5s, or of the whole object.
 """
 
 from __future__ import annotations
@@ -27,28 +27,24 @@ class ObjectCheck:
     record: StreamRecord
     path: Path
 
-    def verified_etag(self, snap: Snapshot, parts: list[PartRecord], completed_etag: str, *, md5: str | None) -> str:
+    def verified_etag(self, snap: Snapshot, parts: list[PartRecord], completed_etag: str) -> str:
         """The object's ETag, checked.
 
         A Complete answered with the MD5-of-part-MD5s of exactly our parts proves the object is
-        those parts, whose sizes tile the file: no HeadObject is needed (it would also cost
-        `rclone serve s3` a read of the whole object, 1.6 s per GiB, to compute its own ETag).
-        With Content-MD5 on, or any other answer, HeadObject checks size and ETag.
+        those parts, whose sizes tile the file and whose MD5s or signed SHA-256s the server checked
+        as they came: no HeadObject is needed. That also spares `rclone serve s3`, whose HeadObject
+        answers the whole object's MD5, a read of the whole object (1.6 s per GiB) and chunkd a
+        whole-file MD5 to compare it with; the manifest keeps the Complete's ETag, which `chunkd
+        verify` understands beside the whole-object MD5 HeadObject gives there. Any other answer
+        (Ceph RGW sends none): HeadObject checks size and ETag.
         """
-        if (
-            not self.uploader.content_md5
-            and "-" in completed_etag
-            and is_md5_etag(completed_etag)
-            and same_etag(completed_etag, multipart_etag(parts))
-        ):
+        if "-" in completed_etag and is_md5_etag(completed_etag) and same_etag(completed_etag, multipart_etag(parts)):
             return completed_etag
-        return self.verify(snap, parts, md5=md5)
+        return self.verify(snap, parts)
 
-    def verify(self, snap: Snapshot, parts: list[PartRecord], *, md5: str | None = None, size_only: bool = False) -> str:
-        """HeadObject must show our size, and an ETag that matches our MD5s where it is one.
-
-        `md5`: the whole file's MD5 if the scan computed it; else it is read again when needed.
-        """
+    def verify(self, snap: Snapshot, parts: list[PartRecord], *, size_only: bool = False) -> str:
+        """HeadObject must show our size, and an ETag that matches our MD5s where it is one (the
+        whole object's MD5 is read off the file then: an answer other than our parts' is rare)."""
         record = self.record
         info = self.uploader.head(record.bucket, record.key)
         if info is None or info.size != snap.size:
@@ -63,7 +59,7 @@ class ObjectCheck:
         elif not self.uploader.content_md5:
             return info.etag  # the whole object's MD5: checked only where MD5s are checked at all
         else:
-            expected = f'"{md5 or whole_md5(self.path, snap.identity)}"'
+            expected = f'"{whole_md5(self.path, snap.identity)}"'
         if not same_etag(info.etag, expected):
             raise PermanentError(f"verification failed: ETag {info.etag} != expected {expected}", key=record.key)
         return info.etag

@@ -1,9 +1,14 @@
-"""Reading one part of a file lazily by byte offset: digests first, then a throttled body stream.
+"""Reading one part of a file by byte offset: once, into a buffer that is hashed and then sent.
 
-A part is never held in memory whole: it is hashed in 1 MiB reads, then sent through a file-like
-view that botocore reads block by block. The part's SHA-256 rides along with the view as the
-request's signed payload hash (see chunkd.s3.client), so a server that checks it rejects bytes that
-changed between the two passes or on the wire, and the retry hashes again.
+A part in flight is held in memory once (`read_part`: part_concurrency × part size per file), so
+its bytes are read from the file once, hashed where they lie (hashlib releases the GIL, so parts
+hash in parallel), and handed to the HTTP client whole: one send instead of a read and a send per
+16 KiB block. The bytes hashed are the bytes sent. The part's SHA-256 is the request's signed
+payload hash (see chunkd.s3.client.signed_payload), so a server that checks it rejects bytes
+damaged on the wire. With a bandwidth limit the bytes are sent through `BufferReader`, which
+charges the shared bucket block by block.
+
+`digest_range` and `RangeReader` read straight from the file: for checks of parts sent earlier.
 """
 
 from __future__ import annotations
@@ -45,6 +50,25 @@ class Digest:
     @property
     def etag(self) -> str | None:
         return f'"{self.md5_hex}"' if self.md5_hex else None
+
+
+def read_part(handle: io.BufferedReader, offset: int, size: int) -> bytes:
+    """The bytes of [offset, offset + size): the kernel copies them straight into the bytes object
+    returned (one pread, unless the kernel returns less)."""
+    fd = handle.fileno()
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise SourceChangedError(f"file shrank: expected {size} bytes at offset {offset}")
+        data += more
+    return data
+
+
+def digest_of(data: bytes | bytearray, *, md5: bool = False) -> Digest:
+    """SHA-256 of bytes in memory, and their MD5 when asked for."""
+    md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest() if md5 else None
+    return Digest(hashlib.sha256(data).hexdigest(), md5_hex)
 
 
 def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader:
@@ -126,6 +150,51 @@ class RangeReader(io.RawIOBase):
             self._limiter.consume(size)
         data = os.pread(self._fd, size, self._offset + self._position)
         self._position += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class BufferReader(io.RawIOBase):
+    """A part's buffer as a seekable stream that charges `limiter` for every block read: how a
+    bandwidth limit covers all uploads at once without the uploader ever sleeping itself."""
+
+    def __init__(self, data: bytes, limiter: TokenBucket, *, payload_sha256: str | None = None) -> None:
+        super().__init__()
+        self.payload_sha256 = payload_sha256
+        self._view = memoryview(data)
+        self._position = 0
+        self._limiter = limiter
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, min(len(self._view), base + position))
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = len(self._view) - self._position
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size <= 0:
+            return b""
+        self._limiter.consume(size)
+        data = self._view[self._position : self._position + size].tobytes()
+        self._position += size
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +13,7 @@ import boto3
 import botocore.auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.handlers import set_operation_specific_signer
+from botocore.handlers import convert_body_to_file_like_object, set_operation_specific_signer
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -28,8 +32,39 @@ class PrecomputedPayloadAuth(botocore.auth.S3SigV4Auth):
     """
 
     def payload(self, request: AWSRequest) -> str:
-        known = getattr(request.body, "payload_sha256", None)
-        return known if isinstance(known, str) else str(super().payload(request))
+        known = payload_sha256_of(request.body)
+        return known if known is not None else str(super().payload(request))
+
+
+# Bytes bodies (a part read into memory, sent in one piece) cannot carry an attribute: their hash
+# is looked up by identity, registered only while the requests that send them run. One object may
+# be sent by two requests at once (CPython shares b"" and one-byte bytes): same bytes, same hash,
+# so entries are counted.
+_SIGNED_BODIES: dict[int, str] = {}
+_SIGNED_USERS: collections.Counter[int] = collections.Counter()
+_SIGNED_LOCK = threading.Lock()
+
+
+def payload_sha256_of(body: object) -> str | None:
+    """The SHA-256 a body is to be signed with, when chunkd computed it."""
+    known = getattr(body, "payload_sha256", None) or _SIGNED_BODIES.get(id(body))
+    return known if isinstance(known, str) else None
+
+
+@contextlib.contextmanager
+def signed_payload(body: bytes, sha256: str) -> Iterator[bytes]:
+    """While the block runs, a request whose body is `body` is signed with `sha256`."""
+    key = id(body)
+    with _SIGNED_LOCK:
+        _SIGNED_BODIES[key] = sha256
+        _SIGNED_USERS[key] += 1
+    try:
+        yield body
+    finally:
+        with _SIGNED_LOCK:
+            _SIGNED_USERS[key] -= 1
+            if not _SIGNED_USERS[key]:
+                del _SIGNED_USERS[key], _SIGNED_BODIES[key]
 
 
 botocore.auth.AUTH_TYPE_MAPS.setdefault(_SIGNER, PrecomputedPayloadAuth)
@@ -88,6 +123,9 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> S3Client
     )
     for operation in ("PutObject", "UploadPart"):
         client.meta.events.register_first(f"choose-signer.s3.{operation}", _choose_signer)
+        # A part read into memory goes out as bytes in one send; botocore would wrap bytes in a
+        # BytesIO, which urllib3 then sends 16 KiB at a time.
+        client.meta.events.unregister(f"before-parameter-build.s3.{operation}", convert_body_to_file_like_object)
     return client
 
 

@@ -40,12 +40,6 @@ class ServerTraits:
     content_md5: bool = False  # every body also carries Content-MD5, and replies' ETags are checked
     etag_style: EtagStyle = EtagStyle.UNKNOWN
 
-    @property
-    def wants_whole_md5(self) -> bool:
-        """The whole file's MD5 is worth computing while it is read: MD5s are checked, and a
-        multipart ETag may be the whole object's MD5."""
-        return self.content_md5 and self.etag_style is not EtagStyle.PART_MD5S
-
 
 def probe_prefix(key_template: str) -> str:
     """Where every probe key starts: beside the objects (the key template's fixed folder), where a

@@ -1,8 +1,8 @@
 """The gateway's writes: multipart uploads (create, parts, complete, abort), single PUTs, the
 server-side copy, and the probes that learn what a server checks (see chunkd.s3.traits).
 
-A body is hashed before it is sent and sent signed with that SHA-256 (and Content-MD5 when the
-server needs it), read lazily by byte offset through the bandwidth limiter. A small body (a
+A body is read once into memory, hashed there and sent from there, signed with that SHA-256 (and
+with Content-MD5 when the server needs it), through the bandwidth limiter when there is one. A small body (a
 manifest) is signed the same way, always carries Content-MD5, and has its ETag checked.
 """
 
@@ -15,7 +15,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
 
@@ -26,13 +26,15 @@ from chunkd.model.etags import is_body_md5, same_etag
 from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
 from chunkd.pipeline.partreader import (
+    BufferReader,
     Digest,
     FileIdentity,
-    RangeReader,
-    digest_range,
+    digest_of,
     open_checked,
+    read_part,
 )
 from chunkd.s3.calls import S3Calls
+from chunkd.s3.client import signed_payload
 from chunkd.s3.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -115,8 +117,7 @@ class WriteCalls(S3Calls):
         """Hash the range, then send it signed with its SHA-256 (and Content-MD5 if configured)."""
 
         def send() -> PartRecord:
-            with open_checked(path, identity) as handle:
-                digest, body = self._read(handle, part.offset, part.size)
+            with open_checked(path, identity) as handle, self._read(handle, part.offset, part.size) as (digest, body):
                 request: UploadPartRequestTypeDef = {
                     "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part.number,
                     "Body": body, "ContentLength": part.size,
@@ -136,8 +137,7 @@ class WriteCalls(S3Calls):
         """Single PutObject for files smaller than one part; returns the digest and ETag."""
 
         def send() -> tuple[Digest, str]:
-            with open_checked(path, identity) as handle:
-                digest, body = self._read(handle, 0, size)
+            with open_checked(path, identity) as handle, self._read(handle, 0, size) as (digest, body):
                 request: PutObjectRequestTypeDef = {"Bucket": bucket, "Key": key, "Body": body, "ContentLength": size}
                 if digest.md5_b64:
                     request["ContentMD5"] = digest.md5_b64
@@ -151,10 +151,17 @@ class WriteCalls(S3Calls):
 
         return self._policy.call(self._attempt(send), key=key)
 
-    def _read(self, handle: io.BufferedReader, offset: int, size: int) -> tuple[Digest, IO[bytes]]:
-        digest = digest_range(handle, offset, size, md5=self.content_md5)
-        body = RangeReader(handle, offset, size, self._limiter, payload_sha256=digest.sha256_hex)
-        return digest, cast("IO[bytes]", body)  # botocore reads any file-like object
+    @contextlib.contextmanager
+    def _read(self, handle: io.BufferedReader, offset: int, size: int) -> Iterator[tuple[Digest, IO[bytes]]]:
+        """The range read once and hashed where it lies: the body is those very bytes, whole (one
+        send), or block by block through the bandwidth limiter when there is one."""
+        data = read_part(handle, offset, size)
+        digest = digest_of(data, md5=self.content_md5)
+        if self._limiter is not None and not self._limiter.unlimited:
+            yield digest, cast("IO[bytes]", BufferReader(data, self._limiter, payload_sha256=digest.sha256_hex))
+            return
+        with signed_payload(data, digest.sha256_hex):
+            yield digest, cast("IO[bytes]", data)  # botocore sends a bytes body as it is
 
     def checks_payload_hash(self, bucket: str, key: str) -> bool | None:
         """Whether the server refuses a body that does not hash to its signed SHA-256.

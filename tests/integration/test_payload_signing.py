@@ -1,8 +1,8 @@
 """Bodies are signed with the SHA-256 chunkd computed for them, against a real server over HTTP.
 
 The strict moto server checks x-amz-content-sha256 the way S3 and MinIO do, so bytes that differ
-from the ones hashed (the file rewritten between the hash pass and the send, or damaged on the
-wire) are refused and the part is hashed and sent again.
+from the ones hashed (damaged on the wire) are refused and the part is read, hashed and sent again.
+A part is read once, so a file rewritten after the read cannot make the body differ from its hash.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import chunkd.s3.writes as uploader_module
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine, preflight
 from chunkd.model.planner import Part
-from chunkd.pipeline.partreader import Digest, FileIdentity, RangeReader, digest_range
+from chunkd.pipeline.partreader import FileIdentity, RangeReader, read_part
 from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.devserver import LocalS3Server
 from chunkd.s3.retry import RetryPolicy
@@ -73,24 +73,25 @@ def test_a_body_that_does_not_match_its_signed_hash_is_refused(moto: MotoServer,
     assert moto.counts()["PutObject"] == 1
 
 
-def test_a_file_rewritten_between_hash_and_send_is_refused_then_sent_again(
+def test_a_part_is_read_once_so_a_rewrite_after_the_read_cannot_split_hash_and_body(
     moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The bytes hashed are the bytes sent: a rewrite after the part was read changes neither, and
+    the part lands signed with the SHA-256 of what was read (finalize's scan finds the rewrite)."""
     path = tmp_path / "clip.mp4"
     before, after = os.urandom(5 * MiB), os.urandom(5 * MiB)
     path.write_bytes(before)
     identity = FileIdentity.of(os.stat(path))
-    hashed: list[str] = []
+    reads: list[int] = []
 
-    def hash_then_rewrite(handle: Any, offset: int, size: int, *, md5: bool = False) -> Digest:
-        digest = digest_range(handle, offset, size, md5=md5)
-        hashed.append(digest.sha256_hex)
-        if len(hashed) == 1:
-            with open(path, "r+b") as writer:  # same inode, same size: only the bytes differ
-                writer.write(after)
-        return digest
+    def read_then_rewrite(handle: Any, offset: int, size: int) -> bytes:
+        buffer = read_part(handle, offset, size)
+        reads.append(size)
+        with open(path, "r+b") as writer:  # same inode, same size: only the bytes differ
+            writer.write(after)
+        return buffer
 
-    monkeypatch.setattr(uploader_module, "digest_range", hash_then_rewrite)
+    monkeypatch.setattr(uploader_module, "read_part", read_then_rewrite)
     retries: list[str] = []
     policy = RetryPolicy(max_attempts=3, sleep=lambda _: None, on_retry=lambda error, attempt: retries.append(error.code))
     uploader = Uploader(chunkd_client(moto), policy)
@@ -98,11 +99,10 @@ def test_a_file_rewritten_between_hash_and_send_is_refused_then_sent_again(
 
     record = uploader.upload_part(BUCKET, "clip.mp4", upload_id, path, Part(1, 0, len(after)), identity)
 
-    assert retries == ["XAmzContentSHA256Mismatch"]
-    assert hashed == [hashlib.sha256(before).hexdigest(), hashlib.sha256(after).hexdigest()]
-    assert record.sha256 == hashlib.sha256(after).hexdigest()
+    assert (reads, retries) == ([len(before)], [])
+    assert record.sha256 == hashlib.sha256(before).hexdigest()
     uploader.complete(BUCKET, "clip.mp4", upload_id, [record])
-    assert moto.client().get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read() == after
+    assert moto.client().get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read() == before
 
 
 def test_content_md5_on_sends_both_and_checks_the_etag(moto: MotoServer, tmp_path: Path) -> None:
@@ -154,3 +154,19 @@ def test_auto_sends_content_md5_only_to_servers_that_do_not_check_hashes(
     finally:
         engine.shutdown()
         engine.store.close()
+
+
+def test_a_part_is_read_from_the_file_once(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashed and sent from one read: the file's bytes cross into the process once per part."""
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(os.urandom(5 * MiB))
+    read: list[int] = []
+    real_pread, real_preadv = os.pread, os.preadv
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: read.append(len(data := real_pread(fd, n, at))) or data)
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, at: read.append(got := real_preadv(fd, buffers, at)) or got)
+    uploader = Uploader(chunkd_client(moto), RetryPolicy(max_attempts=1))
+    upload_id = uploader.create(BUCKET, "clip.mp4")
+
+    uploader.upload_part(BUCKET, "clip.mp4", upload_id, path, Part(1, 0, 5 * MiB), None)
+
+    assert sum(read) == 5 * MiB

@@ -16,7 +16,7 @@ from tests.support.bucket import BUCKET, read_manifest
 from tests.support.cli import error_lines, run_chunkd
 from tests.support.daemon import daemon_env
 from tests.support.files import write_random
-from tests.support.s3_servers import MotoServer
+from tests.support.s3_servers import MotoServer, make_client
 from tests.support.sizes import MiB
 
 
@@ -184,3 +184,31 @@ def test_a_multipart_upload_to_rclone_verifies(rclone_s3: LocalS3Server, tmp_pat
     etag = next(check for check in report["checks"] if check["name"] == "etag")
     assert etag["detail"] == '"' + hashlib.md5(source.read_bytes()).hexdigest() + '"'
     assert all(check["ok"] for check in report["checks"])
+
+
+def test_rclone_manifest_keeps_the_complete_etag_and_verify_reads_the_whole_md5(
+    rclone_s3: LocalS3Server, tmp_path: Path
+) -> None:
+    """No HeadObject after Complete on `rclone serve s3` (it would read the whole object to answer
+    its MD5): the manifest holds the Complete's MD5 of part MD5s; verify compares the whole-object
+    MD5 HeadObject answers with the bytes when it reads them, and catches a changed byte."""
+    env = daemon_env(
+        input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        endpoint_url=rclone_s3.endpoint_url, access_key=rclone_s3.access_key, secret_key=rclone_s3.secret_key,
+    )
+    source = write_random(tmp_path / "clip.mp4", 12 * MiB)
+    upload(source, env)
+    client = make_client(rclone_s3.endpoint_url, rclone_s3.access_key, rclone_s3.secret_key)
+    manifest = read_manifest(client, "clip.mp4")
+    part_md5s = b"".join(bytes.fromhex(part["etag"].strip('"')) for part in manifest["parts"])
+    assert manifest["etag"].strip('"') == f"{hashlib.md5(part_md5s).hexdigest()}-3"
+
+    code, report = verify_json("clip.mp4", env=env)
+    assert code == 0 and report["ok"], report
+    code, report = verify_json("clip.mp4", "--deep", env=env)
+    assert code == 0 and report["ok"], report
+
+    original = client.get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read()
+    client.put_object(Bucket=BUCKET, Key="clip.mp4", Body=flip_byte(original, 6 * MiB + 17))
+    code, report = verify_json("clip.mp4", "--deep", env=env)
+    assert code == 1 and failed_checks(report) == {"etag", "object_sha256"}

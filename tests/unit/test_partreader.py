@@ -212,3 +212,34 @@ def test_open_checked_refuses_a_replaced_file(tmp_path: Path) -> None:
 def test_open_checked_missing_file_is_source_gone(tmp_path: Path) -> None:
     with pytest.raises(SourceGoneError, match="gone.mp4"):
         open_checked(tmp_path / "gone.mp4", None)
+
+
+# --- read_part and BufferReader ------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(span=ranges())
+def test_read_part_holds_exactly_the_range(data_file: Path, span: tuple[int, int]) -> None:
+    offset, size = span
+    with open(data_file, "rb") as handle:
+        buffer = partreader.read_part(handle, offset, size)
+    assert bytes(buffer) == DATA[offset : offset + size]
+    assert partreader.digest_of(buffer, md5=True) == Digest(
+        hashlib.sha256(buffer).hexdigest(), hashlib.md5(buffer).hexdigest()
+    )
+
+
+def test_read_part_past_the_end_means_the_file_shrank(handle: io.BufferedReader) -> None:
+    with pytest.raises(SourceChangedError, match="shrank"):
+        partreader.read_part(handle, FILE_SIZE - 10, 20)
+
+
+def test_buffer_reader_charges_the_limiter_block_by_block_and_again_after_rewind() -> None:
+    limiter = CountingLimiter()
+    reader = partreader.BufferReader(DATA[:1000], limiter, payload_sha256="known")  # type: ignore[arg-type]
+    assert (len(reader), reader.payload_sha256) == (1000, "known")
+    assert reader.read(300) + reader.read(10_000) + reader.read() == DATA[:1000]
+    assert limiter.charged == [300, 700]
+    assert reader.seek(-100, io.SEEK_END) == 900
+    assert reader.read() == DATA[900:1000]
+    assert sum(limiter.charged) == 1100

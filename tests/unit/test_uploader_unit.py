@@ -26,7 +26,7 @@ from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
 from chunkd.pipeline.partreader import FileIdentity
 from chunkd.s3.breaker import BreakerState, CircuitBreaker, Verdict
-from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.client import S3Target, make_client, payload_sha256_of
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import RemotePart, Uploader
 from tests.support.daemon import wait_for
@@ -265,8 +265,7 @@ class FixedEtagClient:
     def upload_part(self, **kwargs: Any) -> dict[str, Any]:
         self.calls += 1
         self.kwargs = kwargs
-        self.payload_sha256 = kwargs["Body"].payload_sha256
-        kwargs["Body"].read()
+        self.payload_sha256 = payload_sha256_of(kwargs["Body"])
         return {"ETag": self.etag}
 
 
