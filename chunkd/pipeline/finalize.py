@@ -53,10 +53,12 @@ class Finalizer:
         Raises Quarantined when the file is not media and the policy says so.
         """
         upload = self._upload
-        upload.move_to(StreamState.FINALIZING)
+        multipart = self._multipart(snap)
+        # Durable before a Complete (resume adopts an upload completed just before a crash); a
+        # single PutObject has nothing to adopt, so its record is next written COMPLETED.
+        upload.move_to(StreamState.FINALIZING, save=multipart)
         self._pending_scan = None
         needed = list(self._schedule.parts_for(snap.size))
-        multipart = self._multipart(snap)
         prescanned = self.prescans.take(snap)
         if not may_be_duplicate(upload, snap.size):
             if multipart:
