@@ -45,9 +45,10 @@ class UploadCoordinator:
 
     # -- the record ----------------------------------------------------------------------------
 
-    def save(self) -> None:
-        """Save the record; CancelledError once an operator cancelled the stream (never written over)."""
-        self.store.save_stream(self.record)
+    def save(self, *, index: bool = False) -> None:
+        """Save the record; CancelledError once an operator cancelled the stream (never written over).
+        `index`: its SHA-256 enters the content index in the same write."""
+        self.store.save_stream(self.record, index=index)
 
     def move_to(self, state: StreamState, *, save: bool = True) -> None:
         """`save=False`: in memory until the next save — for a state nothing reads back in between

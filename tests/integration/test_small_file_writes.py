@@ -17,16 +17,22 @@ from tests.support.engine import run_job
 
 @pytest.fixture
 def saved_states(make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, list[str]]:
-    """An engine whose store notes the state of every stream record written."""
+    """An engine whose store notes each write: the state of every stream record saved (with
+    "+index" when its content is indexed in the same write), and "index" for a write of its own."""
     engine = make_engine()
     states: list[str] = []
-    real = engine.store.save_stream
+    save, index = engine.store.save_stream, engine.store.index_content
 
     def noted(record: StreamRecord, **kwargs: Any) -> None:
-        states.append(record.state.value)
-        real(record, **kwargs)
+        states.append(record.state.value + ("+index" if kwargs.get("index") else ""))
+        save(record, **kwargs)
+
+    def noted_index(sha256: str, stream_id: str, **kwargs: Any) -> None:
+        states.append("index")
+        index(sha256, stream_id, **kwargs)
 
     monkeypatch.setattr(engine.store, "save_stream", noted)
+    monkeypatch.setattr(engine.store, "index_content", noted_index)
     return engine, states
 
 
@@ -38,9 +44,12 @@ def test_a_complete_small_file_is_written_when_found_and_when_done(
 
     assert run_job(engine, "small.ts") == Outcome.COMPLETED
 
-    assert states == [StreamState.PENDING.value, StreamState.COMPLETED.value]
+    assert states == ["PENDING", "COMPLETED+index"]
     record = engine.store.find_by_relpath("small.ts")
-    assert record is not None and record.state is StreamState.COMPLETED
+    assert record is not None and record.state is StreamState.COMPLETED and record.sha256
+    found = engine.store.find_by_content(record.sha256)
+    assert found is not None and found.id == record.id
+    assert engine.store.may_hold_size(200 * 1024)
     assert read_manifest(client, "small.ts") is not None
 
 
@@ -53,4 +62,4 @@ def test_a_file_of_several_parts_is_finalizing_in_the_store_before_it_completes(
     assert run_job(engine, "big.ts") == Outcome.COMPLETED
 
     assert StreamState.FINALIZING.value in states
-    assert states[-1] == StreamState.COMPLETED.value
+    assert states[-1] == "COMPLETED+index"
