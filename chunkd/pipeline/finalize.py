@@ -29,6 +29,7 @@ from chunkd.pipeline.hashing import LocalScan, Scan, whole_md5
 from chunkd.pipeline.mediagate import MediaVerdict, check_media
 from chunkd.pipeline.monitor import Change, Snapshot, compare, take_snapshot
 from chunkd.pipeline.objectcheck import ObjectCheck, check_layout, completed_earlier
+from chunkd.pipeline.partreader import open_checked
 from chunkd.pipeline.prescan import Prescan, PrescanSlot
 from chunkd.pipeline.publish import publish
 from chunkd.pipeline.sender import PartSender
@@ -64,6 +65,7 @@ class Finalizer:
             if multipart:
                 return self._finalize_overlapped(needed, snap, prescanned)
             if prescanned is None:  # nothing to compare with before sending: the PUT's read is the one read
+                _readable(upload, snap)
                 return self._finish_single(snap, None, self._check_media(snap))
         scan = prescanned.future.result() if prescanned is not None else self.scan_for(snap, set(upload.done)).run()
         if _moved_on(upload, snap):
@@ -191,6 +193,13 @@ def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
     if recorded is None or not _sent(recorded, part):
         return False
     return scan.part_sha256.get(part.number, recorded.sha256) == recorded.sha256
+
+
+def _readable(upload: UploadCoordinator, snap: Snapshot) -> None:
+    """Open the file as `snap` saw it, reading nothing: an unreadable or replaced file fails as
+    itself (PermissionError, SourceChangedError) before media checks and sending, as it does when
+    a scan reads it first, not as a refused S3 request."""
+    open_checked(upload.path, snap.identity).close()
 
 
 def _moved_on(upload: UploadCoordinator, snap: Snapshot) -> bool:
