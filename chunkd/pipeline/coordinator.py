@@ -45,14 +45,18 @@ class UploadCoordinator:
 
     # -- the record ----------------------------------------------------------------------------
 
-    def save(self) -> None:
-        """Save the record; CancelledError once an operator cancelled the stream (never written over)."""
-        self.store.save_stream(self.record)
+    def save(self, *, index: bool = False) -> None:
+        """Save the record; CancelledError once an operator cancelled the stream (never written over).
+        `index`: its SHA-256 enters the content index in the same write."""
+        self.store.save_stream(self.record, index=index)
 
-    def move_to(self, state: StreamState) -> None:
+    def move_to(self, state: StreamState, *, save: bool = True) -> None:
+        """`save=False`: in memory until the next save — for a state nothing reads back in between
+        (the steps a single PutObject passes through: a crash there sends the file again anyway)."""
         if self.record.state is not state:
             self.record.move_to(state)
-            self.save()
+            if save:
+                self.save()
 
     def record_part(self, part: PartRecord) -> None:
         """Checkpoint first, then count it and tell the progress listeners."""

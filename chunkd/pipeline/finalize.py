@@ -8,7 +8,8 @@ seeks back to patch a header, or rewrites the file for faststart) are sent again
 A server that refuses to replace a part gets a fresh upload of the whole file instead.
 
 When no indexed content has the file's size it cannot be a duplicate, so the read runs beside the
-sending of the parts not sent yet instead of before it. And a file that grew and went quiet is read
+sending of the parts not sent yet instead of before it; a file of one PutObject is then read only
+by the PUT, whose signed SHA-256 is the file's. And a file that grew and went quiet is read
 while its idle period runs (see chunkd.pipeline.prescan): if it is still exactly as that read saw
 it when the period ends, finalizing does not read it again.
 """
@@ -28,6 +29,7 @@ from chunkd.pipeline.hashing import LocalScan, Scan, whole_md5
 from chunkd.pipeline.mediagate import MediaVerdict, check_media
 from chunkd.pipeline.monitor import Change, Snapshot, compare, take_snapshot
 from chunkd.pipeline.objectcheck import ObjectCheck, check_layout, completed_earlier
+from chunkd.pipeline.partreader import open_checked
 from chunkd.pipeline.prescan import Prescan, PrescanSlot
 from chunkd.pipeline.publish import publish
 from chunkd.pipeline.sender import PartSender
@@ -52,13 +54,19 @@ class Finalizer:
         Raises Quarantined when the file is not media and the policy says so.
         """
         upload = self._upload
-        upload.move_to(StreamState.FINALIZING)
+        multipart = self._multipart(snap)
+        # Durable before a Complete (resume adopts an upload completed just before a crash); a
+        # single PutObject has nothing to adopt, so its record is next written COMPLETED.
+        upload.move_to(StreamState.FINALIZING, save=multipart)
         self._pending_scan = None
         needed = list(self._schedule.parts_for(snap.size))
-        multipart = self._multipart(snap)
         prescanned = self.prescans.take(snap)
-        if multipart and not may_be_duplicate(upload, snap.size):
-            return self._finalize_overlapped(needed, snap, prescanned)
+        if not may_be_duplicate(upload, snap.size):
+            if multipart:
+                return self._finalize_overlapped(needed, snap, prescanned)
+            if prescanned is None:  # nothing to compare with before sending: the PUT's read is the one read
+                _readable(upload, snap)
+                return self._finish_single(snap, None, self._check_media(snap))
         scan = prescanned.future.result() if prescanned is not None else self.scan_for(snap, set(upload.done)).run()
         if _moved_on(upload, snap):
             return False
@@ -83,7 +91,12 @@ class Finalizer:
 
     def _check_media(self, snap: Snapshot) -> MediaVerdict:
         pending = self._pending_scan
-        return check_media(self._upload, snap, sha256=lambda: pending.result().sha256 if pending else None)
+
+        def sha256() -> str | None:
+            """The whole file's hash for a quarantine note: the scan's, or a read of its own."""
+            return (pending.result() if pending else self.scan_for(snap, set()).run()).sha256
+
+        return check_media(self._upload, snap, sha256=sha256)
 
     def _finalize_overlapped(self, needed: list[Part], snap: Snapshot, prescanned: Prescan | None) -> bool:
         """Send the parts never sent while the file is read for its hashes, instead of after."""
@@ -107,14 +120,17 @@ class Finalizer:
         upload.record.sha256 = result.sha256
         return self._finish_multipart(needed, snap, result, media)
 
-    def _finish_single(self, snap: Snapshot, scan: LocalScan, media: MediaVerdict) -> bool:
+    def _finish_single(self, snap: Snapshot, scan: LocalScan | None, media: MediaVerdict) -> bool:
+        """One PutObject. Without a `scan` (no duplicate possible) the PUT's own read is the only
+        one: the SHA-256 it signs the body with is the file's."""
         upload = self._upload
         record, engine = upload.record, upload.engine
         if _moved_on(upload, snap):  # the last look before the object is committed
             return False
         digest, etag = engine.uploader.put_object(record.bucket, record.key, upload.path, snap.size, snap.identity)
-        if digest.sha256_hex != scan.sha256 or _moved_on(upload, snap, gone_is_done=True):
+        if (scan is not None and digest.sha256_hex != scan.sha256) or _moved_on(upload, snap, gone_is_done=True):
             return False
+        record.sha256 = digest.sha256_hex
         part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=digest.sha256_hex)
         engine.progress(record.relpath, snap.size)
         engine.metrics.object_uploaded(snap.size)
@@ -178,6 +194,13 @@ def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
     if recorded is None or not _sent(recorded, part):
         return False
     return scan.part_sha256.get(part.number, recorded.sha256) == recorded.sha256
+
+
+def _readable(upload: UploadCoordinator, snap: Snapshot) -> None:
+    """Open the file as `snap` saw it, reading nothing: an unreadable or replaced file fails as
+    itself (PermissionError, SourceChangedError) before media checks and sending, as it does when
+    a scan reads it first, not as a refused S3 request."""
+    open_checked(upload.path, snap.identity).close()
 
 
 def _moved_on(upload: UploadCoordinator, snap: Snapshot, *, gone_is_done: bool = False) -> bool:

@@ -184,7 +184,10 @@ def _upload(upload: UploadCoordinator, held: HeldLease) -> None:
     Resume(upload, schedule, snap).reconcile()
     if upload.record.state is StreamState.COMPLETED:
         return
-    upload.move_to(StreamState.UPLOADING)
+    # A complete file of one PutObject goes straight to finalizing: its record is next written
+    # when it is COMPLETED, instead of once per state on the way.
+    one_put = upload.final and upload.record.upload_id is None and snap.size < schedule.part_size(1)
+    upload.move_to(StreamState.UPLOADING, save=not one_put)
     sender = PartSender(upload, held)
     try:
         GrowthLoop(upload, sender, schedule).run(snap)

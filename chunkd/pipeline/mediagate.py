@@ -62,11 +62,11 @@ def _quarantine(
 ) -> None:
     record, engine = upload.record, upload.engine
     upload.abort_upload()
+    if record.sha256 is None:
+        record.sha256 = sha256()  # before the move: it may be a read of the file where it is
     target = free_name(engine.settings.quarantine_path / record.relpath)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(upload.path), target)
-    if record.sha256 is None:
-        record.sha256 = sha256()
     note = {
         "relpath": record.relpath, "stream_id": record.id, "reason": reason, "size": snap.size,
         "sha256": record.sha256, "quarantined_at": engine.wall(), "media": verdict.media,

@@ -63,6 +63,8 @@ class IdleTracker:
 
     A file first seen with an old mtime (dropped while the daemon was down, or copied with its
     times preserved) counts as quiet since that mtime, so it need not wait a full period again.
+    A change is dated by the file's mtime too, never earlier than the look before that saw no
+    change: the quiet period starts at the last write, not up to one poll interval after it.
     """
 
     def __init__(
@@ -75,15 +77,23 @@ class IdleTracker:
     ) -> None:
         self._idle_seconds = idle_seconds
         self._clock = clock
+        self._wall = wall
         self._last = first
-        self._changed_at = clock() - max(0.0, wall() - first.mtime)
+        self._changed_at = self._written_at(first)
+        self._looked_at = clock()
 
     def observe(self, snapshot: Snapshot) -> Change:
         change = compare(self._last, snapshot)
+        now = self._clock()
         if change is not Change.UNCHANGED:
-            self._changed_at = self._clock()
+            self._changed_at = max(self._looked_at, self._written_at(snapshot))
             self._last = snapshot
+        self._looked_at = now
         return change
+
+    def _written_at(self, snapshot: Snapshot) -> float:
+        """When the snapshot's last write was, on our clock (now, for an mtime in the future)."""
+        return self._clock() - max(0.0, self._wall() - snapshot.mtime)
 
     @property
     def last(self) -> Snapshot:

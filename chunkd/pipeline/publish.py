@@ -1,7 +1,7 @@
 """The last step of every upload: the manifest beside the object, then COMPLETED in the store.
 
 Commit first, side effects after: the record says COMPLETED only once the manifest is written, and
-the content index learns the bytes only once the record says so.
+the content index learns the bytes in that same write.
 """
 
 from __future__ import annotations
@@ -35,6 +35,5 @@ def publish(
     )
     record.completed_at = completed_at
     record.move_to(StreamState.COMPLETED)
-    upload.save()
-    if record.sha256 and kind in ("single", "multipart"):
-        upload.store.index_content(record.sha256, record.id, size=record.size)
+    # One write: COMPLETED, and (for bytes this stream sent) the content index that dedup reads.
+    upload.save(index=bool(record.sha256) and kind in ("single", "multipart"))

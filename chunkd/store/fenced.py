@@ -49,9 +49,9 @@ class FencedStore:
             self._health.ok()
             return result
 
-    def save_stream(self, record: StreamRecord) -> None:
+    def save_stream(self, record: StreamRecord, *, index: bool = False) -> None:
         """Guarded: raises CancelledError rather than write over an operator's cancel."""
-        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=True))
+        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=True, index=index))
 
     def record_part(self, stream_id: str, part: PartRecord) -> None:
         self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease))

@@ -50,11 +50,15 @@ class StreamLedger(StreamReader, Protocol):
     the check and the write are one atomic step.
     """
 
-    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False) -> None:
+    def save_stream(
+        self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False, index: bool = False
+    ) -> None:
         """Insert or replace a stream record and point its relpath at it.
 
         `guard`: refuse with CancelledError to write a running record over a finished one (an
-        operator's cancel, above all); the check and the write are one atomic step."""
+        operator's cancel, above all); the check and the write are one atomic step.
+        `index`: the record's SHA-256 (and size) enter the content index in the same write, as
+        `index_content` would put them: a completed upload is one write, not two."""
 
     def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
         """Atomically move an unfinished stream to FAILED with `reason` (its upload id kept, so the
@@ -134,7 +138,7 @@ class JobLedger(StreamReader, ContentIndex, Protocol):
     """What a stream job reads and writes through: its lease-fenced view of the store
     (chunkd.store.fenced), which any whole store also satisfies."""
 
-    def save_stream(self, record: StreamRecord) -> None: ...
+    def save_stream(self, record: StreamRecord, *, index: bool = False) -> None: ...
 
     def record_part(self, stream_id: str, part: PartRecord) -> None: ...
 

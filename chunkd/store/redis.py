@@ -133,14 +133,19 @@ class RedisStore:
         pipeline: Pipeline | None = None,
         fence: Lease | None = None,
         guard: bool = False,
+        index: bool = False,
     ) -> None:
+        def queue(pipe: Pipeline) -> None:
+            self._queue_save(pipe, record)
+            if index and record.sha256:
+                self.content.queue_index(pipe, record.sha256, record.id, size=record.size)
+
         if pipeline is not None:
             if guard:
                 raise ValueError("a guarded save reads before it writes: it cannot be queued on a batch")
-            self._queue_save(pipeline, record)
+            queue(pipeline)
             return
-        action = f"save stream {record.id}"
-        self._write(action, lambda pipe: self._queue_save(pipe, record), fence, guard=record if guard else None)
+        self._write(f"save stream {record.id}", queue, fence, guard=record if guard else None)
 
     def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
         result: StreamRecord | None = None

@@ -3,6 +3,8 @@ sizes indexed, so a file of any other size is known to be new without hashing it
 
 from __future__ import annotations
 
+from redis.client import Pipeline
+
 from chunkd.store.redis_replies import text
 from chunkd.store.redis_role import RedisRole
 
@@ -13,10 +15,14 @@ class RedisContentIndex(RedisRole):
     def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
         with self._errors(f"index content of stream {stream_id}"):
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(self.keys.content(sha256), stream_id)
-            if size is not None:
-                pipe.sadd(self.keys.sizes(), size)
+            self.queue_index(pipe, sha256, stream_id, size=size)
             pipe.execute()
+
+    def queue_index(self, pipe: Pipeline, sha256: str, stream_id: str, *, size: int | None) -> None:
+        """The index entry, queued on a MULTI that also writes something else (the stream's record)."""
+        pipe.set(self.keys.content(sha256), stream_id)
+        if size is not None:
+            pipe.sadd(self.keys.sizes(), size)
 
     def may_hold_size(self, size: int) -> bool:
         with self._errors("look up content size"):

@@ -146,12 +146,16 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {action} failed: {exc}") from exc
 
-    def save_stream(self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False) -> None:
+    def save_stream(
+        self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False, index: bool = False
+    ) -> None:
         with self._transaction(f"save stream {record.id}") as conn:
             self._check_fence(fence)
             if guard:
                 check_not_finished(_stored(conn, record.id), record)
             conn.execute(_SAVE_STREAM, _stream_row(record))
+            if index and record.sha256:
+                _index(conn, record.sha256, record.id, record.size)
 
     def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
         with self._transaction(f"cancel stream {stream_id}") as conn:
@@ -213,9 +217,7 @@ class SqliteStore:
 
     def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
         with self._transaction(f"index content of stream {stream_id}") as conn:
-            conn.execute("INSERT OR REPLACE INTO content (sha256, stream_id) VALUES (?, ?)", (sha256, stream_id))
-            if size is not None:
-                conn.execute("INSERT OR IGNORE INTO content_sizes (size) VALUES (?)", (size,))
+            _index(conn, sha256, stream_id, size)
 
     def may_hold_size(self, size: int) -> bool:
         with self._read("look up content size") as conn:
@@ -358,6 +360,13 @@ def _stream(data: str) -> StreamRecord:
 
 def _stream_row(record: StreamRecord) -> tuple[str, str, str, float, str]:
     return record.id, record.relpath, record.state.value, record.discovered_at, json.dumps(record.to_dict())
+
+
+def _index(conn: sqlite3.Connection, sha256: str, stream_id: str, size: int | None) -> None:
+    """Inside a write's transaction: these bytes are held by this stream (the newest wins)."""
+    conn.execute("INSERT OR REPLACE INTO content (sha256, stream_id) VALUES (?, ?)", (sha256, stream_id))
+    if size is not None:
+        conn.execute("INSERT OR IGNORE INTO content_sizes (size) VALUES (?)", (size,))
 
 
 def _stored(conn: sqlite3.Connection, stream_id: str) -> StreamRecord | None:

@@ -16,9 +16,9 @@ import pytest
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.hashing import Scan
 from chunkd.pipeline.job import Outcome
-from tests.support.bucket import sha256_object
+from tests.support.bucket import read_manifest, sha256_object
 from tests.support.daemon import wait_for
-from tests.support.engine import run_in_thread
+from tests.support.engine import run_in_thread, run_job
 from tests.support.files import sha256_file
 from tests.support.sizes import MiB
 
@@ -93,3 +93,18 @@ def test_a_part_rewritten_before_the_quiet_period_is_sent_again(
     assert outcome == [Outcome.COMPLETED]
     assert scans == ["chunkd-prescan"]  # the rewrite came before the quiet period began
     assert sha256_object(client, "live.ts") == sha256_file(path)
+
+
+def test_a_file_of_one_put_that_cannot_be_a_duplicate_is_read_only_by_its_put(
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]
+) -> None:
+    engine = make_engine()
+    path = engine.input_dir / "small.ts"
+    path.write_bytes(os.urandom(300 * 1024))
+    assert run_job(engine, "small.ts") == Outcome.COMPLETED
+    assert scans == []  # no read of its own before the PutObject
+    record = engine.store.find_by_relpath("small.ts")
+    assert record is not None and record.sha256 == sha256_file(path)
+    assert sha256_object(client, "small.ts") == sha256_file(path)
+    manifest = read_manifest(client, "small.ts")
+    assert manifest is not None and manifest["sha256"] == sha256_file(path)

@@ -252,6 +252,16 @@ def test_content_index_finds_forgets_and_replaces(store: CheckpointStore) -> Non
     assert store.find_by_content(digest) is None
 
 
+def test_a_record_saved_with_index_is_found_by_its_content_and_size(store: CheckpointStore) -> None:
+    record = make_stream("s1", state=StreamState.COMPLETED, sha256="ab" * 32, size=1234)
+    store.save_stream(record, index=True)
+    assert store.find_by_content("ab" * 32) == record
+    assert store.may_hold_size(1234)
+    store.save_stream(make_stream("s2", relpath="b.mp4", sha256="cd" * 32, size=99))  # no index asked for
+    assert store.find_by_content("cd" * 32) is None
+    assert not store.may_hold_size(99)
+
+
 def test_ping_answers_while_the_backend_is_there_and_raises_once_it_is_gone(
     store: CheckpointStore, request: pytest.FixtureRequest
 ) -> None:

@@ -185,3 +185,42 @@ def test_old_file_that_changes_must_wait_a_full_period() -> None:
     assert not idle.idle
     clock.advance(10)
     assert idle.idle
+
+
+class WallClock(FakeClock):
+    """The wall clock, moving with the monotonic one."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def __call__(self) -> float:
+        return WALL_NOW + self._clock.now
+
+
+def test_growth_is_dated_by_the_last_write_not_by_the_look_that_saw_it() -> None:
+    clock = FakeClock(0.0)
+    wall = WallClock(clock)
+    idle = IdleTracker(10.0, snap(10, wall()), clock=clock, wall=wall)
+    clock.advance(0.1)
+    idle.observe(snap(10, WALL_NOW))  # a look that saw no change
+    clock.advance(0.1)
+    assert idle.observe(snap(20, wall() - 0.07)) is Change.GREW  # written 70 ms before this look
+    assert idle.quiet_for == pytest.approx(0.07)
+    clock.advance(9.9)
+    assert not idle.idle
+    clock.advance(0.05)  # 10 s after the write, 9.95 s after the look that saw it
+    assert idle.idle
+
+
+def test_a_change_is_never_dated_before_the_look_that_saw_none() -> None:
+    # Coarse timestamps (whole seconds): the mtime says the write was before the last look that
+    # saw the file unchanged, so the write came after that look.
+    clock = FakeClock(0.0)
+    wall = WallClock(clock)
+    idle = IdleTracker(10.0, snap(10, WALL_NOW), clock=clock, wall=wall)
+    clock.advance(0.9)
+    idle.observe(snap(10, WALL_NOW))
+    clock.advance(0.5)
+    assert idle.observe(snap(20, WALL_NOW)) is Change.GREW
+    assert idle.quiet_for == pytest.approx(0.5)
