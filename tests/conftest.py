@@ -128,11 +128,24 @@ def chunkd_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., Dae
         process.stop()
 
 
-@pytest.fixture
-def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
-    """Environment for a chunkd subprocess: moto endpoint, SQLite state and an input folder in tmp_path."""
+def _subprocess_env(tmp_path: Path, s3: S3Server) -> dict[str, str]:
     (tmp_path / "input").mkdir(exist_ok=True)
     return daemon_env(
         input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key,
+        endpoint_url=s3.endpoint_url, access_key=s3.access_key, secret_key=s3.secret_key,
     )
+
+
+@pytest.fixture
+def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
+    """Environment for a chunkd subprocess: moto endpoint, SQLite state and an input folder in tmp_path.
+
+    For commands whose S3 side does not matter (config errors, store-only commands); a test of
+    what chunkd does with S3 takes `server_env`."""
+    return _subprocess_env(tmp_path, moto)
+
+
+@pytest.fixture
+def server_env(tmp_path: Path, server: S3Server) -> dict[str, str]:
+    """`env` on `server`: the test runs once against each S3 server."""
+    return _subprocess_env(tmp_path, server)
