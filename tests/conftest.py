@@ -78,7 +78,7 @@ def rgw_server() -> Iterator[CephRGW]:
 @pytest.fixture
 def rgw(rgw_server: CephRGW) -> CephRGW:
     """A running Ceph RGW whose `chunkd` bucket holds no object and no multipart upload."""
-    rgw_server.start()  # a fault test may have stopped it (a restart is a fresh, empty cluster)
+    rgw_server.start()  # a fault test may have stopped it (the gateway alone, or the whole cluster)
     rgw_server.empty_bucket(BUCKET)
     return rgw_server
 
