@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from chunkd.store import open_store
-from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.bucket import BUCKET, parts_on_server, read_manifest, sha256_object
 from tests.support.daemon import SCAN_LINE, DaemonProcess, wait_for, wait_logged
 from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
@@ -36,14 +36,6 @@ def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], request: pytest.Fi
     """Starts daemons on the test's `server` (each S3 server in turn) if it takes one, else on moto."""
     s3 = request.getfixturevalue("server" if "server" in request.fixturenames else "moto")
     return lambda state_url, **settings: chunkd_daemon(s3, state_url=state_url, **settings)
-
-
-def parts_on_server(client: Any, key: str) -> set[int]:
-    """Part numbers the server holds in the key's one open multipart upload."""
-    uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
-    assert [upload["Key"] for upload in uploads] == [key]
-    listed = client.list_parts(Bucket=BUCKET, Key=key, UploadId=uploads[0]["UploadId"])
-    return {part["PartNumber"] for part in listed.get("Parts", [])}
 
 
 @pytest.fixture
