@@ -94,6 +94,14 @@ def server(request: pytest.FixtureRequest) -> S3Server:
     return chosen
 
 
+@pytest.fixture(params=["moto", "rgw"])
+def pausable(request: pytest.FixtureRequest) -> MotoServer | CephRGW:
+    """A server whose endpoint can go down and come back with its data (tests/support/pause.py):
+    moto, and Ceph RGW's gateway."""
+    chosen: MotoServer | CephRGW = request.getfixturevalue(request.param)
+    return chosen
+
+
 @pytest.fixture
 def input_dir(tmp_path: Path) -> Path:
     """An empty drop folder."""

@@ -28,10 +28,9 @@ from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.ceph_rgw import CephRGW
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.files import drop, sha256_file, write_random
+from tests.support.pause import PausableServer, start_endpoint, stop_endpoint
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
-
-PausableServer = MotoServer | CephRGW
 
 OUTAGE_SECONDS = 20.0
 FILES = 4
@@ -85,27 +84,6 @@ class DroppingListener:
             self._thread.join(timeout=5)
         if self._sock is not None:
             self._sock.close()
-
-
-@pytest.fixture(params=["moto", "rgw"])
-def pausable(request: pytest.FixtureRequest) -> PausableServer:
-    """A server whose endpoint can go down and come back with its data: moto, and RGW's gateway."""
-    chosen: PausableServer = request.getfixturevalue(request.param)
-    return chosen
-
-
-def stop_endpoint(server: PausableServer) -> None:
-    if isinstance(server, CephRGW):
-        server.stop_gateway()
-    else:
-        server.stop()
-
-
-def start_endpoint(server: PausableServer) -> None:
-    if isinstance(server, CephRGW):
-        server.start_gateway()
-    else:
-        server.start()
 
 
 @contextmanager
