@@ -82,7 +82,9 @@ from werkzeug.wsgi import ClosingIterator
 
 from bench.units import KiB, MiB
 from chunkd.errors import ChunkdError
+from chunkd.model.manifest import parse_manifest
 from chunkd.model.states import StreamState
+from chunkd.ops.verify import check_etag
 from chunkd.s3.devserver import LocalS3Server
 from chunkd.s3.traits import PROBE_NAME
 from chunkd.store import open_store
@@ -1079,12 +1081,23 @@ def verify_object(client: Any, bucket: str, spec: FileSpec) -> list[str]:
     for field, value in wanted.items():
         if manifest.get(field) != value:
             problems.append(f"{name}: manifest {field} is {manifest.get(field)!r}, expected {value!r}")
-    if manifest.get("etag", "").strip('"') != response.get("ETag", "").strip('"'):
-        problems.append(f"{name}: manifest etag {manifest.get('etag')} != object ETag {response.get('ETag')}")
+    problems += _etag_problems(name, manifest, response.get("ETag", ""), body)
     if (manifest.get("source") or {}).get("relpath") != name:
         problems.append(f"{name}: manifest source.relpath is {(manifest.get('source') or {}).get('relpath')!r}")
     problems.extend(f"{name}: {problem}" for problem in check_parts(manifest.get("parts") or [], body))
     return problems
+
+
+def _etag_problems(name: str, manifest: dict[str, Any], object_etag: str, body: bytes) -> list[str]:
+    """The object's ETag agrees with the manifest's as `chunkd verify` judges it: equal, or (rclone
+    serve s3) the whole object's MD5 where the manifest holds what Complete answered."""
+    try:
+        parts = parse_manifest(json.dumps(manifest).encode()).parts
+    except ChunkdError as exc:
+        return [f"{name}: manifest unreadable: {exc}"]
+    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    check = check_etag(object_etag, str(manifest.get("etag", "")), parts, object_md5=md5)
+    return [] if check.ok else [f"{name}: manifest etag {manifest.get('etag')} vs object ETag: {check.detail}"]
 
 
 def check_parts(parts: list[dict[str, Any]], body: bytes) -> list[str]:

@@ -79,7 +79,7 @@ def rgw_server() -> Iterator[CephRGW]:
 @pytest.fixture
 def rgw(rgw_server: CephRGW) -> CephRGW:
     """A running Ceph RGW whose `chunkd` bucket holds no object and no multipart upload."""
-    rgw_server.start()  # a fault test may have stopped it (a restart is a fresh, empty cluster)
+    rgw_server.start()  # a fault test may have stopped it (the gateway alone, or the whole cluster)
     rgw_server.empty_bucket(BUCKET)
     return rgw_server
 
@@ -92,6 +92,14 @@ _SERVER_FIXTURES = {"moto": "moto", "rclone": "rclone_s3", "rgw": "rgw"}
 def server(request: pytest.FixtureRequest) -> S3Server:
     """Runs a test once against each S3 server; all have endpoint_url, access_key, secret_key."""
     chosen: S3Server = request.getfixturevalue(_SERVER_FIXTURES[request.param])
+    return chosen
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def pausable(request: pytest.FixtureRequest) -> MotoServer | CephRGW:
+    """A server whose endpoint can go down and come back with its data (tests/support/pause.py):
+    moto, and Ceph RGW's gateway."""
+    chosen: MotoServer | CephRGW = request.getfixturevalue(request.param)
     return chosen
 
 
@@ -137,11 +145,24 @@ def chunkd_daemon(tmp_path: Path, input_dir: Path) -> Iterator[Callable[..., Dae
         process.stop()
 
 
-@pytest.fixture
-def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
-    """Environment for a chunkd subprocess: moto endpoint, SQLite state and an input folder in tmp_path."""
+def _subprocess_env(tmp_path: Path, s3: S3Server) -> dict[str, str]:
     (tmp_path / "input").mkdir(exist_ok=True)
     return daemon_env(
         input_dir=tmp_path / "input", state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key,
+        endpoint_url=s3.endpoint_url, access_key=s3.access_key, secret_key=s3.secret_key,
     )
+
+
+@pytest.fixture
+def env(tmp_path: Path, moto: MotoServer) -> dict[str, str]:
+    """Environment for a chunkd subprocess: moto endpoint, SQLite state and an input folder in tmp_path.
+
+    For commands whose S3 side does not matter (config errors, store-only commands); a test of
+    what chunkd does with S3 takes `server_env`."""
+    return _subprocess_env(tmp_path, moto)
+
+
+@pytest.fixture
+def server_env(tmp_path: Path, server: S3Server) -> dict[str, str]:
+    """`env` on `server`: the test runs once against each S3 server."""
+    return _subprocess_env(tmp_path, server)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,8 +54,8 @@ def test_unreachable_endpoint_is_one_clear_line(env: dict[str, str]) -> None:
     assert len(lines) == 1 and "cannot reach S3 endpoint" in lines[0], result.stderr
 
 
-def test_wrong_bucket_is_one_clear_line(env: dict[str, str]) -> None:
-    result = run_chunkd("run", env={**env, "CHUNKD_BUCKET": "no-such-bucket"})
+def test_wrong_bucket_is_one_clear_line(server_env: dict[str, str]) -> None:
+    result = run_chunkd("run", env={**server_env, "CHUNKD_BUCKET": "no-such-bucket"})
     assert result.returncode == 2
     lines = error_lines(result)
     assert len(lines) == 1 and "'no-such-bucket' does not exist" in lines[0], result.stderr
@@ -97,12 +98,13 @@ def test_dev_mode_needs_no_servers(tmp_path: Path) -> None:
     assert [(row["relpath"], row["state"], row["percent"]) for row in rows] == [("movie.mp4", "COMPLETED", 100.0)]
 
 
-def test_upload_command_sends_files_and_fails_on_missing_path(env: dict[str, str], tmp_path: Path, moto: MotoServer) -> None:
+def test_upload_command_sends_files_and_fails_on_missing_path(server_env: dict[str, str], tmp_path: Path,
+                                                              client: Any) -> None:
+    env = server_env
     a = write_random(tmp_path / "a.mp4", 7 * MiB)
     b = write_random(tmp_path / "b.bin", 1000)
     result = run_chunkd("upload", str(a), str(b), env=env)
     assert result.returncode == 0, result.stderr
-    client = moto.client()
     assert sha256_object(client, "a.mp4") == sha256_file(a)
     assert read_manifest(client, "b.bin") is not None
     missing = run_chunkd("upload", str(tmp_path / "nope.mp4"), env=env)

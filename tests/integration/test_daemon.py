@@ -1,4 +1,6 @@
-"""`chunkd run` as a real process against a real redis-server / SQLite file and moto's HTTP server."""
+"""`chunkd run` as a real process against a real redis-server / SQLite file and a real S3 server:
+each S3 server in turn where the server's part matters (multipart uploads, resume, a warm stop);
+moto where what is checked is a request count only moto keeps."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from chunkd.store import open_store
-from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.bucket import BUCKET, parts_on_server, read_manifest, sha256_object
 from tests.support.daemon import SCAN_LINE, DaemonProcess, wait_for, wait_logged
 from tests.support.files import drop, sha256_file, write_random
 from tests.support.s3_servers import MotoServer
@@ -30,8 +32,10 @@ def state_url_for(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> st
 
 
 @pytest.fixture
-def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer) -> Callable[..., DaemonProcess]:
-    return lambda state_url, **settings: chunkd_daemon(moto, state_url=state_url, **settings)
+def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], request: pytest.FixtureRequest) -> Callable[..., DaemonProcess]:
+    """Starts daemons on the test's `server` (each S3 server in turn) if it takes one, else on moto."""
+    s3 = request.getfixturevalue("server" if "server" in request.fixturenames else "moto")
+    return lambda state_url, **settings: chunkd_daemon(s3, state_url=state_url, **settings)
 
 
 @pytest.fixture
@@ -40,14 +44,14 @@ def lazy_redis(request: pytest.FixtureRequest) -> Callable[[], str]:
 
 
 def test_three_files_land_byte_identical_with_manifests(
-    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, redis_url: str, tmp_path: Path
+    start_daemon: Callable[..., DaemonProcess], server: Any, client: Any, input_dir: Path, redis_url: str,
+    tmp_path: Path,
 ) -> None:
     daemon = start_daemon(redis_url)
     sizes = {"small.mp4": 1024, "medium.mp4": 30 * MiB, "sub/large.mkv": 100 * MiB}
     (input_dir / "sub").mkdir()
     for name, size in sizes.items():
         write_random(input_dir / name, size)  # written in place, like `cp` into the folder
-    client = moto.client()
     for name, size in sizes.items():
         manifest = wait_for(partial(read_manifest, client, name), timeout=120, what=f"manifest of {name}")
         source = input_dir / name
@@ -56,9 +60,10 @@ def test_three_files_land_byte_identical_with_manifests(
         assert manifest["sha256"] == sha256_file(source)
         assert sum(part["size"] for part in manifest["parts"]) == size
         assert manifest["source"]["relpath"] == name
-    counts = moto.counts()
-    assert counts["PutObject"] == 1 + 3  # the 1 KiB file, plus three manifests
-    assert counts["CompleteMultipartUpload"] == 2
+    if isinstance(server, MotoServer):  # only moto counts requests
+        counts = server.counts()
+        assert counts["PutObject"] == 1 + 3  # the 1 KiB file, plus three manifests
+        assert counts["CompleteMultipartUpload"] == 2
     assert daemon.process is not None and daemon.process.poll() is None
     about_files = [line for line in daemon.log_lines() if line.get("relpath") in sizes]
     assert {line["event"] for line in about_files} >= {"discovered", "completed"}
@@ -95,9 +100,13 @@ def _recorded_parts(state_url: str, relpath: str) -> set[int]:
         store.close()
 
 
-@pytest.mark.parametrize("store_kind", ["redis", "sqlite"])
+@pytest.mark.parametrize(
+    ("store_kind", "server"),
+    [("redis", "moto"), ("sqlite", "moto"), ("sqlite", "rclone"), ("sqlite", "rgw")],
+    indirect=["server"],  # every server once; the store's part does not depend on the server
+)
 def test_kill_9_mid_upload_resumes_without_resending_acknowledged_parts(
-    store_kind: str, start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path,
+    store_kind: str, start_daemon: Callable[..., DaemonProcess], server: Any, client: Any, input_dir: Path,
     tmp_path: Path, lazy_redis: Callable[[], str],
 ) -> None:
     state_url = state_url_for(store_kind, tmp_path, lazy_redis)
@@ -109,21 +118,27 @@ def test_kill_9_mid_upload_resumes_without_resending_acknowledged_parts(
     first.kill()
     acknowledged = _recorded_parts(state_url, "big.mp4")
     assert 6 <= len(acknowledged) < total_parts, "the kill should land in the middle of the upload"
-    moto.reset_counts()
+    assert acknowledged <= parts_on_server(client, "big.mp4")
+    if not isinstance(server, MotoServer):
+        second = start_daemon(state_url, **settings)
+        wait_for(lambda: read_manifest(client, "big.mp4"), timeout=120, what="manifest after restart")
+        assert sha256_object(client, "big.mp4") == sha256_file(source)
+        assert second.logged("resumed") and not second.logged("starting a fresh upload")
+        return  # what was sent again only moto counts
+    server.reset_counts()
 
     start_daemon(state_url, **settings)
-    client = moto.client()
     wait_for(lambda: read_manifest(client, "big.mp4"), timeout=120, what="manifest after restart")
     assert sha256_object(client, "big.mp4") == sha256_file(source)
-    resent = moto.uploaded_parts(key="big.mp4")
+    resent = server.uploaded_parts(key="big.mp4")
     assert not {number for _, number in resent} & acknowledged, "an acknowledged part was sent again"
     in_flight = settings["part_concurrency"]
     assert len(resent) <= total_parts - len(acknowledged) + in_flight
-    assert moto.counts()["CreateMultipartUpload"] == 0, "the upload should be resumed, not restarted"
+    assert server.counts()["CreateMultipartUpload"] == 0, "the upload should be resumed, not restarted"
 
 
 def test_upload_deleted_on_server_between_runs_starts_fresh(
-    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+    start_daemon: Callable[..., DaemonProcess], server: Any, client: Any, input_dir: Path, tmp_path: Path
 ) -> None:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     settings = {"part_size": "5MiB", "bandwidth_limit": "20MB"}
@@ -131,23 +146,24 @@ def test_upload_deleted_on_server_between_runs_starts_fresh(
     first = start_daemon(state_url, **settings)
     wait_for(lambda: len(_recorded_parts(state_url, "clip.mov")) >= 2, timeout=60, what="2 checkpointed parts")
     first.kill()
-    client = moto.client()
     uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     assert len(uploads) == 1
     client.abort_multipart_upload(Bucket=BUCKET, Key="clip.mov", UploadId=uploads[0]["UploadId"])
-    moto.reset_counts()
+    if isinstance(server, MotoServer):
+        server.reset_counts()
 
     second = start_daemon(state_url, **settings)
     manifest = wait_for(lambda: read_manifest(client, "clip.mov"), timeout=120, what="manifest")
     assert sha256_object(client, "clip.mov") == sha256_file(source)
     assert manifest["sha256"] == sha256_file(source)
-    assert moto.counts()["CreateMultipartUpload"] == 1
-    assert len(moto.uploaded_parts(key="clip.mov", ok_only=True)) == 12  # every part, sent again
+    if isinstance(server, MotoServer):  # only moto counts requests
+        assert server.counts()["CreateMultipartUpload"] == 1
+        assert len(server.uploaded_parts(key="clip.mov", ok_only=True)) == 12  # every part, sent again
     assert second.logged("no longer exists on the server")
 
 
 def test_sigterm_stops_cleanly_and_the_next_run_finishes(
-    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
+    start_daemon: Callable[..., DaemonProcess], server: Any, client: Any, input_dir: Path, tmp_path: Path
 ) -> None:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     settings = {"part_size": "5MiB", "bandwidth_limit": "20MB", "part_concurrency": 2}
@@ -156,14 +172,16 @@ def test_sigterm_stops_cleanly_and_the_next_run_finishes(
     wait_for(lambda: len(_recorded_parts(state_url, "talk.mp4")) >= 2, timeout=60, what="2 checkpointed parts")
     assert first.terminate(timeout=30) == 0
     recorded = _recorded_parts(state_url, "talk.mp4")
-    sent = {number for _, number in moto.uploaded_parts(key="talk.mp4", ok_only=True)}
-    assert sent == recorded, "every part the server acknowledged is checkpointed after a warm stop"
-    moto.reset_counts()
+    if isinstance(server, MotoServer):
+        sent = {number for _, number in server.uploaded_parts(key="talk.mp4", ok_only=True)}
+        assert sent == recorded, "every part the server acknowledged is checkpointed after a warm stop"
+        server.reset_counts()
+    assert parts_on_server(client, "talk.mp4") == recorded, "every part the server holds is checkpointed"
     start_daemon(state_url, **settings)
-    client = moto.client()
     wait_for(lambda: read_manifest(client, "talk.mp4"), timeout=120, what="manifest")
     assert sha256_object(client, "talk.mp4") == sha256_file(source)
-    assert not {n for _, n in moto.uploaded_parts(key="talk.mp4")} & recorded
+    if isinstance(server, MotoServer):  # only moto counts requests
+        assert not {n for _, n in server.uploaded_parts(key="talk.mp4")} & recorded
 
 
 def test_startup_scan_picks_up_files_dropped_while_down(

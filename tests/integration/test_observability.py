@@ -1,5 +1,5 @@
 """What operators watch, from a real `chunkd run` process: systemd notifications, the HTTP
-endpoint's probes and metrics against a real (and really stopped) S3 server."""
+endpoint's probes and metrics against a real (and really stopped) S3 server: moto, and Ceph RGW."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ from chunkd.s3.devserver import free_port
 from tests.support.bucket import read_manifest
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.files import write_random
+from tests.support.pause import PausableServer, start_endpoint, stop_endpoint
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
 
 
 @pytest.fixture
-def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer) -> Callable[..., DaemonProcess]:
-    return lambda extra_env=None, **settings: chunkd_daemon(moto, extra_env=extra_env, **settings)
+def start_daemon(chunkd_daemon: Callable[..., DaemonProcess], request: pytest.FixtureRequest) -> Callable[..., DaemonProcess]:
+    """Starts daemons on the test's `pausable` server (moto, then RGW) if it takes one, else on moto."""
+    s3 = request.getfixturevalue("pausable" if "pausable" in request.fixturenames else "moto")
+    return lambda extra_env=None, **settings: chunkd_daemon(s3, extra_env=extra_env, **settings)
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes]:
@@ -58,7 +61,7 @@ def test_systemd_ready_and_watchdog_notifications(start_daemon: Callable[..., Da
 
 
 def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
-    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path
+    start_daemon: Callable[..., DaemonProcess], pausable: PausableServer, input_dir: Path
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -66,7 +69,7 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200")
     write_random(input_dir / "one.mp4", 12 * MiB)  # 3 parts: 5 + 5 + 2 MiB
     write_random(input_dir / "two.mp4", 1000)  # one PutObject
-    client = moto.client()
+    client = pausable.client()
     for name in ("one.mp4", "two.mp4"):
         wait_for(partial(read_manifest, client, name), timeout=60, what=f"manifest of {name}")
     assert get(f"{base}/metrics")[0] == 401  # the token guards metrics and status
@@ -87,14 +90,14 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     assert status == 200 and {row["relpath"] for row in json.loads(body)} == {"one.mp4", "two.mp4"}
     assert get(f"{base}/healthz")[0] == 200
 
-    moto.stop()
+    stop_endpoint(pausable)
     try:
         wait_for(lambda: get(f"{base}/readyz")[0] == 503, timeout=30, what="/readyz 503 while S3 is down")
         status, body = get(f"{base}/readyz")
         assert json.loads(body)["s3"] is False
         assert get(f"{base}/healthz")[0] == 200  # alive, just not ready
     finally:
-        moto.start()
+        start_endpoint(pausable)
     wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200 again")
 
 

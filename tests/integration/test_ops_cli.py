@@ -1,5 +1,6 @@
 """Operator commands as users run them (subprocess): status filters and rates, doctor, gc, retry,
-cancel and stats, against the real moto server and a SQLite store (status also on Redis)."""
+cancel and stats, against a SQLite store (status also on Redis) and a real S3 server: moto, and each
+S3 server in turn where the command's work is on S3 (doctor's bucket check, gc, cancel)."""
 
 from __future__ import annotations
 
@@ -144,8 +145,8 @@ def doctor_lines(output: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-def test_doctor_with_a_good_config_exits_0(env: dict[str, str]) -> None:
-    result = run_chunkd("doctor", env=env)
+def test_doctor_with_a_good_config_exits_0(server_env: dict[str, str]) -> None:
+    result = run_chunkd("doctor", env=server_env)
     assert result.returncode == 0, result.stdout + result.stderr
     checks = doctor_lines(result.stdout)
     assert {"config", "state store", "s3 credentials", "s3 bucket", "ffprobe", "input folder", "inotify watches",
@@ -154,8 +155,8 @@ def test_doctor_with_a_good_config_exits_0(env: dict[str, str]) -> None:
     assert all(level != "FAIL" for level, _ in checks.values())
 
 
-def test_doctor_names_the_wrong_bucket_and_exits_1(env: dict[str, str]) -> None:
-    result = run_chunkd("doctor", env={**env, "CHUNKD_BUCKET": "no-such-bucket"})
+def test_doctor_names_the_wrong_bucket_and_exits_1(server_env: dict[str, str]) -> None:
+    result = run_chunkd("doctor", env={**server_env, "CHUNKD_BUCKET": "no-such-bucket"})
     assert result.returncode == 1
     level, detail = doctor_lines(result.stdout)["s3 bucket"]
     assert level == "FAIL" and "'no-such-bucket' does not exist" in detail
@@ -175,27 +176,27 @@ def test_doctor_reports_unreachable_redis_without_password(env: dict[str, str], 
 # -- gc ----------------------------------------------------------------------------------------
 
 
-def uploads(moto: MotoServer) -> dict[str, str]:
-    return {u["Key"]: u["UploadId"] for u in moto.client().list_multipart_uploads(Bucket="chunkd").get("Uploads", [])}
+def uploads(client: Any) -> dict[str, str]:
+    return {u["Key"]: u["UploadId"] for u in client.list_multipart_uploads(Bucket="chunkd").get("Uploads", [])}
 
 
-def test_gc_aborts_orphans_and_keeps_live_uploads(env: dict[str, str], moto: MotoServer) -> None:
-    client = moto.client()
+def test_gc_aborts_orphans_and_keeps_live_uploads(server_env: dict[str, str], client: Any) -> None:
+    env = server_env
     orphan = client.create_multipart_upload(Bucket="chunkd", Key="orphan.mp4")["UploadId"]
     live = client.create_multipart_upload(Bucket="chunkd", Key="live.mp4")["UploadId"]
     seed(env, stream("live", StreamState.UPLOADING, upload_id=live))
 
     # moto answers ListMultipartUploads with a fixed Initiated (2010-11-10): every upload looks old
-    # there, so the age threshold is tested on `orphans` below.
+    # there, so the age threshold is tested on `orphans` below (and --hours 0 here).
     dry = ok("gc", "--dry-run", "--hours", "0", env=env)
     assert re.search(rf"would abort\s+orphan\.mp4\s+upload {re.escape(orphan)}\s+age \d+\.\dh", dry), dry
     assert "live.mp4" not in dry
-    assert uploads(moto) == {"orphan.mp4": orphan, "live.mp4": live}
+    assert uploads(client) == {"orphan.mp4": orphan, "live.mp4": live}
 
     real = ok("gc", "--hours", "0", env=env)
     assert re.search(rf"aborted\s+orphan\.mp4\s+upload {re.escape(orphan)}", real), real
     assert "aborted 1 orphaned multipart upload(s)" in real
-    assert uploads(moto) == {"live.mp4": live}
+    assert uploads(client) == {"live.mp4": live}
     assert "aborted 0 orphaned" in ok("gc", "--hours", "0", env=env)
 
 
@@ -247,9 +248,9 @@ def test_gc_expires_old_finished_records(env: dict[str, str], moto: MotoServer) 
     assert "expired 1 finished" in ok("gc", env={**env, "CHUNKD_RETENTION_DAYS": "10"})
 
 
-def test_gc_removes_the_probe_objects_and_uploads_a_killed_daemon_left(env: dict[str, str], moto: MotoServer) -> None:
-    env = {**env, "CHUNKD_KEY_TEMPLATE": "cams/{relpath}"}
-    client = moto.client()
+def test_gc_removes_the_probe_objects_and_uploads_a_killed_daemon_left(server_env: dict[str, str], server: Any,
+                                                                       client: Any) -> None:
+    env = {**server_env, "CHUNKD_KEY_TEMPLATE": "cams/{relpath}"}
     left = "cams/.chunkd-probe-0123abcd"
     for key in (left, "cams/clip.mp4"):
         client.put_object(Bucket="chunkd", Key=key, Body=b"chunkd probe")
@@ -259,10 +260,11 @@ def test_gc_removes_the_probe_objects_and_uploads_a_killed_daemon_left(env: dict
     out = ok("gc", "--hours", "0", env=env)
     assert f"aborted  cams/.chunkd-probe-4567  upload {probe_upload}" in out
     assert "gc: removed 0 start-up probe object(s) older than 10 min" in out
-    assert objects(moto) == ["cams/.chunkd-probe-0123abcd", "cams/clip.mp4"]
+    assert objects(client) == ["cams/.chunkd-probe-0123abcd", "cams/clip.mp4"]
 
-    # moto cannot backdate LastModified: the same pass with the age threshold at 0.
-    uploader = Uploader.connect(S3Target(moto.endpoint_url, None, moto.access_key, moto.secret_key), RetryPolicy())
+    # No server can backdate LastModified: the same pass with the age threshold at 0.
+    target = S3Target(server.endpoint_url, None, server.access_key, server.secret_key)
+    uploader = Uploader.connect(target, RetryPolicy())
     store = open_store(env["CHUNKD_STATE_URL"])
     lines: list[str] = []
     try:
@@ -277,11 +279,11 @@ def test_gc_removes_the_probe_objects_and_uploads_a_killed_daemon_left(env: dict
         "gc: removed 1 start-up probe object(s) older than 0 min",
     ]
     assert lines[2].startswith(f"removed  {left}  age ")
-    assert objects(moto) == ["cams/clip.mp4"]
+    assert objects(client) == ["cams/clip.mp4"]
 
 
-def objects(moto: MotoServer) -> list[str]:
-    return sorted(item["Key"] for item in moto.client().list_objects_v2(Bucket="chunkd").get("Contents", []))
+def objects(client: Any) -> list[str]:
+    return sorted(item["Key"] for item in client.list_objects_v2(Bucket="chunkd").get("Contents", []))
 
 
 def test_gc_with_an_unreachable_endpoint_is_one_line(env: dict[str, str]) -> None:
@@ -336,14 +338,14 @@ def test_retry_needs_ids_or_failed(env: dict[str, str]) -> None:
     assert run_chunkd("retry", env=env).returncode == 2
 
 
-def test_cancel_aborts_the_upload_and_fails_the_stream(env: dict[str, str], moto: MotoServer) -> None:
-    client = moto.client()
+def test_cancel_aborts_the_upload_and_fails_the_stream(server_env: dict[str, str], client: Any) -> None:
+    env = server_env
     upload_id = client.create_multipart_upload(Bucket="chunkd", Key="up.mp4")["UploadId"]
     seed(env, stream("up", StreamState.UPLOADING, upload_id=upload_id), parts={"up": 2})
 
     out = ok("cancel", "up", env=env)
     assert "-> FAILED (cancelled by operator)" in out and f"multipart upload {upload_id}" in out
-    assert uploads(moto) == {}
+    assert uploads(client) == {}
     record = load(env, "up")
     assert record is not None
     assert (record.state, record.last_error, record.upload_id) == (StreamState.FAILED, "cancelled by operator", None)

@@ -1,8 +1,9 @@
 """Bodies are signed with the SHA-256 chunkd computed for them, against a real server over HTTP.
 
-The strict moto server checks x-amz-content-sha256 the way S3 and MinIO do, so bytes that differ
-from the ones hashed (damaged on the wire) are refused and the part is read, hashed and sent again.
-A part is read once, so a file rewritten after the read cannot make the body differ from its hash.
+The strict moto server and Ceph RGW check x-amz-content-sha256 the way S3 and MinIO do, so bytes
+that differ from the ones hashed (damaged on the wire) are refused and the part is read, hashed and
+sent again. A part is read once, so a file rewritten after the read cannot make the body differ from
+its hash.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
 
 
-def chunkd_client(moto: MotoServer) -> Any:
-    return make_client(S3Target(moto.endpoint_url, None, "testing", "testing"))
+def chunkd_client(server: Any) -> Any:
+    return make_client(S3Target(server.endpoint_url, None, server.access_key, server.secret_key))
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def checking(request: pytest.FixtureRequest) -> Any:
+    """A server that checks the signed payload SHA-256: strict moto, and Ceph RGW on its own."""
+    return request.getfixturevalue(request.param)
 
 
 def _text(value: str | bytes) -> str:
@@ -45,11 +52,11 @@ def sent_headers(client: Any) -> list[dict[str, str]]:
     return seen
 
 
-def test_the_signed_payload_hash_is_the_part_sha256_and_no_md5_is_sent(moto: MotoServer, tmp_path: Path) -> None:
+def test_the_signed_payload_hash_is_the_part_sha256_and_no_md5_is_sent(server: Any, tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     data = os.urandom(6 * MiB)
     path.write_bytes(data)
-    client = chunkd_client(moto)
+    client = chunkd_client(server)
     seen = sent_headers(client)
     uploader = Uploader(client, RetryPolicy(max_attempts=1))
     upload_id = uploader.create(BUCKET, "clip.mp4")
@@ -62,19 +69,21 @@ def test_the_signed_payload_hash_is_the_part_sha256_and_no_md5_is_sent(moto: Mot
     assert record.etag.strip('"') == hashlib.md5(data).hexdigest()  # the server got these bytes
 
 
-def test_a_body_that_does_not_match_its_signed_hash_is_refused(moto: MotoServer, tmp_path: Path) -> None:
+def test_a_body_that_does_not_match_its_signed_hash_is_refused(checking: Any, tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"the bytes on disk")
-    client = chunkd_client(moto)
+    client = chunkd_client(checking)
     with open(path, "rb") as handle, pytest.raises(ClientError) as info:
         body = RangeReader(handle, 0, 17, payload_sha256=hashlib.sha256(b"other bytes").hexdigest())
         client.put_object(Bucket=BUCKET, Key="clip.mp4", Body=body, ContentLength=17)
     assert info.value.response["Error"]["Code"] == "XAmzContentSHA256Mismatch"
-    assert moto.counts()["PutObject"] == 1
+    if isinstance(checking, MotoServer):  # only moto counts requests
+        assert checking.counts()["PutObject"] == 1
+    assert "Contents" not in checking.client().list_objects_v2(Bucket=BUCKET)  # nothing stored
 
 
 def test_a_part_is_read_once_so_a_rewrite_after_the_read_cannot_split_hash_and_body(
-    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    checking: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bytes hashed are the bytes sent: a rewrite after the part was read changes neither, and
     the part lands signed with the SHA-256 of what was read (finalize's scan finds the rewrite)."""
@@ -94,7 +103,7 @@ def test_a_part_is_read_once_so_a_rewrite_after_the_read_cannot_split_hash_and_b
     monkeypatch.setattr(uploader_module, "read_part", read_then_rewrite)
     retries: list[str] = []
     policy = RetryPolicy(max_attempts=3, sleep=lambda _: None, on_retry=lambda error, attempt: retries.append(error.code))
-    uploader = Uploader(chunkd_client(moto), policy)
+    uploader = Uploader(chunkd_client(checking), policy)
     upload_id = uploader.create(BUCKET, "clip.mp4")
 
     record = uploader.upload_part(BUCKET, "clip.mp4", upload_id, path, Part(1, 0, len(after)), identity)
@@ -102,14 +111,14 @@ def test_a_part_is_read_once_so_a_rewrite_after_the_read_cannot_split_hash_and_b
     assert (reads, retries) == ([len(before)], [])
     assert record.sha256 == hashlib.sha256(before).hexdigest()
     uploader.complete(BUCKET, "clip.mp4", upload_id, [record])
-    assert moto.client().get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read() == before
+    assert checking.client().get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read() == before
 
 
-def test_content_md5_on_sends_both_and_checks_the_etag(moto: MotoServer, tmp_path: Path) -> None:
+def test_content_md5_on_sends_both_and_checks_the_etag(server: Any, tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     data = os.urandom(MiB)
     path.write_bytes(data)
-    client = chunkd_client(moto)
+    client = chunkd_client(server)
     seen = sent_headers(client)
     uploader = Uploader(client, RetryPolicy(max_attempts=1), content_md5=True)
 
@@ -123,10 +132,10 @@ def test_content_md5_on_sends_both_and_checks_the_etag(moto: MotoServer, tmp_pat
 # -- CHUNKD_CONTENT_MD5=auto: asking the server once -------------------------------------------------
 
 
-def test_the_probe_finds_moto_strict_checks_signed_hashes(moto: MotoServer) -> None:
-    uploader = Uploader(chunkd_client(moto), RetryPolicy(max_attempts=1))
+def test_the_probe_finds_moto_strict_and_rgw_check_signed_hashes(checking: Any) -> None:
+    uploader = Uploader(chunkd_client(checking), RetryPolicy(max_attempts=1))
     assert uploader.checks_payload_hash(BUCKET, "cams/.chunkd-probe-1") is True
-    assert "Contents" not in moto.client().list_objects_v2(Bucket=BUCKET)  # refused: nothing stored
+    assert "Contents" not in checking.client().list_objects_v2(Bucket=BUCKET)  # refused: nothing stored
 
 
 def test_the_probe_finds_rclone_stores_what_it_does_not_check_and_cleans_up(rclone_s3: LocalS3Server) -> None:

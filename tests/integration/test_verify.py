@@ -1,4 +1,4 @@
-"""`chunkd verify KEY|PATH` as a real process against moto's HTTP server: objects uploaded by
+"""`chunkd verify KEY|PATH` as a real process against each S3 server: objects uploaded by
 `chunkd upload`, then changed on the server, in their manifest or on the local disk."""
 
 from __future__ import annotations
@@ -43,19 +43,22 @@ def flip_byte(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
-def test_fresh_multipart_upload_verifies_deep_in_text_and_json(env: dict[str, str], tmp_path: Path,
-                                                              moto: MotoServer) -> None:
+def test_fresh_multipart_upload_verifies_deep_in_text_and_json(server_env: dict[str, str], tmp_path: Path,
+                                                              server: Any, client: Any) -> None:
+    env = server_env
     upload(write_random(tmp_path / "clip.mp4", 7 * MiB), env)
-    manifest = read_manifest(moto.client(), "clip.mp4")
+    manifest = read_manifest(client, "clip.mp4")
     assert manifest is not None and [p["size"] for p in manifest["parts"]] == [5 * MiB, 2 * MiB]
 
-    moto.reset_counts()
+    if isinstance(server, MotoServer):
+        server.reset_counts()
     result = run_chunkd("verify", "clip.mp4", "--deep", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert final_line(result) == "OK: s3://chunkd/clip.mp4 verified"
     assert "PASS  object_sha256" in result.stdout
     assert "FAIL" not in result.stdout
-    assert moto.counts()["GetObject"] == 2  # the manifest, then the object streamed for --deep
+    if isinstance(server, MotoServer):  # only moto counts requests
+        assert server.counts()["GetObject"] == 2  # the manifest, then the object streamed for --deep
 
     code, report = verify_json("clip.mp4", "--deep", env=env)
     assert code == 0
@@ -66,6 +69,7 @@ def test_fresh_multipart_upload_verifies_deep_in_text_and_json(env: dict[str, st
 
 
 def test_shallow_verify_does_not_read_the_object(env: dict[str, str], tmp_path: Path, moto: MotoServer) -> None:
+    """On moto only: what it proves is a request count."""
     upload(write_random(tmp_path / "clip.mp4", 7 * MiB), env)
     moto.reset_counts()
     code, report = verify_json("clip.mp4", env=env)
@@ -74,10 +78,10 @@ def test_shallow_verify_does_not_read_the_object(env: dict[str, str], tmp_path: 
     assert moto.counts()["GetObject"] == 1  # the manifest only
 
 
-def test_one_changed_byte_on_the_server_fails_etag_and_sha256(env: dict[str, str], tmp_path: Path,
-                                                              moto: MotoServer) -> None:
+def test_one_changed_byte_on_the_server_fails_etag_and_sha256(server_env: dict[str, str], tmp_path: Path,
+                                                              client: Any) -> None:
+    env = server_env
     upload(write_random(tmp_path / "clip.mp4", 7 * MiB), env)
-    client = moto.client()
     original = client.get_object(Bucket=BUCKET, Key="clip.mp4")["Body"].read()
     client.put_object(Bucket=BUCKET, Key="clip.mp4", Body=flip_byte(original, 6 * MiB + 17))
 
@@ -92,8 +96,9 @@ def test_one_changed_byte_on_the_server_fails_etag_and_sha256(env: dict[str, str
     assert failed_checks(report) == {"etag", "object_sha256"}
 
 
-def test_local_path_finds_its_key_in_the_store_and_a_modified_file_fails(env: dict[str, str],
+def test_local_path_finds_its_key_in_the_store_and_a_modified_file_fails(server_env: dict[str, str],
                                                                          tmp_path: Path) -> None:
+    env = server_env
     clip = write_random(tmp_path / "input" / "clip.mp4", 7 * MiB)
     # Uploaded under another template: only the checkpoint store knows the key is archive/clip.mp4.
     upload(clip, {**env, "CHUNKD_KEY_TEMPLATE": "archive/{relpath}"})
@@ -115,7 +120,8 @@ def test_local_path_finds_its_key_in_the_store_and_a_modified_file_fails(env: di
     assert code == 1 and failed_checks(report) == {"local_sha256"}
 
 
-def test_missing_manifest_fails_naming_where_it_looked(env: dict[str, str], tmp_path: Path) -> None:
+def test_missing_manifest_fails_naming_where_it_looked(server_env: dict[str, str], tmp_path: Path) -> None:
+    env = server_env
     result = run_chunkd("verify", "nope.mp4", env=env)
     assert result.returncode == 1
     assert "no manifest at s3://chunkd/nope.mp4.manifest.json" in result.stdout
@@ -161,7 +167,8 @@ def test_unreachable_endpoint_is_one_clear_line(env: dict[str, str]) -> None:
     assert result.stdout == ""
 
 
-def test_missing_bucket_is_a_config_error(env: dict[str, str]) -> None:
+def test_missing_bucket_is_a_config_error(server_env: dict[str, str]) -> None:
+    env = server_env
     result = run_chunkd("verify", "clip.mp4", env={**env, "CHUNKD_BUCKET": "no-such-bucket"})
     assert result.returncode == 2
     lines = error_lines(result)

@@ -48,3 +48,17 @@ def _uploads(client: Any, prefix: str, bucket: str) -> list[dict[str, Any]]:
         raise
     uploads: list[dict[str, Any]] = listing.get("Uploads", [])
     return uploads
+
+
+def parts_on_server(client: Any, key: str, *, bucket: str = BUCKET) -> set[int]:
+    """Part numbers the server holds in the key's one open multipart upload (ListParts), none
+    before it is created: what a server that keeps no request log can say about what was sent."""
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    except client.exceptions.NoSuchUpload:  # `rclone serve s3`'s answer when there are none
+        return set()
+    if not uploads:
+        return set()
+    assert [upload["Key"] for upload in uploads] == [key]
+    listed = client.list_parts(Bucket=bucket, Key=key, UploadId=uploads[0]["UploadId"])
+    return {part["PartNumber"] for part in listed.get("Parts", [])}

@@ -41,6 +41,7 @@ INSTALL_HINT = "apt-get install --no-install-recommends ceph-mon ceph-osd radosg
 # memstore holds every object in the OSD's RAM up to this cap. Deleted and overwritten data is
 # only freed by RGW's garbage collector, which by default waits two hours before it even looks:
 # a run that deletes and uploads again would fill the store and then hang on timeouts.
+GATEWAY = "client.rgw"  # radosgw's Ceph name: its process, log and keyring entry
 MEMSTORE_BYTES = 4 * 1024**3
 GC_MIN_WAIT_SECONDS = 30
 GC_PERIOD_SECONDS = 15
@@ -63,7 +64,9 @@ class CephRGW:
     """mon + memstore OSD + radosgw on 127.0.0.1:<free port>, with one S3 user.
 
     `stop()` kills the daemons (by the PIDs we started) and deletes the cluster: nothing survives
-    it, and `start()` builds a fresh, empty cluster on the same port.
+    it, and `start()` builds a fresh, empty cluster on the same port. `stop_gateway()` kills
+    radosgw alone, an outage that keeps every object and multipart upload (they live in the
+    OSD); `start_gateway()` brings it back on the same port in a fraction of a second.
     """
 
     host = "127.0.0.1"
@@ -95,7 +98,8 @@ class CephRGW:
 
     @property
     def running(self) -> bool:
-        return bool(self._processes) and all(p.poll() is None for p in self._processes.values())
+        """Every daemon up, the gateway included."""
+        return GATEWAY in self._processes and all(p.poll() is None for p in self._processes.values())
 
     def client(self, **config: Any) -> Any:
         return make_client(self.endpoint_url, self.access_key, self.secret_key, **config)
@@ -121,6 +125,9 @@ class CephRGW:
 
     def start(self) -> Self:
         if self.running:
+            return self
+        if self._gateway_alone_down():  # a test's outage left it stopped: the data is still there
+            self.start_gateway()
             return self
         self.stop()  # a half-dead cluster from before: start over
         began = time.monotonic()
@@ -151,6 +158,26 @@ class CephRGW:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+    def stop_gateway(self) -> None:
+        """Kill radosgw alone: the endpoint refuses connections and open ones are cut, while the
+        monitor and the OSD keep the data, as in an outage of the S3 front end."""
+        process = self._processes.pop(GATEWAY, None)
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def _gateway_alone_down(self) -> bool:
+        others = [process for name, process in self._processes.items() if name != GATEWAY]
+        return GATEWAY not in self._processes and bool(others) and all(p.poll() is None for p in others)
+
+    def start_gateway(self) -> None:
+        """Start radosgw again on the same port, against the cluster `stop_gateway()` left running."""
+        if self.dir is None:
+            raise RuntimeError("CephRGW has no cluster; call start() first")
+        if GATEWAY in self._processes:
+            return
+        self._start_radosgw(self.dir / "ceph.conf")
 
     def __enter__(self) -> Self:
         return self.start()
@@ -230,7 +257,10 @@ class CephRGW:
         self._run("radosgw-admin", "-c", str(conf), "-n", "client.rgw", "user", "create", "--uid=chunkd",
                   "--display-name=chunkd", f"--access-key={self.access_key}", f"--secret={self.secret_key}",
                   timeout=120)
-        self._daemon("client.rgw", "radosgw", "-c", str(conf), "-n", "client.rgw")
+        self._start_radosgw(conf)
+
+    def _start_radosgw(self, conf: Path) -> None:
+        self._daemon(GATEWAY, "radosgw", "-c", str(conf), "-n", GATEWAY)
         self._wait(lambda: _answers(self.host, self.port), what=f"radosgw to answer on {self.endpoint_url}")
 
     def _run(self, *command: str, timeout: float = 60.0, check: bool = True) -> str:
