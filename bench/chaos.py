@@ -1102,15 +1102,17 @@ def _etag_problems(name: str, manifest: dict[str, Any], object_etag: str, body: 
 
 def check_parts(parts: list[dict[str, Any]], body: bytes) -> list[str]:
     """Parts numbered 1..N, each starting where the previous ended, covering the object exactly,
-    each with the SHA-256 of the object's bytes in its range."""
+    each with the checksum the server verified (its SHA-256, or its MD5 where Content-MD5 was the
+    check) of the object's bytes in its range."""
     problems, offset = [], 0
     for number, part in enumerate(parts, start=1):
         if part.get("number") != number or part.get("offset") != offset:
             problems.append(f"part {part.get('number')} at offset {part.get('offset')}: expected #{number} at {offset}")
         size = int(part.get("size") or 0)
         start = int(part.get("offset") or 0)
-        if part.get("sha256") and part["sha256"] != hashlib.sha256(body[start : start + size]).hexdigest():
-            problems.append(f"part {part.get('number')}: sha256 does not match the object's bytes")
+        for name in [name for name in ("sha256", "md5") if part.get(name)]:
+            if part[name] != hashlib.new(name, body[start : start + size]).hexdigest():
+                problems.append(f"part {part.get('number')}: {name} does not match the object's bytes")
         offset += size
     if offset != len(body):
         problems.append(f"parts cover {offset} bytes, the object has {len(body)}")

@@ -145,14 +145,23 @@ def parse_manifest(raw: bytes) -> Manifest:
 
 
 def _part(index: int, item: Any) -> PartRecord:
-    fields = (("number", int), ("offset", int), ("size", int), ("etag", str), ("sha256", str))
-    if not isinstance(item, dict) or not all(_is(item.get(name), kind) for name, kind in fields):
+    """A part carries the checksum the server verified as it took it: `sha256` (signed payload) or
+    `md5` (Content-MD5), at least one of them."""
+    fields = (("number", int), ("offset", int), ("size", int), ("etag", str))
+    checksums = [item.get(name) for name in ("sha256", "md5")] if isinstance(item, dict) else []
+    if (
+        not isinstance(item, dict)
+        or not all(_is(item.get(name), kind) for name, kind in fields)
+        or not all(value is None or _is(value, str) for value in checksums)
+        or not any(checksums)
+    ):
         raise ManifestError(
-            f"malformed part #{index} in parts[]: each needs integer number, offset and size, and string etag "
-            "and sha256"
+            f"malformed part #{index} in parts[]: each needs integer number, offset and size, string etag, "
+            "and a string sha256 or md5"
         )
     return PartRecord(
-        number=item["number"], offset=item["offset"], size=item["size"], etag=item["etag"], sha256=item["sha256"]
+        number=item["number"], offset=item["offset"], size=item["size"], etag=item["etag"],
+        sha256=item.get("sha256") or "", md5=item.get("md5") or "",
     )
 
 

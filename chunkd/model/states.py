@@ -52,10 +52,14 @@ class PartRecord:
     offset: int
     size: int
     etag: str
-    sha256: str
+    # The part's own checksum: the one the server verified as it took the part (its signed SHA-256,
+    # or its Content-MD5 when the body went UNSIGNED-PAYLOAD); the other one is "" (never computed).
+    sha256: str = ""
+    md5: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Without the checksum that was not computed: a part carries only the one that was sent."""
+        return {name: value for name, value in asdict(self).items() if value != "" or name not in ("sha256", "md5")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PartRecord:
@@ -64,7 +68,8 @@ class PartRecord:
             offset=int(data["offset"]),
             size=int(data["size"]),
             etag=str(data["etag"]),
-            sha256=str(data["sha256"]),
+            sha256=str(data.get("sha256") or ""),
+            md5=str(data.get("md5") or ""),
         )
 
 

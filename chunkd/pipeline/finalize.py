@@ -83,8 +83,13 @@ class Finalizer:
         return self._finish_multipart(needed, snap, scan, media)
 
     def scan_for(self, snap: Snapshot, part_hashes: set[int]) -> Scan:
-        """The read of the whole file as `snap` saw it, with the SHA-256 of the parts named."""
-        return Scan(self._upload.path, snap.identity, list(self._schedule.parts_for(snap.size)), part_hashes=part_hashes)
+        """The read of the whole file as `snap` saw it, with the checksum of each part named: the
+        one it was sent with (for a part still in flight, the one this server's parts are sent with)."""
+        by_md5 = self._upload.engine.uploader.content_md5
+        done = self._upload.done
+        md5_parts = {n for n in part_hashes if _sent_with_md5(done.get(n), default=by_md5)}
+        parts = list(self._schedule.parts_for(snap.size))
+        return Scan(self._upload.path, snap.identity, parts, part_hashes=part_hashes, md5_parts=md5_parts)
 
     def _multipart(self, snap: Snapshot) -> bool:
         return self._upload.record.upload_id is not None or snap.size >= self._schedule.part_size(1)
@@ -130,8 +135,11 @@ class Finalizer:
         digest, etag = engine.uploader.put_object(record.bucket, record.key, upload.path, snap.size, snap.identity)
         if (scan is not None and digest.sha256_hex != scan.sha256) or _moved_on(upload, snap, gone_is_done=True):
             return False
-        record.sha256 = digest.sha256_hex
-        part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=digest.sha256_hex)
+        sha256 = digest.sha256_hex
+        if sha256 is None:  # put_object always signs with the body's SHA-256: the file's, in the manifest
+            raise RuntimeError("PutObject sent without the body's SHA-256")
+        record.sha256 = sha256
+        part = PartRecord(number=1, offset=0, size=snap.size, etag=etag, sha256=sha256)
         engine.progress(record.relpath, snap.size)
         engine.metrics.object_uploaded(snap.size)
         # No HeadObject: the 200 to a PutObject of exactly these bytes (signed SHA-256, length) is
@@ -193,7 +201,11 @@ def _matches(recorded: PartRecord | None, part: Part, scan: LocalScan) -> bool:
     """Sent, and (if it was sent before the scan) its bytes are still the ones sent."""
     if recorded is None or not _sent(recorded, part):
         return False
-    return scan.part_sha256.get(part.number, recorded.sha256) == recorded.sha256
+    return scan.matches(recorded)
+
+
+def _sent_with_md5(recorded: PartRecord | None, *, default: bool) -> bool:
+    return default if recorded is None else bool(recorded.md5) and not recorded.sha256
 
 
 def _readable(upload: UploadCoordinator, snap: Snapshot) -> None:

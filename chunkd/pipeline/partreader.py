@@ -3,9 +3,10 @@
 A part in flight is held in memory once (`read_part`: part_concurrency × part size per file), so
 its bytes are read from the file once, hashed where they lie (hashlib releases the GIL, so parts
 hash in parallel), and handed to the HTTP client whole: one send instead of a read and a send per
-16 KiB block. The bytes hashed are the bytes sent. The part's SHA-256 is the request's signed
-payload hash (see chunkd.s3.client.signed_payload), so a server that checks it rejects bytes
-damaged on the wire. With a bandwidth limit the bytes are sent through `BufferReader`, which
+16 KiB block. The bytes hashed are the bytes sent, with one checksum the server verifies: the
+part's SHA-256 as the request's signed payload hash (see chunkd.s3.client.signed_payload), or,
+where the server checks Content-MD5 but not signed hashes, its MD5 alone (UNSIGNED-PAYLOAD), so
+bytes damaged on the wire are refused. With a bandwidth limit the bytes are sent through `BufferReader`, which
 charges the shared bucket block by block.
 
 `digest_range` and `RangeReader` read straight from the file: for checks of parts sent earlier.
@@ -40,8 +41,11 @@ class FileIdentity:
 
 @dataclass(frozen=True)
 class Digest:
-    sha256_hex: str
-    md5_hex: str | None = None  # only when asked for: MD5 costs more than SHA-256 on CPUs with SHA-NI
+    """A range's checksums, each only when asked for: one pass of the cheaper check the server
+    verifies (MD5 costs more than SHA-256 on CPUs with SHA-NI, but spares the signed-payload hash)."""
+
+    sha256_hex: str | None
+    md5_hex: str | None = None
 
     @property
     def md5_b64(self) -> str | None:
@@ -65,10 +69,10 @@ def read_part(handle: io.BufferedReader, offset: int, size: int) -> bytes:
     return data
 
 
-def digest_of(data: bytes | bytearray, *, md5: bool = False) -> Digest:
-    """SHA-256 of bytes in memory, and their MD5 when asked for."""
+def digest_of(data: bytes | bytearray, *, md5: bool = False, sha256: bool = True) -> Digest:
+    """The SHA-256 and/or MD5 of bytes in memory, as asked for."""
     md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest() if md5 else None
-    return Digest(hashlib.sha256(data).hexdigest(), md5_hex)
+    return Digest(hashlib.sha256(data).hexdigest() if sha256 else None, md5_hex)
 
 
 def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader:
@@ -84,12 +88,12 @@ def open_checked(path: Path, identity: FileIdentity | None) -> io.BufferedReader
 
 
 def digest_range(
-    handle: io.BufferedReader, offset: int, size: int, *, md5: bool = False, read_size: int = READ_SIZE
+    handle: io.BufferedReader, offset: int, size: int, *, md5: bool = False, sha256: bool = True,
+    read_size: int = READ_SIZE,
 ) -> Digest:
-    """SHA-256 (manifest, signed payload) of one byte range, and its MD5 (Content-MD5, ETag checks)
-    when asked for."""
+    """SHA-256 (signed payload) and/or MD5 (Content-MD5, ETag checks) of one byte range, as asked for."""
     md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
-    sha = hashlib.sha256()
+    sha = hashlib.sha256() if sha256 else None
     fd, position, remaining = handle.fileno(), offset, size
     while remaining > 0:
         chunk = os.pread(fd, min(read_size, remaining), position)
@@ -97,10 +101,11 @@ def digest_range(
             raise SourceChangedError(f"file shrank: expected {size} bytes at offset {offset}")
         if md5_hash is not None:
             md5_hash.update(chunk)
-        sha.update(chunk)
+        if sha is not None:
+            sha.update(chunk)
         position += len(chunk)
         remaining -= len(chunk)
-    return Digest(sha.hexdigest(), md5_hash.hexdigest() if md5_hash is not None else None)
+    return Digest(sha.hexdigest() if sha else None, md5_hash.hexdigest() if md5_hash is not None else None)
 
 
 class RangeReader(io.RawIOBase):

@@ -99,16 +99,21 @@ class Resume:
         return {}
 
     def _adopt_part(self, number: int, size: int, etag: str) -> PartRecord | None:
-        """Keep a part the server holds only if the local bytes hash to the server's ETag."""
+        """Keep a part the server holds only if the local bytes hash to the server's ETag. It is
+        recorded with the checksum this server verifies parts by (see PartRecord)."""
         part = self._schedule.part(number)
         if size != part.size or part.end > self._snap.size:
             return None
+        by_md5 = self._upload.engine.uploader.content_md5
         with open_checked(self._upload.path, self._snap.identity) as handle:
-            digest = digest_range(handle, part.offset, part.size, md5=True)
+            digest = digest_range(handle, part.offset, part.size, md5=True, sha256=not by_md5)
         if digest.md5_hex != etag.strip('"').lower():
             return None
         self._upload.log.debug("adopted a part the server had but the checkpoint missed", extra={"part": number})
-        return PartRecord(number=number, offset=part.offset, size=part.size, etag=etag, sha256=digest.sha256_hex)
+        return PartRecord(
+            number=number, offset=part.offset, size=part.size, etag=etag,
+            sha256=digest.sha256_hex or "", md5=digest.md5_hex if by_md5 else "",
+        )
 
     def _upload_gone(self, ledger: dict[int, PartRecord]) -> dict[int, PartRecord]:
         upload = self._upload

@@ -114,10 +114,14 @@ class WriteCalls(S3Calls):
     def upload_part(
         self, bucket: str, key: str, upload_id: str, path: Path, part: Part, identity: FileIdentity | None
     ) -> PartRecord:
-        """Hash the range, then send it signed with its SHA-256 (and Content-MD5 if configured)."""
+        """Hash the range once, then send it with the one checksum the server verifies: Content-MD5
+        (UNSIGNED-PAYLOAD) where it checks that, else signed with its SHA-256."""
 
         def send() -> PartRecord:
-            with open_checked(path, identity) as handle, self._read(handle, part.offset, part.size) as (digest, body):
+            with (
+                open_checked(path, identity) as handle,
+                self._read(handle, part.offset, part.size, sha256=not self.content_md5) as (digest, body),
+            ):
                 request: UploadPartRequestTypeDef = {
                     "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part.number,
                     "Body": body, "ContentLength": part.size,
@@ -152,13 +156,19 @@ class WriteCalls(S3Calls):
         return self._policy.call(self._attempt(send), key=key)
 
     @contextlib.contextmanager
-    def _read(self, handle: io.BufferedReader, offset: int, size: int) -> Iterator[tuple[Digest, IO[bytes]]]:
+    def _read(
+        self, handle: io.BufferedReader, offset: int, size: int, *, sha256: bool = True
+    ) -> Iterator[tuple[Digest, IO[bytes]]]:
         """The range read once and hashed where it lies: the body is those very bytes, whole (one
-        send), or block by block through the bandwidth limiter when there is one."""
+        send), or block by block through the bandwidth limiter when there is one. Without its
+        SHA-256 (`sha256=False`, Content-MD5 carries the check) the body goes UNSIGNED-PAYLOAD."""
         data = read_part(handle, offset, size)
-        digest = digest_of(data, md5=self.content_md5)
+        digest = digest_of(data, md5=self.content_md5, sha256=sha256)
         if self._limiter is not None and not self._limiter.unlimited:
             yield digest, cast("IO[bytes]", BufferReader(data, self._limiter, payload_sha256=digest.sha256_hex))
+            return
+        if digest.sha256_hex is None:
+            yield digest, cast("IO[bytes]", data)
             return
         with signed_payload(data, digest.sha256_hex):
             yield digest, cast("IO[bytes]", data)  # botocore sends a bytes body as it is
@@ -327,4 +337,7 @@ def _check_etag(etag: str, digest: Digest, part: int | None = None) -> None:
 
 def _part_record(part: Part, digest: Digest, etag: str) -> PartRecord:
     _check_etag(etag, digest, part.number)
-    return PartRecord(number=part.number, offset=part.offset, size=part.size, etag=etag, sha256=digest.sha256_hex)
+    return PartRecord(
+        number=part.number, offset=part.offset, size=part.size, etag=etag,
+        sha256=digest.sha256_hex or "", md5=digest.md5_hex if digest.sha256_hex is None and digest.md5_hex else "",
+    )

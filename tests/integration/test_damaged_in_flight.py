@@ -52,13 +52,13 @@ def engine(proxied: Proxied, tmp_path: Path) -> Iterator[Engine]:
     close_test_engine(built)
 
 
-def part_digests(path: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """(MD5, SHA-256) of the file's bytes at each part the manifest lists."""
+def part_digests(path: Path, manifest: dict[str, Any], checksum: str) -> list[tuple[str, str]]:
+    """(MD5, `checksum`: "md5" or "sha256") of the file's bytes at each part the manifest lists."""
     data = path.read_bytes()
     found = []
     for part in manifest["parts"]:
         chunk = data[part["offset"]:part["offset"] + part["size"]]
-        found.append((hashlib.md5(chunk).hexdigest(), hashlib.sha256(chunk).hexdigest()))
+        found.append((hashlib.md5(chunk).hexdigest(), hashlib.new(checksum, chunk).hexdigest()))
     return found
 
 
@@ -79,7 +79,11 @@ def test_a_part_damaged_in_flight_is_refused_and_sent_again(
     assert sha256_object(client, KEY) == sha256_file(path)
     manifest = read_manifest(client, KEY)
     assert manifest is not None and manifest["sha256"] == sha256_file(path)
-    assert [(p["etag"].strip('"'), p["sha256"]) for p in manifest["parts"]] == part_digests(path, manifest)
+    # Each part carries the checksum the server verified: Content-MD5 (sent UNSIGNED-PAYLOAD) where
+    # the server checks it, else the signed SHA-256; the other one is never computed.
+    checksum = "md5" if content_md5 else "sha256"
+    assert [(p["etag"].strip('"'), p[checksum]) for p in manifest["parts"]] == part_digests(path, manifest, checksum)
+    assert not any(("md5" if checksum == "sha256" else "sha256") in p for p in manifest["parts"])
     assert open_uploads(client, KEY) == []
 
 

@@ -108,3 +108,27 @@ def test_a_file_of_one_put_that_cannot_be_a_duplicate_is_read_only_by_its_put(
     assert sha256_object(client, "small.ts") == sha256_file(path)
     manifest = read_manifest(client, "small.ts")
     assert manifest is not None and manifest["sha256"] == sha256_file(path)
+
+
+def test_a_part_sent_with_content_md5_and_rewritten_is_caught_by_its_md5(
+    make_engine: Callable[..., Engine], client: Any, scans: list[str]
+) -> None:
+    """Parts sent with Content-MD5 carry no SHA-256 of their own: the rewrite is caught by comparing
+    the local bytes' MD5 with the one sent, and the part is sent again."""
+    engine = make_engine(idle_seconds=IDLE, content_md5="on")
+    path = engine.input_dir / "live.ts"
+    path.write_bytes(b"")
+    thread, outcome = run_in_thread(engine, "live.ts")
+    grow(path, 5)
+    wait_for(lambda: engine.requests["UploadPart"] >= 2, timeout=30)  # type: ignore[attr-defined]
+    with open(path, "r+b") as handle:  # part 1 was sent with other bytes
+        handle.write(os.urandom(4096))
+    thread.join(timeout=60)
+    assert outcome == [Outcome.COMPLETED]
+    assert sha256_object(client, "live.ts") == sha256_file(path)
+    record = engine.store.find_by_relpath("live.ts")
+    assert record is not None
+    parts = engine.store.list_parts(record.id)
+    assert parts and all(part.md5 and not part.sha256 for part in parts)
+    # part 1 sent again (rclone serve s3 refuses to replace a part: there, every part is)
+    assert engine.requests["UploadPart"] > len(parts)  # type: ignore[attr-defined]

@@ -164,3 +164,12 @@ def test_a_document_over_the_limit_is_not_a_manifest() -> None:
     with pytest.raises(ManifestError, match="not a manifest"):
         parse_manifest(padded)
     assert isinstance(ManifestError("x"), ValueError)
+
+
+def test_parts_sent_with_content_md5_carry_their_md5_instead_of_a_sha256() -> None:
+    """Where Content-MD5 was the check the server verified, no per-part SHA-256 was computed: the
+    part carries `md5` alone, and reads back as it was written."""
+    parts = [dataclasses.replace(part, sha256="", md5=f"{part.number:032x}") for part in PARTS]
+    doc = {**document(), "parts": [part.to_dict() for part in parts]}
+    assert all("sha256" not in item and "md5" in item for item in doc["parts"])
+    assert parse_manifest(encode(doc)).parts == tuple(parts)

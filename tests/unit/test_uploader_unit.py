@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import random
@@ -280,6 +281,23 @@ def test_a_part_is_signed_with_its_sha256_and_carries_no_md5_by_default(tmp_path
     assert fake.payload_sha256 == record.sha256 == hashlib.sha256(b"payload").hexdigest()
     assert "ContentMD5" not in fake.kwargs
     assert fake.calls == 1  # an ETag is not checked without an MD5 of our own
+
+
+def test_with_content_md5_a_part_goes_unsigned_and_is_recorded_by_its_md5_alone(tmp_path: Path) -> None:
+    """Where the server checks Content-MD5, that is the part's one checksum: no SHA-256 is computed,
+    the body goes UNSIGNED-PAYLOAD, and the record carries the MD5 that was sent."""
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"payload")
+    md5 = hashlib.md5(b"payload").hexdigest()
+    fake = FixedEtagClient(f'"{md5}"')
+    uploader = Uploader(fake, RetryPolicy(sleep=lambda s: None), content_md5=True)  # type: ignore[arg-type]
+
+    record = uploader.upload_part(BUCKET, "k", "u", path, Part(1, 0, 7), None)
+
+    assert fake.payload_sha256 is None
+    assert fake.kwargs["ContentMD5"] == base64.b64encode(bytes.fromhex(md5)).decode()
+    assert (record.md5, record.sha256) == (md5, "")
+    assert "sha256" not in record.to_dict()
 
 
 def test_a_part_acknowledged_with_another_md5_is_retried_then_fails(tmp_path: Path) -> None:
