@@ -17,7 +17,7 @@ from chunkd.errors import (
     endpoint_error,
 )
 from chunkd.intake.paths import PathFilter, local_path, relpath_of
-from chunkd.intake.scheduler import JobRequest, JobResult, Scheduler, priority_rules
+from chunkd.intake.scheduler import JobRequest, JobResult, Scheduler, part_weigher, priority_rules
 from chunkd.intake.watcher import Watcher
 from chunkd.links.batch import LinkManager
 from chunkd.links.download import Downloader
@@ -105,7 +105,9 @@ class Daemon:
         self.engine = engine
         settings = engine.settings
         self.scheduler = Scheduler(
-            self._run_job, workers=settings.file_concurrency, priority=priority_rules(settings.priority),
+            self._run_job, workers=settings.file_concurrency * settings.part_concurrency,
+            weigh=part_weigher(settings.part_size, settings.part_concurrency),
+            multipart_limit=settings.file_concurrency, priority=priority_rules(settings.priority),
             large_file_bytes=4 * settings.part_size, clock=clock, give_up=self._give_up,
             on_internal_error=engine.metrics.internal_error, stop=engine.stop,
         )

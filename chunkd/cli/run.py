@@ -132,7 +132,7 @@ def _rounds(items: Sequence[tuple[Path, str]]) -> list[list[tuple[Path, str]]]:
 
 def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
     from chunkd.daemon import build_engine, preflight
-    from chunkd.intake.scheduler import JobResult, Scheduler
+    from chunkd.intake.scheduler import JobResult, Scheduler, part_weigher
     from chunkd.pipeline.job import Outcome, StreamJob
 
     if settings.invalid_media == "quarantine":
@@ -153,7 +153,9 @@ def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
             break
         scheduler = Scheduler(
             lambda request: JobResult(StreamJob(engine, request.path, request.relpath, final=True).run()),
-            workers=settings.file_concurrency,
+            workers=settings.file_concurrency * settings.part_concurrency,
+            weigh=part_weigher(settings.part_size, settings.part_concurrency),
+            multipart_limit=settings.file_concurrency,
             retry_delay=5.0,
         )
         for path, relpath in batch:

@@ -14,6 +14,15 @@ The delay doubles with each consecutive RETRY_LATER of the same path, up to `MAX
 after `MAX_TRIES` of them the scheduler gives up on the path and tells its `give_up` hook, which
 records the failure where an operator sees it; any other outcome starts the count again.
 
+Workers are slots of the request budget (`file_concurrency × part_concurrency` in the daemon). A
+file of several parts takes as many free slots as it can have parts in flight (`Weigher`, at most
+`part_concurrency`; at least one, so it never waits behind a stream of small files), and at most
+`multipart_limit` (`file_concurrency`) of them run at once, as before; a file of one part takes
+one slot. So four large files fill the budget as they always did, while a backlog of one-part files
+runs sixteen at a time: each is a couple of short requests, and with four in flight the connection
+would sit idle between a reply and the next file. The part pool bounds the requests really in
+flight (a recording queued while small may grow to many parts).
+
 A submission may carry what the job needs beyond the path (`final`, `origin`: a finished download)
 and an `on_done` callback, told the result once the scheduler is done with it.
 """
@@ -68,6 +77,7 @@ class JobRequest:
 
 
 JobRunner = Callable[[JobRequest], JobResult]
+Weigher = Callable[[int], int]  # a file's size -> the slots it takes while it is worked on
 GiveUp = Callable[[JobRequest, str], None]  # (request, reason) once the scheduler stopped retrying it
 
 
@@ -84,6 +94,15 @@ class SizeClass(enum.Enum):
 
 def size_class(size: int, large_file_bytes: int = LARGE_FILE_BYTES) -> SizeClass:
     return SizeClass.LARGE if size >= large_file_bytes else SizeClass.SMALL
+
+
+def part_weigher(part_size: int, part_concurrency: int) -> Weigher:
+    """Slots = the parts a file can have in flight at once: one for a file of one part."""
+
+    def weigh(size: int) -> int:
+        return max(1, min(part_concurrency, -(-size // part_size)))
+
+    return weigh
 
 
 def priority_rules(rules: Sequence[tuple[str, int]]) -> Callable[[str], int]:
@@ -107,6 +126,7 @@ class Entry:
     arrival: int
     request: JobRequest = field(compare=False)
     size_class: SizeClass = field(compare=False)
+    weight: int = field(default=1, compare=False)  # slots it takes while running
 
     @property
     def relpath(self) -> str:
@@ -127,14 +147,20 @@ def pick_class(
 
 
 class ReadyQueue:
-    """The queued entries, one heap per size class, and what each class has in progress.
+    """The queued entries, one heap per size class, what each class has in progress, and the
+    slots they hold out of `slots`.
 
     Not thread-safe on its own: the scheduler calls it under its lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int | None = None, multipart_limit: int | None = None) -> None:
         self._heaps: dict[SizeClass, list[Entry]] = {cls: [] for cls in SizeClass}
         self.running: dict[SizeClass, int] = {cls: 0 for cls in SizeClass}
+        self._slots = slots
+        self._multipart_limit = multipart_limit
+        self.used = 0
+        self.multipart = 0  # running entries of weight > 1
+        self._charged: dict[int, int] = {}  # arrival -> slots a running entry holds
         self._last_served: dict[SizeClass, int] = {}
         self._served = itertools.count()
 
@@ -145,17 +171,31 @@ class ReadyQueue:
         heapq.heappush(self._heaps[entry.size_class], entry)
 
     def take(self) -> Entry | None:
-        """The next entry to work on, counted as running until `done(entry)`."""
-        heads = {cls: heap[0] for cls, heap in self._heaps.items() if heap}
+        """The next entry to work on, counted as running until `done(entry)`; None when there is
+        none, no slot is free, or only files of several parts wait and as many already run."""
+        free = None if self._slots is None else self._slots - self.used
+        if free is not None and free < 1:
+            return None
+        heads = {cls: heap[0] for cls, heap in self._heaps.items() if heap and self._may_start(heap[0])}
         if not heads:
             return None
         cls = pick_class(heads, self.running, self._last_served)
+        entry = heapq.heappop(self._heaps[cls])
+        charge = entry.weight if free is None else min(entry.weight, free)
+        self._charged[entry.arrival] = charge
+        self.used += charge
+        self.multipart += entry.weight > 1
         self.running[cls] += 1
         self._last_served[cls] = next(self._served)
-        return heapq.heappop(self._heaps[cls])
+        return entry
 
     def done(self, entry: Entry) -> None:
         self.running[entry.size_class] -= 1
+        self.used -= self._charged.pop(entry.arrival, 0)
+        self.multipart -= entry.weight > 1
+
+    def _may_start(self, entry: Entry) -> bool:
+        return entry.weight <= 1 or self._multipart_limit is None or self.multipart < self._multipart_limit
 
 
 @dataclass(order=True)
@@ -165,7 +205,9 @@ class _Delayed:
 
 
 class Scheduler:
-    """`workers` threads taking entries in the order the module docstring describes."""
+    """`workers` threads taking entries in the order the module docstring describes; each entry
+    takes up to `weigh(size)` of the `workers` slots (one by default: `workers` files at a time),
+    and at most `multipart_limit` entries of weight > 1 run at once."""
 
     def __init__(
         self,
@@ -177,6 +219,8 @@ class Scheduler:
         priority: Callable[[str], int] | None = None,
         large_file_bytes: int = LARGE_FILE_BYTES,
         give_up: GiveUp | None = None,
+        weigh: Weigher | None = None,
+        multipart_limit: int | None = None,
         on_internal_error: Callable[[], None] | None = None,
         stop: threading.Event | None = None,
     ) -> None:
@@ -191,7 +235,8 @@ class Scheduler:
         self._give_up = give_up
         self._on_internal_error = on_internal_error
         self._arrivals = itertools.count()
-        self._ready = ReadyQueue()
+        self._weigh = weigh or (lambda size: 1)
+        self._ready = ReadyQueue(slots=workers, multipart_limit=multipart_limit)
         self._known: set[str] = set()  # queued, active or delayed
         self._delayed: list[_Delayed] = []
         self._tries: dict[str, int] = {}  # consecutive RETRY_LATERs of a known path
@@ -226,7 +271,7 @@ class Scheduler:
             mtime, size = time.time(), 0  # gone or unreadable: the job itself will say what happened
         return Entry(
             -self._priority(request.relpath), mtime, next(self._arrivals), request,
-            size_class(size, self._large_file_bytes),
+            size_class(size, self._large_file_bytes), self._weigh(size),
         )
 
     def _enqueue(self, request: JobRequest) -> None:
@@ -282,8 +327,9 @@ class Scheduler:
             if entry is None:
                 continue
             result = self._run_safely(entry.request)
-            with self._lock:
+            with self._wake:
                 self._ready.done(entry)
+                self._wake.notify_all()
             self._settle(entry.request, result)
 
     def _settle(self, request: JobRequest, result: JobResult) -> None:
@@ -320,11 +366,11 @@ class Scheduler:
     def _take(self, timeout: float) -> Entry | None:
         """The next entry to run, or None after `timeout` without one, or once stopping."""
         with self._wake:
-            if not len(self._ready) and not self._stop.is_set():
-                self._wake.wait(timeout)
-            if self._stop.is_set():
-                return None
-            return self._ready.take()
+            entry = None if self._stop.is_set() else self._ready.take()
+            if entry is None and not self._stop.is_set():
+                self._wake.wait(timeout)  # for a submission, or for slots a finished file frees
+                entry = None if self._stop.is_set() else self._ready.take()
+            return entry
 
     def _run_safely(self, request: JobRequest) -> JobResult:
         try:

@@ -209,7 +209,8 @@ def test_restart_does_not_upload_a_completed_file_again(
     start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path
 ) -> None:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
-    settings = {"file_concurrency": 1, "log_level": "DEBUG"}  # one worker: files are looked at one after another
+    # One slot (files × parts in flight): files are looked at one after another.
+    settings = {"file_concurrency": 1, "part_concurrency": 1, "log_level": "DEBUG"}
     write_random(input_dir / "done.mp4", 6 * MiB)
     first = start_daemon(state_url, **settings)
     client = moto.client()

@@ -232,7 +232,7 @@ def test_a_download_waits_for_a_free_worker_and_one_queued_at_stop_is_sent_on_th
     writer = threading.Thread(target=grow, daemon=True)
     writer.start()
     try:
-        first = start_daemon(file_concurrency=1, invalid_media="upload")
+        first = start_daemon(file_concurrency=1, part_concurrency=1, invalid_media="upload")  # one slot
         wait_for(lambda: any(line.get("relpath") == "live.ts" and line.get("event") == "discovered"
                              for line in first.log_lines()), timeout=30, what="the growing file on the only worker")
         (input_dir / "links.txt").write_text(f"{server.url}/v/clip1.mp4\n")
@@ -248,7 +248,7 @@ def test_a_download_waits_for_a_free_worker_and_one_queued_at_stop_is_sent_on_th
         assert store.find_by_relpath(url.relpath) is None  # queued behind the growing file, never started
         assert store.find_by_relpath("live.ts") is not None
 
-    start_daemon(file_concurrency=1, invalid_media="upload")
+    start_daemon(file_concurrency=1, part_concurrency=1, invalid_media="upload")
     wait_for((input_dir / "links.txt.report.json").is_file, timeout=120, what="the report")
     entry = json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]
     assert entry["state"] == "COMPLETED"

@@ -21,6 +21,7 @@ from chunkd.intake.scheduler import (
     ReadyQueue,
     Scheduler,
     SizeClass,
+    part_weigher,
     pick_class,
     priority_rules,
     size_class,
@@ -297,8 +298,10 @@ def test_priority_rules_first_match_wins() -> None:
 SMALL, LARGE = SizeClass.SMALL, SizeClass.LARGE
 
 
-def entry(relpath: str, cls: SizeClass, *, mtime: float, priority: int = 0, arrival: int = 0) -> Entry:
-    return Entry(-priority, mtime, arrival, JobRequest(Path("/in") / relpath, relpath), cls)
+def entry(
+    relpath: str, cls: SizeClass, *, mtime: float, priority: int = 0, arrival: int = 0, weight: int = 1
+) -> Entry:
+    return Entry(-priority, mtime, arrival, JobRequest(Path("/in") / relpath, relpath), cls, weight)
 
 
 def make_file(folder: Path, name: str, size: int, *, age: float) -> Path:
@@ -426,3 +429,76 @@ def test_a_retried_file_is_classed_by_its_size_when_it_comes_back(
     jobs.release.set()
     assert wait_until(lambda: not scheduler.busy)
     assert scheduler.outcomes["rec.ts"] is Outcome.COMPLETED
+
+
+PART = 8 * 1024 * 1024
+
+
+def test_a_file_takes_as_many_slots_as_it_can_have_parts_in_flight() -> None:
+    weigh = part_weigher(PART, 4)
+    assert [weigh(size) for size in (0, 1, PART, PART + 1, 3 * PART, 4 * PART, 100 * PART)] == [1, 1, 1, 2, 3, 4, 4]
+    assert part_weigher(PART, 1)(100 * PART) == 1
+
+
+def test_one_part_files_fill_every_slot_and_a_larger_file_takes_what_is_free() -> None:
+    ready = ReadyQueue(slots=4, multipart_limit=1)
+    for number in range(6):
+        ready.push(entry(f"small-{number}", SMALL, mtime=float(number), arrival=number))
+    taken = [ready.take() for _ in range(4)]
+    assert [t.relpath for t in taken if t] == ["small-0", "small-1", "small-2", "small-3"]
+    assert ready.take() is None and ready.used == 4  # every slot held: the fifth waits
+    ready.push(entry("large-a", LARGE, mtime=0.0, arrival=10, weight=4))
+    ready.push(entry("large-b", LARGE, mtime=1.0, arrival=11, weight=4))
+    assert taken[0] is not None
+    ready.done(taken[0])
+    large = ready.take()  # its class has none running: it starts on the one free slot
+    assert large is not None and large.relpath == "large-a" and ready.used == 4 and ready.multipart == 1
+    for done in taken[1:]:
+        assert done is not None
+        ready.done(done)
+    # One file of several parts at a time (multipart_limit): the one-part files take the slots.
+    assert [t.relpath for t in (ready.take(), ready.take(), ready.take()) if t] == ["small-4", "small-5"]
+    ready.done(large)
+    assert ready.multipart == 0
+    second = ready.take()
+    assert second is not None and second.relpath == "large-b" and ready.multipart == 1
+
+
+def test_a_weight_above_all_slots_still_runs_alone() -> None:
+    ready = ReadyQueue(slots=2)
+    ready.push(entry("large", LARGE, mtime=0.0, weight=4))
+    large = ready.take()
+    assert large is not None and ready.used == 2
+    ready.done(large)
+    assert ready.used == 0
+
+
+def test_one_part_files_run_on_every_slot_and_large_files_as_many_as_their_limit(
+    make_scheduler: Callable[..., Scheduler], jobs: Jobs, tmp_path: Path
+) -> None:
+    smalls = [f"clip-{n}.mp4" for n in range(4)]
+    for age, name in enumerate(reversed(smalls), start=10):
+        make_file(tmp_path, name, 100 * 1024, age=age)
+    larges = ["big-0.mp4", "big-1.mp4"]
+    for age, name in enumerate(larges, start=1):
+        make_file(tmp_path, name, 4 * PART, age=age)
+    jobs.hold.update(smalls)
+    scheduler = make_scheduler(workers=4, weigh=part_weigher(PART, 4), multipart_limit=1)
+    for name in smalls:
+        assert scheduler.submit(tmp_path / name, name)
+    scheduler.start()
+    # Four one-part files run at once on the four slots, one slot each.
+    assert wait_until(lambda: len(jobs.calls) == 4)
+    assert sorted(jobs.calls) == sorted(smalls) and scheduler.running() == {SMALL: 4, LARGE: 0}
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+    jobs.release.clear()
+    jobs.hold.update(larges)
+    for name in larges:
+        assert scheduler.submit(tmp_path / name, name)
+    # Two files of four parts, slots to spare, but one at a time (multipart_limit).
+    assert wait_until(lambda: len(jobs.calls) == 5)
+    assert scheduler.running() == {SMALL: 0, LARGE: 1} and scheduler.queue_depth == 1
+    jobs.release.set()
+    assert wait_until(lambda: not scheduler.busy)
+    assert sorted(jobs.calls[4:]) == larges
