@@ -71,10 +71,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol, Self
-from urllib.parse import urlsplit
 
 import redis
 from botocore.exceptions import ClientError
@@ -90,6 +88,7 @@ from chunkd.s3.traits import PROBE_NAME
 from chunkd.store import open_store
 from tests.support.ceph_rgw import CephRGW
 from tests.support.daemon import DaemonProcess, daemon_env
+from tests.support.loopback_proxy import LoopbackProxy, RelayHandler, put_request, send_answer
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import (
     MotoServer,
@@ -380,10 +379,8 @@ class ChaosMotoServer(MotoServer):
         return self
 
 
-class ObservedServer(Protocol):
-    """An S3 endpoint whose requests go through an Observer: ChaosMotoServer or ProxiedServer."""
-
-    observer: Observer
+class S3Endpoint(Protocol):
+    """Where a daemon or a client reaches an S3 server, and with what credentials."""
 
     @property
     def endpoint_url(self) -> str: ...
@@ -394,45 +391,28 @@ class ObservedServer(Protocol):
     @property
     def secret_key(self) -> str: ...
 
+
+class ObservedServer(S3Endpoint, Protocol):
+    """An S3 endpoint whose requests go through an Observer: ChaosMotoServer or ProxiedServer."""
+
+    observer: Observer
+
     def client(self) -> Any: ...
 
 
-class ObservingProxy:
+class ObservingProxy(LoopbackProxy):
     """A loopback HTTP proxy giving a server that takes no WSGI middleware (`rclone serve s3`) the
     same observation and kill hooks: one upstream connection per request, the body relayed as it
     arrives, the answer read whole before it is passed on. A request cut mid-body is cut upstream
     too; a dropped one never reaches the server."""
 
+    thread_name = "chaos-proxy"
+
     def __init__(self, upstream_url: str, observer: Observer) -> None:
-        parts = urlsplit(upstream_url)
-        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        super().__init__(upstream_url)
         self.observer = observer
-        self._server: ThreadingHTTPServer | None = None
 
-    @property
-    def endpoint_url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> ObservingProxy:
-        proxy = self
-
-        class Handler(_ProxyHandler):
-            owner = proxy
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="chaos-proxy", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def relay(self, handler: _ProxyHandler) -> None:
+    def relay(self, handler: RelayHandler) -> None:
         path, _, query = handler.path.partition("?")
         request = classify(handler.command, path, query, dict(handler.headers.items()))
         event = self.observer.begin(request, int(handler.headers.get("Content-Length") or 0))
@@ -441,7 +421,7 @@ class ObservingProxy:
             event.dropped = True
             handler.close_connection = True
             return
-        upstream = http.client.HTTPConnection(*self._upstream, timeout=120)
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
         try:
             if not self._forward(handler, upstream, event, switch):
                 handler.close_connection = True
@@ -453,13 +433,10 @@ class ObservingProxy:
             upstream.close()
 
     @staticmethod
-    def _forward(handler: _ProxyHandler, upstream: http.client.HTTPConnection, event: RequestEvent,
+    def _forward(handler: RelayHandler, upstream: http.client.HTTPConnection, event: RequestEvent,
                  switch: KillSwitch | None) -> bool:
         """Send the request on as its body arrives; False if the client went away mid-body."""
-        upstream.putrequest(handler.command, handler.path, skip_host=True, skip_accept_encoding=True)
-        for name, value in handler.headers.items():
-            if name.lower() not in _HOP_HEADERS:
-                upstream.putheader(name, value)
+        put_request(handler, upstream)
         upstream.endheaders()
         remaining = event.content_length
         while remaining > 0:
@@ -474,60 +451,20 @@ class ObservingProxy:
         return True
 
     @staticmethod
-    def _answer(handler: _ProxyHandler, response: http.client.HTTPResponse, event: RequestEvent,
+    def _answer(handler: RelayHandler, response: http.client.HTTPResponse, event: RequestEvent,
                 switch: KillSwitch | None) -> None:
         body = response.read()
         event.status = response.status
         if switch is not None:
             switch.on_response_start(event)
-        handler.send_response_only(response.status, response.reason)
-        for name, value in response.getheaders():
-            if name.lower() not in _HOP_HEADERS and (handler.command == "HEAD" or name.lower() != "content-length"):
-                handler.send_header(name, value)
-        if handler.command != "HEAD":
-            handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(body)
-        handler.wfile.flush()
+        send_answer(handler, response.status, response.reason, response.getheaders(), body)
         event.answer()
         if switch is not None:
             switch.on_response_end(event)
 
 
-_HOP_HEADERS = frozenset({"connection", "keep-alive", "expect", "transfer-encoding", "proxy-connection"})
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, and `Expect: 100-continue` answered here
-    owner: ObservingProxy
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError:  # the daemon was killed with the connection open
-            self.close_connection = True
-
-    def do_GET(self) -> None:
-        self.owner.relay(self)
-
-    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet, like the moto side: a kill cuts connections on purpose."""
-
-
-class UpstreamServer(Protocol):
+class UpstreamServer(S3Endpoint, Protocol):
     """A server started and stopped by the campaign: chunkd's LocalS3Server or the tests' CephRGW."""
-
-    @property
-    def endpoint_url(self) -> str: ...
-
-    @property
-    def access_key(self) -> str: ...
-
-    @property
-    def secret_key(self) -> str: ...
 
     def start(self) -> Any: ...
 

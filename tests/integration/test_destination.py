@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.bucket import BUCKET, read_manifest, sha256_object
+from tests.support.bucket import BUCKET, empty_bucket, read_manifest, sha256_object
 from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for
 from tests.support.files import sha256_file, write_random
@@ -41,18 +41,6 @@ def places(case: str, server: Any, request: pytest.FixtureRequest) -> tuple[Plac
         return first, Place(server, {"key_template": "archive/{relpath}"}, BUCKET, "archive/clip.mp4")
     other = request.getfixturevalue("moto" if isinstance(server, LocalS3Server) else "rclone_s3")
     return first, Place(other, {}, BUCKET, "clip.mp4")
-
-
-def empty_bucket(client: Any, name: str) -> None:
-    """A session-wide server may keep the bucket from an earlier test: empty it, or create it."""
-    try:
-        client.head_bucket(Bucket=name)
-    except client.exceptions.ClientError:
-        client.create_bucket(Bucket=name)
-        return
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            client.delete_object(Bucket=name, Key=item["Key"])
 
 
 def copied_from(case: str, first: Place) -> str | None:

@@ -47,6 +47,25 @@ def grow(path: Path, chunks: int, size: int = 3 * MiB, pause: float = 0.2) -> No
             time.sleep(pause)
 
 
+def grow_then_rewrite(engine: Engine, when: Callable[[], object], timeout: float) -> tuple[Path, list[Outcome]]:
+    """Upload live.ts while it grows; once `when` holds, overwrite its first 4 KiB with other bytes,
+    same size (a muxer patching its header). Returns the file and the job's outcome once it ended."""
+    path = engine.input_dir / "live.ts"
+    path.write_bytes(b"")
+    thread, outcome = run_in_thread(engine, "live.ts")
+    grow(path, 5)
+    wait_for(when, timeout=timeout)
+    with open(path, "r+b") as handle:
+        handle.write(os.urandom(4096))
+    thread.join(timeout=60)
+    return path, outcome
+
+
+def parts_sent(engine: Engine) -> int:
+    """UploadPart requests the engine's client made so far (counted by the `make_engine` fixture)."""
+    return int(engine.requests["UploadPart"])  # type: ignore[attr-defined]
+
+
 def test_a_quiet_file_is_read_once_during_its_idle_period(
     make_engine: Callable[..., Engine], client: Any, scans: list[str]
 ) -> None:
@@ -65,14 +84,7 @@ def test_a_write_after_the_prescan_began_makes_finalize_read_again(
     make_engine: Callable[..., Engine], client: Any, scans: list[str]
 ) -> None:
     engine = make_engine(idle_seconds=IDLE)
-    path = engine.input_dir / "live.ts"
-    path.write_bytes(b"")
-    thread, outcome = run_in_thread(engine, "live.ts")
-    grow(path, 5)
-    wait_for(lambda: scans, timeout=IDLE * 2)
-    with open(path, "r+b") as handle:  # a muxer patching its header, same size
-        handle.write(os.urandom(4096))
-    thread.join(timeout=60)
+    path, outcome = grow_then_rewrite(engine, lambda: scans, timeout=IDLE * 2)
     assert outcome == [Outcome.COMPLETED]
     assert len(scans) >= 2
     assert sha256_object(client, "live.ts") == sha256_file(path)
@@ -82,14 +94,7 @@ def test_a_part_rewritten_before_the_quiet_period_is_sent_again(
     make_engine: Callable[..., Engine], client: Any, scans: list[str]
 ) -> None:
     engine = make_engine(idle_seconds=IDLE)
-    path = engine.input_dir / "live.ts"
-    path.write_bytes(b"")
-    thread, outcome = run_in_thread(engine, "live.ts")
-    grow(path, 5)
-    wait_for(lambda: engine.requests["UploadPart"] >= 2, timeout=30)  # type: ignore[attr-defined]
-    with open(path, "r+b") as handle:  # part 1 was sent with other bytes
-        handle.write(os.urandom(4096))
-    thread.join(timeout=60)
+    path, outcome = grow_then_rewrite(engine, lambda: parts_sent(engine) >= 2, timeout=30)  # part 1 sent with other bytes
     assert outcome == [Outcome.COMPLETED]
     assert scans == ["chunkd-prescan"]  # the rewrite came before the quiet period began
     assert sha256_object(client, "live.ts") == sha256_file(path)
@@ -116,14 +121,7 @@ def test_a_part_sent_with_content_md5_and_rewritten_is_caught_by_its_md5(
     """Parts sent with Content-MD5 carry no SHA-256 of their own: the rewrite is caught by comparing
     the local bytes' MD5 with the one sent, and the part is sent again."""
     engine = make_engine(idle_seconds=IDLE, content_md5="on")
-    path = engine.input_dir / "live.ts"
-    path.write_bytes(b"")
-    thread, outcome = run_in_thread(engine, "live.ts")
-    grow(path, 5)
-    wait_for(lambda: engine.requests["UploadPart"] >= 2, timeout=30)  # type: ignore[attr-defined]
-    with open(path, "r+b") as handle:  # part 1 was sent with other bytes
-        handle.write(os.urandom(4096))
-    thread.join(timeout=60)
+    path, outcome = grow_then_rewrite(engine, lambda: parts_sent(engine) >= 2, timeout=30)  # part 1 sent with other bytes
     assert outcome == [Outcome.COMPLETED]
     assert sha256_object(client, "live.ts") == sha256_file(path)
     record = engine.store.find_by_relpath("live.ts")

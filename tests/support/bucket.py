@@ -39,14 +39,31 @@ def open_uploads_under(client: Any, prefix: str, *, bucket: str = BUCKET) -> lis
     return [upload["Key"] for upload in _uploads(client, prefix, bucket)]
 
 
-def _uploads(client: Any, prefix: str, bucket: str) -> list[dict[str, Any]]:
+def empty_bucket(client: Any, name: str) -> None:
+    """A server kept for the session may hold `name` from an earlier test: delete every object and
+    abort every multipart upload in it, or create it."""
     try:
-        listing = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        client.head_bucket(Bucket=name)
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=name)
+        return
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    for upload in _uploads(client, "", name):
+        client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def _uploads(client: Any, prefix: str, bucket: str) -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = []
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            uploads.extend(page.get("Uploads", []))
     except client.exceptions.ClientError as exc:  # `rclone serve s3`: NoSuchUpload when there are none
         if exc.response["Error"]["Code"] == "NoSuchUpload":
             return []
         raise
-    uploads: list[dict[str, Any]] = listing.get("Uploads", [])
     return uploads
 
 

@@ -30,6 +30,7 @@ from typing import Any, Self
 import pytest
 
 from chunkd.s3.devserver import exit_with_parent, free_port
+from tests.support.bucket import empty_bucket
 from tests.support.redis_server import _in_ci
 from tests.support.s3_servers import make_client
 
@@ -200,19 +201,7 @@ class CephRGW:
 
     def empty_bucket(self, bucket: str) -> None:
         """Create `bucket` if needed, then delete every object and abort every multipart upload."""
-        client = self.client()
-        try:
-            client.head_bucket(Bucket=bucket)
-        except client.exceptions.ClientError:
-            client.create_bucket(Bucket=bucket)
-            return
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
-            for upload in page.get("Uploads", []):
-                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        empty_bucket(self.client(), bucket)
 
     # -- bootstrap ------------------------------------------------------------------------------
 

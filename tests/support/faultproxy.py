@@ -23,10 +23,10 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, unquote
 
+from tests.support.loopback_proxy import LoopbackProxy, RelayHandler, put_request, send_answer
 from tests.support.s3_servers import make_client
 
 
@@ -97,20 +97,15 @@ class _Log:
     seen: list[Seen] = field(default_factory=list)
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     """`endpoint_url` points clients (and chunkd) at the proxy; `add` arms a rule; `fired` says what
-    happened. Usable as a context manager; `upstream` is the server's own URL."""
+    happened. Usable as a context manager; `upstream` is the server's own address."""
+
+    thread_name = "fault-proxy"
 
     def __init__(self, upstream_url: str) -> None:
-        parts = urlsplit(upstream_url)
-        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        super().__init__(upstream_url)
         self._log = _Log()
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def endpoint_url(self) -> str:
-        assert self._server is not None, "proxy not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def add(self, fault: Fault, match: Match, *, times: int = 1) -> Rule:
         rule = Rule(fault, match, times)
@@ -129,26 +124,6 @@ class FaultProxy:
         with self._log.lock:
             return list(self._log.seen)
 
-    def start(self) -> Self:
-        handler = type("Handler", (_Handler,), {"proxy": self})  # this proxy's requests come to it
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="fault-proxy", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- the relay -----------------------------------------------------------------------------
 
     def _take(self, seen: Seen) -> Fault | None:
@@ -165,7 +140,7 @@ class FaultProxy:
         with self._log.lock:
             self._log.fired.append(Fired(fault, seen, status, original))
 
-    def relay(self, handler: _Handler) -> None:
+    def relay(self, handler: RelayHandler) -> None:
         raw_path, _, query = handler.path.partition("?")
         seen = Seen(handler.command, unquote(raw_path), parse_qs(query, keep_blank_values=True))
         fault = self._take(seen)
@@ -188,25 +163,12 @@ class FaultProxy:
         if fault is Fault.DROP_REPLY:
             handler.close_connection = True
             return
-        handler.send_response_only(status, reason)
-        for name, value in headers:
-            if name.lower() not in _HOP_HEADERS and (handler.command == "HEAD" or name.lower() != "content-length"):
-                handler.send_header(name, value)
-        if handler.command != "HEAD":
-            handler.send_header("Content-Length", str(len(answer)))
-            handler.end_headers()
-            handler.wfile.write(answer)
-        else:
-            handler.end_headers()
-        handler.wfile.flush()
+        send_answer(handler, status, reason, headers, answer)
 
-    def _forward(self, handler: _Handler, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(self, handler: RelayHandler, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
         try:
-            upstream.putrequest(handler.command, handler.path, skip_host=True, skip_accept_encoding=True)
-            for name, value in handler.headers.items():
-                if name.lower() not in _HOP_HEADERS:
-                    upstream.putheader(name, value)
+            put_request(handler, upstream)
             upstream.endheaders(body or None)
             response = upstream.getresponse()
             return response.status, response.reason, response.getheaders(), response.read()
@@ -214,21 +176,20 @@ class FaultProxy:
             upstream.close()
 
 
-_HOP_HEADERS = frozenset({"connection", "keep-alive", "expect", "transfer-encoding", "proxy-connection"})
 _ERRORS = {
     Fault.ERROR_500: (500, "InternalError", "We encountered an internal error. Please try again."),
     Fault.SLOW_DOWN: (503, "SlowDown", "Please reduce your request rate."),
 }
 
 
-def _reset(handler: _Handler) -> None:
+def _reset(handler: RelayHandler) -> None:
     """Close with SO_LINGER 0: the client sees a reset, not an orderly end."""
     handler.close_connection = True
     handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     handler.connection.close()
 
 
-def _error(handler: _Handler, fault: Fault) -> None:
+def _error(handler: RelayHandler, fault: Fault) -> None:
     status, code, message = _ERRORS[fault]
     body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
             "<RequestId>fault-proxy</RequestId></Error>").encode()
@@ -239,25 +200,6 @@ def _error(handler: _Handler, fault: Fault) -> None:
     if handler.command != "HEAD":
         handler.wfile.write(body)
     handler.wfile.flush()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, and `Expect: 100-continue` answered here
-    proxy: FaultProxy
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError:  # a reset, or the client went away
-            self.close_connection = True
-
-    def do_GET(self) -> None:
-        self.proxy.relay(self)
-
-    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the faults cut connections on purpose."""
 
 
 @dataclass(frozen=True)

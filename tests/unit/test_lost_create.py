@@ -11,11 +11,10 @@ from typing import Any
 
 import botocore.exceptions as bexc
 import pytest
-from moto import mock_aws
 
-from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import Uploader
+from tests.support.mocked_s3 import mocked_bucket
 
 BUCKET = "videos"
 KEY = "raw/clip.mp4"
@@ -23,9 +22,7 @@ KEY = "raw/clip.mp4"
 
 @pytest.fixture
 def client() -> Iterator[Any]:
-    with mock_aws():
-        s3 = make_client(S3Target(region="us-east-1", access_key="testing", secret_key="testing"))
-        s3.create_bucket(Bucket=BUCKET)
+    with mocked_bucket(BUCKET) as s3:
         yield s3
 
 

@@ -10,18 +10,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from chunkd.model.manifest import build_manifest, encode
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.monitor import Snapshot
 from chunkd.pipeline.partreader import FileIdentity
 from chunkd.pipeline.recovery import restore_completed
-from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.listing import FolderListings
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import Uploader
 from chunkd.store.sqlite import SqliteStore
+from tests.support.mocked_s3 import mocked_bucket
 
 BUCKET = "videos"
 KEY = "cam/clip.mp4"
@@ -30,9 +29,7 @@ MTIME_NS = 1_714_564_800_000_000_000
 
 @pytest.fixture
 def client() -> Iterator[Any]:
-    with mock_aws():
-        s3 = make_client(S3Target(region="us-east-1", access_key="testing", secret_key="testing"))
-        s3.create_bucket(Bucket=BUCKET)
+    with mocked_bucket(BUCKET) as s3:
         yield s3
 
 
