@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.errors import ConfigError
+from chunkd.model import attributes as attrs
 from chunkd.model.planner import MAX_PART_SIZE, MIN_PART_SIZE
 
 DEFAULT_INCLUDE = ("*.mp4", "*.mov", "*.mkv", "*.webm", "*.m4v", "*.ts", "*.avi")
@@ -163,6 +164,30 @@ class Settings:
     breaker_cooldown: float = 5.0
     content_md5: str = "auto"
     overwrite: bool = False  # a file may replace another file's object (key collisions)
+    # The object's attributes (chunkd.model.attributes), fixed when its upload is created.
+    content_type: str = "auto"
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    metadata: attrs.Pairs = ()
+    tags: attrs.Pairs = ()
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    sse_bucket_key: bool | None = None
+    acl: str | None = None
+
+    @property
+    def attributes(self) -> attrs.AttributeSettings:
+        """A KMS key alone means aws:kms (`aws s3 cp --sse-kms-key-id` needs `--sse aws:kms` too); an
+        S3 Bucket Key goes only with KMS encryption."""
+        sse = self.sse or ("aws:kms" if self.sse_kms_key_id else None)
+        kms = sse in ("aws:kms", "aws:kms:dsse")
+        return attrs.AttributeSettings(
+            content_type=self.content_type, cache_control=self.cache_control,
+            content_disposition=self.content_disposition, metadata=self.metadata, tags=self.tags,
+            storage_class=self.storage_class, sse=sse, sse_kms_key_id=self.sse_kms_key_id,
+            sse_bucket_key=self.sse_bucket_key if kms else None, acl=self.acl,
+        )
 
     @property
     def fixed_parts(self) -> bool:
@@ -233,6 +258,16 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "breaker_cooldown": _non_negative_float,
     "content_md5": lambda v: _parse_switch(v),
     "overwrite": _parse_bool,
+    "content_type": attrs.parse_content_type,
+    "cache_control": _optional_str,
+    "content_disposition": attrs.parse_template,
+    "metadata": attrs.parse_metadata,
+    "tags": attrs.parse_tags,
+    "storage_class": attrs.parse_storage_class,
+    "sse": attrs.parse_sse,
+    "sse_kms_key_id": _optional_str,
+    "sse_bucket_key": _parse_bool,
+    "acl": attrs.parse_acl,
 }
 
 SETTING_NAMES: tuple[str, ...] = tuple(_PARSERS)
@@ -305,6 +340,10 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
     for url in settings.webhook_urls:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ConfigError(where("webhook_urls"), "only http:// and https:// URLs are accepted")
+    if settings.sse == "AES256" and settings.sse_kms_key_id:
+        raise ConfigError(where("sse_kms_key_id"), "a KMS key needs CHUNKD_SSE=aws:kms or aws:kms:dsse, not AES256")
+    if settings.sse == "AES256" and settings.sse_bucket_key:
+        raise ConfigError(where("sse_bucket_key"), "an S3 Bucket Key needs CHUNKD_SSE=aws:kms, not AES256")
     from chunkd.model.keys import validate_template
 
     try:

@@ -85,6 +85,7 @@ def preflight(engine: Engine, target: S3Target) -> None:
         raise endpoint_error(exc, bucket=bucket, where=target.endpoint_url or "AWS S3") from None
     engine.adopt_traits(decide_traits(
         engine.uploader, bucket, content_md5=engine.settings.content_md5, key_template=engine.settings.key_template,
+        attributes=engine.settings.attributes.encryption(),
     ))
 
 

@@ -18,37 +18,50 @@ from pathlib import PurePosixPath
 from chunkd.intake.paths import printable
 
 FIELDS = frozenset({"relpath", "date", "stem", "ext", "hostname", "dir"})
+# Object attributes (CHUNKD_METADATA, CHUNKD_TAGS, …) may also name the file and its key.
+ATTRIBUTE_FIELDS = FIELDS | {"name", "key"}
 _DOT_SEGMENTS = {".": "%2E", "..": "%2E%2E"}
 
 
 def validate_template(template: str) -> None:
     """Raise ValueError for unknown fields, format specs or a template that cannot vary by file."""
+    names = check_fields(template, FIELDS)
+    if not names & {"relpath", "stem"}:
+        raise ValueError("must contain {relpath} or {stem}, or every file would get the same key")
+
+
+def check_fields(template: str, fields: frozenset[str]) -> set[str]:
+    """The fields `template` names; ValueError for unknown ones, format specs or stray braces."""
     names = set()
     for _, name, spec, conversion in string.Formatter().parse(template):
         if name is None:
             continue
-        if name not in FIELDS:
-            raise ValueError(f"unknown field {{{name}}}; known: {', '.join(sorted(FIELDS))}")
+        if name not in fields:
+            raise ValueError(f"unknown field {{{name}}}; known: {', '.join(sorted(fields))}")
         if spec or conversion:
             raise ValueError(f"field {{{name}}} takes no format spec or conversion")
         names.add(name)
-    if not names & {"relpath", "stem"}:
-        raise ValueError("must contain {relpath} or {stem}, or every file would get the same key")
+    return names
+
+
+def template_values(relpath: str, *, now: float | None = None, hostname: str | None = None) -> dict[str, str]:
+    """What a template's fields stand for, for the file at `relpath`."""
+    path = PurePosixPath(relpath)
+    return {
+        "relpath": relpath,
+        "date": time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now)),
+        "stem": path.stem,
+        "ext": path.suffix.lstrip("."),
+        "name": path.name,
+        "hostname": (hostname or socket.gethostname()).replace("/", "%2F"),
+        "dir": "" if str(path.parent) == "." else str(path.parent),
+    }
 
 
 def render_key(template: str, relpath: str, *, now: float | None = None, hostname: str | None = None) -> str:
     """The object key for a file at `relpath` (an escaped relpath, POSIX separators, relative to
     the input folder)."""
-    path = PurePosixPath(relpath)
-    values = {
-        "relpath": relpath,
-        "date": time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now)),
-        "stem": path.stem,
-        "ext": path.suffix.lstrip("."),
-        "hostname": (hostname or socket.gethostname()).replace("/", "%2F"),
-        "dir": "" if str(path.parent) == "." else str(path.parent),
-    }
-    key = template.format(**values)
+    key = template.format(**template_values(relpath, now=now, hostname=hostname))
     # S3 treats "a//b" and "/a" literally; collapse them so keys look like the folder they mirror.
     # Control characters can only come from the template or the hostname here: escaped, but a '%'
     # is left alone (the relpath's own escapes must not be escaped twice).

@@ -52,6 +52,7 @@ class Manifest:
     media_error: str | None = None
     timestamps: dict[str, Any] = field(default_factory=dict)
     chunkd_version: str | None = None
+    attributes: dict[str, Any] | None = None  # content_type, storage_class, sse, tags, metadata, …
 
 
 def manifest_key(key: str, suffix: str) -> str:
@@ -92,6 +93,7 @@ def build_manifest(
         "source": {
             "relpath": record.relpath, "hostname": hostname, "mtime": iso_time(record.mtime), **(record.origin or {})
         },
+        "attributes": record.attributes,
         "media": media,
         "media_error": media_error,
         "timestamps": {
@@ -129,6 +131,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     optional = (
         ("stream_id", str), ("bucket", str), ("upload", str), ("dedup_of", str), ("media_error", str),
         ("chunkd_version", str), ("part_schedule", dict), ("media", dict), ("timestamps", dict), ("source", dict),
+        ("attributes", dict),
     )
     bad = [name for name, kind in optional if doc.get(name) is not None and not _is(doc[name], kind)]
     if bad:
@@ -140,7 +143,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         stream_id=doc.get("stream_id") or None, bucket=doc.get("bucket") or None, upload=doc.get("upload"),
         dedup_of=doc.get("dedup_of"), part_schedule=doc.get("part_schedule") or {}, media=doc.get("media"),
         media_error=doc.get("media_error"), timestamps=doc.get("timestamps") or {},
-        chunkd_version=doc.get("chunkd_version"),
+        chunkd_version=doc.get("chunkd_version"), attributes=doc.get("attributes"),
     )
 
 

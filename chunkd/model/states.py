@@ -113,6 +113,9 @@ class StreamRecord:
     dedup_of: str | None = None  # the object with the same bytes (its key; s3://B/K in another bucket)
     origin: dict[str, Any] | None = None  # for downloads: url, webpage_url, extractor, title, …
     endpoint: str | None = None  # the S3 endpoint it goes to (S3Target.destination); None: recorded before
+    # The object's attributes (ObjectAttributes.to_dict), fixed when its upload was created: a
+    # resumed upload keeps them. None: not created yet, or created before attributes were recorded.
+    attributes: dict[str, Any] | None = None
     last_error: str | None = None
     discovered_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None

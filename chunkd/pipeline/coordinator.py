@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from chunkd.errors import CancelledError, StoreError, TransferError, UploadGoneError
+from chunkd.errors import CancelledError, PermanentError, StoreError, TransferError, UploadGoneError
+from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.engine import Engine, StreamLog
 from chunkd.pipeline.partreader import FileIdentity
@@ -81,8 +82,12 @@ class UploadCoordinator:
         record = self.record
         if record.upload_id is not None:
             return record.upload_id
-        upload_id = self.engine.uploader.create(record.bucket, record.key, held=self._held_by_another_stream)
+        attributes = self.fixed_attributes()
+        upload_id = self.engine.uploader.create(
+            record.bucket, record.key, attributes=attributes, held=self._held_by_another_stream
+        )
         self.use_upload(upload_id)
+        record.attributes = attributes.to_dict()
         record.first_byte_at = self.engine.wall()
         try:
             self.save()
@@ -91,6 +96,20 @@ class UploadCoordinator:
             raise
         self.log.info("multipart upload created")
         return upload_id
+
+    def fixed_attributes(self) -> ObjectAttributes:
+        """The attributes to create the object with: the ones its record keeps (an upload created
+        before), else the settings' now. The caller records them once the server took the create,
+        so a refused create (a bucket demanding encryption) is tried again with the settings then."""
+        record, engine = self.record, self.engine
+        if record.attributes is not None:
+            return ObjectAttributes.from_dict(record.attributes)
+        try:
+            return engine.settings.attributes.render(
+                key=record.key, relpath=record.relpath, hostname=engine.hostname, now=engine.wall()
+            )
+        except ValueError as exc:
+            raise PermanentError(str(exc), code="InvalidArgument", key=record.key) from None
 
     def _held_by_another_stream(self, upload_id: str) -> bool:
         """Another stream's record names this upload: never ours to abort."""

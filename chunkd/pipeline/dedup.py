@@ -58,7 +58,9 @@ def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Sn
     if (original.bucket, original.key) == (record.bucket, record.key):
         mode = "record"  # same key, same bytes: the object is already what we would write
     if mode == "copy":
-        engine.uploader.copy(original.bucket, original.key, record.bucket, record.key)
+        attributes = upload.fixed_attributes()
+        engine.uploader.copy(original.bucket, original.key, record.bucket, record.key, attributes=attributes)
+        record.attributes = attributes.to_dict()
     parts = upload.store.list_parts(original.id) or [
         PartRecord(number=1, offset=0, size=snap.size, etag="", sha256=original.sha256 or "")
     ]

@@ -132,7 +132,11 @@ class Finalizer:
         record, engine = upload.record, upload.engine
         if _moved_on(upload, snap):  # the last look before the object is committed
             return False
-        digest, etag = engine.uploader.put_object(record.bucket, record.key, upload.path, snap.size, snap.identity)
+        attributes = upload.fixed_attributes()
+        digest, etag = engine.uploader.put_object(
+            record.bucket, record.key, upload.path, snap.size, snap.identity, attributes=attributes
+        )
+        record.attributes = attributes.to_dict()
         if (scan is not None and digest.sha256_hex != scan.sha256) or _moved_on(upload, snap, gone_is_done=True):
             return False
         sha256 = digest.sha256_hex

@@ -6,6 +6,9 @@ the content index learns the bytes in that same write.
 
 from __future__ import annotations
 
+from typing import Any
+
+from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.manifest import build_manifest, encode, manifest_key
 from chunkd.model.states import PartRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
@@ -25,15 +28,28 @@ def publish(
     record, engine = upload.record, upload.engine
     completed_at = engine.wall()
     record.size, record.mtime = snap.size, snap.mtime
+    tags = (record.attributes or {}).get("tags")
+    if tags and kind in ("multipart", "copy"):
+        engine.uploader.put_tags(record.bucket, record.key, tags)
     document = build_manifest(
         record, parts, etag=etag, hostname=engine.hostname, completed_at=completed_at, upload=kind,
         media=media.media, media_error=media.error,
     )
     engine.uploader.put_bytes(
         record.bucket, manifest_key(record.key, engine.settings.manifest_suffix), encode(document),
-        content_type=CONTENT_TYPE_JSON,
+        content_type=CONTENT_TYPE_JSON, attributes=_manifest_attributes(record.attributes, upload),
     )
     record.completed_at = completed_at
     record.move_to(StreamState.COMPLETED)
     # One write: COMPLETED, and (for bytes this stream sent) the content index that dedup reads.
     upload.save(index=bool(record.sha256) and kind in ("single", "multipart"))
+
+
+def _manifest_attributes(recorded: dict[str, Any] | None, upload: UploadCoordinator) -> ObjectAttributes:
+    """The manifest is encrypted as its object is (a bucket that demands encryption refuses it
+    otherwise), and nothing else: application/json, STANDARD, no tags or metadata. An object with
+    no recorded attributes (a record-only duplicate, an upload created by an older chunkd) takes
+    the settings' encryption."""
+    if recorded is not None:
+        return ObjectAttributes.from_dict(recorded).encryption()
+    return upload.engine.settings.attributes.encryption()

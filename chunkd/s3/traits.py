@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError
 from chunkd.errors import TransferError
 
 if TYPE_CHECKING:
+    from chunkd.model.attributes import ObjectAttributes
     from chunkd.s3.uploader import Uploader
 
 logger = logging.getLogger("chunkd.daemon")
@@ -52,18 +53,22 @@ def probe_key(key_template: str) -> str:
     return f"{probe_prefix(key_template)}{uuid.uuid4().hex}"
 
 
-def decide_traits(uploader: Uploader, bucket: str, *, content_md5: str, key_template: str) -> ServerTraits:
-    """CHUNKD_CONTENT_MD5 on | off | auto (auto: Content-MD5 only where signed hashes go unchecked)."""
+def decide_traits(
+    uploader: Uploader, bucket: str, *, content_md5: str, key_template: str, attributes: ObjectAttributes | None = None
+) -> ServerTraits:
+    """CHUNKD_CONTENT_MD5 on | off | auto (auto: Content-MD5 only where signed hashes go unchecked).
+    `attributes`: what the probe writes carry besides their bytes (the objects' encryption, which
+    a bucket may demand)."""
     if content_md5 == "off":
         return ServerTraits(content_md5=False)
-    if content_md5 == "auto" and not _needs_content_md5(uploader, bucket, probe_key(key_template)):
+    if content_md5 == "auto" and not _needs_content_md5(uploader, bucket, probe_key(key_template), attributes):
         return ServerTraits(content_md5=False)
-    return ServerTraits(content_md5=True, etag_style=_etag_style(uploader, bucket, probe_key(key_template)))
+    return ServerTraits(content_md5=True, etag_style=_etag_style(uploader, bucket, probe_key(key_template), attributes))
 
 
-def _needs_content_md5(uploader: Uploader, bucket: str, key: str) -> bool:
+def _needs_content_md5(uploader: Uploader, bucket: str, key: str, attributes: ObjectAttributes | None) -> bool:
     try:
-        checked = uploader.checks_payload_hash(bucket, key)
+        checked = uploader.checks_payload_hash(bucket, key, attributes=attributes)
     except (BotoCoreError, OSError) as exc:
         checked = None
         logger.debug("payload hash probe failed: %s", exc)
@@ -75,10 +80,10 @@ def _needs_content_md5(uploader: Uploader, bucket: str, key: str) -> bool:
     return checked is not True
 
 
-def _etag_style(uploader: Uploader, bucket: str, key: str) -> EtagStyle:
+def _etag_style(uploader: Uploader, bucket: str, key: str, attributes: ObjectAttributes | None) -> EtagStyle:
     """Complete a one-part upload of a few bytes and read the ETag style off its answer."""
     try:
-        etag = uploader.probe_multipart_etag(bucket, key, b"chunkd etag probe")
+        etag = uploader.probe_multipart_etag(bucket, key, b"chunkd etag probe", attributes=attributes)
     except (TransferError, BotoCoreError, OSError) as exc:
         logger.debug("ETag style probe failed: %s", exc)
         return EtagStyle.UNKNOWN

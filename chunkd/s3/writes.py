@@ -17,11 +17,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chunkd.errors import RetryableError, TransferError, UploadGoneError
+from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.etags import is_body_md5, same_etag
 from chunkd.model.planner import Part
 from chunkd.model.states import PartRecord
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         CreateMultipartUploadOutputTypeDef,
         CreateMultipartUploadRequestTypeDef,
         PutObjectRequestTypeDef,
+        TaggingTypeDef,
         UploadPartRequestTypeDef,
     )
 
@@ -66,14 +68,16 @@ class WriteCalls(S3Calls):
         def with_policy(self, policy: RetryPolicy, *, wait_for_breaker: bool = False) -> Uploader: ...
 
     def create(
-        self, bucket: str, key: str, *, content_type: str | None = None, held: Callable[[str], bool] | None = None,
+        self, bucket: str, key: str, *, attributes: ObjectAttributes | None = None,
+        content_type: str | None = None, held: Callable[[str], bool] | None = None,
     ) -> str:
         """A new multipart upload's id. A failed attempt may have created an upload whose reply was
         lost: after a retried create, the key's other uploads the server started during this call
         are aborted, except those `held` says belong to someone else (another stream's record)."""
-        request: CreateMultipartUploadRequestTypeDef = {"Bucket": bucket, "Key": key}
-        if content_type:
-            request["ContentType"] = content_type
+        request = cast(
+            "CreateMultipartUploadRequestTypeDef",
+            {"Bucket": bucket, "Key": key, **_fields(attributes, content_type)},
+        )
         sent: list[float] = []  # when each attempt went out
 
         def send() -> CreateMultipartUploadOutputTypeDef:
@@ -136,17 +140,18 @@ class WriteCalls(S3Calls):
 
     def put_object(
         self, bucket: str, key: str, path: Path, size: int, identity: FileIdentity | None,
-        *, content_type: str | None = None,
+        *, attributes: ObjectAttributes | None = None, content_type: str | None = None,
     ) -> tuple[Digest, str]:
         """Single PutObject for files smaller than one part; returns the digest and ETag."""
 
         def send() -> tuple[Digest, str]:
             with open_checked(path, identity) as handle, self._read(handle, 0, size) as (digest, body):
-                request: PutObjectRequestTypeDef = {"Bucket": bucket, "Key": key, "Body": body, "ContentLength": size}
+                request = cast("PutObjectRequestTypeDef", {
+                    "Bucket": bucket, "Key": key, "Body": body, "ContentLength": size,
+                    **_fields(attributes, content_type),
+                })
                 if digest.md5_b64:
                     request["ContentMD5"] = digest.md5_b64
-                if content_type:
-                    request["ContentType"] = content_type
                 self._on_request("PutObject")
                 response = self._client.put_object(**request)
             etag = str(response["ETag"])
@@ -173,7 +178,7 @@ class WriteCalls(S3Calls):
         with signed_payload(data, digest.sha256_hex):
             yield digest, cast("IO[bytes]", data)  # botocore sends a bytes body as it is
 
-    def checks_payload_hash(self, bucket: str, key: str) -> bool | None:
+    def checks_payload_hash(self, bucket: str, key: str, *, attributes: ObjectAttributes | None = None) -> bool | None:
         """Whether the server refuses a body that does not hash to its signed SHA-256.
 
         Sends a few bytes signed with another body's hash: S3, MinIO and Ceph refuse them
@@ -184,7 +189,8 @@ class WriteCalls(S3Calls):
         """
         body = _BytesBody(b"chunkd probe", payload_sha256=hashlib.sha256(b"not these bytes").hexdigest())
         try:
-            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body.data))
+            fields = (attributes or ObjectAttributes()).request_fields()
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body.data), **fields)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             return True if code in PAYLOAD_HASH_REFUSALS else None
@@ -192,10 +198,12 @@ class WriteCalls(S3Calls):
             self._forget_probe(bucket, key)
         return False
 
-    def probe_multipart_etag(self, bucket: str, key: str, body: bytes) -> str:
+    def probe_multipart_etag(
+        self, bucket: str, key: str, body: bytes, *, attributes: ObjectAttributes | None = None
+    ) -> str:
         """The ETag a one-part multipart upload of `body` completes with. The upload is aborted if
         it did not complete, and the object deleted either way (a Complete whose reply was lost)."""
-        upload_id = self.create(bucket, key)
+        upload_id = self.create(bucket, key, attributes=attributes)
         try:
             response = self._call(
                 "UploadPart",
@@ -232,11 +240,16 @@ class WriteCalls(S3Calls):
         """Delete an object; S3 answers a key that is not there as a success."""
         self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+    def put_bytes(
+        self, bucket: str, key: str, data: bytes, *, content_type: str, attributes: ObjectAttributes | None = None
+    ) -> None:
         """A small body (a manifest), checked like a part: signed with its SHA-256 and sent with
         Content-MD5, so a server that checks either refuses damaged bytes; and where the returned
         ETag is the body's MD5, a different one (a server that checks neither stored other bytes)
-        is a BadDigest, and the body is sent again."""
+        is a BadDigest, and the body is sent again. `attributes`: what else the PUT carries (the
+        object's encryption, for its manifest)."""
+        fields = (attributes or ObjectAttributes()).request_fields()
+        fields.pop("ContentType", None)
         md5 = hashlib.md5(data, usedforsecurity=False)
         sha256 = hashlib.sha256(data).hexdigest()
 
@@ -245,7 +258,7 @@ class WriteCalls(S3Calls):
             response = self._client.put_object(
                 Bucket=bucket, Key=key, Body=cast("IO[bytes]", _BytesBody(data, payload_sha256=sha256)),
                 ContentLength=len(data), ContentType=content_type,
-                ContentMD5=base64.b64encode(md5.digest()).decode(),
+                ContentMD5=base64.b64encode(md5.digest()).decode(), **fields,
             )
             etag = str(response.get("ETag", ""))
             stored_md5 = is_body_md5(
@@ -257,14 +270,29 @@ class WriteCalls(S3Calls):
 
         self._policy.call(self._attempt(send), key=key)
 
-    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str) -> None:
-        """Server-side copy: CopyObject up to 5 GiB, boto3's managed multipart copy beyond."""
+    def copy(
+        self, src_bucket: str, src_key: str, bucket: str, key: str, *, attributes: ObjectAttributes | None = None
+    ) -> None:
+        """Server-side copy: CopyObject up to 5 GiB, boto3's managed multipart copy beyond. With
+        `attributes` the copy gets its own (type, metadata, tags, …), not the source's."""
         source: CopySourceTypeDef = {"Bucket": src_bucket, "Key": src_key}
+        extra: dict[str, Any] = {}
+        if attributes is not None:
+            extra = {**attributes.request_fields(), "MetadataDirective": "REPLACE", "TaggingDirective": "REPLACE"}
         info = self.head(src_bucket, src_key)
         if info is not None and info.size > 5 * 1024**3:
-            self._call("MultipartCopy", lambda: self._client.copy(source, bucket, key), key=key)
+            self._call("MultipartCopy", lambda: self._client.copy(source, bucket, key, ExtraArgs=extra), key=key)
             return
-        self._call("CopyObject", lambda: self._client.copy_object(CopySource=source, Bucket=bucket, Key=key), key=key)
+        self._call(
+            "CopyObject", lambda: self._client.copy_object(CopySource=source, Bucket=bucket, Key=key, **extra), key=key
+        )
+
+    def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Set an object's tags (PutObjectTagging): the same ones its create carried, again, since
+        Ceph RGW drops the tags of a CreateMultipartUpload and of a CopyObject."""
+        tag_set: TaggingTypeDef = {"TagSet": [{"Key": name, "Value": value} for name, value in tags.items()]}
+        self._call("PutObjectTagging", lambda: self._client.put_object_tagging(Bucket=bucket, Key=key, Tagging=tag_set),
+                   key=key)
 
     def complete(self, bucket: str, key: str, upload_id: str, parts: list[PartRecord]) -> str:
         """Complete the upload; the ETag the server answered with ("" if it sent none: Ceph RGW)."""
@@ -311,6 +339,14 @@ class WriteCalls(S3Calls):
 _CLOCK_SLACK = 1.0
 PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
 _UPLOAD_MISSING = frozenset({"NoSuchUpload", "NoSuchKey"})
+
+
+def _fields(attributes: ObjectAttributes | None, content_type: str | None) -> dict[str, Any]:
+    """The request arguments of `attributes`, with `content_type` (when given) as the type."""
+    fields = (attributes or ObjectAttributes()).request_fields()
+    if content_type:
+        fields["ContentType"] = content_type
+    return fields
 
 
 def _error_code(exc: ClientError) -> str:

@@ -9,7 +9,9 @@ well-behaved server never does:
 - DROP_REPLY: forwarded, then the client's connection closed without the answer (the server did
   it, the reply got lost);
 - RESET: the connection reset without forwarding anything;
-- ERROR_500 / SLOW_DOWN: an error answered by the proxy, without forwarding.
+- ERROR_500 / SLOW_DOWN: an error answered by the proxy, without forwarding;
+- ACCESS_DENIED: 403 AccessDenied answered by the proxy, as S3 refuses what a bucket policy denies
+  (a rule matching on `Seen.headers` plays a policy's Condition).
 
 One upstream connection per request keeps the relay simple; a test's traffic is small.
 """
@@ -36,15 +38,18 @@ class Fault(enum.Enum):
     RESET = "reset"
     ERROR_500 = "500"
     SLOW_DOWN = "503"
+    ACCESS_DENIED = "403"
 
 
 @dataclass(frozen=True)
 class Seen:
-    """A request as the proxy saw it: `path` unquoted ("/bucket/key"), `query` parsed."""
+    """A request as the proxy saw it: `path` unquoted ("/bucket/key"), `query` parsed, `headers`
+    with lower-case names."""
 
     method: str
     path: str
     query: dict[str, list[str]]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Match = Callable[[Seen], bool]
@@ -142,14 +147,15 @@ class FaultProxy(LoopbackProxy):
 
     def relay(self, handler: RelayHandler) -> None:
         raw_path, _, query = handler.path.partition("?")
-        seen = Seen(handler.command, unquote(raw_path), parse_qs(query, keep_blank_values=True))
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        seen = Seen(handler.command, unquote(raw_path), parse_qs(query, keep_blank_values=True), headers)
         fault = self._take(seen)
         if fault is Fault.RESET:
             self._record(fault, seen)
             _reset(handler)
             return
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-        if fault in (Fault.ERROR_500, Fault.SLOW_DOWN):
+        if fault in _ERRORS:
             self._record(fault, seen)
             _error(handler, fault)
             return
@@ -179,6 +185,7 @@ class FaultProxy(LoopbackProxy):
 _ERRORS = {
     Fault.ERROR_500: (500, "InternalError", "We encountered an internal error. Please try again."),
     Fault.SLOW_DOWN: (503, "SlowDown", "Please reduce your request rate."),
+    Fault.ACCESS_DENIED: (403, "AccessDenied", "Access Denied"),
 }
 
 
