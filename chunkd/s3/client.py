@@ -224,7 +224,8 @@ def _credential_errors() -> Iterator[None]:
             f"AWS profile {exc.kwargs.get('profile')!r} not found (AWS_PROFILE; profiles live in ~/.aws/config)"
         ) from None
     except (bexc.UnauthorizedSSOTokenError, bexc.SSOTokenLoadError, bexc.TokenRetrievalError) as exc:
-        raise CredentialsError(f"AWS SSO login expired or missing: {exc} (run `aws sso login`)") from None
+        hint = "" if "aws sso login" in str(exc) else " (run `aws sso login`)"
+        raise CredentialsError(f"AWS SSO login expired or missing: {exc}{hint}") from None
     except bexc.NoCredentialsError:
         raise CredentialsError(_NO_CREDENTIALS) from None
     except bexc.BotoCoreError as exc:

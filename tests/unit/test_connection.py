@@ -3,6 +3,7 @@ object call, presigned URLs, and boto3's credential chain failing as one line (e
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -127,8 +128,6 @@ def test_every_object_call_carries_the_customer_key() -> None:
     client.upload_part(Bucket="b", Key="k", UploadId="u", PartNumber=1, Body=b"x")
     client.head_object(Bucket="b", Key="k")
     client.copy_object(Bucket="b", Key="k2", CopySource={"Bucket": "b", "Key": "k"})
-    import base64
-
     encoded, md5 = base64.b64encode(key).decode(), base64.b64encode(hashlib.md5(key).digest()).decode()
     for request in sent:
         assert request.headers["x-amz-server-side-encryption-customer-algorithm"] == b"AES256"
@@ -148,7 +147,7 @@ def test_a_part_stored_with_a_customer_key_is_not_checked_against_its_md5(tmp_pa
     _capture(uploader._client, **{"ETag": '"' + "f" * 32 + '"', "x-amz-server-side-encryption-customer-algorithm": "AES256"})
     record = uploader.upload_part("b", "k", "u", source, Part(number=1, offset=0, size=1024), None)
     assert record.etag == '"' + "f" * 32 + '"'
-    digest, etag = uploader.put_object("b", "k", source, 1024, None)
+    _, etag = uploader.put_object("b", "k", source, 1024, None)
     assert etag == record.etag
 
 
