@@ -26,6 +26,8 @@ _SIZE_UNITS = {
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
+PRESIGN_MAX_SECONDS = 7 * 24 * 3600
+SSE_C_KEY_BYTES = 32  # AES-256
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -77,6 +79,14 @@ def _non_negative_float(text: str | float) -> float:
     return value
 
 
+def _presign_seconds(text: str | int) -> int:
+    """0 (off) up to 7 days, SigV4's limit on a presigned URL's lifetime."""
+    value = int(text)
+    if not 0 <= value <= PRESIGN_MAX_SECONDS:
+        raise ValueError(f"must be 0 (off) to {PRESIGN_MAX_SECONDS} (7 days, SigV4's limit), got {value}")
+    return value
+
+
 def _optional_str(text: str | None) -> str | None:
     return str(text) if text not in (None, "") else None
 
@@ -119,7 +129,12 @@ class Settings:
     input_dir: Path = Path("./input")
     bucket: str = "chunkd"
     s3_endpoint_url: str | None = None
-    s3_region: str | None = None
+    s3_region: str | None = None  # None: boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile)
+    s3_addressing_style: str = "auto"
+    s3_ca_bundle: Path | None = None  # None: AWS_CA_BUNDLE, else the system's
+    s3_verify_tls: bool = True
+    sse_c_key_file: Path | None = None
+    presign_seconds: int = 0
     state_url: str = DEFAULT_STATE_URL
     key_template: str = "{relpath}"
     part_size: int = 8 * 1024 * 1024
@@ -214,6 +229,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "bucket": str,
     "s3_endpoint_url": _optional_str,
     "s3_region": _optional_str,
+    "s3_addressing_style": _choice("auto", "path", "virtual"),
+    "s3_ca_bundle": lambda v: Path(v).expanduser() if v else None,
+    "s3_verify_tls": _parse_bool,
+    "sse_c_key_file": lambda v: Path(v).expanduser() if v else None,
+    "presign_seconds": _presign_seconds,
     "state_url": str,
     "key_template": str,
     "part_size": parse_size,
@@ -344,12 +364,37 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise ConfigError(where("sse_kms_key_id"), "a KMS key needs CHUNKD_SSE=aws:kms or aws:kms:dsse, not AES256")
     if settings.sse == "AES256" and settings.sse_bucket_key:
         raise ConfigError(where("sse_bucket_key"), "an S3 Bucket Key needs CHUNKD_SSE=aws:kms, not AES256")
+    if (settings.sse or settings.sse_kms_key_id) and settings.sse_c_key_file is not None:
+        raise ConfigError(where("sse_c_key_file"), "S3 takes one encryption per object: CHUNKD_SSE or a customer key, not both")
+    _validate_connection(settings, where)
     from chunkd.model.keys import validate_template
 
     try:
         validate_template(settings.key_template)
     except ValueError as exc:
         raise ConfigError(where("key_template"), str(exc)) from None
+
+
+def _validate_connection(settings: Settings, where: Callable[[str], str]) -> None:
+    """The files the S3 connection needs must be there (and the SSE-C key exactly 32 bytes) at start."""
+    if settings.s3_ca_bundle is not None and not settings.s3_ca_bundle.is_file():
+        raise ConfigError(where("s3_ca_bundle"), f"{settings.s3_ca_bundle} is not a readable file")
+    if settings.sse_c_key_file is not None:
+        read_sse_c_key(settings.sse_c_key_file, where("sse_c_key_file"))
+
+
+def read_sse_c_key(path: Path, setting: str = "CHUNKD_SSE_C_KEY_FILE") -> bytes:
+    """The SSE-C key's raw bytes; ConfigError naming `setting` (never showing the key) unless the
+    file holds exactly 32 bytes."""
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(setting, f"cannot read {path}: {exc.strerror}") from None
+    if len(key) != SSE_C_KEY_BYTES:
+        raise ConfigError(
+            setting, f"{path} holds {len(key)} bytes; an SSE-C key is exactly {SSE_C_KEY_BYTES} (AES-256, raw bytes)",
+        )
+    return key
 
 
 def with_destination(settings: Settings, url: str) -> Settings:

@@ -124,12 +124,19 @@ class Daemon:
         self.links = LinkManager(engine, _downloader(settings), self.scheduler.submit)
         self.events = EventSink(
             engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
-            maxlen=settings.events_maxlen,
+            maxlen=settings.events_maxlen, presign=self._presigner(),
         )
         engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
         self.probes = Probes(engine, lambda: self.watcher.alive)
         self.http = self._http_server()
         self.resets = ResetWatch(engine.store)
+
+    def _presigner(self) -> Callable[[StreamRecord], str] | None:
+        """CHUNKD_PRESIGN_SECONDS > 0: completed events carry a presigned GET URL of the object."""
+        seconds, uploader = self.engine.settings.presign_seconds, self.engine.uploader
+        if not seconds:
+            return None
+        return lambda record: uploader.presigned_get(record.bucket, record.key, seconds=seconds)
 
     def _run_job(self, request: JobRequest) -> JobResult:
         job = StreamJob(self.engine, request.path, request.relpath, final=request.final, origin=request.origin)

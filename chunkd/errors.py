@@ -31,6 +31,14 @@ class EndpointError(ChunkdError):
         self.exit_code = exit_code
 
 
+class CredentialsError(EndpointError):
+    """boto3's chain found no usable credentials: no profile of that name, an expired SSO token,
+    none at all. Exit 2: the fix is in the configuration (or an `aws sso login`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
+
+
 class DevServerError(ChunkdError):
     """The local S3 server could not be found, started or reached."""
 

@@ -76,7 +76,15 @@ class DevEndpoint:
 
 
 def target(settings: Settings) -> S3Target:
-    return S3Target(endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    from chunkd.config import read_sse_c_key
+
+    return S3Target(
+        endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+        addressing_style=settings.s3_addressing_style,
+        ca_bundle=str(settings.s3_ca_bundle) if settings.s3_ca_bundle else None,
+        verify_tls=settings.s3_verify_tls,
+        sse_c_key=read_sse_c_key(settings.sse_c_key_file) if settings.sse_c_key_file else None,
+    )
 
 
 @contextmanager

@@ -131,6 +131,7 @@ class EventSink:
         timeout: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        presign: Callable[[StreamRecord], str] | None = None,
     ) -> None:
         self.targets = [WebhookTarget.parse(url) for url in webhook_urls]
         self._store = store
@@ -141,6 +142,7 @@ class EventSink:
         self._timeout = timeout
         self._sleep = sleep
         self._clock = clock
+        self._presign = presign  # completed events carry `url`, a presigned GET of the object
         self._queue: queue.Queue[_Delivery | object] = queue.Queue(maxsize=queue_size)
         self._abandon = threading.Event()  # close() timed out: stop retrying, drop the rest
         self._closed = False
@@ -151,6 +153,8 @@ class EventSink:
 
     def emit(self, kind: str, record: StreamRecord) -> None:
         event = build_event(kind, record, ts=self._clock())
+        if kind == "completed" and self._presign is not None:
+            event["url"] = self._presigned(record)
         try:
             self._store.append_event(event, maxlen=self._maxlen)
         except StoreError as exc:
@@ -166,6 +170,16 @@ class EventSink:
                     "webhook queue full; dropped %s event for %s", kind, target.display,
                     extra={"stream_id": record.id},
                 )
+
+    def _presigned(self, record: StreamRecord) -> str | None:
+        """The object's presigned GET URL, or None when it could not be signed (the reason is logged;
+        the URL never is: it is a credential)."""
+        assert self._presign is not None
+        try:
+            return self._presign(record)
+        except Exception as exc:  # noqa: BLE001 - an event without its URL beats no event
+            logger.warning("could not presign a URL for %s: %s", record.key, type(exc).__name__)
+            return None
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued, waiting at most `timeout` seconds; then give up on the rest."""

@@ -25,6 +25,13 @@ class Uploader(WriteCalls, ReadCalls):
         """An Uploader on a client of its own, for a one-off command (verify, gc, cancel, doctor)."""
         return cls(make_client(target, max_pool_connections=max_pool_connections), policy)
 
+    def presigned_get(self, bucket: str, key: str, *, seconds: int) -> str:
+        """A URL that GETs the object for `seconds` without credentials: a credential itself, for
+        events and webhooks only, never for log lines. Signed locally, no request."""
+        return str(self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds,
+        ))
+
     def with_traits(self, traits: ServerTraits) -> Uploader:
         """The same gateway for a server whose traits are now known."""
         return self._variant(self._policy, wait_for_breaker=self._wait_for_breaker, traits=traits)

@@ -15,7 +15,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -134,7 +134,7 @@ class WriteCalls(S3Calls):
                     request["ContentMD5"] = digest.md5_b64
                 self._on_request("UploadPart")
                 response = self._client.upload_part(**request)
-            return _part_record(part, digest, str(response["ETag"]))
+            return _part_record(part, digest, str(response["ETag"]), opaque=_customer_key(response))
 
         return self._policy.call(self._attempt(send), key=key, part=part.number)
 
@@ -155,7 +155,8 @@ class WriteCalls(S3Calls):
                 self._on_request("PutObject")
                 response = self._client.put_object(**request)
             etag = str(response["ETag"])
-            _check_etag(etag, digest)
+            if not _customer_key(response):
+                _check_etag(etag, digest)
             return digest, etag
 
         return self._policy.call(self._attempt(send), key=key)
@@ -371,8 +372,14 @@ def _check_etag(etag: str, digest: Digest, part: int | None = None) -> None:
         raise RetryableError(f"server ETag {etag} != local MD5 {digest.md5_hex}", code="BadDigest", part=part)
 
 
-def _part_record(part: Part, digest: Digest, etag: str) -> PartRecord:
-    _check_etag(etag, digest, part.number)
+def _customer_key(response: Mapping[str, object]) -> bool:
+    """Stored with an SSE-C key: S3 then answers an ETag that is not the MD5 of the bytes sent."""
+    return bool(response.get("SSECustomerAlgorithm"))
+
+
+def _part_record(part: Part, digest: Digest, etag: str, *, opaque: bool = False) -> PartRecord:
+    if not opaque:
+        _check_etag(etag, digest, part.number)
     return PartRecord(
         number=part.number, offset=part.offset, size=part.size, etag=etag,
         sha256=digest.sha256_hex or "", md5=digest.md5_hex if digest.sha256_hex is None and digest.md5_hex else "",

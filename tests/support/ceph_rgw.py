@@ -347,6 +347,8 @@ osd class default list = *
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
 rgw data = {root}/rgw
+# SSE-C over plain HTTP (RGW refuses customer keys without TLS by default): the tests have no TLS.
+rgw crypt require ssl = false
 rgw thread pool size = 64
 rgw dynamic resharding = false
 rgw enable usage log = false

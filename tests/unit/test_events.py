@@ -279,3 +279,33 @@ def test_emit_never_raises_when_the_store_is_down(
     sink.close(timeout=10)
     assert "could not record completed event" in caplog.text
     assert len(receiver.requests) == 1  # the webhook still hears about it
+
+
+def test_completed_events_carry_the_presigned_url_and_logs_never_do(
+    store: SqliteStore, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = "https://videos.s3.amazonaws.com/raw/cam/x.mp4?X-Amz-Signature=secret"
+    sink = EventSink(store, webhook_urls=[receiver.url], presign=lambda rec: url)
+    with caplog.at_level(logging.DEBUG):
+        sink.emit("completed", record())
+        sink.emit("failed", record(state=StreamState.FAILED, last_error="boom"))
+        sink.close(timeout=10)
+    bodies = {json.loads(got.body)["event"]: json.loads(got.body) for got in receiver.requests}
+    assert bodies["completed"]["url"] == url
+    assert "url" not in bodies["failed"]
+    assert [event.get("url") for event in store.list_events()].count(url) == 1
+    assert "X-Amz-Signature" not in caplog.text
+
+
+def test_a_url_that_cannot_be_signed_leaves_the_event_without_one(
+    store: SqliteStore, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(rec: StreamRecord) -> str:
+        raise RuntimeError("X-Amz-Signature=leaked")
+
+    sink = EventSink(store, webhook_urls=[receiver.url], presign=refuse)
+    sink.emit("completed", record())
+    sink.close(timeout=10)
+    (got,) = receiver.requests
+    assert json.loads(got.body)["url"] is None
+    assert "could not presign" in caplog.text and "leaked" not in caplog.text
