@@ -8,6 +8,8 @@ the bucket with the same size, else the entry is forgotten and the file is sent.
 
 from __future__ import annotations
 
+from chunkd.errors import PermanentError
+from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.etags import is_md5_etag, multipart_etag, same_etag
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
@@ -25,7 +27,7 @@ def may_be_duplicate(upload: UploadCoordinator, size: int) -> bool:
 def duplicate_of(upload: UploadCoordinator, sha256: str, size: int) -> StreamRecord | None:
     """A completed object with the same bytes, still present in the bucket."""
     record, engine = upload.record, upload.engine
-    if engine.settings.dedup == "off":
+    if engine.settings.dedup == "off" or (engine.settings.dedup == "copy" and engine.server_copy_refused):
         return None
     original = upload.store.find_by_content(sha256)
     if original is None or original.id == record.id or original.state is not StreamState.COMPLETED:
@@ -51,16 +53,19 @@ def _replaced(etag: str, parts: list[PartRecord]) -> bool:
     return not same_etag(etag, multipart_etag(parts))
 
 
-def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Snapshot, media: MediaVerdict) -> None:
+def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Snapshot, media: MediaVerdict) -> bool:
+    """Publish the file as a duplicate of `original`; False (nothing changed, the upload still
+    open) when the server cannot copy it, so the caller sends the bytes instead."""
     record, engine = upload.record, upload.engine
-    upload.abort_upload()
     mode = engine.settings.dedup
     if (original.bucket, original.key) == (record.bucket, record.key):
         mode = "record"  # same key, same bytes: the object is already what we would write
     if mode == "copy":
         attributes = upload.fixed_attributes()
-        engine.uploader.copy(original.bucket, original.key, record.bucket, record.key, attributes=attributes)
+        if not _copied(upload, original, attributes):
+            return False
         record.attributes = attributes.to_dict()
+    upload.abort_upload()  # after the copy: a refused copy leaves the upload to finish as usual
     parts = upload.store.list_parts(original.id) or [
         PartRecord(number=1, offset=0, size=snap.size, etag="", sha256=original.sha256 or "")
     ]
@@ -70,3 +75,20 @@ def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Sn
     record.dedup_of = original.key if same_bucket else f"s3://{original.bucket}/{original.key}"
     upload.log.info("same bytes as %s: not sent again (dedup=%s)", record.dedup_of, mode)
     publish(upload, parts, etag, snap, kind=mode, media=media)
+    return True
+
+
+def _copied(upload: UploadCoordinator, original: StreamRecord, attributes: ObjectAttributes) -> bool:
+    """Server-side copy of the original to this file's key; False when the server answers
+    NotImplemented (Ceph RGW for an SSE-C object), and then no duplicate is copied again."""
+    record, engine = upload.record, upload.engine
+    try:
+        engine.uploader.copy(original.bucket, original.key, record.bucket, record.key, attributes=attributes)
+    except PermanentError as exc:
+        if exc.code != "NotImplemented":
+            raise
+        engine.server_copy_refused = True
+        upload.log.warning("the server cannot copy %s (%s): this and later duplicates are sent as bytes",
+                           original.key, exc.code)
+        return False
+    return True

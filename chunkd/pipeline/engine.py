@@ -48,6 +48,7 @@ class Engine:
     pacing: Pacing = field(default_factory=Pacing)
     endpoint: str = ""  # the destination's name in records (S3Target.destination)
     confirm_skips: bool = False  # `chunkd upload`: an unchanged completed file is looked for in the bucket
+    server_copy_refused: bool = False  # a CopyObject answered NotImplemented: dedup=copy sends bytes instead
     part_pool: ThreadPoolExecutor = field(init=False)
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)

@@ -76,8 +76,8 @@ class Finalizer:
         if original is not None:
             if _moved_on(upload, snap):  # the last look before the object is committed
                 return False
-            finish_duplicate(upload, original, snap, media)
-            return True
+            if finish_duplicate(upload, original, snap, media):
+                return True
         if not multipart:
             return self._finish_single(snap, scan, media)
         return self._finish_multipart(needed, snap, scan, media)
