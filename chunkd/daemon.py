@@ -121,7 +121,9 @@ class Daemon:
             rescan_seconds=settings.rescan_seconds,
             links=(PathFilter(settings.links_pattern, skip_dirs=skip), self._links_submit),
         )
-        self.links = LinkManager(engine, _downloader(settings), self.scheduler.submit)
+        downloader = _downloader(settings)
+        engine.metrics.watch_downloads_waiting_for_disk(lambda: downloader.waiting_for_disk)
+        self.links = LinkManager(engine, downloader, self.scheduler.submit)
         self.events = EventSink(
             engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
             maxlen=settings.events_maxlen, presign=self._presigner(),

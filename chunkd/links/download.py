@@ -118,6 +118,13 @@ class Downloader:
         self._hosts = HostRateLimiter(per_host_requests, per_host_window, clock=clock)
         self._disk_lock = threading.Lock()
         self._disk_paused = False
+        self._disk_waiters = 0  # downloads in _wait_for_disk right now, for the metrics
+
+    @property
+    def waiting_for_disk(self) -> int:
+        """Downloads the disk guard holds back right now (chunkd_downloads_waiting_for_disk)."""
+        with self._disk_lock:
+            return self._disk_waiters
 
     def download(
         self,
@@ -269,16 +276,21 @@ class Downloader:
         if free >= self.min_free_bytes:
             return
         with self._disk_lock:
+            self._disk_waiters += 1
             if not self._disk_paused:
                 self._disk_paused = True
                 logger.warning(
                     "downloads paused: %d bytes free in %s, %d needed", free, self.staging, self.min_free_bytes
                 )
-        while free < self.min_free_bytes:
-            if stop.is_set():
-                raise Stopped()
-            self._sleep(POLL_SECONDS)
-            free = self._free_bytes(self.staging)
+        try:
+            while free < self.min_free_bytes:
+                if stop.is_set():
+                    raise Stopped()
+                self._sleep(POLL_SECONDS)
+                free = self._free_bytes(self.staging)
+        finally:
+            with self._disk_lock:
+                self._disk_waiters -= 1
         with self._disk_lock:
             if self._disk_paused:
                 self._disk_paused = False

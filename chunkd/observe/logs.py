@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -57,7 +58,11 @@ def _redact_lines(text: Any) -> Any:
 
 
 class _JsonFormatter(_RedactingTracebacks, JsonFormatter):
-    pass
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """ISO-8601 in UTC with its zone (2026-12-04T14:36:14.123Z): a log shipper on another
+        host, or a reader in another time zone, places the line without guessing."""
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        return stamp.removesuffix("+00:00") + "Z"
 
 
 class TextFormatter(_RedactingTracebacks, logging.Formatter):

@@ -2,7 +2,10 @@
 checkpoint store at scrape time.
 
 Each `Metrics` owns its own CollectorRegistry, never prometheus_client's global one, so tests and
-several engines in one process never clash over metric names.
+several engines in one process never clash over metric names. Label values are lower-case, and every
+labelled counter is exported at 0 for its known values from the start: `rate()` and `increase()`
+over a series that appears with its first event miss that event. deploy/monitoring/ (alert rules,
+dashboard) is written against these names; tests/unit/test_monitoring_pack.py keeps the two in step.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from chunkd import __version__
 from chunkd.model.states import StreamState
 from chunkd.s3.breaker import BreakerState
 from chunkd.store import StreamReader
@@ -30,6 +38,15 @@ from chunkd.store import StreamReader
 logger = logging.getLogger("chunkd.metrics")
 
 FILE_OUTCOMES = ("completed", "failed", "quarantined", "deduplicated")
+# Exported at 0 from the start (other codes appear with their first event): the codes the alert
+# rules watch (an unreachable endpoint) and the ones an operator looks for first.
+RETRY_REASONS = (
+    "connectionerror", "circuitopen", "slowdown", "serviceunavailable", "internalerror", "requesttimeout", "baddigest",
+)
+S3_ERROR_CODES = (
+    "connectionerror", "circuitopen", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "nosuchbucket",
+    "nocredentials", "slowdown", "serviceunavailable", "internalerror",
+)
 # Finalizing ranges from a small PutObject (tens of ms) to re-reading a large file (minutes).
 FINALIZE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -72,6 +89,10 @@ class Metrics:
         # counted in store_errors already shows in the same scrape.
         self.registry.register(_StoreCollector(self, snapshot))
         registry = self.registry
+        ProcessCollector(registry=registry)  # process_*: CPU, memory, open files of this daemon
+        PlatformCollector(registry=registry)  # python_info
+        GCCollector(registry=registry)  # python_gc_*
+        Info("chunkd_build", "The running chunkd version.", registry=registry).info({"version": __version__})
         self.uploaded_bytes = Counter(
             "chunkd_uploaded_bytes_total", "Bytes of parts and objects acknowledged by S3.", registry=registry
         )
@@ -79,12 +100,17 @@ class Metrics:
             "chunkd_uploaded_parts_total", "Multipart parts acknowledged by S3.", registry=registry
         )
         self.retries = Counter(
-            "chunkd_retries_total", "S3 calls retried, by error code.", ["reason"], registry=registry
+            "chunkd_retries_total", "S3 calls retried, by error code (lower-case).", ["reason"], registry=registry
         )
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
         self.s3_errors = Counter(
-            "chunkd_s3_errors_total", "S3 errors that reached a job (permanent or retries exhausted).", ["code"],
+            "chunkd_s3_errors_total",
+            "S3 errors that reached a job (permanent or retries exhausted), by error code (lower-case).", ["code"],
             registry=registry,
         )
+        for code in S3_ERROR_CODES:
+            self.s3_errors.labels(code)
         self.store_errors = Counter(
             "chunkd_store_errors_total", "Checkpoint store calls that failed.", registry=registry
         )
@@ -96,9 +122,6 @@ class Metrics:
         self.files = Counter("chunkd_files_total", "Files finished, by outcome.", ["outcome"], registry=registry)
         for outcome in FILE_OUTCOMES:
             self.files.labels(outcome)  # every outcome exported from the start, at 0
-        self.quarantined_files = Counter(
-            "chunkd_quarantined_files_total", "Files moved aside as unreadable media.", registry=registry
-        )
         self.download_bytes = Counter(
             "chunkd_download_bytes_total", "Bytes downloaded from links.", registry=registry
         )
@@ -107,6 +130,10 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "chunkd_queue_depth", "Files waiting for a worker.", registry=registry
+        )
+        self.downloads_waiting_for_disk = Gauge(
+            "chunkd_downloads_waiting_for_disk",
+            "Downloads held back because the staging disk has less than CHUNKD_MIN_FREE_GB free.", registry=registry,
         )
         self.finalize_seconds = Histogram(
             "chunkd_finalize_seconds", "Time to finalize an idle file.", buckets=FINALIZE_BUCKETS, registry=registry
@@ -129,10 +156,10 @@ class Metrics:
 
     def retry(self, reason: str) -> None:
         """One retried S3 call; `reason` is the error code (e.g. SlowDown, 503, ConnectionError)."""
-        self.retries.labels(reason or "unknown").inc()
+        self.retries.labels(reason.lower() or "unknown").inc()
 
     def s3_error(self, code: str) -> None:
-        self.s3_errors.labels(code or "unknown").inc()
+        self.s3_errors.labels(code.lower() or "unknown").inc()
 
     def store_error(self) -> None:
         self.store_errors.inc()
@@ -141,12 +168,10 @@ class Metrics:
         self.internal_errors.inc()
 
     def file_finished(self, outcome: str) -> None:
-        """Count a file that reached `outcome` (one of FILE_OUTCOMES); quarantines count twice over."""
+        """Count a file that reached `outcome` (one of FILE_OUTCOMES)."""
         if outcome not in FILE_OUTCOMES:
             raise ValueError(f"unknown file outcome {outcome!r}; expected one of {', '.join(FILE_OUTCOMES)}")
         self.files.labels(outcome).inc()
-        if outcome == "quarantined":
-            self.quarantined_files.inc()
 
     def watch_queue_depth(self, depth: Callable[[], int]) -> None:
         """Read the queue depth at scrape time; a failing callable reads as NaN, not a failed scrape."""
@@ -159,6 +184,10 @@ class Metrics:
                 return math.nan
 
         self.queue_depth.set_function(read)
+
+    def watch_downloads_waiting_for_disk(self, waiting: Callable[[], int]) -> None:
+        """Read, at scrape time, how many downloads the disk guard holds back right now."""
+        self.downloads_waiting_for_disk.set_function(lambda: float(waiting()))
 
     def set_breaker_state(self, endpoint: str, state: BreakerState | int) -> None:
         self.circuit_breaker_state.labels(endpoint).set(int(BreakerState(state)))
@@ -201,7 +230,7 @@ def _families(snap: StoreSnapshot | None) -> Iterator[Metric]:
     )
     if snap is not None:
         for state, count in sorted(snap.stream_counts.items()):
-            streams.add_metric([state], count)
+            streams.add_metric([state.lower()], count)
         unfinished.add_metric([], snap.unfinished_bytes)
         # 0 rather than no sample, so an alert on `> 3600` neither fires nor goes stale when idle.
         oldest.add_metric([], snap.oldest_unfinished_age or 0.0)

@@ -103,8 +103,8 @@ def drop_all(staging: Path, input_dir: Path, sources: list[Source]) -> None:
 
 
 def log_time(line: dict[str, Any]) -> float:
-    """The JSON log's `timestamp` (local time, milliseconds) as epoch seconds."""
-    return datetime.strptime(line["timestamp"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    """The JSON log's `timestamp` (ISO-8601 UTC, milliseconds) as epoch seconds."""
+    return datetime.fromisoformat(line["timestamp"]).timestamp()
 
 
 @dataclass

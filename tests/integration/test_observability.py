@@ -88,7 +88,7 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     text = wait_for(both_counted, timeout=30, what="both files counted as completed")
     assert metric(text, "chunkd_uploaded_bytes_total") == 12 * MiB + 1000
     assert metric(text, "chunkd_uploaded_parts_total") == 3
-    assert 'chunkd_streams{state="COMPLETED"} 2.0' in text
+    assert 'chunkd_streams{state="completed"} 2.0' in text
     status, body = get(f"{base}/status", token="s3cret-token")
     assert status == 200 and {row["relpath"] for row in json.loads(body)} == {"one.mp4", "two.mp4"}
     assert get(f"{base}/healthz")[0] == 200

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -123,6 +125,25 @@ def test_json_output_carries_extra_fields() -> None:
     assert line["stream_id"] == "abc123"
     assert line["relpath"] == "sub/a.mp4"
     assert line["part"] == 3
+
+
+def test_json_timestamp_is_iso_8601_utc_with_its_zone() -> None:
+    stream = capture("json")
+    before = datetime.now(UTC)
+    logging.getLogger("chunkd.test").info("hello")
+    after = datetime.now(UTC)
+
+    stamp = json_lines(stream)[0]["timestamp"]
+    parsed = datetime.fromisoformat(stamp)
+    assert parsed.utcoffset() == timedelta(0), stamp  # zone given, and it is UTC
+    assert stamp.endswith("Z")
+    assert before - timedelta(milliseconds=1) <= parsed <= after
+
+
+def test_text_timestamp_stays_local_wall_clock_time() -> None:
+    stream = capture("text")
+    logging.getLogger("chunkd.test").info("hello")
+    assert re.match(r"\d\d:\d\d:\d\d INFO    hello$", stream.getvalue().strip())
 
 
 def test_level_filters_lower_records() -> None:

@@ -58,13 +58,12 @@ def test_counters_render_with_their_values() -> None:
 
     assert value(metrics, "chunkd_uploaded_bytes_total") == 5 * MiB + 100 + 42
     assert value(metrics, "chunkd_uploaded_parts_total") == 2
-    assert value(metrics, "chunkd_retries_total", reason="SlowDown") == 2
-    assert value(metrics, "chunkd_retries_total", reason="ConnectionError") == 1
-    assert value(metrics, "chunkd_s3_errors_total", code="AccessDenied") == 1
+    assert value(metrics, "chunkd_retries_total", reason="slowdown") == 2
+    assert value(metrics, "chunkd_retries_total", reason="connectionerror") == 1
+    assert value(metrics, "chunkd_s3_errors_total", code="accessdenied") == 1
     assert value(metrics, "chunkd_store_errors_total") == 1
     assert value(metrics, "chunkd_files_total", outcome="completed") == 1
     assert value(metrics, "chunkd_files_total", outcome="quarantined") == 1
-    assert value(metrics, "chunkd_quarantined_files_total") == 1
     assert value(metrics, "chunkd_download_bytes_total") == 7
     assert value(metrics, "chunkd_parts_in_flight") == 3
     assert value(metrics, "chunkd_finalize_seconds_count") == 1
@@ -126,14 +125,14 @@ def test_store_gauges_follow_the_callable_across_scrapes() -> None:
     current = StoreSnapshot({"UPLOADING": 2, "COMPLETED": 5}, unfinished_bytes=300, oldest_unfinished_age=12.5)
     metrics = Metrics(snapshot=lambda: current)
 
-    assert value(metrics, "chunkd_streams", state="UPLOADING") == 2
-    assert value(metrics, "chunkd_streams", state="COMPLETED") == 5
+    assert value(metrics, "chunkd_streams", state="uploading") == 2
+    assert value(metrics, "chunkd_streams", state="completed") == 5
     assert value(metrics, "chunkd_unfinished_bytes") == 300
     assert value(metrics, "chunkd_oldest_unfinished_seconds") == 12.5
 
     current = StoreSnapshot({"UPLOADING": 0, "COMPLETED": 7}, unfinished_bytes=0, oldest_unfinished_age=None)
-    assert value(metrics, "chunkd_streams", state="UPLOADING") == 0
-    assert value(metrics, "chunkd_streams", state="COMPLETED") == 7
+    assert value(metrics, "chunkd_streams", state="uploading") == 0
+    assert value(metrics, "chunkd_streams", state="completed") == 7
     assert value(metrics, "chunkd_unfinished_bytes") == 0
     assert value(metrics, "chunkd_oldest_unfinished_seconds") == 0  # nothing unfinished
 
@@ -166,7 +165,7 @@ def test_failing_snapshot_skips_store_gauges_and_counts_a_store_error() -> None:
     assert value(metrics, "chunkd_store_errors_total") == 2
 
     healthy["yes"] = True
-    assert value(metrics, "chunkd_streams", state="PENDING") == 1
+    assert value(metrics, "chunkd_streams", state="pending") == 1
     assert value(metrics, "chunkd_store_errors_total") == 2
 
 
@@ -239,11 +238,11 @@ def test_store_snapshot_feeds_the_gauges(store: SqliteStore) -> None:
     store.save_stream(stream("uploading", StreamState.UPLOADING, size=6 * MiB, discovered_at=T0))
     store.record_part("uploading", part(1, 5 * MiB))
     metrics = Metrics(snapshot=lambda: store_snapshot(store, now=lambda: T0 + 30))
-    assert value(metrics, "chunkd_streams", state="UPLOADING") == 1
-    assert value(metrics, "chunkd_streams", state="COMPLETED") == 0
+    assert value(metrics, "chunkd_streams", state="uploading") == 1
+    assert value(metrics, "chunkd_streams", state="completed") == 0
     assert value(metrics, "chunkd_unfinished_bytes") == MiB
     assert value(metrics, "chunkd_oldest_unfinished_seconds") == 30
 
     store.save_stream(stream("uploading2", StreamState.PENDING, size=MiB, discovered_at=T0 + 5))
-    assert value(metrics, "chunkd_streams", state="PENDING") == 1
+    assert value(metrics, "chunkd_streams", state="pending") == 1
     assert value(metrics, "chunkd_unfinished_bytes") == 2 * MiB
