@@ -37,7 +37,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     gc.add_argument("--dry-run", action="store_true", help="only list what would be aborted, removed or expired")
     gc.add_argument("--hours", type=hours, metavar="N", help="minimum upload age (default CHUNKD_GC_HOURS)")
     retry = commands.add_parser("retry", parents=[parent], help="set FAILED streams back to PENDING")
-    retry.add_argument("ids", nargs="*", metavar="ID", help="stream id (chunkd status --json)")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="stream id (the ID column of chunkd status)")
     retry.add_argument("--failed", action="store_true", help="every FAILED stream that is still its file's newest")
     cancel = commands.add_parser("cancel", parents=[parent], help="stop an unfinished stream and abort its upload")
     cancel.add_argument("stream_id", metavar="ID")
@@ -72,7 +72,10 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.ids) == args.failed:
-        print("chunkd: error: retry needs stream ID(s) or --failed, not both", file=sys.stderr)
+        what = "stream IDs or --failed, not both" if args.failed else (
+            "the ID of each stream to retry (the ID column of `chunkd status`), or --failed for every failed one"
+        )
+        print(f"chunkd: error: retry needs {what}", file=sys.stderr)
         return EXIT_CONFIG
     with open_store(settings) as store:
         if args.failed:
@@ -98,7 +101,7 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 def _get_stream(store: StreamReader, stream_id: str) -> StreamRecord:
     record = store.get_stream(stream_id)
     if record is None:
-        raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
+        raise ChunkdError(f"no stream with id {stream_id!r} (the ID column of chunkd status)")
     return record
 
 

@@ -37,7 +37,7 @@ class UrlFetcher:
         store = self._engine.store
         refused = check_host(record.url, allow_private=self._engine.settings.allow_private_urls)
         if refused:  # checked again: a retried URL, or DNS that changed since the links file was read
-            record.move_to(UrlState.FAILED, error=refused)
+            record.move_to(UrlState.REJECTED, error=refused)
             store.save_url(record)
             return None
         record.attempts += 1

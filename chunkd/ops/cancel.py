@@ -49,7 +49,7 @@ class Canceller:
             return record
         stored = self.store.get_stream(stream_id)
         if stored is None:
-            raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
+            raise ChunkdError(f"no stream with id {stream_id!r} (the ID column of chunkd status)")
         state = stored.state.value
         raise ChunkdError(f"stream {stored.id} ({stored.relpath}) is already {state}; nothing to cancel")
 

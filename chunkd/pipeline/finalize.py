@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from chunkd.errors import PermanentError, SourceChangedError, SourceGoneError, UploadGoneError
@@ -132,7 +133,9 @@ class Finalizer:
         record, engine = upload.record, upload.engine
         if _moved_on(upload, snap):  # the last look before the object is committed
             return False
+        began = time.monotonic()
         digest, etag = engine.uploader.put_object(record.bucket, record.key, upload.path, snap.size, snap.identity)
+        record.send_seconds += time.monotonic() - began
         if (scan is not None and digest.sha256_hex != scan.sha256) or _moved_on(upload, snap, gone_is_done=True):
             return False
         sha256 = digest.sha256_hex
@@ -221,7 +224,11 @@ def _moved_on(upload: UploadCoordinator, snap: Snapshot, *, gone_is_done: bool =
     Up to the commit (CompleteMultipartUpload, PutObject, the copy of a duplicate) a file renamed or
     deleted fails the upload under its old name, and the new name goes up on its own. Once the commit
     was sent (`gone_is_done`) the object is the file as read: it stands under the old name.
+    Before the commit an operator's cancel stops it (CancelledError): finalizing is no way around
+    `chunkd cancel`.
     """
+    if not gone_is_done:
+        upload.stop_if_cancelled()
     try:
         now = take_snapshot(upload.path)
     except SourceGoneError:

@@ -144,12 +144,14 @@ def test_private_addresses_are_refused_unless_allowed(
 ) -> None:
     server, _ = media
     (input_dir / "links.txt").write_text(f"{server.url}/v/clip1.mp4\nhttp://169.254.169.254/latest/meta-data/\n")
-    start_daemon(allow_private_urls="false")
+    daemon = start_daemon(allow_private_urls="false")
     wait_for((input_dir / "links.txt.report.json").is_file, timeout=60, what="the report")
     lines = json.loads((input_dir / "links.txt.report.json").read_text())["lines"]
-    assert [entry["state"] for entry in lines] == ["FAILED", "FAILED"]
+    assert [entry["state"] for entry in lines] == ["REJECTED", "REJECTED"]
     assert "private" in lines[0]["error"] and "metadata" in lines[1]["error"]
     assert not server.log and not videos(moto)
+    retried = run_chunkd("retry", "--failed", env=daemon.env, timeout=30)
+    assert retried.returncode == 0 and "0 download(s)" in retried.stdout  # refused is never retried
 
 
 def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
