@@ -1,7 +1,7 @@
 """A cancel holds for the file (chunkd.pipeline.discovery): made while no daemon runs it is applied
 at start, it stops a finalize before the object is committed, and only a replaced or rewritten file
 (or `chunkd retry`) is uploaded again. Also: a stream's time spent sending, which status divides by.
-On moto, in-process: the engine as the daemon builds it."""
+On Ceph RGW (strict), in-process: the engine as the daemon builds it."""
 
 from __future__ import annotations
 
@@ -17,19 +17,20 @@ from chunkd.ops.cancel import Canceller
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome
 from tests.support.bucket import open_uploads
+from tests.support.ceph_rgw import CephRGW
 from tests.support.engine import close_test_engine, make_test_engine, run_job
 from tests.support.files import write_random
-from tests.support.s3_servers import MotoServer, make_client
+from tests.support.s3_servers import make_client
 from tests.support.sizes import MiB
 
 
 @pytest.fixture
-def engines(moto: MotoServer, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
+def engines(rgw: CephRGW, tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     built: list[Engine] = []
     (tmp_path / "input").mkdir()
 
     def make(**settings: Any) -> Engine:
-        built.append(make_test_engine(moto, tmp_path, **settings))
+        built.append(make_test_engine(rgw, tmp_path, **settings))
         return built[-1]
 
     yield make
@@ -38,8 +39,8 @@ def engines(moto: MotoServer, tmp_path: Path) -> Iterator[Callable[..., Engine]]
 
 
 @pytest.fixture
-def client(moto: MotoServer) -> Any:
-    return make_client(moto.endpoint_url, moto.access_key, moto.secret_key)
+def client(rgw: CephRGW) -> Any:
+    return make_client(rgw.endpoint_url, rgw.access_key, rgw.secret_key)
 
 
 def objects(client: Any) -> list[str]:
