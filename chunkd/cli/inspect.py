@@ -50,6 +50,7 @@ def add_stats(commands: Any, parent: argparse.ArgumentParser) -> None:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.observe.overview import (
         collect,
+        nothing_matches,
         render_downloads,
         render_json,
         render_table,
@@ -60,7 +61,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with open_store(settings) as store:
         statuses = collect(store, states, since=since)
         downloads = [] if args.json or args.state else store.list_urls()
-    print(render_json(statuses) if args.json else render_table(statuses))
+    filtered = args.state is not None or args.since is not None
+    empty = nothing_matches(states, args.since) if filtered else "no streams recorded yet"
+    print(render_json(statuses) if args.json else render_table(statuses, empty=empty))
     if downloads:
         print("\n" + render_downloads(downloads))
     return EXIT_OK

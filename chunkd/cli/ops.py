@@ -19,7 +19,7 @@ from chunkd.cli.common import (
 from chunkd.config import Settings
 from chunkd.errors import ChunkdError
 from chunkd.model.states import StreamRecord, StreamState, UrlState
-from chunkd.store import StreamReader
+from chunkd.store import CheckpointStore, StreamReader
 
 
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -37,10 +37,15 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     gc.add_argument("--dry-run", action="store_true", help="only list what would be aborted, removed or expired")
     gc.add_argument("--hours", type=hours, metavar="N", help="minimum upload age (default CHUNKD_GC_HOURS)")
     retry = commands.add_parser("retry", parents=[parent], help="set FAILED streams back to PENDING")
-    retry.add_argument("ids", nargs="*", metavar="ID", help="stream id (chunkd status --json)")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="stream id (the ID column of chunkd status)")
     retry.add_argument("--failed", action="store_true", help="every FAILED stream that is still its file's newest")
-    cancel = commands.add_parser("cancel", parents=[parent], help="stop an unfinished stream and abort its upload")
-    cancel.add_argument("stream_id", metavar="ID")
+    cancel = commands.add_parser(
+        "cancel", parents=[parent], help="stop an unfinished stream and abort its upload, or a download",
+        description="Cancel a stream by its ID, or a links-file URL by its URL (as chunkd status shows it): "
+        "the file is not uploaded again until it is replaced or `chunkd retry`; a download stops and its "
+        "partial file is deleted.",
+    )
+    cancel.add_argument("stream_id", metavar="ID|URL")
 
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
@@ -72,7 +77,10 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     if bool(args.ids) == args.failed:
-        print("chunkd: error: retry needs stream ID(s) or --failed, not both", file=sys.stderr)
+        what = "stream IDs or --failed, not both" if args.failed else (
+            "the ID of each stream to retry (the ID column of `chunkd status`), or --failed for every failed one"
+        )
+        print(f"chunkd: error: retry needs {what}", file=sys.stderr)
         return EXIT_CONFIG
     with open_store(settings) as store:
         if args.failed:
@@ -98,7 +106,7 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 def _get_stream(store: StreamReader, stream_id: str) -> StreamRecord:
     record = store.get_stream(stream_id)
     if record is None:
-        raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
+        raise ChunkdError(f"no stream with id {stream_id!r} (the ID column of chunkd status)")
     return record
 
 
@@ -121,7 +129,12 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
     with open_store(settings) as store:
         canceller = Canceller(store, lambda: quick_s3(settings))
-        record = canceller.fail(args.stream_id)
+        stream_id = args.stream_id
+        if "://" in stream_id and store.get_stream(stream_id) is None:
+            stream_id = _cancel_download(store, stream_id)
+            if stream_id is None:
+                return EXIT_OK
+        record = canceller.fail(stream_id)
         print(f"cancel  {record.id}  {record.relpath}  -> FAILED ({canceller.reason})")
         result = canceller.abort_upload(record)
     if result.outcome is Abort.GONE:
@@ -134,3 +147,14 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     elif result.outcome is Abort.ABORTED:
         print(f"cancel  multipart upload {result.upload_id} of {record.key} aborted")
     return EXIT_OK
+
+
+def _cancel_download(store: CheckpointStore, url: str) -> str | None:
+    """Cancel a links-file URL; the ID of its upload's stream when that is under way, to cancel too."""
+    from chunkd.ops.cancel import cancel_url
+
+    record = cancel_url(store, url)
+    print(f"cancel  {record.display}  -> FAILED (cancelled by operator)")
+    stream = store.find_by_relpath(record.relpath)
+    uploading = record.staged_path is not None and stream is not None and not stream.state.terminal
+    return stream.id if uploading and stream is not None else None

@@ -161,7 +161,7 @@ class Downloader:
             if not exc.retryable or exc.disk_full:
                 # The same answer next time: the bytes are no use. Or the disk is full, and a
                 # partial file left there would keep it full for every other download.
-                self._remove_partial(name_hint)
+                self.remove_partial(name_hint)
             raise
 
     # -- one attempt ---------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class Downloader:
         """Bytes of this download already in staging (a `.part` a resume appends to)."""
         return max((_size(path) for path in self._partials(name_hint) if path.suffix == ".part"), default=0)
 
-    def _remove_partial(self, name_hint: str) -> None:
+    def remove_partial(self, name_hint: str) -> None:
         for leftover in self._partials(name_hint):
             leftover.unlink(missing_ok=True)
 

@@ -98,7 +98,7 @@ class LinksFileReader:
         )
         refused = check_host(line.url, allow_private=self._engine.settings.allow_private_urls)
         if refused:
-            record.move_to(UrlState.FAILED, error=refused)
+            record.move_to(UrlState.REJECTED, error=refused)
             store.save_url(record)
             log(line.lineno, "refused %s: %s", record.display, refused)
             return

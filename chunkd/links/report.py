@@ -81,7 +81,7 @@ class LinksFileSettler:
             _write_report(done.with_name(done.name.removesuffix(".done") + ".report.json"), relpath, report)
             path.rename(done)
             self._on_settled(relpath)
-        failed = sum(entry.state != "COMPLETED" for entry in report)
+        failed = not_uploaded(report)
         logger.info("links file done: %d line(s), %d not uploaded", len(report), failed, extra={"relpath": relpath})
 
     def _read_again_later(self, path: Path, relpath: str, delay: float) -> None:
@@ -123,6 +123,15 @@ class LinksFileSettler:
                            already_uploaded=already)
             )
         return report
+
+
+def not_uploaded(report: list[ReportLine]) -> int:
+    """Lines whose URL is not in the bucket: a duplicate line counts as its first line does."""
+    uploaded = {entry.line for entry in report if entry.state == "COMPLETED"}
+    return sum(
+        entry.state != "COMPLETED" and (entry.state != "DUPLICATE" or entry.duplicate_of_line not in uploaded)
+        for entry in report
+    )
 
 
 def _write_report(target: Path, relpath: str, report: list[ReportLine]) -> None:

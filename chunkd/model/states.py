@@ -117,6 +117,12 @@ class StreamRecord:
     # resumed upload keeps them. None: not created yet, or created before attributes were recorded.
     attributes: dict[str, Any] | None = None
     last_error: str | None = None
+    # Set by `chunkd cancel`: the file stays FAILED while it is the same file, even as it grows
+    # (see chunkd.pipeline.discovery); `chunkd retry` (leaving FAILED) clears it.
+    cancelled_at: float | None = None
+    # Seconds with bytes of this stream on the wire (parts in flight, the PutObject): `chunkd status`
+    # gives a finished stream's speed over these, not over the waits for growth and idleness.
+    send_seconds: float = 0.0
     discovered_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None
     completed_at: float | None = None
@@ -134,6 +140,8 @@ class StreamRecord:
         self.state = new
         self.last_error = error
         self.updated_at = time.time()
+        if new is not StreamState.FAILED:
+            self.cancelled_at = None
 
 
 class UrlState(str, enum.Enum):
@@ -144,11 +152,12 @@ class UrlState(str, enum.Enum):
     DOWNLOADED = "DOWNLOADED"
     UPLOADING = "UPLOADING"
     COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
+    FAILED = "FAILED"  # `chunkd retry --failed` fetches it again
+    REJECTED = "REJECTED"  # refused by the address policy (metadata, private): never retried
 
     @property
     def terminal(self) -> bool:
-        return self in (UrlState.COMPLETED, UrlState.FAILED)
+        return self in (UrlState.COMPLETED, UrlState.FAILED, UrlState.REJECTED)
 
 
 @dataclass

@@ -31,7 +31,7 @@ class StreamStatus:
     record: StreamRecord
     bytes_done: int
     parts_done: int
-    speed: float | None = None  # bytes/s since the first byte (until completion or failure)
+    speed: float | None = None  # bytes/s: over the time spent sending once finished, else since the first byte
     eta: float | None = None  # seconds left at that speed; unfinished streams only
 
     @property
@@ -77,7 +77,12 @@ def collect(
 
 
 def rates(record: StreamRecord, bytes_done: int, *, now: float) -> tuple[float | None, float | None]:
-    """(bytes/s, seconds left): measured from the first byte sent to completion, failure or now."""
+    """(bytes/s, seconds left). A finished stream's speed is over the time it spent sending (not
+    the idle wait before finalizing, nor the wait for a recording to grow); an unfinished one's
+    from the first byte sent to now, the pace its ETA is at."""
+    if record.state not in _ACTIVE and record.send_seconds > 0:
+        sent = record.size if record.state is StreamState.COMPLETED else bytes_done
+        return (sent / record.send_seconds if sent > 0 else None), None
     if record.first_byte_at is None:
         return None, None
     if record.state is StreamState.COMPLETED:
@@ -98,17 +103,21 @@ def render_json(statuses: list[StreamStatus]) -> str:
     return json.dumps([status.to_dict() for status in statuses], indent=2)
 
 
-def render_table(statuses: list[StreamStatus]) -> str:
+def render_table(statuses: list[StreamStatus], *, empty: str = "no streams recorded yet") -> str:
+    """`empty`: what to say when there is no row (see `nothing_matches` for a filtered listing)."""
     if not statuses:
-        return "no streams recorded yet"
-    # STATE first: scripts split a row on whitespace, and a file name may contain spaces.
-    rows = [("STATE", "FILE", "DONE %", "SIZE", "SPEED", "ETA", "ERROR")]
+        return empty
+    # STATE and ID first: scripts split a row on whitespace, and a file name or key may contain
+    # spaces; the ID is what `chunkd retry` and `chunkd cancel` take.
+    rows = [("STATE", "ID", "FILE", "KEY", "DONE %", "SIZE", "SPEED", "ETA", "ERROR")]
     for status in statuses:
         record = status.record
         rows.append(
             (
                 record.state.value,
+                record.id,
                 printable(record.relpath),
+                printable(record.key),
                 f"{status.percent:5.1f}%",
                 human_size(record.size),
                 "-" if status.speed is None else f"{human_size(int(status.speed))}/s",
@@ -121,6 +130,21 @@ def render_table(statuses: list[StreamStatus]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         for row in rows
     ).rstrip()
+
+
+def nothing_matches(states: Iterable[StreamState] | None, since: float | None) -> str:
+    """The empty listing's line for a filtered status: "no stream in state FAILED updated in the last 1d"."""
+    named = [state.value for state in states or ()]
+    text = "no stream" + (f" in state {' or '.join(named)}" if named else "")
+    return text + (f" updated in the last {_age(since)}" if since is not None else "")
+
+
+def _age(seconds: float) -> str:
+    """A --since age as it was probably typed: 1d, 30m, 2w; else as _duration puts it."""
+    for unit, size in sorted(_DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g}{unit}"
+    return _duration(seconds)
 
 
 def _duration(seconds: float) -> str:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chunkd.errors import ChunkdError, TransferError, UploadGoneError
-from chunkd.model.states import StreamRecord, StreamState
+from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.s3.uploader import Uploader
-from chunkd.store.protocol import StreamLedger
+from chunkd.store.protocol import StreamLedger, UrlLedger
 
 CANCELLED = "cancelled by operator"
 
@@ -49,7 +49,7 @@ class Canceller:
             return record
         stored = self.store.get_stream(stream_id)
         if stored is None:
-            raise ChunkdError(f"no stream with id {stream_id!r} (chunkd status --json lists ids)")
+            raise ChunkdError(f"no stream with id {stream_id!r} (the ID column of chunkd status)")
         state = stored.state.value
         raise ChunkdError(f"stream {stored.id} ({stored.relpath}) is already {state}; nothing to cancel")
 
@@ -75,3 +75,24 @@ class Canceller:
         record.upload_id = None
         self.store.drop_parts(stream_id)
         self.store.save_stream(record)
+
+
+def cancel_url(store: UrlLedger, text: str, reason: str = CANCELLED) -> UrlRecord:
+    """Move a links-file URL (as written there, or as `chunkd status` shows it) to FAILED with
+    `reason`: a download under way stops at its next progress write (chunkd.links.fetch), a queued
+    one is not started. Raises ChunkdError for an unknown or settled URL."""
+    from chunkd.links.parse import normalize_url
+
+    try:
+        record = store.get_url(normalize_url(text))
+    except ValueError:
+        record = None
+    if record is None:  # credentials are redacted where status shows the URL
+        record = next((url for url in store.list_urls() if url.display == text), None)
+    if record is None:
+        raise ChunkdError(f"no stream with id and no download of {text!r} (the ID and URL columns of chunkd status)")
+    if record.state.terminal:
+        raise ChunkdError(f"download of {record.display} is already {record.state.value}; nothing to cancel")
+    record.move_to(UrlState.FAILED, error=reason)
+    store.save_url(record)
+    return record

@@ -74,6 +74,16 @@ class UploadCoordinator:
             return None
         return stored
 
+    def stop_if_cancelled(self) -> None:
+        """CancelledError once an operator cancelled the stream, before anything more is committed;
+        the upload is aborted here unless the canceller has done it already (it forgot the id)."""
+        stored = self.cancelled()
+        if stored is None:
+            return
+        if self.record.upload_id and stored.upload_id:
+            self.run_cleanups()
+        raise CancelledError(f"stream {self.record.id} was cancelled")
+
     # -- the multipart upload ------------------------------------------------------------------
 
     def ensure_upload(self) -> str:

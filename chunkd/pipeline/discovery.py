@@ -2,8 +2,10 @@
 
 A file is the same file while its inode is; its record says whether it was uploaded, failed, or is
 under way. A completed or failed file unchanged since is left alone; a replaced one fails its old
-stream and starts a new one. A file older than this run (or than the store's loss of its data) with no
-record may be one the store forgot: its manifest in the bucket says so (see chunkd.pipeline.recovery).
+stream and starts a new one. A cancelled file (`chunkd cancel`) is left alone even as it grows, until
+it is replaced (another inode), shrinks (rewritten from the start), or `chunkd retry` brings it back.
+A file older than this run (or than the store's loss of its data) with no record may be one the store
+forgot: its manifest in the bucket says so (see chunkd.pipeline.recovery).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Discovery:
                 return None
             if existing.state is StreamState.FAILED and unchanged:
                 return None  # nothing new since it failed: `chunkd retry` is the way back
+            if existing.cancelled_at is not None and same_file and self._still_cancelled(existing, snap):
+                return None
             if existing.state is StreamState.FAILED and same_file and self._still_taken(existing, snap):
                 return None
             if not existing.state.terminal:
@@ -136,6 +140,18 @@ class Discovery:
             reason = taken_message(record, rival)
             self._fail(record, reason)
             raise KeyTakenError(reason)
+
+    def _still_cancelled(self, record: StreamRecord, snap: Snapshot) -> bool:
+        """An operator's cancel holds for the file, not just its upload: a recording cancelled while
+        it grows stays cancelled as it goes on growing, and its record follows its size. Only a file
+        shorter than the record last saw (truncated, rewritten from the start) is new content; a
+        file replaced under its name (another inode) never gets here."""
+        if snap.size < record.size:
+            return False
+        if (record.size, record.mtime) != (snap.size, snap.mtime):
+            record.size, record.mtime, record.updated_at = snap.size, snap.mtime, time.time()
+            self.store.save_stream(record)
+        return True
 
     def _still_taken(self, record: StreamRecord, snap: Snapshot) -> bool:
         """A file that lost its key keeps its one FAILED record while it changes: a growing file would

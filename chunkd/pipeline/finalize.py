@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from chunkd.errors import PermanentError, SourceChangedError, SourceGoneError, UploadGoneError
@@ -133,9 +134,11 @@ class Finalizer:
         if _moved_on(upload, snap):  # the last look before the object is committed
             return False
         attributes = upload.fixed_attributes()
+        began = time.monotonic()
         digest, etag = engine.uploader.put_object(
             record.bucket, record.key, upload.path, snap.size, snap.identity, attributes=attributes
         )
+        record.send_seconds += time.monotonic() - began
         record.attributes = attributes.to_dict()
         if (scan is not None and digest.sha256_hex != scan.sha256) or _moved_on(upload, snap, gone_is_done=True):
             return False
@@ -225,7 +228,11 @@ def _moved_on(upload: UploadCoordinator, snap: Snapshot, *, gone_is_done: bool =
     Up to the commit (CompleteMultipartUpload, PutObject, the copy of a duplicate) a file renamed or
     deleted fails the upload under its old name, and the new name goes up on its own. Once the commit
     was sent (`gone_is_done`) the object is the file as read: it stands under the old name.
+    Before the commit an operator's cancel stops it (CancelledError): finalizing is no way around
+    `chunkd cancel`.
     """
+    if not gone_is_done:
+        upload.stop_if_cancelled()
     try:
         now = take_snapshot(upload.path)
     except SourceGoneError:

@@ -7,6 +7,7 @@ acknowledged part are the same whoever asked.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from chunkd.errors import Interrupted, StoreResetError
@@ -25,6 +26,7 @@ class PartSender:
         self._engine = upload.engine
         self._held = held
         self.in_flight: dict[Future[PartRecord], Part] = {}
+        self._busy_since: float | None = None  # monotonic time the first of the parts in flight started
 
     @property
     def busy_numbers(self) -> set[int]:
@@ -116,6 +118,7 @@ class PartSender:
         error: BaseException | None = None
         for future in [f for f in self.in_flight if f.done()]:
             del self.in_flight[future]
+            self._count_busy()
             try:
                 part = future.result()
             except BaseException as exc:  # noqa: BLE001 - the caller raises it after the others land
@@ -128,8 +131,18 @@ class PartSender:
                 raise
         return error
 
+    def _count_busy(self) -> None:
+        """Add the time since the first part in flight started, once none is left, to the stream's
+        send_seconds: time with several parts in flight counts once."""
+        if self.in_flight or self._busy_since is None:
+            return
+        self._upload.record.send_seconds += time.monotonic() - self._busy_since
+        self._busy_since = None
+
     def _start(self, part: Part) -> None:
         upload_id = self._upload.ensure_upload()
+        if not self.in_flight:
+            self._busy_since = time.monotonic()
         record, engine, path = self._upload.record, self._engine, self._upload.path
         identity = self._upload.identity
 

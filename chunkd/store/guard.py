@@ -31,4 +31,5 @@ def cancelled(stored: StreamRecord | None, reason: str) -> StreamRecord | None:
     if stored is None or stored.state.terminal:
         return None
     stored.move_to(StreamState.FAILED, error=reason)
+    stored.cancelled_at = stored.updated_at
     return stored

@@ -144,12 +144,14 @@ def test_private_addresses_are_refused_unless_allowed(
 ) -> None:
     server, _ = media
     (input_dir / "links.txt").write_text(f"{server.url}/v/clip1.mp4\nhttp://169.254.169.254/latest/meta-data/\n")
-    start_daemon(allow_private_urls="false")
+    daemon = start_daemon(allow_private_urls="false")
     wait_for((input_dir / "links.txt.report.json").is_file, timeout=60, what="the report")
     lines = json.loads((input_dir / "links.txt.report.json").read_text())["lines"]
-    assert [entry["state"] for entry in lines] == ["FAILED", "FAILED"]
+    assert [entry["state"] for entry in lines] == ["REJECTED", "REJECTED"]
     assert "private" in lines[0]["error"] and "metadata" in lines[1]["error"]
     assert not server.log and not videos(moto)
+    retried = run_chunkd("retry", "--failed", env=daemon.env, timeout=30)
+    assert retried.returncode == 0 and "0 download(s)" in retried.stdout  # refused is never retried
 
 
 def test_failed_url_comes_back_with_retry_failed_and_status_shows_downloads(
@@ -253,3 +255,32 @@ def test_a_download_waits_for_a_free_worker_and_one_queued_at_stop_is_sent_on_th
     entry = json.loads((input_dir / "links.txt.report.json").read_text())["lines"][0]
     assert entry["state"] == "COMPLETED"
     assert sha256_object(moto.client(), entry["key"]) == sha(files["/v/clip1.mp4"])
+
+
+def test_a_download_cancelled_by_url_stops_and_is_not_uploaded(
+    start_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
+    media: tuple[MediaServer, dict[str, bytes]],
+) -> None:
+    server, files = media
+    size = len(files["/v/clip3.mp4"])
+    server.pace("/v/clip3.mp4", size / 60)  # a minute for the whole file
+    url = f"{server.url}/v/clip3.mp4"
+    (input_dir / "links.txt").write_text(url + "\n")
+    daemon = start_daemon(staging_dir=str(tmp_path / "staging"))
+
+    def downloading() -> bool:
+        store = open_store(daemon.env["CHUNKD_STATE_URL"])
+        try:
+            record = store.get_url(url)
+        finally:
+            store.close()
+        return record is not None and record.state is UrlState.DOWNLOADING and record.bytes_done > 0
+
+    wait_for(downloading, timeout=60, what="the download under way")
+    cancelled = run_chunkd("cancel", url, env=daemon.env, timeout=30)
+    assert cancelled.returncode == 0 and "-> FAILED (cancelled by operator)" in cancelled.stdout, cancelled.stderr
+    wait_for((input_dir / "links.txt.report.json").is_file, timeout=30, what="the report")
+    (line,) = json.loads((input_dir / "links.txt.report.json").read_text())["lines"]
+    assert (line["state"], line["error"]) == ("FAILED", "cancelled by operator")
+    assert not videos(moto) and not list((tmp_path / "staging").glob("clip3*"))
+    assert server.bytes_served("/v/clip3.mp4") < size

@@ -94,13 +94,13 @@ def check_status(env: dict[str, str]) -> None:
     seed(env, *status_records(now), parts={"up": 100})
 
     table = ok("status", env=env).splitlines()
-    assert table[0].split() == ["STATE", "FILE", "DONE", "%", "SIZE", "SPEED", "ETA", "ERROR"]
-    line = {row.split()[1]: row for row in table[1:]}
+    assert table[0].split() == ["STATE", "ID", "FILE", "KEY", "DONE", "%", "SIZE", "SPEED", "ETA", "ERROR"]
+    line = {row.split()[2]: row for row in table[1:]}
     assert set(line) == {"up.mp4", "done.mp4", "old.mp4", "new.mp4"}
     # about 1 MiB/s and 5 minutes; a little less by the time the subprocess has started
     speed, eta = r"(1\.0 MiB|9\d\d\.\d KiB|10\d\d\.\d KiB)/s", r"(4m5\ds|5m[0-2]\ds)"
-    assert re.search(rf"UPLOADING\s+up\.mp4\s+25\.0%\s+400\.0 MiB\s+{speed}\s+{eta}", line["up.mp4"]), line["up.mp4"]
-    assert re.search(r"COMPLETED\s+done\.mp4\s+100\.0%\s+50\.0 MiB\s+5\.0 MiB/s\s+-", line["done.mp4"]), line["done.mp4"]
+    assert re.search(rf"UPLOADING\s+up\s+up\.mp4\s+up\.mp4\s+25\.0%\s+400\.0 MiB\s+{speed}\s+{eta}", line["up.mp4"]), line["up.mp4"]
+    assert re.search(r"COMPLETED\s+done\s+done\.mp4\s+done\.mp4\s+100\.0%\s+50\.0 MiB\s+5\.0 MiB/s\s+-", line["done.mp4"]), line["done.mp4"]
     assert "permission denied" in line["old.mp4"]
 
     rows = {row["id"]: row for row in json.loads(ok("status", "--json", env=env))}
@@ -336,6 +336,17 @@ def test_retry_refuses_and_changes_nothing(env: dict[str, str], args: tuple[str,
 
 def test_retry_needs_ids_or_failed(env: dict[str, str]) -> None:
     assert run_chunkd("retry", env=env).returncode == 2
+
+
+def test_retry_without_arguments_says_what_it_needs(env: dict[str, str]) -> None:
+    result = run_chunkd("retry", env=env)
+    assert result.returncode == 2
+    assert "retry needs the ID of each stream to retry" in result.stderr and "not both" not in result.stderr
+
+
+def test_status_filtered_to_nothing_names_the_filter(env: dict[str, str]) -> None:
+    seed(env, stream("done", StreamState.COMPLETED))
+    assert ok("status", "--state", "failed", env=env).strip() == "no stream in state FAILED"
 
 
 def test_cancel_aborts_the_upload_and_fails_the_stream(server_env: dict[str, str], client: Any) -> None:

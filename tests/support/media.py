@@ -37,6 +37,9 @@ from pathlib import Path
 import pytest
 
 VIDEO_SOURCE = "testsrc=size={size}:rate=25"
+# Noisy pictures encoded losslessly: about 1.7 MB/s, so a recording passes S3's 5 MiB part size
+# in seconds and is uploaded in parts while it grows (testsrc at 320x240 makes 25 KB/s).
+HEAVY_SOURCE = "testsrc2=size=1280x720:rate=25"
 AUDIO_SOURCE = "sine=frequency=440:sample_rate=48000"
 FRAGMENTED_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
@@ -75,13 +78,16 @@ def _command(
     size: str,
     realtime: bool,
     movflags: str | None,
+    heavy: bool = False,
 ) -> list[str]:
     pace = ["-re"] if realtime else []
     command = [require_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-    command += [*pace, "-f", "lavfi", "-i", VIDEO_SOURCE.format(size=size)]
+    source = HEAVY_SOURCE if heavy else VIDEO_SOURCE.format(size=size)
+    command += [*pace, "-f", "lavfi", "-i", source]
     if audio:
         command += [*pace, "-f", "lavfi", "-i", AUDIO_SOURCE]
-    command += ["-t", f"{seconds:g}", *video_codec_args()]
+    codec = video_codec_args()
+    command += ["-t", f"{seconds:g}", *codec, *(_lossless(codec) if heavy else ())]
     if audio:
         command += ["-c:a", "aac", "-ac", "1"]
     if movflags:
@@ -89,6 +95,10 @@ def _command(
     if realtime:
         command += ["-flush_packets", "1"]
     return [*command, "-f", "mp4", str(path)]
+
+
+def _lossless(codec: tuple[str, ...]) -> tuple[str, ...]:
+    return ("-qp", "0") if "libx264" in codec else ("-q:v", "1")
 
 
 def _movflags(*, faststart: bool, fragmented: bool) -> str | None:
@@ -121,8 +131,11 @@ def make_mp4(
     return Path(path)
 
 
-def record_mp4_slowly(path: Path, seconds: float, *, faststart: bool = False) -> subprocess.Popen[bytes]:
+def record_mp4_slowly(
+    path: Path, seconds: float, *, faststart: bool = False, heavy: bool = False
+) -> subprocess.Popen[bytes]:
     """Start recording straight into `path` in real time, so a watcher sees a growing file.
+    `heavy`: about 1.7 MB/s (HEAVY_SOURCE) instead of 25 KB/s.
 
     The caller owns the process: `wait()` for it, `send_signal(SIGINT)` to stop early with a
     readable file, or `kill()` to leave one without `moov`, as a crashed recorder would.
@@ -134,6 +147,7 @@ def record_mp4_slowly(path: Path, seconds: float, *, faststart: bool = False) ->
         size="320x240",
         realtime=True,
         movflags=_movflags(faststart=faststart, fragmented=False),
+        heavy=heavy,
     )
     # Only errors reach stderr (-loglevel error), so an unread pipe cannot fill up and stall it.
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

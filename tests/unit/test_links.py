@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -578,3 +579,29 @@ def test_a_links_file_over_the_size_limit_is_not_read_and_said_so_once(
     ]
     path.write_bytes(b"https://a.example/x.mp4\n")
     assert reader.read_bounded(path, "huge.links.txt") == b"https://a.example/x.mp4\n"
+
+
+def test_the_settled_count_of_lines_not_uploaded_skips_duplicates_of_uploaded_urls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from chunkd.links.report import LinksFileSettler
+    from chunkd.model.states import UrlRecord, UrlState
+
+    links = tmp_path / "batch.links.txt"
+    links.write_text("https://a.example/up.mp4\nhttps://a.example/up.mp4\nhttps://a.example/lost.mp4\n")
+    os.utime(links, (time.time() - 60, time.time() - 60))
+    first, _, third = parse_links_bytes(links.read_bytes())
+    assert first.url is not None and third.url is not None
+    records = {
+        first.url: UrlRecord(first.url, first.url, "batch.links.txt", "up.mp4", state=UrlState.COMPLETED, key="up.mp4"),
+        third.url: UrlRecord(third.url, third.url, "batch.links.txt", "lost.mp4", state=UrlState.FAILED),
+    }
+    engine = SimpleNamespace(
+        input_dir=tmp_path, settings=SimpleNamespace(idle_seconds=1), store=SimpleNamespace(get_url=records.get)
+    )
+    settler = LinksFileSettler(engine, read_again=lambda *_: None, on_settled=lambda _: None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="chunkd.links"):
+        settler.settle(links, "batch.links.txt")
+    assert "links file done: 3 line(s), 1 not uploaded" in caplog.messages

@@ -12,7 +12,7 @@ import pytest
 from chunkd import __version__
 from chunkd.model.manifest import SCHEMA_VERSION, build_manifest, encode, manifest_key
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
-from chunkd.observe.overview import collect, render_json, render_table
+from chunkd.observe.overview import collect, nothing_matches, rates, render_json, render_table
 from chunkd.store.sqlite import SqliteStore
 from tests.support.sizes import MiB
 
@@ -171,7 +171,7 @@ def test_render_table_lists_every_file_and_redacts_errors(store: SqliteStore) ->
     table = render_table(collect(store))
     lines = table.splitlines()
 
-    assert lines[0].split() == ["STATE", "FILE", "DONE", "%", "SIZE", "SPEED", "ETA", "ERROR"]
+    assert lines[0].split() == ["STATE", "ID", "FILE", "KEY", "DONE", "%", "SIZE", "SPEED", "ETA", "ERROR"]
     assert len(lines) == 5
     for relpath in ("a.mp4", "sub/b.mov", "c.mkv", "d.mp4"):
         assert sum(relpath in line for line in lines) == 1
@@ -198,3 +198,27 @@ def test_render_json_parses_and_has_progress(store: SqliteStore) -> None:
     assert rows["bad"]["relpath"] == "sub/b.mov"
     assert "hunter2" not in json.dumps(rows)
     assert rows["new"]["last_error"] is None
+
+
+def test_status_rows_carry_the_id_and_key_that_retry_and_cancel_need(store: SqliteStore) -> None:
+    store.save_stream(stream(id="0123abcd4567ef89", relpath="a b.mp4", key="raw/a b.mp4"))
+    table = render_table(collect(store, now=T0 + 20))
+    row = table.splitlines()[1]
+    assert row.split()[:2] == ["COMPLETED", "0123abcd4567ef89"]
+    assert "a b.mp4" in row and "raw/a b.mp4" in row
+
+
+def test_an_empty_filtered_status_names_the_filter() -> None:
+    assert render_table([], empty=nothing_matches([StreamState.FAILED], None)) == "no stream in state FAILED"
+    both = nothing_matches([StreamState.FAILED, StreamState.COMPLETED], 86400.0)
+    assert both == "no stream in state FAILED or COMPLETED updated in the last 1d"
+    assert nothing_matches(None, 5400.0) == "no stream updated in the last 90m"
+
+
+def test_speed_of_a_finished_stream_is_over_the_time_spent_sending() -> None:
+    # 19 MiB sent in 1 s of the 10 s between the first byte and completion (the rest: the idle wait)
+    done = stream(size=19 * MiB, first_byte_at=T0, completed_at=T0 + 10, send_seconds=1.0)
+    assert rates(done, 19 * MiB, now=T0 + 60) == (19 * MiB, None)
+    failed = stream(state=StreamState.FAILED, size=19 * MiB, updated_at=T0 + 10, first_byte_at=T0, send_seconds=2.0)
+    assert rates(failed, 10 * MiB, now=T0 + 60) == (5 * MiB, None)
+
