@@ -17,6 +17,7 @@ from typing import Any
 from chunkd.errors import ConfigError
 from chunkd.model import attributes as attrs
 from chunkd.model.planner import MAX_PART_SIZE, MIN_PART_SIZE
+from chunkd.pipeline.buffers import DEFAULT_BUFFER_MEMORY
 
 DEFAULT_INCLUDE = ("*.mp4", "*.mov", "*.mkv", "*.webm", "*.m4v", "*.ts", "*.avi")
 DEFAULT_STATE_URL = "sqlite:///.chunkd/state.db"
@@ -146,6 +147,7 @@ class Settings:
     exclude: tuple[str, ...] = ()
     manifest_suffix: str = ".manifest.json"
     bandwidth_limit: int = 0
+    buffer_memory: int = DEFAULT_BUFFER_MEMORY
     rescan_seconds: float = 60.0
     poll_seconds: float = 0.5
     max_attempts: int = 8
@@ -245,6 +247,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "exclude": _parse_list,
     "manifest_suffix": str,
     "bandwidth_limit": parse_size,
+    "buffer_memory": parse_size,
     "rescan_seconds": _non_negative_float,
     "poll_seconds": _non_negative_float,
     "max_attempts": _positive_int,
@@ -347,6 +350,8 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
 
     if not MIN_PART_SIZE <= settings.part_size <= MAX_PART_SIZE:
         raise ConfigError(where("part_size"), "must be between 5MiB and 5GiB (S3's part limits)")
+    if settings.buffer_memory and settings.buffer_memory < MIN_PART_SIZE:
+        raise ConfigError(where("buffer_memory"), "must be 0 (every part streamed from the file) or at least 5MiB")
     if not _BUCKET_RE.match(settings.bucket):
         raise ConfigError(where("bucket"), f"{settings.bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
     if settings.s3_endpoint_url and not re.match(r"^https?://[^/\s]+", settings.s3_endpoint_url):

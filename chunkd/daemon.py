@@ -29,6 +29,7 @@ from chunkd.observe.logs import redact
 from chunkd.observe.metrics import Metrics, store_snapshot
 from chunkd.observe.overview import collect
 from chunkd.observe.probes import Probes
+from chunkd.pipeline.buffers import BufferPool
 from chunkd.pipeline.discovery import new_record
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome, StreamJob
@@ -63,12 +64,27 @@ def build_engine(settings: Settings, target: S3Target, *, stop: threading.Event 
     breaker = endpoint_breaker(settings, target.endpoint_url, metrics=metrics)
     uploader = Uploader(
         make_client(target, max_pool_connections=pool), policy, limiter=limiter, breaker=breaker,
-        content_md5=settings.content_md5 == "on",
+        content_md5=settings.content_md5 == "on", buffers=part_buffers(settings),
     )
     return Engine(
         settings, store, uploader, input_dir=settings.input_dir.resolve(), stop=stop, metrics=metrics,
         endpoint=target.destination,
     )
+
+
+def part_buffers(settings: Settings) -> BufferPool:
+    """The pool every part is read into, said aloud when the parts allowed in flight need more
+    than it holds: the rest wait for a buffer (or, larger than it all, stream from the file)
+    rather than add to the peak memory."""
+    pool = BufferPool(settings.buffer_memory)
+    in_flight, fits = settings.file_concurrency * settings.part_concurrency, pool.budget // settings.part_size
+    if not fits:
+        logger.info("parts stream from their files: CHUNKD_BUFFER_MEMORY holds no %d-byte part", settings.part_size)
+    elif in_flight > fits:
+        logger.info(
+            "up to %d parts in flight, buffers for %d (CHUNKD_BUFFER_MEMORY): the others wait for one", in_flight, fits,
+        )
+    return pool
 
 
 def preflight(engine: Engine, target: S3Target) -> None:

@@ -22,6 +22,24 @@ from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _in_process_moto_reads_bytearray_bodies() -> Iterator[None]:
+    """chunkd sends a part straight from its pooled bytearray; moto's in-process mock (mock_aws)
+    reads a body only as bytes, a file or a form, so it gets a copy (servers read the socket)."""
+    from moto.core import botocore_stubber
+
+    original = botocore_stubber.normalize_request
+
+    def normalize(request: Any) -> Any:
+        if isinstance(getattr(request, "body", None), bytearray):
+            request.body = bytes(request.body)
+        return original(request)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore_stubber, "normalize_request", normalize)
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the run; fault tests may stop or kill it (see `redis_url`)."""

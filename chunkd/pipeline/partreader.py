@@ -1,15 +1,17 @@
 """Reading one part of a file by byte offset: once, into a buffer that is hashed and then sent.
 
-A part in flight is held in memory once (`read_part`: part_concurrency × part size per file), so
-its bytes are read from the file once, hashed where they lie (hashlib releases the GIL, so parts
-hash in parallel), and handed to the HTTP client whole: one send instead of a read and a send per
-16 KiB block. The bytes hashed are the bytes sent, with one checksum the server verifies: the
-part's SHA-256 as the request's signed payload hash (see chunkd.s3.client.signed_payload), or,
-where the server checks Content-MD5 but not signed hashes, its MD5 alone (UNSIGNED-PAYLOAD), so
-bytes damaged on the wire are refused. With a bandwidth limit the bytes are sent through `BufferReader`, which
-charges the shared bucket block by block.
+A part in flight is read into a reusable buffer of the process's pool (`read_into`; see
+chunkd.pipeline.buffers, which bounds the memory all parts hold), so its bytes are read from the
+file once, hashed where they lie (hashlib releases the GIL, so parts hash in parallel), and handed
+to the HTTP client whole: one send instead of a read and a send per 16 KiB block. The bytes hashed
+are the bytes sent, with one checksum the server verifies: the part's SHA-256 as the request's
+signed payload hash (see chunkd.s3.client.signed_payload), or, where the server checks Content-MD5
+but not signed hashes, its MD5 alone (UNSIGNED-PAYLOAD), so bytes damaged on the wire are refused.
+With a bandwidth limit the bytes are sent through `BufferReader`, which charges the shared bucket
+block by block.
 
-`digest_range` and `RangeReader` read straight from the file: for checks of parts sent earlier.
+`digest_range` and `RangeReader` read straight from the file: for checks of parts sent earlier,
+and for a part too large for the buffer budget (hashed in one pass, sent in a second).
 """
 
 from __future__ import annotations
@@ -56,17 +58,16 @@ class Digest:
         return f'"{self.md5_hex}"' if self.md5_hex else None
 
 
-def read_part(handle: io.BufferedReader, offset: int, size: int) -> bytes:
-    """The bytes of [offset, offset + size): the kernel copies them straight into the bytes object
-    returned (one pread, unless the kernel returns less)."""
-    fd = handle.fileno()
-    data = os.pread(fd, size, offset)
-    while len(data) < size:
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            raise SourceChangedError(f"file shrank: expected {size} bytes at offset {offset}")
-        data += more
-    return data
+def read_into(handle: io.BufferedReader, offset: int, buffer: bytearray) -> None:
+    """Fill `buffer` with the file's bytes from `offset`: the kernel copies them straight in (one
+    preadv, unless the kernel returns less)."""
+    fd, view, done = handle.fileno(), memoryview(buffer), 0
+    with view:
+        while done < len(view):
+            count = os.preadv(fd, [view[done:]], offset + done)
+            if not count:
+                raise SourceChangedError(f"file shrank: expected {len(view)} bytes at offset {offset}")
+            done += count
 
 
 def digest_of(data: bytes | bytearray, *, md5: bool = False, sha256: bool = True) -> Digest:
@@ -108,25 +109,21 @@ def digest_range(
     return Digest(sha.hexdigest() if sha else None, md5_hash.hexdigest() if md5_hash is not None else None)
 
 
-class RangeReader(io.RawIOBase):
-    """A seekable, read-only view of [offset, offset + size) of an open file.
+class _RangeStream(io.RawIOBase):
+    """A seekable, read-only stream of `size` bytes that charges `limiter` for every block read:
+    how a bandwidth limit covers all uploads at once without the uploader ever sleeping itself.
+    `payload_sha256`, when known, is what the request signer uses instead of hashing the body."""
 
-    The shared TokenBucket is charged for every block read, which is how the bandwidth limit
-    covers all uploads at once without the uploader ever sleeping itself. `payload_sha256`, when
-    known, is what the request signer uses instead of reading the range once more to hash it.
-    """
-
-    def __init__(
-        self, handle: io.BufferedReader, offset: int, size: int, limiter: TokenBucket | None = None,
-        *, payload_sha256: str | None = None,
-    ) -> None:
+    def __init__(self, size: int, limiter: TokenBucket | None, *, payload_sha256: str | None) -> None:
         super().__init__()
         self.payload_sha256 = payload_sha256
-        self._fd = handle.fileno()
-        self._offset = offset
         self._size = size
         self._position = 0
         self._limiter = limiter
+
+    def _bytes_at(self, position: int, size: int) -> bytes:
+        """`size` bytes from `position` of the range (fewer only at a shrunk file's end)."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self._size
@@ -153,7 +150,7 @@ class RangeReader(io.RawIOBase):
             return b""
         if self._limiter is not None:
             self._limiter.consume(size)
-        data = os.pread(self._fd, size, self._offset + self._position)
+        data = self._bytes_at(self._position, size)
         self._position += len(data)
         return data
 
@@ -163,46 +160,29 @@ class RangeReader(io.RawIOBase):
         return len(data)
 
 
-class BufferReader(io.RawIOBase):
-    """A part's buffer as a seekable stream that charges `limiter` for every block read: how a
-    bandwidth limit covers all uploads at once without the uploader ever sleeping itself."""
+class RangeReader(_RangeStream):
+    """A seekable, read-only view of [offset, offset + size) of an open file."""
 
-    def __init__(self, data: bytes, limiter: TokenBucket, *, payload_sha256: str | None = None) -> None:
-        super().__init__()
-        self.payload_sha256 = payload_sha256
+    def __init__(
+        self, handle: io.BufferedReader, offset: int, size: int, limiter: TokenBucket | None = None,
+        *, payload_sha256: str | None = None,
+    ) -> None:
+        super().__init__(size, limiter, payload_sha256=payload_sha256)
+        self._fd = handle.fileno()
+        self._offset = offset
+
+    def _bytes_at(self, position: int, size: int) -> bytes:
+        return os.pread(self._fd, size, self._offset + position)
+
+
+class BufferReader(_RangeStream):
+    """A part's buffer as a stream, for sending it through the bandwidth limiter."""
+
+    def __init__(
+        self, data: bytes | bytearray, limiter: TokenBucket, *, payload_sha256: str | None = None
+    ) -> None:
+        super().__init__(len(data), limiter, payload_sha256=payload_sha256)
         self._view = memoryview(data)
-        self._position = 0
-        self._limiter = limiter
 
-    def __len__(self) -> int:
-        return len(self._view)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
-        self._position = max(0, min(len(self._view), base + position))
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        remaining = len(self._view) - self._position
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        if size <= 0:
-            return b""
-        self._limiter.consume(size)
-        data = self._view[self._position : self._position + size].tobytes()
-        self._position += size
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _bytes_at(self, position: int, size: int) -> bytes:
+        return self._view[position : position + size].tobytes()

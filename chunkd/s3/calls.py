@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from chunkd.errors import PermanentError
+from chunkd.pipeline.buffers import BufferPool, shared_pool
 from chunkd.s3.bandwidth import TokenBucket
 from chunkd.s3.breaker import CircuitBreaker
 from chunkd.s3.retry import RetryPolicy, breaker_verdict
@@ -36,8 +37,10 @@ class S3Calls:
         wait_for_breaker: bool = True,
         content_md5: bool = False,
         traits: ServerTraits | None = None,
+        buffers: BufferPool | None = None,
     ) -> None:
         self._client = client
+        self._buffers = buffers or shared_pool()
         # content_md5 off: a body's integrity rests on its signed SHA-256, one hash pass per byte. On:
         # every body also carries Content-MD5 and the returned ETag is checked against it, for servers
         # that check MD5s but not payload hashes (`rclone serve s3`), at one more pass (~1.5 s/GiB).

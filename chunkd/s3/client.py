@@ -43,7 +43,7 @@ class PrecomputedPayloadAuth(botocore.auth.S3SigV4Auth):
         return known if known is not None else str(super().payload(request))
 
 
-# Bytes bodies (a part read into memory, sent in one piece) cannot carry an attribute: their hash
+# Bytes bodies (a part read into a buffer, sent in one piece) cannot carry an attribute: their hash
 # is looked up by identity, registered only while the requests that send them run. One object may
 # be sent by two requests at once (CPython shares b"" and one-byte bytes): same bytes, same hash,
 # so entries are counted.
@@ -59,7 +59,7 @@ def payload_sha256_of(body: object) -> str | None:
 
 
 @contextlib.contextmanager
-def signed_payload(body: bytes, sha256: str) -> Iterator[bytes]:
+def signed_payload(body: bytes | bytearray, sha256: str) -> Iterator[bytes | bytearray]:
     """While the block runs, a request whose body is `body` is signed with `sha256`."""
     key = id(body)
     with _SIGNED_LOCK:

@@ -43,8 +43,8 @@ class Uploader(WriteCalls, ReadCalls):
         return self._variant(policy, wait_for_breaker=wait_for_breaker, traits=self.traits)
 
     def _variant(self, policy: RetryPolicy, *, wait_for_breaker: bool, traits: ServerTraits) -> Uploader:
-        """This gateway's client, limiter, breaker and request counter under other settings."""
+        """This gateway's client, limiter, breaker, buffer pool and request counter under other settings."""
         return Uploader(
             self._client, policy, limiter=self._limiter, on_request=self._on_request,
-            breaker=self._breaker, wait_for_breaker=wait_for_breaker, traits=traits,
+            breaker=self._breaker, wait_for_breaker=wait_for_breaker, traits=traits, buffers=self._buffers,
         )

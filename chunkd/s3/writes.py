@@ -1,9 +1,11 @@
 """The gateway's writes: multipart uploads (create, parts, complete, abort), single PUTs, the
 server-side copy, and the probes that learn what a server checks (see chunkd.s3.traits).
 
-A body is read once into memory, hashed there and sent from there, signed with that SHA-256 (and
-with Content-MD5 when the server needs it), through the bandwidth limiter when there is one. A small body (a
-manifest) is signed the same way, always carries Content-MD5, and has its ETag checked.
+A body is read once into a buffer of the shared pool (chunkd.pipeline.buffers), hashed there and
+sent from there, signed with that SHA-256 (and with Content-MD5 when the server needs it), through
+the bandwidth limiter when there is one; a body larger than the pool's whole budget is hashed from
+the file, then streamed from it. A small body (a manifest) is signed the same way, always carries
+Content-MD5, and has its ETag checked.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from chunkd.pipeline.partreader import (
     BufferReader,
     Digest,
     FileIdentity,
+    RangeReader,
     digest_of,
+    digest_range,
     open_checked,
-    read_part,
+    read_into,
 )
 from chunkd.s3.calls import S3Calls
 from chunkd.s3.client import signed_payload
@@ -165,19 +169,29 @@ class WriteCalls(S3Calls):
     def _read(
         self, handle: io.BufferedReader, offset: int, size: int, *, sha256: bool = True
     ) -> Iterator[tuple[Digest, IO[bytes]]]:
-        """The range read once and hashed where it lies: the body is those very bytes, whole (one
-        send), or block by block through the bandwidth limiter when there is one. Without its
-        SHA-256 (`sha256=False`, Content-MD5 carries the check) the body goes UNSIGNED-PAYLOAD."""
-        data = read_part(handle, offset, size)
-        digest = digest_of(data, md5=self.content_md5, sha256=sha256)
-        if self._limiter is not None and not self._limiter.unlimited:
-            yield digest, cast("IO[bytes]", BufferReader(data, self._limiter, payload_sha256=digest.sha256_hex))
-            return
-        if digest.sha256_hex is None:
-            yield digest, cast("IO[bytes]", data)
-            return
-        with signed_payload(data, digest.sha256_hex):
-            yield digest, cast("IO[bytes]", data)  # botocore sends a bytes body as it is
+        """The range read once into a pooled buffer and hashed where it lies: the body is those
+        very bytes, whole (one send), or block by block through the bandwidth limiter when there is
+        one. The buffer goes back to the pool when the block ends, request done or failed: botocore
+        reads (and on a retry re-reads) the body only inside the call. A range larger than the
+        whole budget is hashed from the file, then streamed from it. Without its SHA-256
+        (`sha256=False`, Content-MD5 carries the check) the body goes UNSIGNED-PAYLOAD."""
+        with self._buffers.lease(size) as buffer:
+            if buffer is None:
+                digest = digest_range(handle, offset, size, md5=self.content_md5, sha256=sha256)
+                yield digest, cast("IO[bytes]", RangeReader(
+                    handle, offset, size, self._limiter, payload_sha256=digest.sha256_hex,
+                ))
+                return
+            read_into(handle, offset, buffer)
+            digest = digest_of(buffer, md5=self.content_md5, sha256=sha256)
+            if self._limiter is not None and not self._limiter.unlimited:
+                yield digest, cast("IO[bytes]", BufferReader(buffer, self._limiter, payload_sha256=digest.sha256_hex))
+                return
+            if digest.sha256_hex is None:
+                yield digest, cast("IO[bytes]", buffer)
+                return
+            with signed_payload(buffer, digest.sha256_hex):
+                yield digest, cast("IO[bytes]", buffer)  # botocore sends a bytearray body as it is
 
     def checks_payload_hash(self, bucket: str, key: str, *, attributes: ObjectAttributes | None = None) -> bool | None:
         """Whether the server refuses a body that does not hash to its signed SHA-256.

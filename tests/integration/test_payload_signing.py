@@ -20,7 +20,7 @@ import chunkd.s3.writes as uploader_module
 from chunkd.config import load_settings
 from chunkd.daemon import build_engine, preflight
 from chunkd.model.planner import Part
-from chunkd.pipeline.partreader import FileIdentity, RangeReader, read_part
+from chunkd.pipeline.partreader import FileIdentity, RangeReader, read_into
 from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.devserver import LocalS3Server
 from chunkd.s3.retry import RetryPolicy
@@ -93,14 +93,13 @@ def test_a_part_is_read_once_so_a_rewrite_after_the_read_cannot_split_hash_and_b
     identity = FileIdentity.of(os.stat(path))
     reads: list[int] = []
 
-    def read_then_rewrite(handle: Any, offset: int, size: int) -> bytes:
-        buffer = read_part(handle, offset, size)
-        reads.append(size)
+    def read_then_rewrite(handle: Any, offset: int, buffer: bytearray) -> None:
+        read_into(handle, offset, buffer)
+        reads.append(len(buffer))
         with open(path, "r+b") as writer:  # same inode, same size: only the bytes differ
             writer.write(after)
-        return buffer
 
-    monkeypatch.setattr(uploader_module, "read_part", read_then_rewrite)
+    monkeypatch.setattr(uploader_module, "read_into", read_then_rewrite)
     retries: list[str] = []
     policy = RetryPolicy(max_attempts=3, sleep=lambda _: None, on_retry=lambda error, attempt: retries.append(error.code))
     uploader = Uploader(chunkd_client(checking), policy)

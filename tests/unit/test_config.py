@@ -236,6 +236,14 @@ def test_bandwidth_limit_and_schedule_from_env() -> None:
     assert settings.fixed_parts
 
 
+def test_buffer_memory_is_a_size_of_zero_or_at_least_one_smallest_part() -> None:
+    assert Settings().buffer_memory == 32 * 1024 * 1024
+    assert load_settings(env={"CHUNKD_BUFFER_MEMORY": "64MiB"}).buffer_memory == 64 * 1024 * 1024
+    assert load_settings(env={"CHUNKD_BUFFER_MEMORY": "0"}).buffer_memory == 0
+    error = config_error(env={"CHUNKD_BUFFER_MEMORY": "1MiB"})
+    assert (error.setting, "at least 5MiB" in str(error)) == ("CHUNKD_BUFFER_MEMORY", True)
+
+
 def test_overwrite_is_off_unless_asked_for() -> None:
     assert Settings().overwrite is False
     assert load_settings(env={"CHUNKD_OVERWRITE": "true"}).overwrite is True

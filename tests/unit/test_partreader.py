@@ -214,24 +214,25 @@ def test_open_checked_missing_file_is_source_gone(tmp_path: Path) -> None:
         open_checked(tmp_path / "gone.mp4", None)
 
 
-# --- read_part and BufferReader ------------------------------------------------------------------
+# --- read_into and BufferReader ------------------------------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
 @given(span=ranges())
-def test_read_part_holds_exactly_the_range(data_file: Path, span: tuple[int, int]) -> None:
+def test_read_into_holds_exactly_the_range(data_file: Path, span: tuple[int, int]) -> None:
     offset, size = span
+    buffer = bytearray(size)
     with open(data_file, "rb") as handle:
-        buffer = partreader.read_part(handle, offset, size)
+        partreader.read_into(handle, offset, buffer)
     assert bytes(buffer) == DATA[offset : offset + size]
     assert partreader.digest_of(buffer, md5=True) == Digest(
         hashlib.sha256(buffer).hexdigest(), hashlib.md5(buffer).hexdigest()
     )
 
 
-def test_read_part_past_the_end_means_the_file_shrank(handle: io.BufferedReader) -> None:
+def test_read_into_past_the_end_means_the_file_shrank(handle: io.BufferedReader) -> None:
     with pytest.raises(SourceChangedError, match="shrank"):
-        partreader.read_part(handle, FILE_SIZE - 10, 20)
+        partreader.read_into(handle, FILE_SIZE - 10, bytearray(20))
 
 
 def test_buffer_reader_charges_the_limiter_block_by_block_and_again_after_rewind() -> None:
