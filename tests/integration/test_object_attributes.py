@@ -106,33 +106,34 @@ def test_single_put_multipart_and_dedup_copy_carry_their_own_attributes(
 
 
 def test_an_upload_resumed_after_kill_9_keeps_the_attributes_it_was_created_with(
-    moto: MotoServer, tmp_path: Path
+    attr_server: Any, tmp_path: Path
 ) -> None:
+    server, moto = attr_server, isinstance(attr_server, MotoServer)
     input_dir, state_url = tmp_path / "input", f"sqlite:///{tmp_path / 'state.db'}"
     input_dir.mkdir()
     (input_dir / "long.mp4").write_bytes(os.urandom(30 * MiB))
-    first_settings = {**COMMON, **MOTO_ONLY, "part_size": "5MiB", "bandwidth_limit": "8MB"}
-    first = _daemon(moto, input_dir, state_url, tmp_path / "first.log", **first_settings)
+    first_settings = {**COMMON, **(MOTO_ONLY if moto else {}), "part_size": "5MiB", "bandwidth_limit": "8MB"}
+    first = _daemon(server, input_dir, state_url, tmp_path / "first.log", **first_settings)
     try:
         wait_for(lambda: _recorded_parts(state_url, "long.mp4") >= 2, timeout=60, what="2 checkpointed parts")
         first.kill()
     finally:
         first.stop()
-    assert read_manifest(make_client(moto.endpoint_url, moto.access_key, moto.secret_key), "long.mp4") is None
+    assert read_manifest(make_client(server.endpoint_url, server.access_key, server.secret_key), "long.mp4") is None
 
     changed = {"part_size": "5MiB", "tags": "team=other", "storage_class": "STANDARD", "metadata": "x=y",
                "cache_control": "no-store", "content_type": "application/x-other"}
-    second = _daemon(moto, input_dir, state_url, tmp_path / "second.log", **changed)
-    client = make_client(moto.endpoint_url, moto.access_key, moto.secret_key)
+    second = _daemon(server, input_dir, state_url, tmp_path / "second.log", **changed)
+    client = make_client(server.endpoint_url, server.access_key, server.secret_key)
     try:
         wait_for(lambda: read_manifest(client, "long.mp4"), timeout=120, what="manifest after restart")
     finally:
         second.stop()
     assert second.logged("resumed")
-    check_attributes(client, "long.mp4", "video/mp4", moto=True)
+    check_attributes(client, "long.mp4", "video/mp4", moto=moto)
 
 
-def _daemon(server: MotoServer, input_dir: Path, state_url: str, log: Path, **settings: Any) -> DaemonProcess:
+def _daemon(server: Any, input_dir: Path, state_url: str, log: Path, **settings: Any) -> DaemonProcess:
     env = daemon_env(input_dir=input_dir, state_url=state_url, endpoint_url=server.endpoint_url,
                      access_key=server.access_key, secret_key=server.secret_key, **settings)
     return DaemonProcess(env, log).start()
