@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chunkd.config import SETTING_NAMES, Settings, env_name
-from chunkd.errors import ChunkdError, TransferError
+from chunkd.errors import ChunkdError, ConfigError, StoreError, TransferError
+from chunkd.observe.logs import redact
 from chunkd.s3.client import S3Target
 from chunkd.store import CheckpointStore
 
@@ -88,11 +89,22 @@ def target(settings: Settings) -> S3Target:
 
 
 @contextmanager
-def open_store(settings: Settings) -> Iterator[CheckpointStore]:
+def open_store(settings: Settings, *, existing: bool = True) -> Iterator[CheckpointStore]:
+    """The daemon's store. An operator command that only looks at (or edits) what a daemon recorded
+    wants it `existing`: opening SQLite creates the file, so run from the wrong folder it would
+    report an empty, freshly made store ("no streams recorded yet") instead of the mistake."""
     from chunkd.store import open_store
 
-    store = open_store(settings.state_url)
+    url = settings.state_url
+    if existing and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        path = Path(url[len("sqlite:///"):]).resolve()
+        raise ConfigError("CHUNKD_STATE_URL", f"no state store at {path} (run from the daemon's folder or set it)")
+    store = open_store(url)
     try:
+        try:
+            store.ping()
+        except StoreError as exc:
+            raise ConfigError("CHUNKD_STATE_URL", f"no state store answers at {redact(url)}: {exc}") from None
         yield store
     finally:
         store.close()
