@@ -8,6 +8,7 @@ chunkd's errors into one line and an exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chunkd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if getattr(args, "dev", False) and settings.create_input_dir is None:
+        settings = dataclasses.replace(settings, create_input_dir=True)  # --dev: the quick start just works
     setup_logging(settings.log_level, settings.log_format)
     try:
         return COMMANDS[args.command](settings, args)

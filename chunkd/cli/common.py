@@ -37,6 +37,18 @@ def settings_parent() -> argparse.ArgumentParser:
     return parent
 
 
+def prepare_input_dir(settings: Settings) -> None:
+    """A missing drop folder is a mistake (a NAS share not mounted) unless creating it was asked for."""
+    folder = settings.input_dir.resolve()
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise ConfigError("CHUNKD_INPUT_DIR", f"{folder} is not a folder")
+    if not settings.create_input_dir:
+        raise ConfigError("CHUNKD_INPUT_DIR", f"{folder} does not exist (CHUNKD_CREATE_INPUT_DIR=true creates it)")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def duration(text: str) -> float:
     from chunkd.observe.overview import parse_duration
 

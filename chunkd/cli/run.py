@@ -21,6 +21,7 @@ from chunkd.cli.common import (
     EXIT_OK,
     DevEndpoint,
     logger,
+    prepare_input_dir,
     target,
 )
 from chunkd.config import Settings, with_destination
@@ -61,6 +62,7 @@ def _run_daemon(settings: Settings, s3: S3Target, stop: threading.Event) -> int:
 
     engine = build_engine(settings, s3, stop=stop)
     preflight(engine, s3)
+    prepare_input_dir(settings)
     Daemon(engine).run()
     return EXIT_OK
 
