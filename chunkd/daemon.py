@@ -255,6 +255,7 @@ class Daemon:
         """Block until the stop event is set, then stop warm: in-flight parts finish and are recorded."""
         engine = self.engine
         engine.input_dir.mkdir(parents=True, exist_ok=True)
+        self.probes.start()
         if self.http is not None:
             try:
                 self.http.start()
@@ -296,6 +297,7 @@ class Daemon:
         engine.shutdown()
         if self.http is not None:
             self.http.stop()
+        self.probes.stop()
         engine.store.close()
         logger.info("stopped")
 

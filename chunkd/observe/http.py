@@ -12,9 +12,10 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ class Check:
 
     ok: bool
     detail: dict[str, Any]
+    ages: dict[str, float] = field(default_factory=dict)  # seconds since a background check's last answer
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -143,7 +145,9 @@ class HttpServer:
             else:
                 logger.warning("%s: failing: %s", name, failing)
         self._last_ok[name] = check.ok
-        public = {key: value is True for key, value in check.detail.items() if key != "ok"}
+        public: dict[str, Any] = {key: value is True for key, value in check.detail.items() if key != "ok"}
+        if check.ages:
+            public["age_seconds"] = check.ages
         return _json(200 if check.ok else 503, {"ok": check.ok, **public})
 
 
@@ -151,8 +155,19 @@ def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> tupl
     return status, (json.dumps(data) + "\n").encode(), JSON, headers or {}
 
 
+DISCONNECTS = (BrokenPipeError, ConnectionResetError)  # a client that gave up: its business, not an error
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr for any exception; a client hanging up is normal."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, DISCONNECTS):
+            logger.debug("HTTP client %s went away: %s", client_address, exc)
+            return
+        logger.error("HTTP request from %s failed", client_address, exc_info=exc)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would call getfqdn(), a reverse DNS lookup that can stall start-up.
@@ -196,8 +211,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except DISCONNECTS as exc:
+            logger.debug("HTTP client %s went away: %s", self.address_string(), exc)
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         # The request line only (never headers, so never the token), and at DEBUG: probes are chatty.
