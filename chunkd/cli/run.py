@@ -53,17 +53,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            return _run_daemon(settings, dev, stop)
+            return _run_daemon(settings, dev, stop, dev_mode=True)
     return _run_daemon(settings, target(settings), stop)
 
 
-def _run_daemon(settings: Settings, s3: S3Target, stop: threading.Event) -> int:
+def _run_daemon(settings: Settings, s3: S3Target, stop: threading.Event, *, dev_mode: bool = False) -> int:
     from chunkd.daemon import Daemon, build_engine, preflight
 
     engine = build_engine(settings, s3, stop=stop)
     preflight(engine, s3)
     prepare_input_dir(settings)
-    Daemon(engine).run()
+    Daemon(engine, any_free_port=dev_mode).run()
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ container health checks and so only ever say ok and the names of their checks.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -59,8 +60,10 @@ class HttpServer:
         ready: Callable[[], Check],
         status: Callable[[], list[dict[str, Any]]],
         poll_interval: float = 0.5,
+        any_free_port: bool = False,
     ) -> None:
         self._bind = parse_addr(addr)
+        self._any_free_port = any_free_port  # --dev: a second daemon on the host takes another port
         self._poll_interval = poll_interval  # how long stop() may wait for the serving loop to notice
         self._token = token.encode() if token else None
         self._metrics = metrics
@@ -85,10 +88,14 @@ class HttpServer:
         host, port = self._bind
         server_class = _Server6 if ":" in host else _Server
         handler = type("Handler", (_Handler,), {"app": self})
+        busy = ""
         try:
             self._server = server_class((host, port), handler)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port} (CHUNKD_HTTP_ADDR): {exc.strerror}") from exc
+            if not (self._any_free_port and exc.errno == errno.EADDRINUSE):
+                raise OSError(exc.errno, f"cannot listen on {host}:{port} (CHUNKD_HTTP_ADDR): {exc.strerror}") from exc
+            self._server = server_class((host, 0), handler)
+            busy = f"; port {port} was busy"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": self._poll_interval},
@@ -98,7 +105,9 @@ class HttpServer:
         self._thread.start()
         host, port = self.address
         access = "need a bearer token" if self._token else "open"
-        logger.info("HTTP endpoint on %s:%d (/metrics and /status %s)", host, port, access)
+        where = f"[{host}]" if ":" in host else host
+        logger.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status; /metrics and /status %s%s)",
+                    where, port, access, busy)
 
     def stop(self) -> None:
         """Stop serving and close the socket; the port is free when this returns."""
