@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 from chunkd import __version__
 from chunkd.cli import inspect, ops, run
-from chunkd.cli.common import EXIT_CONFIG, EXIT_FAILURE, settings_parent
+from chunkd.cli.common import EXIT_CONFIG, EXIT_FAILURE, dev_hint, dev_s3, settings_parent
 from chunkd.config import SETTING_NAMES, Settings, load_settings
-from chunkd.errors import ChunkdError, ConfigError
+from chunkd.errors import ChunkdError, ConfigError, EndpointError, TransferError
 from chunkd.observe.logs import setup_logging
 
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -26,6 +26,9 @@ COMMANDS: dict[str, Command] = {
     "doctor": ops.cmd_doctor, "gc": ops.cmd_gc, "retry": ops.cmd_retry, "cancel": ops.cmd_cancel,
     "stats": inspect.cmd_stats,
 }
+
+# The commands that take an S3 handle; `--dev` gives them the dev endpoint (`run` starts and publishes it).
+S3_COMMANDS = frozenset({"upload", "verify", "doctor", "gc", "cancel"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,15 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chunkd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if getattr(args, "dev", False) and settings.create_input_dir is None:
+    if args.dev and settings.create_input_dir is None:
         settings = dataclasses.replace(settings, create_input_dir=True)  # --dev: the quick start just works
     setup_logging(settings.log_level, settings.log_format)
     try:
-        return COMMANDS[args.command](settings, args)
+        with dev_s3(settings, args.dev and args.command in S3_COMMANDS):
+            return COMMANDS[args.command](settings, args)
     except ConfigError as exc:
         print(f"chunkd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ChunkdError as exc:
         code = getattr(exc, "exit_code", EXIT_FAILURE)
-        print(f"chunkd: error: {exc}", file=sys.stderr)
+        hint = dev_hint(settings) if isinstance(exc, (EndpointError, TransferError)) and not args.dev else ""
+        print(f"chunkd: error: {exc}{hint}", file=sys.stderr)
         return code

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from chunkd.config import SETTING_NAMES, Settings, env_name
 from chunkd.errors import ChunkdError, ConfigError, StoreError, TransferError
@@ -22,11 +26,17 @@ logger = logging.getLogger("chunkd.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEV_ROOT = Path(".chunkd")
+DEV_FILE = DEV_ROOT / "dev.json"  # a running `chunkd run --dev`'s endpoint and keys, mode 0600
 SWITCHES = frozenset({"overwrite"})  # settings given as `--name` alone, meaning true
 
 
 def settings_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--dev", action="store_true",
+        help="the dev setup under ./.chunkd/: its state, and the S3 server of `chunkd run --dev` (started "
+        "for this command when no daemon runs)",
+    )
     group = parent.add_argument_group("settings (each also CHUNKD_<NAME> in the environment or <name> in --config)")
     group.add_argument("--config", metavar="FILE", help="TOML file with settings (env CHUNKD_CONFIG)")
     for name in SETTING_NAMES:
@@ -69,28 +79,110 @@ def hours(text: str) -> float:
 
 
 class DevEndpoint:
-    """`--dev`: a local S3 endpoint on disk under ./.chunkd/s3, started and stopped with us."""
+    """`--dev`: a local S3 endpoint on disk under ./.chunkd/s3.
 
-    def __init__(self, settings: Settings) -> None:
+    `chunkd run --dev` (`publish`) starts it, writes its endpoint and keys to ./.chunkd/dev.json
+    (mode 0600) and removes the file when it stops. Any other command uses that server while its
+    daemon runs (rclone keeps open multipart uploads in memory: `cancel` must reach the daemon's),
+    and otherwise starts one of its own on the same folder for as long as the command runs."""
+
+    def __init__(self, settings: Settings, *, publish: bool = False) -> None:
         from chunkd.s3.devserver import LocalS3Server
 
+        self.publish = publish
         self.root = DEV_ROOT.resolve() / "s3"
         self.server = LocalS3Server(self.root, buckets=(settings.bucket,), log_file=DEV_ROOT / "rclone.log")
+        self._started = False
 
     def __enter__(self) -> S3Target:
+        if not self.publish:
+            running = running_dev_endpoint(self.root)
+            if running is not None:
+                return running
         self.server.start()
-        return S3Target(
+        self._started = True
+        s3 = S3Target(
             self.server.endpoint_url, None, self.server.access_key, self.server.secret_key,
             name=f"dev:{self.root}",  # its port changes with every start; its folder does not
         )
+        if self.publish:
+            _write_private(DEV_FILE, {"pid": os.getpid(), "endpoint_url": s3.endpoint_url,
+                                      "access_key": s3.access_key, "secret_key": s3.secret_key})
+        return s3
 
     def __exit__(self, *exc: object) -> None:
-        self.server.stop()
+        if self.publish and _read_dev_file().get("pid") == os.getpid():
+            DEV_FILE.unlink(missing_ok=True)
+        if self._started:
+            self.server.stop()
+
+
+def running_dev_endpoint(root: Path) -> S3Target | None:
+    """The S3 server of a `chunkd run --dev` still running in this folder, if it answers."""
+    data = _read_dev_file()
+    try:
+        pid, url = int(data["pid"]), str(data["endpoint_url"])
+        access_key, secret_key = str(data["access_key"]), str(data["secret_key"])
+        os.kill(pid, 0)
+        parts = urlsplit(url)
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=1.0):
+            pass
+    except (KeyError, ValueError, TypeError, OSError):  # no file, a dead daemon or a closed port
+        return None
+    return S3Target(url, None, access_key, secret_key, name=f"dev:{root}")
+
+
+def _read_dev_file() -> dict[str, Any]:
+    try:
+        data = json.loads(DEV_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    """Owner-only from the first byte (the secret key is in it), replaced in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+class DevTarget:
+    """The S3 handle `--dev` chose for this command; `target()` answers with it while set."""
+
+    current: S3Target | None = None
+
+
+@contextmanager
+def dev_s3(settings: Settings, wanted: bool) -> Iterator[None]:
+    """Around a command given `--dev`: every S3 handle it takes is the dev endpoint."""
+    if not wanted:
+        yield
+        return
+    with DevEndpoint(settings) as s3:
+        DevTarget.current = s3
+        try:
+            yield
+        finally:
+            DevTarget.current = None
+
+
+def dev_hint(settings: Settings) -> str:
+    """Next to ./.chunkd/ with no S3 settings, a failing S3 command most likely wanted --dev."""
+    if settings.s3_endpoint_url is None and DEV_ROOT.is_dir():
+        return f" ({DEV_ROOT}/ is here: add --dev to use the dev S3 server and state)"
+    return ""
 
 
 def target(settings: Settings) -> S3Target:
     from chunkd.config import read_sse_c_key
 
+    if DevTarget.current is not None:
+        return DevTarget.current
     return S3Target(
         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
         addressing_style=settings.s3_addressing_style,
