@@ -14,7 +14,16 @@ from collections.abc import Callable, Sequence
 
 from chunkd import __version__
 from chunkd.cli import inspect, ops, run
-from chunkd.cli.common import EXIT_CONFIG, EXIT_FAILURE, dev_hint, dev_s3, settings_parent
+from chunkd.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    SETTINGS_EPILOG,
+    dev_hint,
+    dev_s3,
+    settings_parent,
+    settings_reference,
+)
 from chunkd.config import SETTING_NAMES, Settings, load_settings
 from chunkd.errors import ChunkdError, ConfigError, EndpointError, TransferError
 from chunkd.observe.logs import setup_logging
@@ -40,11 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_status_and_verify(commands, parent)
     ops.add_parsers(commands, parent)
     inspect.add_stats(commands, parent)
+    for command in commands.choices.values():
+        command.epilog = SETTINGS_EPILOG
+    topics = commands.add_parser("help", help="`chunkd help settings`: every setting, its flag and default")
+    topics.add_argument("topic", nargs="?", choices=["settings"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "help":  # a reference: it must print whatever the configuration says
+        print(settings_reference() if args.topic == "settings" else parser.format_help())
+        return EXIT_OK
     overrides = {name: getattr(args, name) for name in SETTING_NAMES}
     try:
         settings = load_settings(config_file=args.config, overrides=overrides)

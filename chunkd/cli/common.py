@@ -30,21 +30,50 @@ DEV_FILE = DEV_ROOT / "dev.json"  # a running `chunkd run --dev`'s endpoint and 
 SWITCHES = frozenset({"overwrite"})  # settings given as `--name` alone, meaning true
 
 
+SETTINGS_EPILOG = (
+    "Settings: every CHUNKD_<NAME> environment variable is also the flag --<name> on any command and the key "
+    "<name> in --config; `chunkd help settings` lists them with their defaults (the README explains each)."
+)
+
+
 def settings_parent() -> argparse.ArgumentParser:
+    """Options every command takes. The settings flags parse everywhere but stay out of each command's
+    help (47 of them would bury its own options); `chunkd help settings` is their reference."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "--dev", action="store_true",
         help="the dev setup under ./.chunkd/: its state, and the S3 server of `chunkd run --dev` (started "
         "for this command when no daemon runs)",
     )
-    group = parent.add_argument_group("settings (each also CHUNKD_<NAME> in the environment or <name> in --config)")
-    group.add_argument("--config", metavar="FILE", help="TOML file with settings (env CHUNKD_CONFIG)")
+    parent.add_argument("--config", metavar="FILE", help="TOML file with settings (env CHUNKD_CONFIG)")
     for name in SETTING_NAMES:
         if name in SWITCHES:  # a bare flag: a value after it would be taken for a PATH
-            group.add_argument(f"--{name}", dest=name, action="store_const", const="true", help=f"env {env_name(name)}")
+            parent.add_argument(f"--{name}", dest=name, action="store_const", const="true", help=argparse.SUPPRESS)
             continue
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"env {env_name(name)}")
+        parent.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=argparse.SUPPRESS)
     return parent
+
+
+def settings_reference() -> str:
+    """`chunkd help settings`: each setting's variable, flag and default, one line each."""
+    defaults = Settings()
+    rows = [("environment", "flag", "default")]
+    for name in SETTING_NAMES:
+        flag = f"--{name}" if name in SWITCHES else f"--{name.replace('_', '-')} VALUE"
+        rows.append((env_name(name), flag, _shown(getattr(defaults, name))))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{env:<{width[0]}}  {flag:<{width[1]}}  {default}".rstrip() for env, flag, default in rows]
+    return "\n".join([*lines, "", "Precedence: defaults < environment < --config FILE < flags. Meanings: README, Settings."])
+
+
+def _shown(value: object) -> str:
+    if value is None or value == ():
+        return "(unset)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join("=".join(map(str, item)) if isinstance(item, tuple) else str(item) for item in value)
+    return str(value)
 
 
 def prepare_input_dir(settings: Settings) -> None:
