@@ -128,6 +128,8 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 @dataclass(frozen=True)
 class Settings:
     input_dir: Path = Path("./input")
+    create_input_dir: bool | None = None  # None: true under --dev, else false (an unmounted share stays empty)
+    require_mount: bool = False  # doctor: the input folder must be on a mounted filesystem, not the root one
     bucket: str = "chunkd"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None  # None: boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile)
@@ -228,6 +230,8 @@ class Settings:
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "input_dir": lambda v: Path(v).expanduser(),
+    "create_input_dir": _parse_bool,
+    "require_mount": _parse_bool,
     "bucket": str,
     "s3_endpoint_url": _optional_str,
     "s3_region": _optional_str,

@@ -118,7 +118,10 @@ def _downloader(settings: Settings) -> Downloader:
 
 
 class Daemon:
-    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Callable[[], float] = time.monotonic, any_free_port: bool = False
+    ) -> None:
+        self._any_free_port = any_free_port  # --dev: a busy HTTP port is no reason to stop
         self.engine = engine
         settings = engine.settings
         self.scheduler = Scheduler(
@@ -227,6 +230,7 @@ class Daemon:
             settings.http_addr, token=settings.http_token, metrics=engine.metrics,
             health=self.probes.health, ready=self.probes.ready,
             status=lambda: [status.to_dict() for status in collect(engine.store)],
+            any_free_port=self._any_free_port,
         )
 
     def resume_unfinished(self) -> int:
@@ -271,12 +275,12 @@ class Daemon:
         """Block until the stop event is set, then stop warm: in-flight parts finish and are recorded."""
         engine = self.engine
         engine.input_dir.mkdir(parents=True, exist_ok=True)
+        self.probes.start()
         if self.http is not None:
             try:
                 self.http.start()
             except OSError as exc:
                 raise EndpointError(f"cannot serve HTTP on {engine.settings.http_addr} (CHUNKD_HTTP_ADDR): {exc}") from None
-            logger.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status)", *self.http.address)
         if not ffprobe_available():
             logger.warning("ffprobe not found: manifests get media: null and unreadable files are not quarantined")
         self.resets.lost_data()  # the mark of the data the store holds now
@@ -312,6 +316,7 @@ class Daemon:
         engine.shutdown()
         if self.http is not None:
             self.http.stop()
+        self.probes.stop()
         engine.store.close()
         logger.info("stopped")
 

@@ -9,7 +9,6 @@ from typing import Any
 from chunkd.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
-    DevEndpoint,
     duration,
     open_store,
     target,
@@ -38,7 +37,6 @@ def add_status_and_verify(commands: Any, parent: argparse.ArgumentParser) -> Non
         "--deep", action="store_true", help="also stream the whole object (GetObject) and compare its SHA-256"
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
-    verify.add_argument("--dev", action="store_true", help="check against the local S3 endpoint under ./.chunkd/")
 
 
 def add_stats(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -72,11 +70,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.ops.verify import verify
 
-    if args.dev:
-        with DevEndpoint(settings) as dev:
-            report = verify(settings, dev, args.target, deep=args.deep)
-    else:
-        report = verify(settings, target(settings), args.target, deep=args.deep)
+    report = verify(settings, target(settings), args.target, deep=args.deep)  # --dev: the dev endpoint
     print(report.render_json() if args.json else report.render_text())
     return EXIT_OK if report.ok else EXIT_FAILURE
 

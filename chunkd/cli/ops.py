@@ -64,7 +64,7 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
 
     max_age = settings.gc_hours if args.hours is None else args.hours
     uploader = quick_s3(settings)
-    with open_store(settings) as store:
+    with open_store(settings, existing=False) as store:  # a bucket's orphans are found without a store
         collector = Collector(store, uploader, settings.bucket, echo=print, dry_run=args.dry_run)
         try:
             collector.abort_orphans(hours=max_age)

@@ -16,11 +16,13 @@ from types import FrameType
 from typing import Any
 
 from chunkd.cli.common import (
+    DEV_FILE,
     DEV_ROOT,
     EXIT_FAILURE,
     EXIT_OK,
     DevEndpoint,
     logger,
+    prepare_input_dir,
     target,
 )
 from chunkd.config import Settings, with_destination
@@ -30,38 +32,38 @@ from chunkd.store import StreamReader
 
 
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
-    run = commands.add_parser("run", parents=[parent], help="watch the input folder and upload what lands there")
-    run.add_argument("--dev", action="store_true", help="embedded state and a local S3 endpoint under ./.chunkd/")
+    commands.add_parser("run", parents=[parent], help="watch the input folder and upload what lands there")
     upload = commands.add_parser("upload", parents=[parent], help="upload files or folders once, then exit")
     upload.add_argument(
         "paths", nargs="+", metavar="PATH", help="files or folders; a last s3://BUCKET/PREFIX/ says where they go"
     )
-    upload.add_argument("--dev", action="store_true", help="upload to the local S3 endpoint under ./.chunkd/")
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     if args.dev:
-        with DevEndpoint(settings) as dev:
+        with DevEndpoint(settings, publish=True) as dev:
             print(
                 f"chunkd --dev: drop files into {settings.input_dir.resolve()}\n"
                 f"  objects land in {DEV_ROOT.resolve() / 's3' / settings.bucket}\n"
-                f"  S3 endpoint {dev.endpoint_url} (access key {dev.access_key}), "
-                f"state {settings.state_url}",
+                f"  S3 endpoint {dev.endpoint_url} (access key {dev.access_key}, secret key {dev.secret_key}), "
+                f"state {settings.state_url}\n"
+                f"  endpoint and keys in {DEV_FILE.resolve()}: other commands use them with --dev",
                 file=sys.stderr,
                 flush=True,
             )
-            return _run_daemon(settings, dev, stop)
+            return _run_daemon(settings, dev, stop, dev_mode=True)
     return _run_daemon(settings, target(settings), stop)
 
 
-def _run_daemon(settings: Settings, s3: S3Target, stop: threading.Event) -> int:
+def _run_daemon(settings: Settings, s3: S3Target, stop: threading.Event, *, dev_mode: bool = False) -> int:
     from chunkd.daemon import Daemon, build_engine, preflight
 
     engine = build_engine(settings, s3, stop=stop)
     preflight(engine, s3)
-    Daemon(engine).run()
+    prepare_input_dir(settings)
+    Daemon(engine, any_free_port=dev_mode).run()
     return EXIT_OK
 
 
@@ -86,10 +88,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
         if not paths:
             raise ChunkdError("nothing to upload: give files or folders before the s3:// destination")
     files = [Path(path) for path in paths]
-    if args.dev:
-        with DevEndpoint(settings) as dev:
-            return _upload(settings, dev, files)
-    return _upload(settings, target(settings), files)
+    return _upload(settings, target(settings), files)  # --dev: the dev endpoint
 
 
 def _upload_items(settings: Settings, paths: Sequence[Path]) -> list[tuple[Path, str]]:

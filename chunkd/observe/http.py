@@ -8,13 +8,15 @@ container health checks and so only ever say ok and the names of their checks.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +36,7 @@ class Check:
 
     ok: bool
     detail: dict[str, Any]
+    ages: dict[str, float] = field(default_factory=dict)  # seconds since a background check's last answer
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -57,8 +60,10 @@ class HttpServer:
         ready: Callable[[], Check],
         status: Callable[[], list[dict[str, Any]]],
         poll_interval: float = 0.5,
+        any_free_port: bool = False,
     ) -> None:
         self._bind = parse_addr(addr)
+        self._any_free_port = any_free_port  # --dev: a second daemon on the host takes another port
         self._poll_interval = poll_interval  # how long stop() may wait for the serving loop to notice
         self._token = token.encode() if token else None
         self._metrics = metrics
@@ -83,10 +88,14 @@ class HttpServer:
         host, port = self._bind
         server_class = _Server6 if ":" in host else _Server
         handler = type("Handler", (_Handler,), {"app": self})
+        busy = ""
         try:
             self._server = server_class((host, port), handler)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port} (CHUNKD_HTTP_ADDR): {exc.strerror}") from exc
+            if not (self._any_free_port and exc.errno == errno.EADDRINUSE):
+                raise OSError(exc.errno, f"cannot listen on {host}:{port} (CHUNKD_HTTP_ADDR): {exc.strerror}") from exc
+            self._server = server_class((host, 0), handler)
+            busy = f"; port {port} was busy"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": self._poll_interval},
@@ -96,7 +105,9 @@ class HttpServer:
         self._thread.start()
         host, port = self.address
         access = "need a bearer token" if self._token else "open"
-        logger.info("HTTP endpoint on %s:%d (/metrics and /status %s)", host, port, access)
+        where = f"[{host}]" if ":" in host else host
+        logger.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status; /metrics and /status %s%s)",
+                    where, port, access, busy)
 
     def stop(self) -> None:
         """Stop serving and close the socket; the port is free when this returns."""
@@ -143,7 +154,9 @@ class HttpServer:
             else:
                 logger.warning("%s: failing: %s", name, failing)
         self._last_ok[name] = check.ok
-        public = {key: value is True for key, value in check.detail.items() if key != "ok"}
+        public: dict[str, Any] = {key: value is True for key, value in check.detail.items() if key != "ok"}
+        if check.ages:
+            public["age_seconds"] = check.ages
         return _json(200 if check.ok else 503, {"ok": check.ok, **public})
 
 
@@ -151,8 +164,19 @@ def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> tupl
     return status, (json.dumps(data) + "\n").encode(), JSON, headers or {}
 
 
+DISCONNECTS = (BrokenPipeError, ConnectionResetError)  # a client that gave up: its business, not an error
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr for any exception; a client hanging up is normal."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, DISCONNECTS):
+            logger.debug("HTTP client %s went away: %s", client_address, exc)
+            return
+        logger.error("HTTP request from %s failed", client_address, exc_info=exc)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would call getfqdn(), a reverse DNS lookup that can stall start-up.
@@ -196,8 +220,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except DISCONNECTS as exc:
+            logger.debug("HTTP client %s went away: %s", self.address_string(), exc)
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         # The request line only (never headers, so never the token), and at DEBUG: probes are chatty.

@@ -39,7 +39,9 @@ def run_checks(settings: Settings, target: S3Target, *, watches_file: Path = MAX
     yield check_credentials(target)
     yield check_bucket(settings.bucket, target)
     yield check_ffprobe()
-    yield check_input(settings.input_dir)
+    yield check_input(settings.input_dir, create=bool(settings.create_input_dir))
+    if settings.require_mount:
+        yield check_mount(settings.input_dir)
     yield check_watches(settings.input_dir, watches_file)
     yield check_disk("disk space (input)", settings.input_dir)
     yield check_state_disk(settings.state_url)
@@ -89,9 +91,11 @@ def check_ffprobe(which: Callable[[str], str | None] = shutil.which) -> Check:
     return Check(OK, "ffprobe", path)
 
 
-def check_input(folder: Path) -> Check:
+def check_input(folder: Path, *, create: bool = False) -> Check:
     folder = folder.resolve()
     if not folder.exists():
+        if not create:
+            return Check(FAIL, "input folder", f"{folder} does not exist (CHUNKD_CREATE_INPUT_DIR=true creates it)")
         parent = _existing_parent(folder)
         if os.access(parent, os.W_OK | os.X_OK):
             return Check(WARN, "input folder", f"{folder} does not exist yet; chunkd run will create it")
@@ -103,6 +107,24 @@ def check_input(folder: Path) -> Check:
     if missing:
         return Check(FAIL, "input folder", f"{folder} is not {' or '.join(missing)} by this user")
     return Check(OK, "input folder", f"{folder} is readable and writable")
+
+
+def check_mount(folder: Path) -> Check:
+    """CHUNKD_REQUIRE_MOUNT: a share that is not mounted leaves its mount point an empty folder on the
+    root filesystem, and uploads (or a created folder) would fill the local disk instead."""
+    mount = mount_point(folder)
+    if mount is None:
+        return Check(FAIL, "input mount", f"{folder.resolve()} is on the root filesystem; CHUNKD_REQUIRE_MOUNT "
+                     "expects a mounted share (mount it, or set CHUNKD_REQUIRE_MOUNT=false)")
+    return Check(OK, "input mount", f"{folder.resolve()} is on the filesystem mounted at {mount}")
+
+
+def mount_point(folder: Path) -> Path | None:
+    """The mount point the folder (or its nearest existing ancestor) is on; None for the root filesystem."""
+    for candidate in (folder.resolve(), *folder.resolve().parents):
+        if candidate != Path("/") and candidate.exists() and os.path.ismount(candidate):
+            return candidate
+    return None
 
 
 def check_watches(folder: Path, watches_file: Path = MAX_USER_WATCHES) -> Check:

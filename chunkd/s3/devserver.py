@@ -148,6 +148,11 @@ class LocalS3Server:
         return self._process is not None and self._process.poll() is None
 
     @property
+    def pid(self) -> int | None:
+        """rclone's process id while it runs (tests freeze it with SIGSTOP)."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
     def log_file(self) -> Path | None:
         return self._log_file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.s3.devserver import free_port
+from chunkd.s3.devserver import LocalS3Server, free_port
 from tests.support.bucket import read_manifest
 from tests.support.daemon import DaemonProcess, wait_for
 from tests.support.files import write_random
-from tests.support.pause import PausableServer, start_endpoint, stop_endpoint
+from tests.support.pause import PausableServer, frozen, start_endpoint, stop_endpoint
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
 
@@ -102,6 +103,33 @@ def test_metrics_count_what_was_uploaded_and_readyz_follows_s3(
     finally:
         start_endpoint(pausable)
     wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200 again")
+
+
+def test_readyz_answers_at_once_while_s3_hangs(
+    chunkd_daemon: Callable[..., DaemonProcess], rclone_s3: LocalS3Server
+) -> None:
+    """A frozen server (rclone, SIGSTOPped) answers nothing: /readyz still answers within a second,
+    and says not ready within 10 s; then ready again once the server runs on."""
+    port = free_port()
+    chunkd_daemon(rclone_s3, http_addr=f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get(f"{base}/readyz")[0] == 200, timeout=30, what="/readyz 200")
+    assert rclone_s3.pid is not None
+
+    def timed_readyz() -> int:
+        started = time.monotonic()
+        status = get(f"{base}/readyz")[0]
+        assert time.monotonic() - started < 1.0, "/readyz took more than a second"
+        return status
+
+    with frozen(rclone_s3.pid):
+        frozen_at = time.monotonic()
+        wait_for(lambda: timed_readyz() == 503, timeout=10, interval=0.2, what="/readyz 503 while S3 hangs")
+        assert time.monotonic() - frozen_at < 10
+        body = json.loads(get(f"{base}/readyz")[1])
+        assert body["s3"] is False and body["store"] is True
+        assert timed_readyz() == 503 and get(f"{base}/healthz")[0] == 200
+    wait_for(lambda: timed_readyz() == 200, timeout=30, what="/readyz 200 again")
 
 
 def test_webhook_gets_a_signed_post_per_completed_file(

@@ -35,6 +35,7 @@ def daemon_env(*, input_dir: Path, state_url: str, endpoint_url: str, access_key
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHUNKD_", "AWS_"))}
     env.update(
         CHUNKD_INPUT_DIR=str(input_dir),
+        CHUNKD_CREATE_INPUT_DIR="true",  # tests drop files into folders the daemon makes; off is tested itself
         CHUNKD_STATE_URL=state_url,
         CHUNKD_S3_ENDPOINT_URL=endpoint_url,
         CHUNKD_BUCKET="chunkd",

@@ -6,6 +6,11 @@ Ceph RGW's radosgw killed and started again while its monitor and OSD keep every
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from tests.support.ceph_rgw import CephRGW
 from tests.support.s3_servers import MotoServer
 
@@ -26,3 +31,14 @@ def start_endpoint(server: PausableServer) -> None:
         server.start_gateway()
     else:
         server.start()
+
+
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """A server hanging (SIGSTOP): connections are accepted by the kernel and never answered, the
+    case a refused connection does not show. SIGCONT on the way out, whatever happened."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
