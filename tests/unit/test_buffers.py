@@ -20,6 +20,7 @@ from chunkd.s3.client import payload_sha256_of
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.uploader import Uploader
 from tests.support.daemon import wait_for
+from tests.support.sizes import MiB
 
 SIZE = 4096
 
@@ -32,7 +33,7 @@ def acquire_in_thread(pool: BufferPool, size: int) -> tuple[threading.Thread, li
 
 
 def test_a_part_beyond_the_budget_waits_for_a_buffer_given_back_and_gets_that_very_buffer() -> None:
-    pool = BufferPool(2 * SIZE)
+    pool = BufferPool(2 * SIZE, pooled_from=0)
     first, second = pool.acquire(SIZE), pool.acquire(SIZE)
     assert first is not None and second is not None and first is not second
     assert (pool.held, pool.lent) == (2 * SIZE, 2)
@@ -48,7 +49,7 @@ def test_a_part_beyond_the_budget_waits_for_a_buffer_given_back_and_gets_that_ve
 
 
 def test_parts_waiting_for_a_buffer_are_served_in_the_order_they_asked() -> None:
-    pool = BufferPool(SIZE)
+    pool = BufferPool(SIZE, pooled_from=0)
     held = pool.acquire(SIZE)
     assert held is not None
     early, early_got = acquire_in_thread(pool, SIZE)
@@ -66,14 +67,14 @@ def test_parts_waiting_for_a_buffer_are_served_in_the_order_they_asked() -> None
 
 
 def test_a_part_larger_than_the_whole_budget_gets_no_buffer_at_once() -> None:
-    pool = BufferPool(SIZE)
+    pool = BufferPool(SIZE, pooled_from=0)
     assert pool.acquire(SIZE + 1) is None
     assert BufferPool(0).acquire(1) is None
     assert (pool.held, pool.waiting) == (0, 0)
 
 
 def test_free_buffers_of_another_size_make_room_for_a_new_one() -> None:
-    pool = BufferPool(2 * SIZE)
+    pool = BufferPool(2 * SIZE, pooled_from=0)
     with pool.lease(SIZE), pool.lease(SIZE):
         pass
     assert pool.held == 2 * SIZE
@@ -85,7 +86,7 @@ def test_free_buffers_of_another_size_make_room_for_a_new_one() -> None:
 
 
 def test_a_lease_gives_its_buffer_back_when_the_block_fails() -> None:
-    pool = BufferPool(SIZE)
+    pool = BufferPool(SIZE, pooled_from=0)
     with pytest.raises(RuntimeError), pool.lease(SIZE):
         raise RuntimeError("send failed")
     assert (pool.lent, pool.held) == (0, SIZE)
@@ -112,7 +113,7 @@ def test_a_failed_send_gives_the_buffer_back_and_the_retry_reads_into_the_same_o
     path = tmp_path / "clip.mp4"
     data = os.urandom(SIZE)
     path.write_bytes(data)
-    pool = BufferPool(SIZE)
+    pool = BufferPool(SIZE, pooled_from=0)
     fake = FailingClient(pool)
     uploader = Uploader(fake, RetryPolicy(max_attempts=2, sleep=lambda _: None), buffers=pool)  # type: ignore[arg-type]
 
@@ -141,9 +142,19 @@ def test_a_part_larger_than_the_budget_is_streamed_from_the_file(tmp_path: Path)
     data = os.urandom(SIZE)
     path.write_bytes(data)
     fake = RecordingClient()
-    uploader = Uploader(fake, RetryPolicy(max_attempts=1), buffers=BufferPool(SIZE - 1))  # type: ignore[arg-type]
+    uploader = Uploader(fake, RetryPolicy(max_attempts=1), buffers=BufferPool(SIZE - 1, pooled_from=0))  # type: ignore[arg-type]
 
     record = uploader.upload_part("bucket", "clip.mp4", "u", path, Part(1, 0, SIZE), None)
 
     assert isinstance(fake.body, RangeReader)
     assert fake.sha256 == record.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_body_smaller_than_any_part_gets_a_fresh_buffer_outside_the_pool() -> None:
+    pool = BufferPool(budget=16 * MiB)
+    with pool.lease(300 * 1024) as first, pool.lease(300 * 1024) as second:
+        assert first is not None and second is not None and first is not second
+        assert len(first) == 300 * 1024
+        assert pool.held == 0 and pool.lent == 0
+    with pool.lease(8 * MiB) as part:
+        assert part is not None and pool.held == 8 * MiB
