@@ -20,6 +20,8 @@ from bench.units import MiB
 
 CHUNKD = "chunkd"
 
+GROWING_SLACK_S = 0.5  # the target: last write → manifest at most this much past idle_seconds
+
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
@@ -212,9 +214,9 @@ def verdicts(results: Sequence[ScenarioResult]) -> list[Verdict]:
         ))
         beyond = None if row is None else summarize(row.samples.get("beyond_idle_s", []))
         found.append(Verdict(
-            f"Growing file: last write → manifest ≤ idle_seconds + 2 s ({result.server})",
+            f"Growing file: last write → manifest ≤ idle_seconds + {GROWING_SLACK_S:g} s ({result.server})",
             "–" if beyond is None else f"idle_seconds + {beyond.high:.2f} s (worst of {beyond.n})",
-            None if beyond is None else beyond.high <= 2.0,
+            None if beyond is None else beyond.high <= GROWING_SLACK_S,
         ))
     for result in by_name.get("small_files", []):
         row = _chunkd_row(result)

@@ -124,7 +124,7 @@ def test_every_target_is_judged_met_when_chunkd_is_within_it() -> None:
         _scenario("memory", "peak_rss_mb", {"chunkd": {"peak_rss_mb": [120.0, 149.0]}}, file_size_text="4 GiB"),
         _scenario("resume", "sent_ratio", {"chunkd": {"waste_mib": [39.0, 12.0]}}, allowed_waste_bytes=40 * MiB),
         _scenario("growing", "after_last_write_s",
-                  {"chunkd": {"lag_max_parts": [1.0], "lag_median_parts": [0.0], "beyond_idle_s": [1.9]}}),
+                  {"chunkd": {"lag_max_parts": [1.0], "lag_median_parts": [0.0], "beyond_idle_s": [0.45]}}),
         _scenario("small_files", "files_per_s", {"chunkd": {"files_per_s": [50.0]}, "s5cmd cp": {"files_per_s": [100.0]}}),
     ]
     found = report.verdicts(results)
@@ -138,7 +138,7 @@ def test_each_target_is_missed_by_a_hair_over_it() -> None:
         _scenario("memory", "peak_rss_mb", {"chunkd": {"peak_rss_mb": [100.0, 151.0]}}),  # the worst run counts
         _scenario("resume", "sent_ratio", {"chunkd": {"waste_mib": [1.0, 40.5]}}, allowed_waste_bytes=40 * MiB),
         _scenario("growing", "after_last_write_s",
-                  {"chunkd": {"lag_max_parts": [0.0, 1.5], "lag_median_parts": [0.0], "beyond_idle_s": [2.1]}}),
+                  {"chunkd": {"lag_max_parts": [0.0, 1.5], "lag_median_parts": [0.0], "beyond_idle_s": [0.6]}}),
         _scenario("small_files", "files_per_s", {"chunkd": {"files_per_s": [49.0]}, "s5cmd cp": {"files_per_s": [100.0]}}),
     ]
     found = report.verdicts(results)
