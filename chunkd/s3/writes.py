@@ -204,7 +204,7 @@ class WriteCalls(S3Calls):
         """
         body = _BytesBody(b"chunkd probe", payload_sha256=hashlib.sha256(b"not these bytes").hexdigest())
         try:
-            fields = (attributes or ObjectAttributes()).request_fields()
+            fields = _fields(attributes, None)
             self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body.data), **fields)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -263,7 +263,7 @@ class WriteCalls(S3Calls):
         ETag is the body's MD5, a different one (a server that checks neither stored other bytes)
         is a BadDigest, and the body is sent again. `attributes`: what else the PUT carries (the
         object's encryption, for its manifest)."""
-        fields = (attributes or ObjectAttributes()).request_fields()
+        fields = _fields(attributes, None)
         fields.pop("ContentType", None)
         md5 = hashlib.md5(data, usedforsecurity=False)
         sha256 = hashlib.sha256(data).hexdigest()
