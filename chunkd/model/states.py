@@ -74,7 +74,9 @@ class PartRecord:
 
 
 def _record_to_dict(record: Any) -> dict[str, Any]:
-    data = asdict(record)
+    """A new top-level dict whose nested values are the record's own: every caller serializes it or
+    replaces top-level keys. (`asdict`'s deep copy was a few percent of a small file's CPU.)"""
+    data = {name: getattr(record, name) for name in record.__dataclass_fields__}
     data["state"] = record.state.value
     return data
 

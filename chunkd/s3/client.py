@@ -143,6 +143,9 @@ def make_client(target: S3Target, *, max_pool_connections: int = 10) -> S3Client
         s3={"payload_signing_enabled": False, "addressing_style": _addressing(target)},
         tcp_keepalive=True,
         signature_version="s3v4",  # what it is for requests anyway; presigned URLs would otherwise be SigV2
+        # chunkd builds every request's parameters itself, typed (mypy, boto3-stubs); botocore's
+        # check of them again costs a small file a few percent of its CPU.
+        parameter_validation=False,
     )
     with _credential_errors():
         session = boto3.session.Session()
