@@ -25,10 +25,12 @@ from chunkd.model.states import StreamRecord, StreamState
 from chunkd.observe import systemd
 from chunkd.observe.events import EventSink
 from chunkd.observe.http import HttpServer
+from chunkd.observe.live import EventFeed
 from chunkd.observe.logs import redact
 from chunkd.observe.metrics import Metrics, store_snapshot
 from chunkd.observe.overview import collect
 from chunkd.observe.probes import Probes
+from chunkd.observe.thumbnails import Thumbnails
 from chunkd.pipeline.buffers import BufferPool
 from chunkd.pipeline.discovery import new_record
 from chunkd.pipeline.engine import Engine
@@ -143,9 +145,10 @@ class Daemon:
         downloader = _downloader(settings)
         engine.metrics.watch_downloads_waiting_for_disk(lambda: downloader.waiting_for_disk)
         self.links = LinkManager(engine, downloader, self.scheduler.submit)
+        self.feed = EventFeed()  # the status page's /events
         self.events = EventSink(
             engine.store, webhook_urls=settings.webhook_urls, secret=settings.webhook_secret,
-            maxlen=settings.events_maxlen, presign=self._presigner(),
+            maxlen=settings.events_maxlen, presign=self._presigner(), listeners=[self.feed.publish],
         )
         engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
         self.probes = Probes(engine, lambda: self.watcher.alive)
@@ -230,8 +233,14 @@ class Daemon:
             settings.http_addr, token=settings.http_token, metrics=engine.metrics,
             health=self.probes.health, ready=self.probes.ready,
             status=lambda: [status.to_dict() for status in collect(engine.store)],
-            any_free_port=self._any_free_port,
+            feed=self.feed, thumbnails=self._thumbnails().get, any_free_port=self._any_free_port,
         )
+
+    def _thumbnails(self) -> Thumbnails:
+        """Poster frames for the status page, read through the gateway with quick retries: a page
+        waits for an image a second or two at most, and an open breaker answers at once."""
+        reads = self.engine.uploader.with_policy(RetryPolicy.quick())
+        return Thumbnails(self.engine.store, lambda bucket, key, limit: reads.get_small(bucket, key, limit=limit))
 
     def resume_unfinished(self) -> int:
         """Queue every stream a previous run left unfinished, before new arrivals.

@@ -1,8 +1,8 @@
 """What happened to a file, told to the event log in the state store and to webhooks.
 
-`EventSink.emit` records the event first (commit first, side effects after), then queues one
-webhook delivery per URL for a background thread, so a slow or dead receiver never holds up an
-upload. A delivery is a JSON POST, signed with HMAC-SHA256 when a secret is set, retried with
+`EventSink.emit` records the event first (commit first, side effects after), then hands it to
+its listeners (the status page's live feed, which never blocks) and queues one webhook delivery
+per URL for a background thread, so a slow or dead receiver never holds up an upload. A delivery is a JSON POST, signed with HMAC-SHA256 when a secret is set, retried with
 exponential backoff and jitter on connection errors, 5xx and 429.
 """
 
@@ -132,6 +132,7 @@ class EventSink:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         presign: Callable[[StreamRecord], str] | None = None,
+        listeners: Iterable[Callable[[dict[str, Any]], None]] = (),
     ) -> None:
         self.targets = [WebhookTarget.parse(url) for url in webhook_urls]
         self._store = store
@@ -143,6 +144,7 @@ class EventSink:
         self._sleep = sleep
         self._clock = clock
         self._presign = presign  # completed events carry `url`, a presigned GET of the object
+        self._listeners = list(listeners)  # called on the emitting thread: they must not block
         self._queue: queue.Queue[_Delivery | object] = queue.Queue(maxsize=queue_size)
         self._abandon = threading.Event()  # close() timed out: stop retrying, drop the rest
         self._closed = False
@@ -159,6 +161,8 @@ class EventSink:
             self._store.append_event(event, maxlen=self._maxlen)
         except StoreError as exc:
             logger.error("could not record %s event: %s", kind, exc, extra={"stream_id": record.id})
+        for listener in self._listeners:
+            listener(event)
         if self._closed:
             return
         body = json.dumps(event, separators=(",", ":")).encode()

@@ -1,9 +1,12 @@
 """The daemon's HTTP endpoint: /healthz and /readyz for orchestrators, /metrics for Prometheus,
-/status for people.
+/status for scripts, and for people the status page: / (one HTML file), /events (its live
+updates, Server-Sent Events) and /thumbnail/<stream id> (poster frames, from the bucket).
 
 A stdlib ThreadingHTTPServer on a daemon thread: no framework, nothing to install. With a token
-set, /metrics and /status want `Authorization: Bearer <token>`; the health probes stay open for
-container health checks and so only ever say ok and the names of their checks.
+set, everything but the health probes wants `Authorization: Bearer <token>`, or `?token=` in the
+URL: a browser cannot put a header on a page it opens, an EventSource or an image. The health
+probes stay open for container health checks and so only ever say ok and the names of their checks.
+An /events client holds a request thread for as long as it listens: their number is capped.
 """
 
 from __future__ import annotations
@@ -12,21 +15,38 @@ import errno
 import hmac
 import json
 import logging
+import re
 import socket
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+from chunkd.observe.live import EventFeed, Subscription
 from chunkd.observe.metrics import Metrics
 
 logger = logging.getLogger("chunkd.http")
 
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request; a stuck one holds a thread
 JSON = "application/json"
+GUARDED = ("/", "/metrics", "/status")  # and /thumbnail/<id>; /events checks for itself (serve_events)
+THUMBNAIL = "/thumbnail/"
+HEARTBEAT = 15.0  # seconds between keep-alive comments on an idle /events stream (proxies drop silent ones)
+MAX_EVENT_CLIENTS = 8  # /events streams at once; each holds a request thread
+# The page runs only its own inline script and style, loads images only from here, and tells no
+# other site its address (which may hold ?token=).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+Reply = tuple[int, bytes, str, dict[str, str]]
 
 
 @dataclass
@@ -59,8 +79,12 @@ class HttpServer:
         health: Callable[[], Check],
         ready: Callable[[], Check],
         status: Callable[[], list[dict[str, Any]]],
+        feed: EventFeed | None = None,
+        thumbnails: Callable[[str], bytes | None] | None = None,
         poll_interval: float = 0.5,
         any_free_port: bool = False,
+        heartbeat: float = HEARTBEAT,
+        max_event_clients: int = MAX_EVENT_CLIENTS,
     ) -> None:
         self._bind = parse_addr(addr)
         self._any_free_port = any_free_port  # --dev: a second daemon on the host takes another port
@@ -70,6 +94,12 @@ class HttpServer:
         self._health = health
         self._ready = ready
         self._status = status
+        self._feed = feed
+        self._thumbnails = thumbnails
+        self._heartbeat = heartbeat
+        self._event_slots = threading.BoundedSemaphore(max_event_clients)
+        self._streams: set[Subscription] = set()  # the open /events streams, ended by stop()
+        self._streams_lock = threading.Lock()
         self._last_ok: dict[str, bool] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -106,15 +136,21 @@ class HttpServer:
         host, port = self.address
         access = "need a bearer token" if self._token else "open"
         where = f"[{host}]" if ":" in host else host
-        logger.info("HTTP endpoint on http://%s:%d (/healthz /readyz /metrics /status; /metrics and /status %s%s)",
+        logger.info("HTTP endpoint on http://%s:%d (/ the status page, /healthz /readyz /metrics /status /events; "
+                    "all but the probes %s%s)",
                     where, port, access, busy)
 
     def stop(self) -> None:
-        """Stop serving and close the socket; the port is free when this returns."""
+        """Stop serving and close the socket; the port is free when this returns. Open /events
+        streams end at once (their browsers see the connection close)."""
         server, thread = self._server, self._thread
         if server is None:
             return
         server.shutdown()
+        with self._streams_lock:
+            streams = list(self._streams)
+        for subscription in streams:
+            subscription.close()
         server.server_close()
         if thread is not None:
             thread.join()
@@ -122,28 +158,82 @@ class HttpServer:
 
     # -- routing (called on request threads) ------------------------------------------------
 
-    def respond(self, path: str, authorization: str | None) -> tuple[int, bytes, str, dict[str, str]]:
-        """(status, body, content type, extra headers) for a GET of `path`."""
+    def respond(self, path: str, authorization: str | None, query_token: str | None = None) -> Reply:
+        """(status, body, content type, extra headers) for a GET of `path` (not /events)."""
         if path == "/healthz":
             return self._probe("healthz", self._health)
         if path == "/readyz":
             return self._probe("readyz", self._ready)
-        if path not in ("/metrics", "/status"):
+        if path not in GUARDED and not path.startswith(THUMBNAIL):
             return _json(404, {"error": "not found"})
-        if not self._authorized(authorization):
-            return _json(401, {"error": "unauthorized"}, {"WWW-Authenticate": 'Bearer realm="chunkd"'})
+        if not self._authorized(authorization, query_token):
+            return _unauthorized()
         if path == "/metrics":
             body, content_type = self._metrics.render()
             return 200, body, content_type, {}
+        if path == "/":
+            return 200, _page(), "text/html; charset=utf-8", PAGE_HEADERS
+        if path.startswith(THUMBNAIL):
+            return self._thumbnail(path.removeprefix(THUMBNAIL))
         return _json(200, self._status())
 
-    def _authorized(self, authorization: str | None) -> bool:
+    def _authorized(self, authorization: str | None, query_token: str | None = None) -> bool:
+        """The bearer token in the header, or in the query; compared in constant time."""
         if self._token is None:
+            return True
+        if query_token is not None and hmac.compare_digest(query_token.encode(), self._token):
             return True
         scheme, _, credentials = (authorization or "").partition(" ")
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    def _thumbnail(self, stream_id: str) -> Reply:
+        image = self._thumbnails(stream_id) if self._thumbnails is not None else None
+        if image is None:
+            return _json(404, {"error": "no poster frame"})
+        # The poster of a completed file does not change: the browser may keep it (this user only).
+        return 200, image, "image/jpeg", {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+
+    # -- /events (on the request thread, for as long as the client listens) ----------------------
+
+    def serve_events(self, handler: _Handler, authorization: str | None, query_token: str | None) -> None:
+        """Stream the feed's events to one client until it goes away or the server stops."""
+        if not self._authorized(authorization, query_token):
+            handler.send_reply(*_unauthorized())
+            return
+        if self._feed is None:
+            handler.send_reply(*_json(404, {"error": "not found"}))
+            return
+        if not self._event_slots.acquire(blocking=False):
+            handler.send_reply(*_json(503, {"error": "too many /events clients"}, {"Retry-After": "10"}))
+            return
+        subscription = self._feed.subscribe(handler.headers.get("Last-Event-ID"))
+        with self._streams_lock:
+            self._streams.add(subscription)
+        try:
+            self._stream(handler, subscription)
+        except (*DISCONNECTS, TimeoutError) as exc:  # gone, or not reading for REQUEST_TIMEOUT
+            logger.debug("/events client %s went away: %s", handler.address_string(), exc)
+        finally:
+            subscription.close()
+            with self._streams_lock:
+                self._streams.discard(subscription)
+            self._event_slots.release()
+            handler.close_connection = True
+
+    def _stream(self, handler: _Handler, subscription: Subscription) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        handler.send_header("Cache-Control", "no-store")
+        handler.send_header("X-Accel-Buffering", "no")  # a proxy in front passes each event on at once
+        handler.end_headers()
+        handler.wfile.write(b"retry: 2000\n: connected\n\n")  # reconnect after 2 s if cut off
+        while True:
+            event = subscription.get(self._heartbeat)
+            if subscription.closed:
+                return
+            handler.wfile.write(b": keep-alive\n\n" if event is None else event.frame())
 
     def _probe(self, name: str, probe: Callable[[], Check]) -> tuple[int, bytes, str, dict[str, str]]:
         check = probe()
@@ -160,8 +250,26 @@ class HttpServer:
         return _json(200 if check.ok else 503, {"ok": check.ok, **public})
 
 
-def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> tuple[int, bytes, str, dict[str, str]]:
+def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> Reply:
     return status, (json.dumps(data) + "\n").encode(), JSON, headers or {}
+
+
+def _unauthorized() -> Reply:
+    return _json(401, {"error": "unauthorized"}, {"WWW-Authenticate": 'Bearer realm="chunkd"'})
+
+
+@cache
+def _page() -> bytes:
+    """The status page: one file with its style and script inline, shipped as package data."""
+    return resources.files("chunkd.observe").joinpath("page", "index.html").read_bytes()
+
+
+def _query_token(query: str) -> str | None:
+    values = parse_qs(query, keep_blank_values=True).get("token")
+    return values[-1] if values else None
+
+
+_QUERY = re.compile(r"\?[^\s\"']*")  # what follows a `?` in a request line: it may hold the token
 
 
 DISCONNECTS = (BrokenPipeError, ConnectionResetError)  # a client that gave up: its business, not an error
@@ -199,25 +307,30 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server_version  # no Python version in the Server header
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path, token, authorization = url.path, _query_token(url.query), self.headers.get("Authorization")
+        if path == "/events":
+            self.app.serve_events(self, authorization, token)
+            return
         try:
-            status, body, content_type, headers = self.app.respond(path, self.headers.get("Authorization"))
+            status, body, content_type, headers = self.app.respond(path, authorization, token)
         except Exception:
             logger.exception("HTTP %s failed", path)
             status, body, content_type, headers = _json(500, {"error": "internal error"})
-        self._send(status, body, content_type, headers)
+        self.send_reply(status, body, content_type, headers)
 
     def _not_allowed(self) -> None:
         status, body, content_type, _ = _json(405, {"error": "method not allowed"})
-        self._send(status, body, content_type, {"Allow": "GET"})
+        self.send_reply(status, body, content_type, {"Allow": "GET"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
+    def send_reply(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        if "Cache-Control" not in headers:
+            self.send_header("Cache-Control", "no-store")
         for name, value in headers.items():
             self.send_header(name, value)
         try:
@@ -228,5 +341,5 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line only (never headers, so never the token), and at DEBUG: probes are chatty.
-        logger.debug("%s %s", self.address_string(), format % args)
+        # The request line only, without its query (never headers): never the token. At DEBUG: probes are chatty.
+        logger.debug("%s %s", self.address_string(), _QUERY.sub("?…", format % args))
