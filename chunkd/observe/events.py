@@ -2,8 +2,9 @@
 
 `EventSink.emit` records the event first (commit first, side effects after), then hands it to
 its listeners (the status page's live feed, which never blocks) and queues one webhook delivery
-per URL for a background thread, so a slow or dead receiver never holds up an upload. A delivery is a JSON POST, signed with HMAC-SHA256 when a secret is set, retried with
-exponential backoff and jitter on connection errors, 5xx and 429.
+per URL for a background thread, so a slow or dead receiver never holds up an upload. A delivery
+is a JSON POST, signed with HMAC-SHA256 when a secret is set, retried with exponential backoff
+and jitter on connection errors, 5xx and 429.
 """
 
 from __future__ import annotations
