@@ -157,6 +157,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "auto"
     invalid_media: str = "quarantine"
+    thumbnail: bool = True  # a poster frame beside every valid video (chunkd.pipeline.thumbnail)
     quarantine_dir: Path | None = None
     dedup: str = "copy"
     after_upload: str = "keep"
@@ -259,6 +260,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_level": lambda v: _choice("DEBUG", "INFO", "WARNING", "ERROR")(str(v).upper()),
     "log_format": _choice("auto", "text", "json"),
     "invalid_media": _choice("quarantine", "upload"),
+    "thumbnail": _parse_bool,
     "quarantine_dir": lambda v: Path(v).expanduser() if v else None,
     "dedup": _choice("copy", "record", "off"),
     "after_upload": _choice("keep", "delete", "move"),

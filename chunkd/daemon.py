@@ -37,6 +37,7 @@ from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome, StreamJob
 from chunkd.pipeline.media import ffprobe_available
 from chunkd.pipeline.monitor import Snapshot, take_snapshot
+from chunkd.pipeline.thumbnail import ffmpeg_available
 from chunkd.s3.bandwidth import TokenBucket
 from chunkd.s3.breaker import endpoint_breaker
 from chunkd.s3.client import S3Target, make_client
@@ -292,6 +293,8 @@ class Daemon:
                 raise EndpointError(f"cannot serve HTTP on {engine.settings.http_addr} (CHUNKD_HTTP_ADDR): {exc}") from None
         if not ffprobe_available():
             logger.warning("ffprobe not found: manifests get media: null and unreadable files are not quarantined")
+        elif engine.settings.thumbnail and not ffmpeg_available():
+            logger.warning("ffmpeg not found: videos get no poster frame (thumbnail_error in their manifests)")
         self.resets.lost_data()  # the mark of the data the store holds now
         resumed = self.resume_unfinished()
         self.links.resume()

@@ -53,6 +53,8 @@ class Manifest:
     timestamps: dict[str, Any] = field(default_factory=dict)
     chunkd_version: str | None = None
     attributes: dict[str, Any] | None = None  # content_type, storage_class, sse, tags, metadata, …
+    thumbnail_key: str | None = None  # the poster frame beside the object (<key>.thumb.jpg)
+    thumbnail_error: str | None = None  # why a valid video has none
 
 
 def manifest_key(key: str, suffix: str) -> str:
@@ -75,6 +77,7 @@ def build_manifest(
     upload: str,
     media: dict[str, Any] | None = None,
     media_error: str | None = None,
+    thumbnail_error: str | None = None,
 ) -> dict[str, Any]:
     """The manifest document; its fields are documented in the README ("Manifest schema")."""
     return {
@@ -96,6 +99,8 @@ def build_manifest(
         "attributes": record.attributes,
         "media": media,
         "media_error": media_error,
+        "thumbnail_key": record.thumbnail_key,
+        "thumbnail_error": thumbnail_error,
         "timestamps": {
             "discovered": iso_time(record.discovered_at),
             "first_byte_sent": iso_time(record.first_byte_at),
@@ -131,7 +136,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     optional = (
         ("stream_id", str), ("bucket", str), ("upload", str), ("dedup_of", str), ("media_error", str),
         ("chunkd_version", str), ("part_schedule", dict), ("media", dict), ("timestamps", dict), ("source", dict),
-        ("attributes", dict),
+        ("attributes", dict), ("thumbnail_key", str), ("thumbnail_error", str),
     )
     bad = [name for name, kind in optional if doc.get(name) is not None and not _is(doc[name], kind)]
     if bad:
@@ -144,6 +149,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         dedup_of=doc.get("dedup_of"), part_schedule=doc.get("part_schedule") or {}, media=doc.get("media"),
         media_error=doc.get("media_error"), timestamps=doc.get("timestamps") or {},
         chunkd_version=doc.get("chunkd_version"), attributes=doc.get("attributes"),
+        thumbnail_key=doc.get("thumbnail_key") or None, thumbnail_error=doc.get("thumbnail_error"),
     )
 
 

@@ -118,6 +118,7 @@ class StreamRecord:
     # The object's attributes (ObjectAttributes.to_dict), fixed when its upload was created: a
     # resumed upload keeps them. None: not created yet, or created before attributes were recorded.
     attributes: dict[str, Any] | None = None
+    thumbnail_key: str | None = None  # its poster frame's key, once uploaded (chunkd.pipeline.thumbnail)
     last_error: str | None = None
     # Set by `chunkd cancel`: the file stays FAILED while it is the same file, even as it grows
     # (see chunkd.pipeline.discovery); `chunkd retry` (leaving FAILED) clears it.

@@ -101,6 +101,7 @@ def build_event(kind: str, record: StreamRecord, *, ts: float) -> dict[str, Any]
         "error": redact(record.last_error) if record.last_error else None,
         "state": record.state.value,
         "dedup_of": record.dedup_of,
+        "thumbnail_key": record.thumbnail_key,
         "first_byte_at": record.first_byte_at,
         "completed_at": record.completed_at,
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 from chunkd.config import Settings
 from chunkd.observe.metrics import Metrics
+from chunkd.pipeline.thumbnail import PosterFrames
 from chunkd.s3.listing import FolderListings
 from chunkd.s3.traits import ServerTraits
 from chunkd.s3.uploader import Uploader
@@ -53,6 +54,7 @@ class Engine:
     leases: LeaseKeeper = field(init=False)
     store_health: StoreHealth = field(init=False)
     folders: FolderListings = field(init=False)
+    posters: PosterFrames = field(init=False)
     # A file older than this without a record may be one the store forgot, and its manifest is looked
     # for (chunkd.pipeline.recovery): the run's start, moved on when the store loses its data.
     forgotten_before: float = field(init=False)
@@ -64,6 +66,7 @@ class Engine:
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds)
         self.store_health = StoreHealth()
         self.folders = FolderListings(self.uploader)
+        self.posters = PosterFrames(enabled=self.settings.thumbnail)
 
     def adopt_traits(self, traits: ServerTraits) -> None:
         """At start, before any job runs: the gateway from now on is the one for this server."""
@@ -81,6 +84,7 @@ class Engine:
 
     def shutdown(self) -> None:
         self.part_pool.shutdown(wait=True, cancel_futures=True)
+        self.posters.shutdown()
         self.leases.close()
 
 

@@ -27,7 +27,7 @@ from chunkd.model.states import PartRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
 from chunkd.pipeline.dedup import duplicate_of, finish_duplicate, may_be_duplicate
 from chunkd.pipeline.hashing import LocalScan, Scan, whole_md5
-from chunkd.pipeline.mediagate import MediaVerdict, check_media
+from chunkd.pipeline.mediagate import MediaVerdict, check_media, with_poster
 from chunkd.pipeline.monitor import Change, Snapshot, compare, take_snapshot
 from chunkd.pipeline.objectcheck import ObjectCheck, check_layout, completed_earlier
 from chunkd.pipeline.partreader import open_checked
@@ -102,7 +102,7 @@ class Finalizer:
             """The whole file's hash for a quarantine note: the scan's, or a read of its own."""
             return (pending.result() if pending else self.scan_for(snap, set()).run()).sha256
 
-        return check_media(self._upload, snap, sha256=sha256)
+        return with_poster(self._upload, check_media(self._upload, snap, sha256=sha256))
 
     def _finalize_overlapped(self, needed: list[Part], snap: Snapshot, prescanned: Prescan | None) -> bool:
         """Send the parts never sent while the file is read for its hashes, instead of after."""

@@ -7,9 +7,11 @@ CHUNKD_INVALID_MEDIA, quarantined (moved aside with a reason file, nothing uploa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -21,16 +23,19 @@ from chunkd.model.states import StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
 from chunkd.pipeline.media import UNAVAILABLE_REASON, probe
 from chunkd.pipeline.monitor import Snapshot
+from chunkd.pipeline.thumbnail import PosterFrame
 
 VIDEO_SUFFIXES = frozenset(pattern.removeprefix("*").lower() for pattern in DEFAULT_INCLUDE)
 
 
 @dataclass(frozen=True)
 class MediaVerdict:
-    """What the manifest records about the media: ffprobe's summary, or why there is none."""
+    """What the manifest records about the media: ffprobe's summary, or why there is none; and
+    the poster frame being made of a valid video (see `with_poster`)."""
 
     media: dict[str, Any] | None = None
     error: str | None = None
+    poster: Future[PosterFrame] | None = None
 
 
 def check_media(upload: UploadCoordinator, snap: Snapshot, *, sha256: Callable[[], str | None]) -> MediaVerdict:
@@ -55,6 +60,12 @@ def check_media(upload: UploadCoordinator, snap: Snapshot, *, sha256: Callable[[
         raise PermanentError(reason, code="InvalidMedia")
     upload.log.warning("uploading a file ffprobe cannot read (invalid_media=upload): %s", info.reason)
     return verdict
+
+
+def with_poster(upload: UploadCoordinator, verdict: MediaVerdict) -> MediaVerdict:
+    """`verdict`, with the poster frame of a valid video started in the engine's pool: it is made
+    while finalize sends the last parts and completes, and publish uploads it."""
+    return dataclasses.replace(verdict, poster=upload.engine.posters.start(upload.path, verdict.media))
 
 
 def _quarantine(

@@ -1,19 +1,27 @@
-"""The last step of every upload: the manifest beside the object, then COMPLETED in the store.
+"""The last step of every upload: the poster frame and the manifest beside the object, then
+COMPLETED in the store.
 
 Commit first, side effects after: the record says COMPLETED only once the manifest is written, and
-the content index learns the bytes in that same write.
+the content index learns the bytes in that same write. The poster frame goes up before the
+manifest that names it, so a manifest never names a missing frame; a crash between the two leaves
+the stream unfinished, and the next run makes and puts the frame again (the same key, overwritten),
+then writes the manifest once.
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
 from typing import Any
 
+from chunkd.errors import TransferError
 from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.manifest import build_manifest, encode, manifest_key
 from chunkd.model.states import PartRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
 from chunkd.pipeline.mediagate import MediaVerdict
 from chunkd.pipeline.monitor import Snapshot
+from chunkd.pipeline.thumbnail import CONTENT_TYPE_JPEG, PosterFrame, thumbnail_key
 
 CONTENT_TYPE_JSON = "application/json"
 
@@ -31,9 +39,10 @@ def publish(
     tags = (record.attributes or {}).get("tags")
     if tags and kind in ("multipart", "copy"):
         engine.uploader.put_tags(record.bucket, record.key, tags)
+    record.thumbnail_key, thumbnail_error = _put_poster(upload, media.poster)
     document = build_manifest(
         record, parts, etag=etag, hostname=engine.hostname, completed_at=completed_at, upload=kind,
-        media=media.media, media_error=media.error,
+        media=media.media, media_error=media.error, thumbnail_error=thumbnail_error,
     )
     engine.uploader.put_bytes(
         record.bucket, manifest_key(record.key, engine.settings.manifest_suffix), encode(document),
@@ -43,6 +52,35 @@ def publish(
     record.move_to(StreamState.COMPLETED)
     # One write: COMPLETED, and (for bytes this stream sent) the content index that dedup reads.
     upload.save(index=bool(record.sha256) and kind in ("single", "multipart"))
+
+
+def _put_poster(upload: UploadCoordinator, poster: Future[PosterFrame] | None) -> tuple[str | None, str | None]:
+    """Upload the poster frame beside the object, as its manifest is stored (its encryption,
+    STANDARD), integrity-checked the same way; (its key, None), or (None, why there is none). A
+    failure here is the frame's, never the upload's."""
+    if poster is None:
+        return None, None
+    record = upload.record
+    began = time.monotonic()
+    frame = poster.result()  # bounded: ffmpeg runs under its own timeout
+    waited = time.monotonic() - began  # what the frame added to this file's finalize
+    if frame.jpeg is None:
+        upload.log.warning("no poster frame: %s", frame.error)
+        return None, frame.error
+    key = thumbnail_key(record.key)
+    try:
+        upload.engine.uploader.put_bytes(
+            record.bucket, key, frame.jpeg, content_type=CONTENT_TYPE_JPEG,
+            attributes=_manifest_attributes(record.attributes, upload),
+        )
+    except TransferError as exc:
+        upload.log.warning("poster frame not uploaded: %s", exc)
+        return None, f"poster frame not uploaded: {exc}"
+    upload.log.info("poster frame uploaded", extra={
+        "thumbnail_key": key, "bytes": len(frame.jpeg), "ffmpeg_seconds": round(frame.wall_seconds, 3),
+        "waited_seconds": round(waited, 3),
+    })
+    return key, None
 
 
 def _manifest_attributes(recorded: dict[str, Any] | None, upload: UploadCoordinator) -> ObjectAttributes:

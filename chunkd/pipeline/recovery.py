@@ -90,5 +90,6 @@ def _record(manifest: Manifest, bucket: str, key: str, relpath: str, path: Path,
         mtime=snap.mtime,
         sha256=manifest.sha256,
         dedup_of=manifest.dedup_of,
+        thumbnail_key=manifest.thumbnail_key,
         origin=dict(manifest.source.origin) or None,
     )

@@ -51,7 +51,8 @@ def objects(moto: MotoServer) -> set[str]:
 
 
 def videos(moto: MotoServer) -> set[str]:
-    return {key for key in objects(moto) if not key.endswith(".manifest.json")}
+    """The video objects: not their manifests, nor their poster frames."""
+    return {key for key in objects(moto) if not key.endswith((".manifest.json", ".thumb.jpg"))}
 
 
 def test_a_links_file_with_good_bad_and_duplicate_lines(

@@ -91,7 +91,8 @@ def test_files_that_are_not_media_are_quarantined_and_the_rest_flows(
     make_truncated_copy(good, tmp_path / "cut.mp4", 0.6)
     for name in ("x.mp4", "y.mp4", "cut.mp4", "good.mp4"):
         os.replace(tmp_path / name, input_dir / name)
-    daemon = run_daemon(server, idle_seconds=1)
+    # Poster frames are tests/integration/test_poster_frames.py's (quarantined files get none there too).
+    daemon = run_daemon(server, idle_seconds=1, thumbnail="false")
     manifest = wait_for(lambda: read_manifest(client, "good.mp4"), timeout=60, what="manifest of good.mp4")
     assert manifest["media"]["valid"] is True
     quarantine = input_dir / ".quarantine"

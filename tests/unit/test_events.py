@@ -309,3 +309,10 @@ def test_a_url_that_cannot_be_signed_leaves_the_event_without_one(
     (got,) = receiver.requests
     assert json.loads(got.body)["url"] is None
     assert "could not presign" in caplog.text and "leaked" not in caplog.text
+
+
+def test_a_completed_event_names_the_poster_frame() -> None:
+    assert build_event("completed", record(thumbnail_key="raw/cam/ünï.mp4.thumb.jpg"), ts=1.0)["thumbnail_key"] == (
+        "raw/cam/ünï.mp4.thumb.jpg"
+    )
+    assert build_event("quarantined", record(state=StreamState.QUARANTINED), ts=1.0)["thumbnail_key"] is None

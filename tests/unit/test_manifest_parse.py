@@ -173,3 +173,20 @@ def test_parts_sent_with_content_md5_carry_their_md5_instead_of_a_sha256() -> No
     doc = {**document(), "parts": [part.to_dict() for part in parts]}
     assert all("sha256" not in item and "md5" in item for item in doc["parts"])
     assert parse_manifest(encode(doc)).parts == tuple(parts)
+
+
+def test_the_poster_frame_round_trips_and_an_older_manifest_has_none() -> None:
+    named = build_manifest(
+        stream(thumbnail_key="raw/cam/ünïcode clip.mp4.thumb.jpg"), PARTS, etag='"abc-2"', hostname="h",
+        completed_at=T0, upload="multipart",
+    )
+    failed = build_manifest(stream(), PARTS, etag='"abc-2"', hostname="h", completed_at=T0, upload="multipart",
+                            thumbnail_error="ffmpeg timed out after 30s")
+    assert (named["thumbnail_key"], named["thumbnail_error"]) == ("raw/cam/ünïcode clip.mp4.thumb.jpg", None)
+    assert parse_manifest(encode(named)).thumbnail_key == "raw/cam/ünïcode clip.mp4.thumb.jpg"
+    parsed = parse_manifest(encode(failed))
+    assert (parsed.thumbnail_key, parsed.thumbnail_error) == (None, "ffmpeg timed out after 30s")
+    older = {k: v for k, v in document().items() if k not in ("thumbnail_key", "thumbnail_error")}
+    assert (parse_manifest(raw(older)).thumbnail_key, parse_manifest(raw(older)).thumbnail_error) == (None, None)
+    with pytest.raises(ManifestError, match=r"malformed field\(s\): thumbnail_key, thumbnail_error"):
+        parse_manifest(raw(document(thumbnail_key=7, thumbnail_error=["x"])))

@@ -126,3 +126,14 @@ def test_a_manifest_without_a_bucket_restores_under_the_bucket_it_was_read_from(
     record = restore(engine, len(data))
 
     assert record is not None and record.bucket == BUCKET
+
+
+def test_a_restored_record_names_the_poster_frame_its_manifest_names(client: Any, engine: Any) -> None:
+    """The status page finds a completed file's poster through its record, restored ones too."""
+    data = b"twelve bytes"
+    put(client, data, one_byte_parts(data), thumbnail_key=f"{KEY}.thumb.jpg")
+
+    record = restore(engine, len(data))
+
+    assert record is not None and record.thumbnail_key == f"{KEY}.thumb.jpg"
+    assert engine.store.find_by_relpath(KEY).thumbnail_key == f"{KEY}.thumb.jpg"
