@@ -21,16 +21,10 @@ from chunkd.store import StreamReader
 
 logger = logging.getLogger("chunkd.http")
 
-THUMBNAIL_SUFFIX = ".thumb.jpg"
 MAX_THUMBNAIL_BYTES = 2 * 1024 * 1024  # a 640 px wide JPEG is tens of KiB; anything this big is not one
 _STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 Fetch = Callable[[str, str, int], "bytes | None"]  # (bucket, key, limit) -> bytes, None for no such key
-
-
-def thumbnail_key(key: str) -> str:
-    """Where an object's poster frame is: beside it."""
-    return key + THUMBNAIL_SUFFIX
 
 
 class Thumbnails:
@@ -61,9 +55,9 @@ class Thumbnails:
         if not _STREAM_ID.fullmatch(stream_id):
             return None
         record = self._store.get_stream(stream_id)
-        if record is None or record.state is not StreamState.COMPLETED:
-            return None
-        where = (record.bucket, thumbnail_key(record.key))
+        if record is None or record.state is not StreamState.COMPLETED or record.thumbnail_key is None:
+            return None  # no poster was made (not a video, or made before posters): no GET for it
+        where = (record.bucket, record.thumbnail_key)
         with self._lock:
             if where in self._images:
                 self._images.move_to_end(where)

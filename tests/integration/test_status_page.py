@@ -26,7 +26,6 @@ from tests.support.s3_servers import MotoServer
 from tests.support.sse import EventStream
 
 TOKEN = "status-page-t0ken"
-FAKE_JPEG = b"\xff\xd8\xff\xe0 not a picture, but served as it is stored \xff\xd9"
 # Set to a path (docs/status-page.png) to save what the browser test saw: the README's picture.
 SCREENSHOT_ENV = "CHUNKD_STATUS_PAGE_SCREENSHOT"
 
@@ -41,12 +40,6 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, dict(exc.headers), exc.read()
-
-
-def put_poster(moto: MotoServer, key: str, jpeg: bytes) -> None:
-    """The poster frame chunkd uploads beside a video at finalize (`<key>.thumb.jpg`), put there by
-    the test: whichever of the two writes last, the page shows a JPEG."""
-    moto.client().put_object(Bucket=BUCKET, Key=f"{key}.thumb.jpg", Body=jpeg, ContentType="image/jpeg")
 
 
 @pytest.fixture
@@ -71,19 +64,19 @@ def _answers(url: str) -> bool:
 
 
 def test_events_stream_a_dropped_file_and_posters_come_through_the_daemon(
-    page_daemon: Callable[..., tuple[DaemonProcess, str]], moto: MotoServer, input_dir: Path
+    page_daemon: Callable[..., tuple[DaemonProcess, str]], moto: MotoServer, input_dir: Path, tmp_path: Path
 ) -> None:
     daemon, base = page_daemon()
+    clip_mp4 = make_mp4(tmp_path / "clip.mp4", 1.0)
     port = int(base.rsplit(":", 1)[1])
     for path in ("/", "/events", "/status", "/thumbnail/x"):
         assert get(base + path)[0] == 401, path
     assert get(f"{base}/?token={TOKEN}")[0] == 200
-    put_poster(moto, "clip.mp4", FAKE_JPEG)
     stream = EventStream("127.0.0.1", port, f"/events?token={TOKEN}", timeout=60)
     try:
         assert stream.response.status == 200
         stream.next_frame()  # connected
-        write_random(input_dir / "clip.mp4", 1000)
+        os.replace(clip_mp4, input_dir / "clip.mp4")
         write_random(input_dir / "other.mp4", 1000)
         events: dict[str, dict[str, Any]] = {}
         while len(events) < 2:
@@ -92,12 +85,13 @@ def test_events_stream_a_dropped_file_and_posters_come_through_the_daemon(
             assert frame["event"] == data["event"] == "completed" and frame["id"]
             events[data["relpath"]] = data
         assert set(events) == {"clip.mp4", "other.mp4"}
-        assert events["clip.mp4"]["state"] == "COMPLETED" and events["clip.mp4"]["size"] == 1000
+        assert events["clip.mp4"]["state"] == "COMPLETED" and events["clip.mp4"]["thumbnail_key"] == "clip.mp4.thumb.jpg"
         assert "url" not in events["clip.mp4"]
 
         clip, other = events["clip.mp4"]["stream_id"], events["other.mp4"]["stream_id"]
         status, headers, body = get(f"{base}/thumbnail/{clip}?token={TOKEN}")
-        assert (status, headers["Content-Type"], body) == (200, "image/jpeg", FAKE_JPEG)
+        poster = moto.client().get_object(Bucket=BUCKET, Key="clip.mp4.thumb.jpg")["Body"].read()
+        assert (status, headers["Content-Type"], body) == (200, "image/jpeg", poster)  # the daemon's frame
         assert get(f"{base}/thumbnail/{clip}")[0] == 401
         assert get(f"{base}/thumbnail/{other}?token={TOKEN}")[0] == 404  # random bytes: no poster
 
@@ -109,15 +103,6 @@ def test_events_stream_a_dropped_file_and_posters_come_through_the_daemon(
                 stream.next_frame()
     finally:
         stream.close()
-
-
-def poster_of(video: Path, jpeg: Path) -> bytes:
-    """A JPEG frame of `video`, 320 px wide: what a poster frame looks like."""
-    subprocess.run(
-        [require_ffmpeg(), "-v", "error", "-y", "-ss", "0.5", "-i", str(video), "-frames:v", "1",
-         "-vf", "scale=320:-2", str(jpeg)], check=True, capture_output=True, timeout=60,
-    )
-    return jpeg.read_bytes()
 
 
 def record(path: Path, seconds: float) -> subprocess.Popen[bytes]:
@@ -146,7 +131,7 @@ def rows(browser: Any) -> dict[str, dict[str, Any]]:
           const img = tr.querySelector("img.thumb");
           rows[tr.querySelector(".name").textContent] = {
             state: tr.dataset.state, bytes: Number(tr.querySelector(".pct").dataset.bytes),
-            error: tr.querySelector(".error").textContent,
+            error: tr.querySelector(".error").textContent, eta: tr.querySelector(".eta").textContent,
             poster: img && img.complete ? img.naturalWidth : 0,
           };
         });
@@ -168,8 +153,6 @@ def test_status_page_in_headless_chromium_follows_a_recording(
 ) -> None:
     require_ffmpeg()
     intro = make_mp4(tmp_path / "intro.mp4", 2.0)
-    put_poster(moto, "intro.mp4", poster_of(intro, tmp_path / "intro.jpg"))
-    put_poster(moto, "recording.mp4", poster_of(intro, tmp_path / "recording.jpg"))
     _, base = page_daemon(part_size="5MiB", idle_seconds=2, invalid_media="quarantine")
     browser.get(f"{base}/?token={TOKEN}")
     wait_for(lambda: browser.execute_script("return document.getElementById('link').textContent") == "live",
@@ -179,6 +162,7 @@ def test_status_page_in_headless_chromium_follows_a_recording(
 
     recorder = record(input_dir / "recording.mp4", 12)
     seen: list[int] = []  # the recording's bytes done, as the page showed them while it was recorded
+    said_recording = False  # the page told a growing file from one about to finish (no "ETA 0 s")
     screenshot = os.environ.get(SCREENSHOT_ENV)
     try:
         while recorder.poll() is None:
@@ -186,6 +170,8 @@ def test_status_page_in_headless_chromium_follows_a_recording(
             row = shown.get("recording.mp4")
             if row is not None and row["state"] == "UPLOADING" and (not seen or row["bytes"] != seen[-1]):
                 seen.append(row["bytes"])
+            if row is not None and row["eta"] == "recording":
+                said_recording = True
             if screenshot and _every_state_on_show(shown):
                 time.sleep(0.5)  # the progress bar's width slides over 0.4 s
                 browser.save_screenshot(screenshot)
@@ -197,6 +183,7 @@ def test_status_page_in_headless_chromium_follows_a_recording(
     assert recorder.wait(timeout=30) == 0, recorder.stderr.read() if recorder.stderr else ""
     sent = [value for value in seen if value > 0]
     assert len(sent) >= 2 and sent[-1] > sent[0], f"the progress did not rise: {seen}"
+    assert said_recording, "the growing file's row never said it was still being recorded"
 
     def settled() -> dict[str, dict[str, Any]] | None:
         shown = rows(browser)

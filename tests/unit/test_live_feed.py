@@ -59,7 +59,7 @@ class Store:
 
 def record(stream_id: str, state: StreamState = StreamState.COMPLETED) -> StreamRecord:
     return StreamRecord(id=stream_id, relpath=f"{stream_id}.mp4", source_path="/x", bucket="b",
-                        key=f"v/{stream_id}.mp4", schedule={}, state=state)
+                        key=f"v/{stream_id}.mp4", schedule={}, state=state, thumbnail_key=f"v/{stream_id}.mp4.thumb.jpg")
 
 
 class Bucket:
