@@ -78,8 +78,11 @@ def video_duration(media: dict[str, Any] | None) -> float | None:
 def ffmpeg_command(binary: str, path: Path, at: float) -> list[str]:
     """One frame at `at` seconds, scaled to at most MAX_WIDTH wide (never enlarged; height even, the
     aspect kept), as a JPEG on stdout. `-ss` before the input: a seek to the keyframe before `at`,
-    then decoding to it, instead of decoding everything before it."""
-    stream = ffmpeg.input(ffprobe_target(path), ss=at).filter("scale", f"min({MAX_WIDTH},iw)", -2)
+    then decoding to it, instead of decoding everything before it. One decoding thread: the frame
+    is made beside uploads on a box whose cores they need (and a thread per core costs more CPU
+    in all for one frame: 0.23 s against 0.26 s for a 1080p H.264 clip)."""
+    source = ffmpeg.input(ffprobe_target(path), ss=at, threads=1)
+    stream = source.filter("scale", f"min({MAX_WIDTH},iw)", -2)
     output = stream.output("pipe:", vframes=1, format="image2", vcodec="mjpeg", **{"q:v": JPEG_QUALITY})
     command: list[str] = output.global_args("-nostdin", "-hide_banner", "-v", "error").compile(cmd=binary)
     return command

@@ -58,6 +58,8 @@ def test_the_command_seeks_before_the_input_and_writes_one_scaled_jpeg_to_stdout
     # -ss before -i: a seek in the input, not decoding every frame before it
     assert command.index("-ss") < command.index("-i")
     assert command[command.index("-ss") + 1] == "6.0"
+    # one decoding thread (an input option)
+    assert command[command.index("-threads") + 1] == "1" and command.index("-threads") < command.index("-i")
     assert command[command.index("-i") + 1] == "file:/in/-x clip.mp4"  # a name like an option stays a file
     graph = command[command.index("-filter_complex") + 1]
     assert "scale=min(640\\,iw):-2" in graph  # never wider than 640 nor enlarged; even height, aspect kept
