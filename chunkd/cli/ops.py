@@ -143,6 +143,7 @@ def _retryable(store: StreamReader, record: StreamRecord) -> StreamRecord:
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.ops.cancel import Abort, Canceller
+    from chunkd.pipeline.publish import too_late
 
     with open_store(settings) as store:
         canceller = Canceller(store, lambda: quick_s3(settings))
@@ -154,6 +155,7 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
         record = canceller.fail(stream_id)
         print(f"cancel  {record.id}  {record.relpath}  -> FAILED ({canceller.reason})")
         result = canceller.abort_upload(record)
+        committed = canceller.committed_meanwhile(record.id)
     if result.outcome is Abort.GONE:
         print(f"cancel  multipart upload {result.upload_id} was already gone")
     elif result.outcome is Abort.FAILED:
@@ -163,6 +165,9 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
         )
     elif result.outcome is Abort.ABORTED:
         print(f"cancel  multipart upload {result.upload_id} of {record.key} aborted")
+    if committed is not None:
+        print(f"chunkd: {too_late(committed.bucket, committed.key, settings.manifest_suffix)}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
