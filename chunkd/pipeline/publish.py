@@ -50,6 +50,9 @@ def publish(
         # The object was committed before the cancel reached the store: the bucket holds it, so the
         # record must say so. Nothing is deleted on the user's behalf; the log says how to.
         upload.log.warning(too_late(record.bucket, record.key, engine.settings.manifest_suffix))
+        if kind == "multipart":  # the canceller forgot the parts of what it took for an aborted upload
+            for part in parts:
+                upload.store.record_part(record.id, part)
         upload.save(index=index, over_cancel=True)
 
 

@@ -78,6 +78,8 @@ def test_a_cancel_after_the_commit_is_too_late_and_the_upload_completes(
     record = engine.store.find_by_relpath("clip.mp4")
     assert record is not None and record.state is StreamState.COMPLETED, record
     assert record.cancelled_at is None and record.last_error is None
+    parts = [part.number for part in engine.store.list_parts(record.id)]
+    assert parts == ([1, 2] if operation == "complete" else [])  # forgotten by the canceller, recorded again
     manifest = read_manifest(client, "clip.mp4")
     assert manifest is not None and manifest["size"] == size
     assert client.head_object(Bucket="chunkd", Key="clip.mp4")["ContentLength"] == size
