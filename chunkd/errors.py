@@ -150,6 +150,11 @@ class CancelledError(ChunkdError):
     """
 
 
+class CancelTooLateError(CancelledError):
+    """The cancel reached the store after the stream's object was committed (Complete or PutObject
+    answered): nothing is left to stop, so the upload's record is written COMPLETED over it."""
+
+
 class ProbeIncomplete(Exception):
     """ffprobe did not finish (timed out, or killed by a signal): says nothing about the file."""
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from chunkd.cli.common import (
@@ -64,15 +67,29 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
 
     max_age = settings.gc_hours if args.hours is None else args.hours
     uploader = quick_s3(settings)
-    with open_store(settings, existing=False) as store:  # a bucket's orphans are found without a store
+    with _store_if_any(settings) as store:  # a bucket's orphans are found without a store
         collector = Collector(store, uploader, settings.bucket, echo=print, dry_run=args.dry_run)
         try:
             collector.abort_orphans(hours=max_age)
             collector.remove_probes(key_template=settings.key_template)
         except TransferError as exc:
             raise s3_error(settings, exc) from None
-        collector.expire_records(days=settings.retention_days)
+        if store is not None:
+            collector.expire_records(days=settings.retention_days)
     return EXIT_OK
+
+
+@contextmanager
+def _store_if_any(settings: Settings) -> Iterator[CheckpointStore | None]:
+    """The state store, or None where its SQLite file does not exist: opening it would create an
+    empty one (and its folder), left behind by a command run from another folder."""
+    url = settings.state_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        print(f"gc: no state store at {Path(url[len('sqlite:///'):]).resolve()}: finished records not expired")
+        yield None
+        return
+    with open_store(settings, existing=False) as store:
+        yield store
 
 
 def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
@@ -126,6 +143,7 @@ def _retryable(store: StreamReader, record: StreamRecord) -> StreamRecord:
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.ops.cancel import Abort, Canceller
+    from chunkd.pipeline.publish import too_late
 
     with open_store(settings) as store:
         canceller = Canceller(store, lambda: quick_s3(settings))
@@ -137,6 +155,7 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
         record = canceller.fail(stream_id)
         print(f"cancel  {record.id}  {record.relpath}  -> FAILED ({canceller.reason})")
         result = canceller.abort_upload(record)
+        committed = canceller.committed_meanwhile(record.id)
     if result.outcome is Abort.GONE:
         print(f"cancel  multipart upload {result.upload_id} was already gone")
     elif result.outcome is Abort.FAILED:
@@ -146,6 +165,9 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
         )
     elif result.outcome is Abort.ABORTED:
         print(f"cancel  multipart upload {result.upload_id} of {record.key} aborted")
+    if committed is not None:
+        print(f"chunkd: {too_late(committed.bucket, committed.key, settings.manifest_suffix)}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -68,6 +68,13 @@ class Canceller:
         self._forget_upload(record.id, upload_id)
         return AbortResult(outcome, upload_id)
 
+    def committed_meanwhile(self, stream_id: str) -> StreamRecord | None:
+        """The stream's record if it is COMPLETED after our cancel: its daemon had committed the
+        object before the cancel came, and recorded it done over the cancel (chunkd.pipeline.publish).
+        None when it is not (yet) so: a daemon still writing it logs the same news."""
+        stored = self.store.get_stream(stream_id)
+        return stored if stored is not None and stored.state is StreamState.COMPLETED else None
+
     def _forget_upload(self, stream_id: str, upload_id: str) -> None:
         record = self.store.get_stream(stream_id)
         if record is None or record.state is not StreamState.FAILED or record.upload_id != upload_id:

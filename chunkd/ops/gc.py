@@ -63,7 +63,7 @@ def expired(records: Iterable[StreamRecord], *, days: float, now: float) -> list
 class Collector:
     """One gc pass; `echo` gets each line of output."""
 
-    store: StreamLedger
+    store: StreamLedger | None  # None: no state store, so no stream owns an upload and no record expires
     uploader: Uploader
     bucket: str
     echo: Callable[[str], None]
@@ -77,7 +77,8 @@ class Collector:
     def abort_orphans(self, *, hours: float) -> int:
         """Abort (or list, dry run) orphaned uploads; returns how many."""
         assert self.now is not None
-        owned = {r.upload_id for r in self.store.list_streams(LIVE) if r.upload_id}
+        live = self.store.list_streams(LIVE) if self.store is not None else []
+        owned = {r.upload_id for r in live if r.upload_id}
         found = orphans(self.uploader.list_all_uploads(self.bucket), owned, hours=hours, now=self.now)
         targets = [
             (f"{upload.key}  upload {upload.upload_id}  age {age / 3600:.1f}h", self._aborter(upload))
@@ -131,13 +132,16 @@ class Collector:
     def expire_records(self, *, days: float) -> int:
         """Delete (or list, dry run) finished records older than `days`; returns how many."""
         assert self.now is not None
-        old = expired(self.store.list_streams(FINISHED), days=days, now=self.now)
+        if self.store is None:
+            return 0
+        store = self.store
+        old = expired(store.list_streams(FINISHED), days=days, now=self.now)
         for record in old:
             if self.dry_run:
                 stamp = time.strftime("%Y-%m-%d", time.gmtime(record.updated_at))
                 self.echo(f"would expire  {record.id}  {record.state.value}  {record.relpath}  (updated {stamp})")
             else:
-                self.store.delete_stream(record.id)
+                store.delete_stream(record.id)
         verb = "would expire" if self.dry_run else "expired"
         self.echo(f"gc: {verb} {len(old)} finished record(s) older than {days:g} days")
         return len(old)

@@ -32,6 +32,7 @@ from chunkd.model.manifest import (
 )
 from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.observe.logs import redact
+from chunkd.ops.attributecheck import attribute_mismatches
 from chunkd.pipeline.partreader import READ_SIZE
 from chunkd.s3.client import S3Target
 from chunkd.s3.retry import RetryPolicy
@@ -283,17 +284,33 @@ def verify(settings: Settings, target: S3Target, argument: str, *, deep: bool) -
     local = _check_local(report.local_path, expected, md5=whole_md5) if report.local_path is not None else None
     object_md5 = object_digests[1] if object_digests else local[1] if local else None
     if head is not None:
-        report.checks += [
+        same = [
             check_size("size", head.size, expected.size),
             check_etag(head.etag, expected.etag, expected.parts, object_md5=object_md5,
                        object_differs=object_digests is not None and not object_digests[0].ok),
         ]
+        report.checks += same
+        if expected.attributes is not None and all(check.ok for check in same):
+            _check_attributes(report, expected.attributes, head)
     report.checks.append(check_parts(expected.parts, expected.size))
     if object_digests is not None:
         report.checks.append(object_digests[0])
     if local is not None:
         report.checks += local[0]
     return report
+
+
+def _check_attributes(report: Report, recorded: dict[str, Any], head: ObjectInfo) -> None:
+    """A failed "attributes" check naming each field HeadObject answers otherwise than the
+    manifest; when they agree, the "object" check says which were compared. Only for the object
+    the manifest describes: one whose bytes were replaced already failed, its attributes with it."""
+    mismatches, compared = attribute_mismatches(recorded, head.attributes)
+    if mismatches:
+        report.checks.append(Check("attributes", False, "; ".join(mismatches)))
+    elif compared:
+        at = next(index for index, check in enumerate(report.checks) if check.name == "object")
+        detail = f"{report.checks[at].detail}; attributes as in the manifest ({', '.join(compared)})"
+        report.checks[at] = Check("object", True, detail)
 
 
 def _object_digests(report: Report, bucket: _Bucket, expected: Manifest, *, md5: bool) -> tuple[Check, str | None]:

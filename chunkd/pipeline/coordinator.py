@@ -46,10 +46,14 @@ class UploadCoordinator:
 
     # -- the record ----------------------------------------------------------------------------
 
-    def save(self, *, index: bool = False) -> None:
+    def save(self, *, index: bool = False, over_cancel: bool = False) -> None:
         """Save the record; CancelledError once an operator cancelled the stream (never written over).
-        `index`: its SHA-256 enters the content index in the same write."""
-        self.store.save_stream(self.record, index=index)
+        `index`: its SHA-256 enters the content index in the same write. `over_cancel`: written even
+        over a cancel (the COMPLETED record of an object committed before the cancel came)."""
+        if over_cancel:
+            self.store.save_stream(self.record, index=index, guard=False)
+        else:
+            self.store.save_stream(self.record, index=index)
 
     def move_to(self, state: StreamState, *, save: bool = True) -> None:
         """`save=False`: in memory until the next save — for a state nothing reads back in between

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from chunkd.errors import TransferError
+from chunkd.errors import CancelTooLateError, TransferError
 from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.manifest import build_manifest, encode, manifest_key
 from chunkd.model.states import PartRecord, StreamState
@@ -51,7 +51,24 @@ def publish(
     record.completed_at = completed_at
     record.move_to(StreamState.COMPLETED)
     # One write: COMPLETED, and (for bytes this stream sent) the content index that dedup reads.
-    upload.save(index=bool(record.sha256) and kind in ("single", "multipart"))
+    index = bool(record.sha256) and kind in ("single", "multipart")
+    try:
+        upload.save(index=index)
+    except CancelTooLateError:
+        # The object was committed before the cancel reached the store: the bucket holds it, so the
+        # record must say so. Nothing is deleted on the user's behalf; the log says how to.
+        upload.log.warning(too_late(record.bucket, record.key, engine.settings.manifest_suffix))
+        if kind == "multipart":  # the canceller forgot the parts of what it took for an aborted upload
+            for part in parts:
+                upload.store.record_part(record.id, part)
+        upload.save(index=index, over_cancel=True)
+
+
+def too_late(bucket: str, key: str, manifest_suffix: str) -> str:
+    """What a cancel that came after the commit means, and how to undo the upload if unwanted."""
+    url, manifest = f"s3://{bucket}/{key}", f"s3://{bucket}/{manifest_key(key, manifest_suffix)}"
+    return (f"cancel came too late: {url} was already uploaded (the stream is COMPLETED); "
+            f"delete it with `aws s3 rm {url}` and `aws s3 rm {manifest}` if unwanted")
 
 
 def _put_poster(upload: UploadCoordinator, poster: Future[PosterFrame] | None) -> tuple[str | None, str | None]:

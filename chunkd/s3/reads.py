@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,6 +19,7 @@ from chunkd.s3.calls import S3Calls
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import (
+        HeadObjectOutputTypeDef,
         ListMultipartUploadsOutputTypeDef,
         ListMultipartUploadsRequestTypeDef,
         ListObjectsV2OutputTypeDef,
@@ -37,9 +38,25 @@ class RemotePart:
 
 
 @dataclass(frozen=True)
+class HeadAttributes:
+    """What HeadObject says of an object besides its size and ETag (`chunkd verify` compares it
+    with the manifest's attributes); None where the server did not say."""
+
+    content_type: str | None = None
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # names as the server spells them
+    storage_class: str | None = None  # S3 omits STANDARD; Ceph RGW omits it after a multipart upload
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    tag_count: int | None = None  # moto and Ceph RGW say; S3 omits 0; `rclone serve s3` never says
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     size: int
     etag: str
+    attributes: HeadAttributes = HeadAttributes()
 
 
 @dataclass(frozen=True)
@@ -180,10 +197,22 @@ class ReadCalls(S3Calls):
 
     def head(self, bucket: str, key: str) -> ObjectInfo | None:
         response = self._found("HeadObject", lambda: self._client.head_object(Bucket=bucket, Key=key), key=key)
-        return None if response is None else ObjectInfo(int(response["ContentLength"]), str(response.get("ETag", "")))
+        return None if response is None else ObjectInfo(
+            int(response["ContentLength"]), str(response.get("ETag", "")), _head_attributes(response)
+        )
 
     def head_bucket(self, bucket: str) -> None:
         self._call("HeadBucket", lambda: self._client.head_bucket(Bucket=bucket), key="")
+
+
+def _head_attributes(response: HeadObjectOutputTypeDef) -> HeadAttributes:
+    tag_count = response.get("TagCount")
+    return HeadAttributes(
+        content_type=response.get("ContentType"), cache_control=response.get("CacheControl"),
+        content_disposition=response.get("ContentDisposition"), metadata=dict(response.get("Metadata") or {}),
+        storage_class=response.get("StorageClass"), sse=response.get("ServerSideEncryption"),
+        sse_kms_key_id=response.get("SSEKMSKeyId"), tag_count=None if tag_count is None else int(tag_count),
+    )
 
 
 def _parts_page(client: S3Client, bucket: str, key: str, upload_id: str, marker: int) -> ListPartsOutputTypeDef:

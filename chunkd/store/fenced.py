@@ -49,9 +49,10 @@ class FencedStore:
             self._health.ok()
             return result
 
-    def save_stream(self, record: StreamRecord, *, index: bool = False) -> None:
-        """Guarded: raises CancelledError rather than write over an operator's cancel."""
-        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=True, index=index))
+    def save_stream(self, record: StreamRecord, *, index: bool = False, guard: bool = True) -> None:
+        """Guarded: raises CancelledError rather than write over an operator's cancel (`guard=False`:
+        the COMPLETED record of an object committed before the cancel came)."""
+        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=guard, index=index))
 
     def record_part(self, stream_id: str, part: PartRecord) -> None:
         self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease))

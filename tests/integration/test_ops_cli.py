@@ -209,6 +209,25 @@ def test_gc_on_rclone_with_no_uploads(tmp_path: Path, rclone_s3: LocalS3Server) 
     assert f"aborted  o.mp4  upload {upload_id}" in ok("gc", "--hours", "0", env=env)
 
 
+def test_gc_without_a_state_store_cleans_the_bucket_and_creates_no_store(server_env: dict[str, str], client: Any,
+                                                                         tmp_path: Path) -> None:
+    """Run from a folder with no store (the default sqlite:///.chunkd/state.db): the bucket's
+    orphans are aborted, record expiry is skipped, and no empty store is left behind."""
+    env = {name: value for name, value in server_env.items() if name != "CHUNKD_STATE_URL"}
+    orphan = client.create_multipart_upload(Bucket="chunkd", Key="orphan.mp4")["UploadId"]
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+
+    result = run_chunkd("gc", "--hours", "0", env=env, cwd=empty)
+
+    assert result.returncode == 0, result.stderr
+    assert f"aborted  orphan.mp4  upload {orphan}" in result.stdout
+    no_store = f"gc: no state store at {empty / '.chunkd' / 'state.db'}: finished records not expired"
+    assert no_store in result.stdout.splitlines()
+    assert uploads(client) == {}
+    assert list(empty.iterdir()) == []
+
+
 def test_gc_age_threshold_and_ownership() -> None:
     now = 1_700_000_000.0
     found = orphans(

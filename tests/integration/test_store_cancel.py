@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import pytest
 
-from chunkd.errors import CancelledError
+from chunkd.errors import CancelledError, CancelTooLateError
 from chunkd.model.states import StreamRecord, StreamState
 from chunkd.store import CheckpointStore
 from chunkd.store.fenced import FencedStore
@@ -153,3 +153,29 @@ def test_two_cancels_at_once_only_one_takes_effect(open_backend: Opener) -> None
     with ThreadPoolExecutor(len(stores)) as pool:
         results = list(pool.map(cancel, stores))
     assert len([r for r in results if r is not None]) == 1
+
+
+def test_completed_over_a_cancel_is_refused_as_too_late_and_written_unguarded(store: CheckpointStore) -> None:
+    """The one writer of COMPLETED (chunkd.pipeline.publish) learns in its atomic save that the
+    object it committed was cancelled meanwhile, then records it done over the cancel."""
+    job = fenced(store, "cam/s1.mp4")
+    record = uploading()
+    store.save_stream(record)
+    assert store.cancel_stream("s1", CANCELLED) is not None
+
+    record.move_to(StreamState.FINALIZING)
+    record.move_to(StreamState.COMPLETED)
+    with pytest.raises(CancelTooLateError):
+        job.save_stream(record)
+    stored = store.get_stream("s1")
+    assert stored is not None and (stored.state, stored.last_error) == (StreamState.FAILED, CANCELLED)
+
+    job.save_stream(record, guard=False)
+    assert store.get_stream("s1") == record
+
+    failed = uploading("s2")  # the job's own failure still writes over a cancel, as before
+    store.save_stream(failed)
+    assert store.cancel_stream("s2", CANCELLED) is not None
+    failed.move_to(StreamState.FAILED, error="boom")
+    job.save_stream(failed)
+    assert store.get_stream("s2") == failed
