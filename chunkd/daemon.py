@@ -42,7 +42,7 @@ from chunkd.s3.bandwidth import TokenBucket
 from chunkd.s3.breaker import endpoint_breaker
 from chunkd.s3.client import S3Target, make_client
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.traits import decide_traits
+from chunkd.s3.traits import check_tagging, decide_traits
 from chunkd.s3.uploader import Uploader
 from chunkd.store import open_store
 from chunkd.store.health import ResetWatch
@@ -102,10 +102,14 @@ def preflight(engine: Engine, target: S3Target) -> None:
         engine.uploader.with_policy(quick).head_bucket(bucket)
     except TransferError as exc:
         raise endpoint_error(exc, bucket=bucket, where=target.endpoint_url or "AWS S3") from None
+    settings = engine.settings
     engine.adopt_traits(decide_traits(
-        engine.uploader, bucket, content_md5=engine.settings.content_md5, key_template=engine.settings.key_template,
-        attributes=engine.settings.attributes.encryption(),
+        engine.uploader, bucket, content_md5=settings.content_md5, key_template=settings.key_template,
+        attributes=settings.attributes.encryption(),
     ))
+    if settings.attributes.tags:
+        check_tagging(engine.uploader, bucket, key_template=settings.key_template,
+                      attributes=settings.attributes.encryption())
 
 
 def _downloader(settings: Settings) -> Downloader:

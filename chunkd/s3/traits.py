@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError
 
-from chunkd.errors import TransferError
+from chunkd.errors import ConfigError, TransferError
 
 if TYPE_CHECKING:
     from chunkd.model.attributes import ObjectAttributes
@@ -99,3 +99,21 @@ def etag_style_of(etag: str, body: bytes) -> EtagStyle:
     if digest == hashlib.md5(body, usedforsecurity=False).hexdigest():
         return EtagStyle.WHOLE_MD5
     return EtagStyle.UNKNOWN
+
+
+def check_tagging(uploader: Uploader, bucket: str, *, key_template: str, attributes: ObjectAttributes | None) -> None:
+    """Tags are set again after Complete and after a copy (Ceph RGW drops those of a create), so a
+    server must take PutObjectTagging as tagging: `rclone serve s3` stores the tagging XML as the
+    object instead. With CHUNKD_TAGS set, chunkd asks once at start and refuses to run where tags
+    cannot be kept, rather than upload objects without the tags (or destroy them)."""
+    try:
+        kept = uploader.keeps_bytes_when_tagged(bucket, probe_key(key_template), attributes=attributes)
+    except (BotoCoreError, OSError) as exc:
+        logger.debug("tagging probe failed: %s", exc)
+        kept = None
+    if kept is False:
+        raise ConfigError("CHUNKD_TAGS", "this S3 server cannot tag objects (PutObjectTagging is refused or replaces "
+                          "the object's bytes); unset CHUNKD_TAGS to upload to it")
+    if kept is None:
+        logger.warning("could not tell whether the server keeps object tags: CHUNKD_TAGS is applied as asked")
+

@@ -1,6 +1,7 @@
 """The one way into S3: every request chunkd makes, for uploads and for the operator commands.
 
-`Uploader` combines the writes (chunkd.s3.writes) and the reads (chunkd.s3.reads); every call of
+`Uploader` combines the writes (chunkd.s3.writes), the reads (chunkd.s3.reads) and the start-up
+probes (chunkd.s3.probes); every call of
 either goes through the retry policy and the endpoint's breaker (chunkd.s3.calls), so a failure
 that escapes is a classified TransferError carrying key and part number.
 """
@@ -8,6 +9,7 @@ that escapes is a classified TransferError carrying key and part number.
 from __future__ import annotations
 
 from chunkd.s3.client import S3Target, make_client
+from chunkd.s3.probes import ProbeCalls
 from chunkd.s3.reads import ListedObject, MultipartUpload, ObjectInfo, ReadCalls, RemotePart, SmallObject
 from chunkd.s3.retry import RetryPolicy
 from chunkd.s3.traits import ServerTraits
@@ -16,7 +18,7 @@ from chunkd.s3.writes import WriteCalls
 __all__ = ["ListedObject", "MultipartUpload", "ObjectInfo", "RemotePart", "SmallObject", "Uploader"]
 
 
-class Uploader(WriteCalls, ReadCalls):
+class Uploader(WriteCalls, ReadCalls, ProbeCalls):
     """The S3 gateway; its constructor is `S3Calls`'s (the client, retry policy, limiter, breaker
     and server traits), and the `with_*` copies share the client under other settings."""
 

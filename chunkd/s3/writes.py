@@ -1,5 +1,5 @@
-"""The gateway's writes: multipart uploads (create, parts, complete, abort), single PUTs, the
-server-side copy, and the probes that learn what a server checks (see chunkd.s3.traits).
+"""The gateway's writes: multipart uploads (create, parts, complete, abort), single PUTs and the
+server-side copy. (The start-up probes that learn what a server checks are chunkd.s3.probes.)
 
 A body is read once into a buffer of the shared pool (chunkd.pipeline.buffers), hashed there and
 sent from there, signed with that SHA-256 (and with Content-MD5 when the server needs it), through
@@ -80,7 +80,7 @@ class WriteCalls(S3Calls):
         are aborted, except those `held` says belong to someone else (another stream's record)."""
         request = cast(
             "CreateMultipartUploadRequestTypeDef",
-            {"Bucket": bucket, "Key": key, **_fields(attributes, content_type)},
+            {"Bucket": bucket, "Key": key, **request_fields(attributes, content_type)},
         )
         sent: list[float] = []  # when each attempt went out
 
@@ -152,7 +152,7 @@ class WriteCalls(S3Calls):
             with open_checked(path, identity) as handle, self._read(handle, 0, size) as (digest, body):
                 request = cast("PutObjectRequestTypeDef", {
                     "Bucket": bucket, "Key": key, "Body": body, "ContentLength": size,
-                    **_fields(attributes, content_type),
+                    **request_fields(attributes, content_type),
                 })
                 if digest.md5_b64:
                     request["ContentMD5"] = digest.md5_b64
@@ -193,64 +193,6 @@ class WriteCalls(S3Calls):
             with signed_payload(buffer, digest.sha256_hex):
                 yield digest, cast("IO[bytes]", buffer)  # botocore sends a bytearray body as it is
 
-    def checks_payload_hash(self, bucket: str, key: str, *, attributes: ObjectAttributes | None = None) -> bool | None:
-        """Whether the server refuses a body that does not hash to its signed SHA-256.
-
-        Sends a few bytes signed with another body's hash: S3, MinIO and Ceph refuse them
-        (`XAmzContentSHA256Mismatch`). A server that stores them anyway (`rclone serve s3`, moto)
-        would also keep a body cut short by a client killed mid-part, so it needs Content-MD5. None:
-        the probe itself was refused (permissions), so nobody knows. The probe key is deleted
-        whatever the answer, even none: a PUT whose reply was lost may have been stored.
-        """
-        body = _BytesBody(b"chunkd probe", payload_sha256=hashlib.sha256(b"not these bytes").hexdigest())
-        try:
-            fields = _fields(attributes, None)
-            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body.data), **fields)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            return True if code in PAYLOAD_HASH_REFUSALS else None
-        finally:
-            self._forget_probe(bucket, key)
-        return False
-
-    def probe_multipart_etag(
-        self, bucket: str, key: str, body: bytes, *, attributes: ObjectAttributes | None = None
-    ) -> str:
-        """The ETag a one-part multipart upload of `body` completes with. The upload is aborted if
-        it did not complete, and the object deleted either way (a Complete whose reply was lost)."""
-        upload_id = self.create(bucket, key, attributes=attributes)
-        try:
-            response = self._call(
-                "UploadPart",
-                lambda: self._client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body,
-                    ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
-                ),
-                key=key,
-            )
-            part = PartRecord(number=1, offset=0, size=len(body), etag=str(response["ETag"]), sha256="")
-            etag = self.complete(bucket, key, upload_id, [part])
-        except BaseException:
-            with contextlib.suppress(TransferError):
-                self.abort(bucket, key, upload_id)
-            raise
-        finally:
-            self._forget_probe(bucket, key)
-        return etag
-
-    def _forget_probe(self, bucket: str, key: str) -> None:
-        """Delete a probe's object: a key that is not there is fine (S3 answers 204), and one left
-        behind is `chunkd gc`'s, never a reason to fail or hold up start-up: a few quick attempts,
-        not held back by the breaker."""
-        quick = dataclasses.replace(RetryPolicy.quick(), stop_event=self._policy.stop_event, sleep=self._policy.sleep)
-
-        def send() -> None:
-            self._on_request("DeleteObject")
-            self._client.delete_object(Bucket=bucket, Key=key)
-
-        with contextlib.suppress(TransferError):
-            quick.call(send, key=key)
-
     def delete(self, bucket: str, key: str) -> None:
         """Delete an object; S3 answers a key that is not there as a success."""
         self._call("DeleteObject", lambda: self._client.delete_object(Bucket=bucket, Key=key), key=key)
@@ -263,7 +205,7 @@ class WriteCalls(S3Calls):
         ETag is the body's MD5, a different one (a server that checks neither stored other bytes)
         is a BadDigest, and the body is sent again. `attributes`: what else the PUT carries (the
         object's encryption, for its manifest)."""
-        fields = _fields(attributes, None)
+        fields = request_fields(attributes, None)
         fields.pop("ContentType", None)
         md5 = hashlib.md5(data, usedforsecurity=False)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -271,7 +213,7 @@ class WriteCalls(S3Calls):
         def send() -> None:
             self._on_request("PutObject")
             response = self._client.put_object(
-                Bucket=bucket, Key=key, Body=cast("IO[bytes]", _BytesBody(data, payload_sha256=sha256)),
+                Bucket=bucket, Key=key, Body=cast("IO[bytes]", BytesBody(data, payload_sha256=sha256)),
                 ContentLength=len(data), ContentType=content_type,
                 ContentMD5=base64.b64encode(md5.digest()).decode(), **fields,
             )
@@ -352,11 +294,10 @@ class WriteCalls(S3Calls):
 
 # Initiated times are read to the second by some servers: a margin either side of the window.
 _CLOCK_SLACK = 1.0
-PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
 _UPLOAD_MISSING = frozenset({"NoSuchUpload", "NoSuchKey"})
 
 
-def _fields(attributes: ObjectAttributes | None, content_type: str | None) -> dict[str, Any]:
+def request_fields(attributes: ObjectAttributes | None, content_type: str | None) -> dict[str, Any]:
     """The request arguments of `attributes`, with `content_type` (when given) as the type."""
     fields = (attributes or ObjectAttributes()).request_fields()
     if content_type:
@@ -368,7 +309,7 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-class _BytesBody(io.BytesIO):
+class BytesBody(io.BytesIO):
     """Bytes with a signed hash of our choosing (see chunkd.s3.client.PrecomputedPayloadAuth)."""
 
     def __init__(self, data: bytes, *, payload_sha256: str) -> None:
