@@ -34,6 +34,8 @@ from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_reads import RedisStreamReader
 from chunkd.store.redis_replies import Fields, member, text
+from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
+from chunkd.store.redis_sentinel import parse_sentinel_url, sentinel_client
 from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
@@ -47,13 +49,13 @@ class RedisStore:
     MULTI/EXEC; they then only queue commands, and the caller executes (see `batch`).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "chunkd:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "chunkd:", *, errors: RedisErrors | None = None) -> None:
         if not connection_kwargs(client).get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
         self.keys = RedisKeys(prefix)
-        self._errors = RedisErrors(client)
+        self._errors = errors or RedisErrors(client)
         self.reads = RedisStreamReader(client, self.keys, errors=self._errors)
         self.leases = RedisLeases(client, prefix, errors=self._errors)
         self.events = RedisEventLog(client, self.keys, errors=self._errors)
@@ -63,15 +65,23 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
+        """`redis://`, `rediss://` (TLS), `unix://`, or `redis+sentinel://` (see redis_sentinel)."""
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 5,
+            # Without a read timeout a half-dead server would hang a worker forever.
+            "socket_timeout": 30,
+            "health_check_interval": 30,
+        }
+        if url.startswith(SENTINEL_SCHEMES):
+            try:
+                parsed = parse_sentinel_url(url)
+            except ValueError as exc:  # our own message, which never quotes the URL
+                raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {exc}") from None
+            client = sentinel_client(parsed, **options)
+            return cls(client, prefix, errors=RedisErrors(client, where=parsed.where, secrets=parsed.secrets))
         try:
-            client = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                # Without a read timeout a half-dead server would hang a worker forever.
-                socket_timeout=30,
-                health_check_interval=30,
-            )
+            client = redis.Redis.from_url(url, **options)
         except ValueError as exc:  # malformed URL; the message may quote it, password and all
             raise StoreError(f"invalid redis URL {redact_redis_url(url)}") from exc
         return cls(client, prefix)
