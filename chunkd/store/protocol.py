@@ -47,7 +47,9 @@ class StreamLedger(StreamReader, Protocol):
 
     Writes that take a `fence` are refused with LeaseLostError (or StoreResetError when the store
     has no trace of the lease) unless the lease's token is still the newest one issued for its name;
-    the check and the write are one atomic step.
+    the check and the write are one atomic step. On Redis they are also refused below the highest
+    token the stream's record was ever written with, which survives a failover's rollback of the
+    counter (see redis_leases).
     """
 
     def save_stream(
