@@ -153,7 +153,8 @@ class StoreConnection(Protocol):
 
     def data_mark(self) -> str:
         """A token naming the data the store holds: made on the first call, the same on every later
-        one until the store loses its data (Redis restarted empty, or flushed), then a new one."""
+        one until the store loses its data (Redis restarted empty, flushed, or failed over to a
+        replica), then a new one."""
 
     def close(self) -> None: ...
 

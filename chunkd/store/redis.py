@@ -35,7 +35,7 @@ from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_reads import RedisStreamReader
 from chunkd.store.redis_replies import Fields, member, text, texts
 from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
-from chunkd.store.redis_sentinel import parse_sentinel_url, sentinel_client
+from chunkd.store.redis_sentinel import WatchedSentinel, parse_sentinel_url, sentinel_client
 from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
@@ -340,11 +340,17 @@ class RedisStore:
             self.client.ping()
 
     def data_mark(self) -> str:
-        """Set if missing, then read, in one MULTI/EXEC: every daemon on this Redis sees one token."""
+        """Set if missing, then read, in one MULTI/EXEC: every daemon on this Redis sees one token.
+
+        Behind Sentinel the mark also counts the failovers this client saw: the promoted replica
+        may lack the last records the old primary acknowledged (a file's COMPLETED among them),
+        so a failover is a loss of data too, and the daemon looks at every file again."""
         with self._errors("read the data mark"), self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.mark(), uuid.uuid4().hex, nx=True)
             pipe.get(self.keys.mark())
-            return member(pipe.execute()[1])
+            mark = member(pipe.execute()[1])
+        sentinel = getattr(self.client.connection_pool, "sentinel_manager", None)
+        return f"{mark}/failover-{sentinel.failovers}" if isinstance(sentinel, WatchedSentinel) else mark
 
     def close(self) -> None:
         with self._errors("close"):

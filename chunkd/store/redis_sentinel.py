@@ -92,13 +92,16 @@ class WatchedSentinel(Sentinel):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self.primary: tuple[str, int] | None = None
+        self.failovers = 0  # changes of primary seen: each may have lost the last acknowledged writes
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         found = super().discover_master(service_name)
         address = (str(found[0]), int(found[1]))
         with self._lock:
             before, self.primary = self.primary, address
-        if before is not None and before != address:
+            moved = before is not None and before != address
+            self.failovers += moved
+        if moved and before is not None:
             logger.warning(
                 "state store primary changed from %s to %s (Sentinel failover of %r)",
                 _show(before), _show(address), service_name,

@@ -37,7 +37,10 @@ from tests.support.sizes import MiB
 
 FILES = {f"cam{i}.mp4": 12 * MiB + i * 300_000 for i in range(4)}  # three 5 MiB parts each
 GROWING = {"rec0.ts": 22 * MiB, "rec1.ts": 21 * MiB}  # appended 1 MiB at a time, across the failover
-LATE = {"late.mp4": 13 * MiB}  # dropped once the replica stopped following: its lease and record are lost
+# Dropped once the replica stopped following: the short one completes before the kill, the long one
+# is still going; either way its lease and records live on the old primary alone.
+LATE_DONE, LATE_GOING = {"late-short.mp4": 6 * MiB}, {"late-long.mp4": 40 * MiB}
+LATE = {**LATE_DONE, **LATE_GOING}
 SETTINGS = {
     "part_size": "5MiB", "part_concurrency": 2, "bandwidth_limit": "10MB",
     "lease_seconds": 3, "rescan_seconds": 1, "idle_seconds": 3,
@@ -168,14 +171,16 @@ def test_primary_killed_mid_upload_sentinel_fails_over_and_no_object_or_part_is_
             write_random(input_dir / name, size)
 
         def unreplicated() -> bool:
-            found = recorded_parts(old_primary.url)
-            more = _count(found) >= _count(replicated) + 2 and all(found.get(name) for name in LATE)
-            return more and bool(completed_on(old_primary.url) - completed_on(new_primary.url))
+            found, completed = recorded_parts(old_primary.url), completed_on(old_primary.url)
+            more = _count(found) >= _count(replicated) + 2 and all(found.get(name) for name in LATE_GOING)
+            return more and set(LATE_DONE) <= completed and bool(completed & set(FILES))
 
-        wait_for(unreplicated, timeout=60, what="on the primary alone: 2 more parts, one of late.mp4, a file completed")
+        what = "on the primary alone: 2 more parts, one of late-long.mp4, late-short.mp4 and a cam completed"
+        wait_for(unreplicated, timeout=60, what=what)
         acknowledged = recorded_parts(old_primary.url)  # the last look: what the old primary holds
         replicated = recorded_parts(new_primary.url)
         completed_unreplicated = completed_on(old_primary.url) - completed_on(new_primary.url)
+        assert not set(LATE_GOING) & completed_unreplicated, "late-long.mp4 finished before the kill"
         sentinels.kill_primary()
         killed_at = time.monotonic()
         assert all(recorder.is_alive() for recorder in recorders), "the recordings grow across the failover"
@@ -208,8 +213,10 @@ def test_primary_killed_mid_upload_sentinel_fails_over_and_no_object_or_part_is_
 
     assert _count(replicated) < _count(acknowledged), "the failover lost acknowledged checkpoints"
     assert not any(replicated.get(name) for name in LATE)
-    for name in LATE:  # its lease, record and upload id were lost: rebuilt from the bucket's ListParts
+    for name in LATE_GOING:  # its lease, record and upload id were lost: rebuilt from the bucket's ListParts
         assert daemon.events("adopted an unfinished upload found in the bucket", relpath=name)
+    for name in LATE_DONE:  # no record at all on the new primary: the failover makes the daemon look again
+        assert daemon.events("record restored", relpath=name)
     for name in completed_unreplicated:  # not COMPLETED on the new primary: its manifest or object says done
         assert daemon.events("record restored", relpath=name) or len(daemon.events("completed", relpath=name)) >= 2
     assert not daemon.events("starting a fresh upload"), "a file was sent again from its first byte"
