@@ -362,8 +362,7 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise ConfigError(where("bucket"), f"{settings.bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
     if settings.s3_endpoint_url and not re.match(r"^https?://[^/\s]+", settings.s3_endpoint_url):
         raise ConfigError(where("s3_endpoint_url"), "must look like http://host:port or https://host")
-    if not settings.state_url.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
-        raise ConfigError(where("state_url"), "must start with redis://, rediss:// or sqlite:///")
+    _validate_state_url(settings.state_url, where("state_url"))
     if settings.lease_seconds < 2:
         raise ConfigError(where("lease_seconds"), "must be at least 2 seconds (leases are renewed every third of it)")
     if not settings.manifest_suffix:
@@ -384,6 +383,22 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         validate_template(settings.key_template)
     except ValueError as exc:
         raise ConfigError(where("key_template"), str(exc)) from None
+
+
+def _validate_state_url(url: str, setting: str) -> None:
+    """A scheme the store opens, and a Sentinel URL that parses; the message never quotes the URL
+    (its userinfo and query may hold passwords)."""
+    from chunkd.store import STATE_SCHEMES
+    from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
+    from chunkd.store.redis_sentinel import parse_sentinel_url
+
+    if not url.startswith(STATE_SCHEMES):
+        raise ConfigError(setting, "must start with redis://, rediss://, redis+sentinel:// or sqlite:///")
+    if url.startswith(SENTINEL_SCHEMES):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ConfigError(setting, str(exc)) from None
 
 
 def _validate_connection(settings: Settings, where: Callable[[str], str]) -> None:

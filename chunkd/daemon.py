@@ -279,8 +279,8 @@ class Daemon:
         self.engine.store_health.ok()
         if lost:
             logger.warning(
-                "the state store lost its records (restarted empty or flushed); restoring those of the "
-                "files already uploaded from their manifests in the bucket"
+                "the state store lost its records (restarted empty, flushed, or failed over before "
+                "replicating them); restoring those of the files already uploaded from their manifests in the bucket"
             )
             self.engine.store_lost_data()
             self.watcher.offer_everything_again()

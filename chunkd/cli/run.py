@@ -27,6 +27,7 @@ from chunkd.cli.common import (
 )
 from chunkd.config import Settings, with_destination
 from chunkd.errors import ChunkdError
+from chunkd.observe.logs import redact
 from chunkd.s3.client import S3Target
 from chunkd.store import StreamReader
 
@@ -48,7 +49,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 f"chunkd --dev: drop files into {settings.input_dir.resolve()}\n"
                 f"  objects land in {DEV_ROOT.resolve() / 's3' / settings.bucket}\n"
                 f"  S3 endpoint {dev.endpoint_url} (access key {dev.access_key}, secret key {dev.secret_key}), "
-                f"state {settings.state_url}\n"
+                f"state {redact(settings.state_url)}\n"
                 f"  endpoint and keys in {DEV_FILE.resolve()}: other commands use them with --dev",
                 file=sys.stderr,
                 flush=True,

@@ -101,7 +101,7 @@ class Probes:
         *,
         stuck_after: float = 30.0,
         s3_cache_seconds: float = 5.0,
-        store_every: float = 2.0,
+        store_every: float = 1.0,  # a Sentinel failover is over in about two seconds: a check a second sees it
         check_timeout: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

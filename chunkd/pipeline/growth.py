@@ -50,6 +50,9 @@ class GrowthLoop:
             if self._now() >= next_cancel_check:
                 next_cancel_check = self._now() + pacing.cancel_check_seconds
                 self._stop_if_cancelled()
+            # Checkpoints first: they wait out a store outage, and the idle verdict below must rest
+            # on a look taken after that wait, not on one from before a file that kept growing.
+            sender.harvest()
             snap = take_snapshot(upload.path)
             change = tracker.observe(snap)
             self._check_change(change, snap)
@@ -59,8 +62,9 @@ class GrowthLoop:
                 if change is not Change.GREW or self._now() >= next_growth_save:
                     next_growth_save = self._now() + pacing.growth_save_seconds
                     upload.save()
-            sender.harvest()
-            settled = upload.final or tracker.idle
+            # A look that saw a change is never the one that says idle: saving the growth may have
+            # waited out a store outage meanwhile, and the file may have grown again since.
+            settled = upload.final or (change is Change.UNCHANGED and tracker.idle)
             if settled and not sender.in_flight:
                 # A file complete at discovery goes straight here: it is checked (media, dedup)
                 # before a single byte is sent.

@@ -95,8 +95,8 @@ class StreamJob:
                     return self._run_owned(held)
                 except StoreResetError:
                     self.log.warning(
-                        "the state store lost its records (restarted empty or flushed); rebuilding this "
-                        "upload from what the bucket holds"
+                        "the state store lost its records (restarted empty, flushed, or failed over before "
+                        "replicating them); rebuilding this upload from what the bucket holds"
                     )
                     retaken = self.engine.leases.reacquire(held)
                     self._held = retaken

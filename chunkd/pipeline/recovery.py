@@ -33,9 +33,11 @@ logger = logging.getLogger("chunkd.recovery")
 
 
 def restore_completed(
-    engine: Engine, store: JobLedger, key: str, relpath: str, path: Path, snap: Snapshot
+    engine: Engine, store: JobLedger, key: str, relpath: str, path: Path, snap: Snapshot,
+    *, stream_id: str | None = None,
 ) -> StreamRecord | None:
-    """The COMPLETED record this file's manifest proves, saved back to the store; else None."""
+    """The COMPLETED record this file's manifest proves, saved back to the store; else None.
+    With `stream_id`, only a manifest of that stream counts (the record it then writes over)."""
     bucket = engine.settings.bucket
     manifest_name = manifest_key(key, engine.settings.manifest_suffix)
     if not engine.folders.may_hold(bucket, manifest_name):
@@ -45,7 +47,7 @@ def restore_completed(
         if raw is None:
             return None
         manifest = parse_manifest(raw)
-        if not _describes(manifest, relpath, snap):
+        if not _describes(manifest, relpath, snap) or stream_id not in (None, manifest.stream_id):
             return None
         info = engine.uploader.head(bucket, key)
     except (TransferError, ManifestError) as exc:

@@ -8,14 +8,17 @@ already holds (the store came back empty) adopts that upload instead of starting
 
 from __future__ import annotations
 
+import dataclasses
+
 from chunkd.errors import PermanentError, UploadGoneError
 from chunkd.model.planner import PartSchedule
-from chunkd.model.states import PartRecord, StreamState
+from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.coordinator import UploadCoordinator
 from chunkd.pipeline.hashing import whole_md5
 from chunkd.pipeline.monitor import Snapshot
 from chunkd.pipeline.objectcheck import completed_earlier
 from chunkd.pipeline.partreader import digest_range, open_checked
+from chunkd.pipeline.recovery import restore_completed
 
 MAX_ADOPTION_CANDIDATES = 3
 
@@ -115,6 +118,22 @@ class Resume:
             sha256=digest.sha256_hex or "", md5=digest.md5_hex if by_md5 else "",
         )
 
+    def _restored(self) -> bool:
+        """The upload is gone because it completed, and the record says otherwise: a Redis failover
+        lost the last writes (COMPLETED among them) the old primary acknowledged. The manifest of
+        this stream, describing this very file, says so; its record is written back COMPLETED."""
+        upload = self._upload
+        record = upload.record
+        upload.engine.folders.forget()  # a listing from before this run's manifests would hide them
+        restored = restore_completed(
+            upload.engine, upload.store, record.key, record.relpath, upload.path, self._snap, stream_id=record.id,
+        )
+        if restored is None:
+            return False
+        for field in dataclasses.fields(StreamRecord):  # the job's record object is shared: update it in place
+            setattr(record, field.name, getattr(restored, field.name))
+        return True
+
     def _upload_gone(self, ledger: dict[int, PartRecord]) -> dict[int, PartRecord]:
         upload = self._upload
         record, uploader = upload.record, upload.engine.uploader
@@ -127,6 +146,8 @@ class Resume:
             )
         ):
             return ledger  # completed on the server before a crash; only the manifest and record are missing
+        if self._restored():
+            return {}
         upload.log.warning("multipart upload no longer exists on the server; starting a fresh upload")
         upload.forget_upload(drop_parts=True)
         upload.save()

@@ -16,6 +16,9 @@ from chunkd.store.protocol import (
     UrlLedger,
 )
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+STATE_SCHEMES = (*REDIS_SCHEMES, "sqlite:///")
+
 __all__ = [
     "CheckpointStore",
     "ContentIndex",
@@ -31,11 +34,12 @@ __all__ = [
 
 
 def open_store(url: str, *, exclusive: bool = False) -> CheckpointStore:
-    """Open `redis://…`/`rediss://…` or `sqlite:///path` (path relative to the working dir).
+    """Open `redis://…`, `rediss://…` (TLS), `redis+sentinel://host:port,…/service/db` (the primary
+    Sentinel names, followed across failovers) or `sqlite:///path` (relative to the working dir).
 
     `exclusive` is for the daemon: a SQLite database then refuses a second daemon (Redis is shared
     by design; leases coordinate its users)."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         from chunkd.store.redis import RedisStore
 
         return RedisStore.from_url(url)
@@ -43,4 +47,4 @@ def open_store(url: str, *, exclusive: bool = False) -> CheckpointStore:
         from chunkd.store.sqlite import SqliteStore
 
         return SqliteStore(url[len("sqlite:///") :], exclusive=exclusive)
-    raise ConfigError("CHUNKD_STATE_URL", f"unsupported scheme in {url.split('://')[0]!r}; use redis:// or sqlite:///")
+    raise ConfigError("CHUNKD_STATE_URL", f"unsupported scheme in {url.split('://')[0]!r}; use redis://, rediss://, redis+sentinel:// or sqlite:///")

@@ -47,7 +47,9 @@ class StreamLedger(StreamReader, Protocol):
 
     Writes that take a `fence` are refused with LeaseLostError (or StoreResetError when the store
     has no trace of the lease) unless the lease's token is still the newest one issued for its name;
-    the check and the write are one atomic step.
+    the check and the write are one atomic step. On Redis they are also refused below the highest
+    token the stream's record was ever written with, which survives a failover's rollback of the
+    counter (see redis_leases).
     """
 
     def save_stream(
@@ -151,7 +153,8 @@ class StoreConnection(Protocol):
 
     def data_mark(self) -> str:
         """A token naming the data the store holds: made on the first call, the same on every later
-        one until the store loses its data (Redis restarted empty, or flushed), then a new one."""
+        one until the store loses its data (Redis restarted empty, flushed, or failed over to a
+        replica), then a new one."""
 
     def close(self) -> None: ...
 

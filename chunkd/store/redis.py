@@ -33,7 +33,9 @@ from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_reads import RedisStreamReader
-from chunkd.store.redis_replies import Fields, member, text
+from chunkd.store.redis_replies import Fields, member, text, texts
+from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
+from chunkd.store.redis_sentinel import WatchedSentinel, parse_sentinel_url, sentinel_client
 from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
@@ -47,13 +49,13 @@ class RedisStore:
     MULTI/EXEC; they then only queue commands, and the caller executes (see `batch`).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "chunkd:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "chunkd:", *, errors: RedisErrors | None = None) -> None:
         if not connection_kwargs(client).get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self.client = client
         self.prefix = prefix
         self.keys = RedisKeys(prefix)
-        self._errors = RedisErrors(client)
+        self._errors = errors or RedisErrors(client)
         self.reads = RedisStreamReader(client, self.keys, errors=self._errors)
         self.leases = RedisLeases(client, prefix, errors=self._errors)
         self.events = RedisEventLog(client, self.keys, errors=self._errors)
@@ -63,15 +65,23 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
+        """`redis://`, `rediss://` (TLS), `unix://`, or `redis+sentinel://` (see redis_sentinel)."""
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 5,
+            # Without a read timeout a half-dead server would hang a worker forever.
+            "socket_timeout": 30,
+            "health_check_interval": 30,
+        }
+        if url.startswith(SENTINEL_SCHEMES):
+            try:
+                parsed = parse_sentinel_url(url)
+            except ValueError as exc:  # our own message, which never quotes the URL
+                raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {exc}") from None
+            client = sentinel_client(parsed, **options)
+            return cls(client, prefix, errors=RedisErrors(client, where=parsed.where, secrets=parsed.secrets))
         try:
-            client = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                # Without a read timeout a half-dead server would hang a worker forever.
-                socket_timeout=30,
-                health_check_interval=30,
-            )
+            client = redis.Redis.from_url(url, **options)
         except ValueError as exc:  # malformed URL; the message may quote it, password and all
             raise StoreError(f"invalid redis URL {redact_redis_url(url)}") from exc
         return cls(client, prefix)
@@ -82,25 +92,53 @@ class RedisStore:
         """`with store.batch() as pipe:` queue writes with `pipeline=pipe`; one MULTI/EXEC on exit."""
         return _Batch(self)
 
-    def _write(self, action: str, queue: _Queue, fence: Lease | None, *, guard: StreamRecord | None = None) -> None:
+    def _write(
+        self,
+        action: str,
+        queue: _Queue,
+        fence: Lease | None,
+        *,
+        guard: StreamRecord | None = None,
+        stream_id: str | None = None,
+    ) -> None:
         """One MULTI/EXEC. With a fence (or a guarded record), WATCHed so the check of the token (or
-        of the stored record) and the write are atomic."""
+        of the stored record) and the write are atomic. A fenced write to stream `stream_id` leaves
+        its token in the stream's hash (`fence`), and is refused below the one already there."""
         if fence is None and guard is None:
             with self._errors(action), self.client.pipeline(transaction=True) as pipe:
                 queue(pipe)
                 pipe.execute()
             return
-        keys = [] if fence is None else [self.leases.fence_key(fence.name)]
-        keys += [] if guard is None else [self.keys.stream(guard.id)]
+        stream_id = stream_id or (guard.id if guard is not None else None)
+        stream_key = self.keys.stream(stream_id) if stream_id else None
+        keys = [] if fence is None else [self.leases.fence_key(fence.name), self.leases.lease_key(fence.name)]
+        keys += [] if stream_key is None else [stream_key]
 
         def checked(pipe: Pipeline) -> _Queue:
+            marked = queue
             if fence is not None:
-                check_fence(fence, text(pipe.get(self.leases.fence_key(fence.name))))
+                marked = self._check_fence(pipe, fence, stream_key, queue)
             if guard is not None:
                 check_not_finished(self._stored(pipe, guard.id), guard)
-            return queue
+            return marked
 
         self._transaction(action, keys, checked)
+
+    def _check_fence(self, pipe: Pipeline, fence: Lease, stream_key: str | None, queue: _Queue) -> _Queue:
+        """Check `fence` on a watching pipeline; what to queue: `queue`, and the token into the
+        stream's hash when it is higher than the one there."""
+        counter, holder = pipe.mget(self.leases.fence_key(fence.name), self.leases.lease_key(fence.name))
+        seen = text(pipe.hget(stream_key, "fence")) if stream_key else None
+        persisted = int(seen) if seen else None
+        check_fence(fence, text(counter), holder=text(holder), persisted=persisted)
+        if stream_key is None or persisted == fence.token:
+            return queue
+
+        def marked(queued: Pipeline) -> None:
+            queue(queued)
+            queued.hset(stream_key, "fence", str(fence.token))
+
+        return marked
 
     def _transaction(self, action: str, keys: list[str], decide: Callable[[Pipeline], _Queue | None]) -> bool:
         """WATCH `keys`; `decide` reads them (commands run at once while watching) and returns what to
@@ -145,7 +183,7 @@ class RedisStore:
                 raise ValueError("a guarded save reads before it writes: it cannot be queued on a batch")
             queue(pipeline)
             return
-        self._write(f"save stream {record.id}", queue, fence, guard=record if guard else None)
+        self._write(f"save stream {record.id}", queue, fence, guard=record if guard else None, stream_id=record.id)
 
     def cancel_stream(self, stream_id: str, reason: str) -> StreamRecord | None:
         result: StreamRecord | None = None
@@ -180,7 +218,9 @@ class RedisStore:
         if pipeline is not None:
             pipeline.hset(*args)
             return
-        self._write(f"record part {part.number} of stream {stream_id}", lambda pipe: pipe.hset(*args), fence)
+        self._write(
+            f"record part {part.number} of stream {stream_id}", lambda pipe: pipe.hset(*args), fence, stream_id=stream_id
+        )
 
     def drop_parts(
         self,
@@ -204,12 +244,24 @@ class RedisStore:
         if pipeline is not None:
             queue(pipeline)
             return
-        self._write(f"drop parts of stream {stream_id}", queue, fence)
+        self._write(f"drop parts of stream {stream_id}", queue, fence, stream_id=stream_id)
 
     # leases (see redis_leases)
 
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
-        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from)
+        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from, floor=self._highest_fence(name))
+
+    def _highest_fence(self, name: str) -> int:
+        """The highest token any record of the file named `name` (a lease is named by the relpath)
+        was written with: where a new token must start above, whatever the counter says."""
+        with self._errors(f"read the fencing tokens of {name!r}"):
+            ids = texts(self.client.zrange(self.keys.path(name), 0, -1))
+            if not ids:
+                return 0
+            pipe = self.client.pipeline(transaction=False)
+            for stream_id in ids:
+                pipe.hget(self.keys.stream(stream_id), "fence")
+            return max((int(token) for token in pipe.execute() if token), default=0)
 
     def lease_owner(self, name: str) -> str | None:
         return self.leases.lease_owner(name)
@@ -288,11 +340,17 @@ class RedisStore:
             self.client.ping()
 
     def data_mark(self) -> str:
-        """Set if missing, then read, in one MULTI/EXEC: every daemon on this Redis sees one token."""
+        """Set if missing, then read, in one MULTI/EXEC: every daemon on this Redis sees one token.
+
+        Behind Sentinel the mark also counts the failovers this client saw: the promoted replica
+        may lack the last records the old primary acknowledged (a file's COMPLETED among them),
+        so a failover is a loss of data too, and the daemon looks at every file again."""
         with self._errors("read the data mark"), self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.mark(), uuid.uuid4().hex, nx=True)
             pipe.get(self.keys.mark())
-            return member(pipe.execute()[1])
+            mark = member(pipe.execute()[1])
+        sentinel = getattr(self.client.connection_pool, "sentinel_manager", None)
+        return f"{mark}/failover-{sentinel.failovers}" if isinstance(sentinel, WatchedSentinel) else mark
 
     def close(self) -> None:
         with self._errors("close"):

@@ -16,8 +16,10 @@ class RedisErrors:
     """`with errors("save url"):` turns a RedisError into a StoreError; every Redis piece of the
     store shares one."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, where: str | None = None, secrets: tuple[str, ...] = ()) -> None:
         self._client = client
+        self._named = where  # a Sentinel-managed client has no fixed host: say which service it is
+        self._secrets = secrets  # passwords the client's own kwargs do not hold (a sentinel's)
 
     @contextmanager
     def __call__(self, action: str) -> Iterator[None]:
@@ -27,6 +29,9 @@ class RedisErrors:
             raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
 
     def _where(self) -> str:
+        if self._named is not None:
+            primary = getattr(self._client.connection_pool, "master_address", None)
+            return self._named + (f" (primary {primary[0]}:{primary[1]})" if primary else "")
         kwargs = connection_kwargs(self._client)
         if kwargs.get("path"):
             return f"unix://{kwargs['path']}"
@@ -34,7 +39,10 @@ class RedisErrors:
 
     def _scrub(self, message: str) -> str:
         password = connection_kwargs(self._client).get("password")
-        return message.replace(password, "***") if password else message
+        for secret in (password, *self._secrets):
+            if secret:
+                message = message.replace(secret, "***")
+        return message
 
 
 def connection_kwargs(client: redis.Redis) -> dict[str, Any]:

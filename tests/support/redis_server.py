@@ -1,18 +1,23 @@
-"""A real redis-server on a free local port that tests can stop, kill and start again."""
+"""A real redis-server on a free local port that tests can stop, kill and start again; a replica of
+another one; and a Sentinel group (primary, replica, three sentinels) whose primary can be killed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import pytest
+import redis
 
 
 def _in_ci() -> bool:
@@ -41,11 +46,19 @@ class RedisServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, *, port: int | None = None, startup_timeout: float = 10.0, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 10.0,
+        persistent: bool = False,
+        replica_of: tuple[str, int] | None = None,
+    ) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.persistent = persistent  # append-only file, fsynced on every write: survives stop/start
+        self.replica_of = replica_of  # (host, port) it starts as `replicaof`: asynchronous replication
         self.dir = tempfile.mkdtemp(prefix="chunkd-redis-")
         self._log_path = os.path.join(self.dir, "redis.log")
         self._process: subprocess.Popen[bytes] | None = None
@@ -66,6 +79,8 @@ class RedisServer:
             args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
         else:
             args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
+        if self.replica_of is not None:
+            args += ["--replicaof", self.replica_of[0], str(self.replica_of[1])]
         with open(self._log_path, "ab") as log:
             self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self._wait_until_ready()
@@ -112,13 +127,226 @@ class RedisServer:
         raise RuntimeError(f"redis-server not answering PING after {self.startup_timeout}s:\n{self._log_tail()}")
 
     def _pong(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return _pong(self.host, self.port)
 
     def _log_tail(self, lines: int = 20) -> str:
         with open(self._log_path, errors="replace") as log:
             return "".join(log.readlines()[-lines:])
+
+
+def find_redis_sentinel() -> list[str]:
+    """How to start a sentinel: `redis-sentinel`, or `redis-server … --sentinel` (the same binary)."""
+    binary = shutil.which("redis-sentinel")
+    return [binary] if binary else [find_redis_server(), "--sentinel"]
+
+
+class RedisSentinel:
+    """One sentinel process watching `service` on `primary`, with its own (rewritable) config file."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, primary: RedisServer | PrimaryRelay, *, service: str, quorum: int, down_after_ms: int,
+                 failover_timeout_ms: int, startup_timeout: float = 10.0) -> None:
+        self.command = find_redis_sentinel()
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="chunkd-sentinel-")
+        self.startup_timeout = startup_timeout
+        self.config = os.path.join(self.dir, "sentinel.conf")
+        with open(self.config, "w") as config:
+            config.write(
+                f"port {self.port}\nbind {self.host}\ndir {self.dir}\n"
+                f"sentinel monitor {service} {primary.host} {primary.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {service} 1\n"
+            )
+        self._log_path = os.path.join(self.dir, "sentinel.log")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.command[0], self.config, *self.command[1:]]
+        with open(self._log_path, "ab") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.startup_timeout
+        while not _pong(self.host, self.port):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"redis-sentinel did not start:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        with open(self._log_path, errors="replace") as log:
+            return "".join(log.readlines()[-lines:])
+
+
+class PrimaryRelay:
+    """A TCP relay in front of the primary: the address Sentinel, the replica and clients know it
+    by. `hold` stops passing on what the primary sends down replication connections (those that
+    asked for PSYNC): the writes it acknowledges from then on never reach the replica, as when a
+    primary dies before asynchronous replication caught up. (Sentinel would point a replica that
+    replicated through a side door straight back at the primary, so everyone uses the door.)"""
+
+    host = "127.0.0.1"
+
+    def __init__(self, primary: RedisServer) -> None:
+        self.primary = primary
+        self._listener = socket.create_server((self.host, 0))
+        self.port = self._listener.getsockname()[1]
+        self._held = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="primary-relay", daemon=True).start()
+
+    def hold(self) -> None:
+        self._held.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection((self.primary.host, self.primary.port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            replication = threading.Event()
+            threading.Thread(target=self._up, args=(client, upstream, replication), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, replication), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, replication: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if b"PSYNC" in data.upper():
+                    replication.set()
+                upstream.sendall(data)
+        self._drop(client, upstream)
+
+    def _down(self, upstream: socket.socket, client: socket.socket, replication: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if not (replication.is_set() and self._held.is_set()):
+                    client.sendall(data)
+        self._drop(client, upstream)
+
+    @staticmethod
+    def _drop(*socks: socket.socket) -> None:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class SentinelGroup:
+    """A primary, one replica and three sentinels on loopback ports: what `redis+sentinel://` is
+    made for. `kill_primary` is the crash Sentinel fails over from (a quorum of 2 of 3 agrees the
+    primary is down after `down_after_ms`, one of them promotes the replica). The primary is known
+    by its `relay`'s address, which a test may hold to make the replica fall behind."""
+
+    service = "mymaster"
+
+    def __init__(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+        self.primary = RedisServer()
+        self.relay = PrimaryRelay(self.primary)
+        self.replica = RedisServer(replica_of=(self.relay.host, self.relay.port))
+        self.sentinels = [
+            RedisSentinel(self.relay, service=self.service, quorum=2, down_after_ms=down_after_ms,
+                          failover_timeout_ms=failover_timeout_ms)
+            for _ in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self._wait(self._watching, timeout, "the sentinels to know each other and the replica")
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary; what the held relay kept from the replica is gone with it."""
+        self.primary.kill()
+        self.relay.close()
+
+    def primary_port(self) -> int | None:
+        """The primary port every sentinel names, or None while they disagree."""
+        ports = {int(self._ask(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]) for s in self.sentinels}
+        return ports.pop() if len(ports) == 1 else None
+
+    def close(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.close()
+        self.replica.close()
+        self.relay.close()
+        self.primary.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _watching(self) -> bool:
+        """Each sentinel sees the other two and the replica, in sync: a failover can be voted and done."""
+        for sentinel in self.sentinels:
+            client = redis.Redis(sentinel.host, sentinel.port, decode_responses=True, socket_timeout=2)
+            try:
+                state = client.sentinel_master(self.service)
+                replicas = client.sentinel_slaves(self.service)
+            finally:
+                client.close()
+            if state["num-other-sentinels"] != 2 or len(replicas) != 1:
+                return False
+            if replicas[0].get("master-link-status") != "ok" or replicas[0]["is_sdown"]:
+                return False
+        return True
+
+    def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
+        client = redis.Redis(sentinel.host, sentinel.port, decode_responses=True, socket_timeout=2)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.1)
+
+
+def _pong(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
