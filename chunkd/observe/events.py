@@ -93,6 +93,7 @@ def build_event(kind: str, record: StreamRecord, *, ts: float) -> dict[str, Any]
         "ts": ts,
         "stream_id": record.id,
         "relpath": record.relpath,
+        "node": record.node,
         "key": record.key,
         "bucket": record.bucket,
         "size": record.size,

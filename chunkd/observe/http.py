@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from chunkd.observe.metrics import Metrics
 
@@ -59,6 +59,7 @@ class HttpServer:
         health: Callable[[], Check],
         ready: Callable[[], Check],
         status: Callable[[], list[dict[str, Any]]],
+        fleet_status: Callable[[str | None], list[dict[str, Any]]] | None = None,
         poll_interval: float = 0.5,
         any_free_port: bool = False,
     ) -> None:
@@ -69,7 +70,8 @@ class HttpServer:
         self._metrics = metrics
         self._health = health
         self._ready = ready
-        self._status = status
+        self._status = status  # this daemon's streams
+        self._fleet_status = fleet_status  # one node's (a name) or every node's (None): /status?node=, ?all_nodes=1
         self._last_ok: dict[str, bool] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -122,8 +124,8 @@ class HttpServer:
 
     # -- routing (called on request threads) ------------------------------------------------
 
-    def respond(self, path: str, authorization: str | None) -> tuple[int, bytes, str, dict[str, str]]:
-        """(status, body, content type, extra headers) for a GET of `path`."""
+    def respond(self, path: str, authorization: str | None, query: str = "") -> tuple[int, bytes, str, dict[str, str]]:
+        """(status, body, content type, extra headers) for a GET of `path`?`query`."""
         if path == "/healthz":
             return self._probe("healthz", self._health)
         if path == "/readyz":
@@ -135,7 +137,15 @@ class HttpServer:
         if path == "/metrics":
             body, content_type = self._metrics.render()
             return 200, body, content_type, {}
-        return _json(200, self._status())
+        return self._status_of(parse_qs(query))
+
+    def _status_of(self, params: dict[str, list[str]]) -> tuple[int, bytes, str, dict[str, str]]:
+        """/status: this daemon's streams; `?node=NAME` another node's, `?all_nodes=1` the fleet's."""
+        every = params.get("all_nodes", ["0"])[-1].lower() in ("1", "true", "yes")
+        node = params.get("node", [None])[-1]
+        if self._fleet_status is None or not (every or node):
+            return _json(200, self._status())
+        return _json(200, self._fleet_status(None if every else node))
 
     def _authorized(self, authorization: str | None) -> bool:
         if self._token is None:
@@ -199,9 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server_version  # no Python version in the Server header
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
         try:
-            status, body, content_type, headers = self.app.respond(path, self.headers.get("Authorization"))
+            status, body, content_type, headers = self.app.respond(path, self.headers.get("Authorization"), parts.query)
         except Exception:
             logger.exception("HTTP %s failed", path)
             status, body, content_type, headers = _json(500, {"error": "internal error"})

@@ -17,6 +17,7 @@ import redis
 from redis.client import Pipeline
 
 from chunkd.errors import StoreError
+from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
     StreamRecord,
@@ -32,6 +33,7 @@ from chunkd.store.redis_errors import RedisErrors, connection_kwargs, redact_red
 from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
+from chunkd.store.redis_nodes import RedisNodes
 from chunkd.store.redis_reads import RedisStreamReader
 from chunkd.store.redis_replies import Fields, member, text
 from chunkd.store.redis_urls import RedisUrlLedger
@@ -60,6 +62,7 @@ class RedisStore:
         self.urls = RedisUrlLedger(client, self.keys, errors=self._errors)
         self.content = RedisContentIndex(client, self.keys, errors=self._errors)
         self.key_index = KeyIndexBackfill(client, self.keys, errors=self._errors)
+        self.nodes = RedisNodes(client, self.keys, errors=self._errors)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -220,6 +223,9 @@ class RedisStore:
     def release_lease(self, lease: Lease) -> None:
         self.leases.release_lease(lease)
 
+    def forget_lease(self, name: str) -> bool:
+        return self.leases.forget_lease(name)
+
     def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
         with self._errors(f"delete stream {stream_id}"):
@@ -242,15 +248,17 @@ class RedisStore:
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         return self.reads.get_stream(stream_id)
 
-    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
-        return self.reads.find_by_relpath(relpath)
+    def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
+        return self.reads.find_by_relpath(relpath, scope=scope)
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
         self.key_index.ensure()  # records from before the index are in it too
         return self.reads.find_by_key(bucket, key)
 
-    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        return self.reads.list_streams(states)
+    def list_streams(
+        self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
+    ) -> list[StreamRecord]:
+        return self.reads.list_streams(states, discovered_before=discovered_before)
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         return self.reads.list_parts(stream_id)
@@ -282,6 +290,12 @@ class RedisStore:
 
     def forget_content(self, sha256: str) -> None:
         self.content.forget_content(sha256)
+
+    def beat(self, node: str, info: dict[str, Any], *, ttl: float) -> None:
+        self.nodes.beat(node, info, ttl=ttl)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self.nodes.list_nodes()
 
     def ping(self) -> None:
         with self._errors("ping"):

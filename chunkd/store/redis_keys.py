@@ -13,6 +13,8 @@
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
     chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
+    chunkd:node:<node>           string: a daemon's heartbeat (JSON), expires unless renewed (redis_nodes.py)
+    chunkd:nodes                 sorted set: node names scored by their last heartbeat
     chunkd:schema                hash: which indexes the records are in (redis_backfill.py)
     chunkd:mark                  string: a random token, gone with the data (RedisStore.data_mark)
 """
@@ -65,6 +67,12 @@ class RedisKeys:
 
     def events(self) -> str:
         return f"{self.prefix}events"
+
+    def node(self, name: str) -> str:
+        return f"{self.prefix}node:{name}"
+
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes"
 
     def mark(self) -> str:
         return f"{self.prefix}mark"
