@@ -84,8 +84,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with open_store(settings) as store:
         statuses = collect(store, states, since=since, scope=scope)
         downloads = [] if args.json or args.state else store.list_urls()
+        others = not statuses and scope is not None and scope.node is not None and bool(store.list_streams(states))
     filtered = args.state is not None or args.since is not None
     empty = nothing_matches(states, args.since) if filtered else "no streams recorded yet"
+    if others and scope is not None:  # run from a host that is no node of the fleet (an operator's), or a typo in --node
+        empty += f" for node {scope.node} (other nodes have some: chunkd status --all-nodes)"
     print(render_json(statuses) if args.json else render_table(statuses, empty=empty, nodes=scope is None))
     if downloads:
         print("\n" + render_downloads(downloads))

@@ -104,6 +104,10 @@ def _check_the_one_view(env: dict[str, str], names: list[str]) -> None:
     assert sorted((row[0], row[2], row[3]) for row in rows[1:]) == [("COMPLETED", name, SAME) for name in names]
     other = run_chunkd("status", "--json", "--node", names[1], env=env)
     assert [row["node"] for row in json.loads(other.stdout)] == [names[1]]
+    stranger = run_chunkd("status", "--node", "ops-laptop", env=env)
+    assert stranger.stdout.strip() == (
+        "no streams recorded yet for node ops-laptop (other nodes have some: chunkd status --all-nodes)"
+    )
     nodes = run_chunkd("nodes", "--json", env=env)
     assert nodes.returncode == 0, nodes.stderr
     listed = json.loads(nodes.stdout)
