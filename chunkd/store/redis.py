@@ -27,7 +27,7 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
-from chunkd.store.redis_backfill import KeyIndexBackfill
+from chunkd.store.redis_backfill import KeyIndexBackfill, NodeIndexCheck
 from chunkd.store.redis_content import RedisContentIndex
 from chunkd.store.redis_errors import RedisErrors, connection_kwargs, redact_redis_url
 from chunkd.store.redis_events import RedisEventLog
@@ -57,6 +57,7 @@ class RedisStore:
         self.keys = RedisKeys(prefix)
         self._errors = RedisErrors(client)
         self.reads = RedisStreamReader(client, self.keys, errors=self._errors)
+        self.reads.unscoped = NodeIndexCheck(client, self.keys, errors=self._errors)
         self.leases = RedisLeases(client, prefix, errors=self._errors)
         self.events = RedisEventLog(client, self.keys, errors=self._errors)
         self.urls = RedisUrlLedger(client, self.keys, errors=self._errors)
@@ -174,6 +175,8 @@ class RedisStore:
                 pipe.zrem(self.keys.streams(state), record.id)
         pipe.zadd(self.keys.streams(record.state), score)
         pipe.zadd(self.keys.path(record.relpath), score)
+        if record.node and not record.shared:
+            pipe.zadd(self.keys.node_path(record.node, record.relpath), score)
         pipe.zadd(self.keys.object(record.bucket, record.key), score)
 
     def record_part(
@@ -237,6 +240,8 @@ class RedisStore:
                 pipe.zrem(self.keys.streams(state), stream_id)
             if record is not None:
                 pipe.zrem(self.keys.path(record.relpath), stream_id)
+                if record.node and not record.shared:
+                    pipe.zrem(self.keys.node_path(record.node, record.relpath), stream_id)
                 pipe.zrem(self.keys.object(record.bucket, record.key), stream_id)
             if owns_content and content_key is not None:
                 pipe.delete(content_key)

@@ -5,6 +5,7 @@
     chunkd:streams               sorted set: every stream id, scored by discovered_at
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
+    chunkd:path@<node>:<relpath> sorted set: the same, of one node's local folder only (a fleet's lookups)
     chunkd:key:<bucket>/<key>    sorted set: ids of streams for that object, scored by discovered_at
     chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
     chunkd:sizes                 set: sizes of indexed content (a file of another size is no duplicate)
@@ -42,6 +43,10 @@ class RedisKeys:
 
     def path(self, relpath: str) -> str:
         return f"{self.prefix}path:{relpath}"
+
+    def node_path(self, node: str, relpath: str) -> str:
+        """A node name has no ':' (chunkd.model.node), so no node's key is another's or path()'s."""
+        return f"{self.prefix}path@{node}:{relpath}"
 
     def object(self, bucket: str, key: str) -> str:
         return f"{self.prefix}key:{bucket}/{key}"

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from chunkd.model.node import Scope
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.store.redis_backfill import NodeIndexCheck
 from chunkd.store.redis_replies import texts
 from chunkd.store.redis_role import RedisRole
 
@@ -17,19 +18,31 @@ from chunkd.store.redis_role import RedisRole
 class RedisStreamReader(RedisRole):
     """StreamReader on Redis; RedisStore hands its stream reads here."""
 
+    # Whether the store may hold records without a node (RedisStore sets it); None: assume it may.
+    unscoped: NodeIndexCheck | None = None
+
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         with self._errors(f"get stream {stream_id}"):
             data = self.client.hget(self.keys.stream(stream_id), "data")
         return StreamRecord.from_dict(json.loads(data)) if data else None
 
     def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
+        """A local folder's node looks in its own index first: a fleet's boxes all record
+        `cam1/<date>.mp4`, and the index of every node's would load each box's stream of it. Only a
+        store that holds records from before nodes (none of a node's index) needs that one too."""
+        if scope is not None and scope.node is not None and not scope.single_box:
+            found = self._newest(self.keys.node_path(scope.node, relpath), relpath, scope)
+            if found is not None or (self.unscoped is not None and not self.unscoped.possible()):
+                return found
+        return self._newest(self.keys.path(relpath), relpath, scope)
+
+    def _newest(self, index: str, relpath: str, scope: Scope | None) -> StreamRecord | None:
         # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
         # upload) must not take the path back from the file that replaced it.
         with self._errors(f"find stream for {relpath!r}"):
-            ids = texts(self.client.zrevrange(self.keys.path(relpath), 0, -1))
+            ids = texts(self.client.zrevrange(index, 0, -1))
         for record in self._load(ids):
-            # Skips a stream whose record was later moved to another path, and another node's; one
-            # index per relpath for every node, so records from before nodes are found as they were.
+            # Skips a stream whose record was later moved to another path, and another node's.
             if record.relpath == relpath and (scope is None or scope.holds(record)):
                 return record
         return None

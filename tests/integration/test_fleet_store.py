@@ -153,3 +153,36 @@ def test_a_completed_record_from_before_nodes_keeps_its_file_uploaded(
         assert engine.requests["PutObject"] == sent  # type: ignore[attr-defined]
     finally:
         close_test_engine(engine)
+
+
+def test_a_nodes_lookup_does_not_read_every_nodes_stream_of_the_name(redis_url: str) -> None:
+    """Fifty boxes record cam1/<date>.mp4: a box looking for its own reads its own index, not 50 records."""
+    from chunkd.store.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url)
+    try:
+        for index in range(50):
+            store.save_stream(stream(f"s{index:02d}", node=f"rec-{index:02d}", discovered_at=NOW + index))
+        hgets = _calls(store, "hget")
+        found = store.find_by_relpath("cam1/2026-12-04.mp4", scope=Scope("rec-07"))
+        assert found is not None and found.id == "s07"
+        assert store.find_by_relpath("cam1/2026-12-04.mp4", scope=Scope("rec-99")) is None
+        # One record read for the first; the store was checked once for records without a node: its
+        # schema mark, then the 50 records (none without a node: marked, never read again).
+        assert _calls(store, "hget") - hgets == 1 + 1 + 50
+        hgets = _calls(store, "hget")
+        assert store.find_by_relpath("cam1/2026-12-04.mp4", scope=Scope("rec-98")) is None
+        assert _calls(store, "hget") == hgets, "a name no stream of this node has costs no record read"
+        reopened = RedisStore.from_url(redis_url)
+        try:
+            assert reopened.find_by_relpath("cam1/2026-12-04.mp4", scope=Scope("rec-97")) is None
+            assert _calls(store, "hget") == hgets + 1, "a marked store is not read through again"
+        finally:
+            reopened.close()
+    finally:
+        store.close()
+
+
+def _calls(store: Any, command: str) -> int:
+    stats: dict[str, Any] = store.client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
