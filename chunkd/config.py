@@ -16,6 +16,7 @@ from typing import Any
 
 from chunkd.errors import ConfigError
 from chunkd.model import attributes as attrs
+from chunkd.model.node import Scope, default_node, validate_node
 from chunkd.model.planner import MAX_PART_SIZE, MIN_PART_SIZE
 from chunkd.pipeline.buffers import DEFAULT_BUFFER_MEMORY
 
@@ -139,6 +140,8 @@ class Settings:
     sse_c_key_file: Path | None = None
     presign_seconds: int = 0
     state_url: str = DEFAULT_STATE_URL
+    node: str = ""  # this daemon's name in a fleet (chunkd.model.node); empty: the hostname (`node_name`)
+    shared_input: bool = False  # the input folder is shared by several daemons: relpath alone names a file
     key_template: str = "{relpath}"
     part_size: int = 8 * 1024 * 1024
     part_schedule: str = "growing"
@@ -170,6 +173,7 @@ class Settings:
     priority: tuple[tuple[str, int], ...] = ()
     gc_hours: float = 24.0
     retention_days: float = 30.0
+    expire_records: bool = False  # the daemon expires its node's finished records past retention_days, hourly
     links_pattern: tuple[str, ...] = ("links.txt", "*.links.txt")
     allow_private_urls: bool = False
     download_concurrency: int = 2
@@ -210,6 +214,18 @@ class Settings:
         )
 
     @property
+    def node_name(self) -> str:
+        """CHUNKD_NODE, else the hostname."""
+        return self.node or default_node()
+
+    @property
+    def scope(self) -> Scope:
+        """The stream records this daemon's folder holds and the leases its jobs take."""
+        return Scope.of(
+            self.node_name, shared_input=self.shared_input, single_box=self.state_url.startswith("sqlite:")
+        )
+
+    @property
     def fixed_parts(self) -> bool:
         return self.part_schedule == "fixed"
 
@@ -242,6 +258,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "sse_c_key_file": lambda v: Path(v).expanduser() if v else None,
     "presign_seconds": _presign_seconds,
     "state_url": str,
+    "node": lambda v: validate_node(str(v).strip()) if str(v).strip() else "",
+    "shared_input": _parse_bool,
     "key_template": str,
     "part_size": parse_size,
     "part_schedule": _choice("growing", "fixed"),
@@ -273,6 +291,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "priority": lambda v: _parse_priority(v),
     "gc_hours": _non_negative_float,
     "retention_days": _non_negative_float,
+    "expire_records": _parse_bool,
     "links_pattern": _parse_list,
     "allow_private_urls": _parse_bool,
     "download_concurrency": _positive_int,

@@ -21,9 +21,11 @@ from chunkd.intake.scheduler import JobRequest, JobResult, Scheduler, part_weigh
 from chunkd.intake.watcher import Watcher
 from chunkd.links.batch import LinkManager
 from chunkd.links.download import Downloader
+from chunkd.model.node import Scope
 from chunkd.model.states import StreamRecord, StreamState
 from chunkd.observe import systemd
 from chunkd.observe.events import EventSink
+from chunkd.observe.heartbeat import Heartbeat
 from chunkd.observe.http import HttpServer
 from chunkd.observe.live import EventFeed
 from chunkd.observe.logs import redact
@@ -31,6 +33,7 @@ from chunkd.observe.metrics import Metrics, store_snapshot
 from chunkd.observe.overview import collect
 from chunkd.observe.probes import Probes
 from chunkd.observe.thumbnails import Thumbnails
+from chunkd.ops.retention import RetentionPass
 from chunkd.pipeline.buffers import BufferPool
 from chunkd.pipeline.discovery import new_record
 from chunkd.pipeline.engine import Engine
@@ -156,6 +159,11 @@ class Daemon:
             maxlen=settings.events_maxlen, presign=self._presigner(), listeners=[self.feed.publish],
         )
         engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
+        self.heartbeat = Heartbeat(engine.store, engine.node, queue_depth=lambda: self.scheduler.queue_depth)
+        self.retention = (
+            RetentionPass(engine.store, days=settings.retention_days, scope=engine.scope)
+            if settings.expire_records else None
+        )
         self.probes = Probes(engine, lambda: self.watcher.alive)
         self.http = self._http_server()
         self.resets = ResetWatch(engine.store)
@@ -181,6 +189,8 @@ class Daemon:
             self.engine.metrics.file_finished("deduplicated" if deduplicated else "completed")
         elif outcome in (Outcome.FAILED, Outcome.QUARANTINED):
             self.engine.metrics.file_finished(outcome.value)
+        if outcome in (Outcome.FAILED, Outcome.QUARANTINED) and job.record is not None:
+            self.heartbeat.error(f"{job.record.relpath}: {job.record.last_error or outcome.value}")
         if outcome in _EVENT_OUTCOMES and job.record is not None:
             # The store's copy: after a cancel, the job's in-memory record is behind it.
             self.events.emit(outcome.value, self.engine.store.get_stream(job.record.id) or job.record)
@@ -191,7 +201,7 @@ class Daemon:
         `chunkd status` shows it and `chunkd retry ID` brings it back."""
         engine = self.engine
         try:
-            held = engine.leases.acquire(request.relpath)
+            held = engine.leases.acquire(engine.scope.lease_name(request.relpath))
         except StoreError as exc:
             logger.error("could not record the failure: %s", exc, extra={"relpath": request.relpath})
             return
@@ -208,12 +218,13 @@ class Daemon:
         finally:
             engine.leases.release(held)
         engine.metrics.file_finished(Outcome.FAILED.value)
+        self.heartbeat.error(f"{record.relpath}: {reason}")
         self.events.emit(Outcome.FAILED.value, record)
 
     def _failed_record(self, request: JobRequest, reason: str) -> StreamRecord | None:
         """The file's stream, moved to FAILED; a new FAILED one if the job never got to create
         it; None if it ended meanwhile."""
-        record = self.engine.store.find_by_relpath(request.relpath)
+        record = self.engine.store.find_by_relpath(request.relpath, scope=self.engine.scope)
         if record is not None:
             if record.state.terminal:
                 return None
@@ -237,7 +248,10 @@ class Daemon:
         return HttpServer(
             settings.http_addr, token=settings.http_token, metrics=engine.metrics,
             health=self.probes.health, ready=self.probes.ready,
-            status=lambda: [status.to_dict() for status in collect(engine.store)],
+            status=lambda: [status.to_dict() for status in collect(engine.store, scope=engine.scope)],
+            fleet_status=lambda node: [
+                status.to_dict() for status in collect(engine.store, scope=None if node is None else Scope(node))
+            ],
             feed=self.feed, thumbnails=self._thumbnails().get, any_free_port=self._any_free_port,
         )
 
@@ -253,7 +267,8 @@ class Daemon:
         Not a download's: its file is in the staging folder, and `LinkManager.resume` sends it
         from there (final, with its origin) and records how its URL ended."""
         states = [StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING]
-        unfinished = [record for record in self.engine.store.list_streams(states) if record.origin is None]
+        scope = self.engine.scope  # another box's unfinished streams are its own to resume
+        unfinished = [r for r in self.engine.store.list_streams(states) if r.origin is None and scope.holds(r)]
         for record in unfinished:
             self.scheduler.submit(local_path(self.engine.input_dir, record.relpath), record.relpath)
         return len(unfinished)
@@ -300,6 +315,7 @@ class Daemon:
         elif engine.settings.thumbnail and not ffmpeg_available():
             logger.warning("ffmpeg not found: videos get no poster frame (thumbnail_error in their manifests)")
         self.resets.lost_data()  # the mark of the data the store holds now
+        self.heartbeat.tick()
         resumed = self.resume_unfinished()
         self.links.resume()
         self.links.start()
@@ -316,6 +332,9 @@ class Daemon:
         next_resume = time.monotonic() + resume_every
         while not engine.stop.wait(1.0):
             self.probes.beat()
+            self.heartbeat.tick()
+            if self.retention is not None:
+                self.retention.tick()
             self._restore_if_store_lost_data()
             if watchdog_every is not None and time.monotonic() >= next_ping:
                 systemd.notify("WATCHDOG=1")

@@ -1,5 +1,5 @@
 """Command line: `chunkd run`, `chunkd upload PATH…`, `chunkd status`, `chunkd verify KEY|PATH`, and the
-operator commands `doctor`, `gc`, `retry`, `cancel`, `stats`.
+operator commands `doctor`, `gc`, `retry`, `cancel`, `stats`, `nodes`.
 
 One module per group of commands (run, inspect, ops); this one parses, loads the settings, and turns
 chunkd's errors into one line and an exit code.
@@ -33,7 +33,7 @@ Command = Callable[[Settings, argparse.Namespace], int]
 COMMANDS: dict[str, Command] = {
     "run": run.cmd_run, "upload": run.cmd_upload, "status": inspect.cmd_status, "verify": inspect.cmd_verify,
     "doctor": ops.cmd_doctor, "gc": ops.cmd_gc, "retry": ops.cmd_retry, "cancel": ops.cmd_cancel,
-    "stats": inspect.cmd_stats,
+    "stats": inspect.cmd_stats, "nodes": inspect.cmd_nodes,
 }
 
 # The commands that take an S3 handle; `--dev` gives them the dev endpoint (`run` starts and publishes it).

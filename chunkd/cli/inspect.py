@@ -14,6 +14,7 @@ from chunkd.cli.common import (
     target,
 )
 from chunkd.config import Settings
+from chunkd.model.node import Scope
 from chunkd.model.states import StreamState
 
 
@@ -26,6 +27,7 @@ def add_status_and_verify(commands: Any, parent: argparse.ArgumentParser) -> Non
     status.add_argument(
         "--since", type=duration, metavar="AGE", help="only streams updated in the last AGE (30m, 2h, 7d)"
     )
+    add_node_options(status, "streams")
     verify = commands.add_parser(
         "verify", parents=[parent], help="check an uploaded object against its manifest",
         description="Compare an object with its manifest: HeadObject size and ETag, and the manifest's parts "
@@ -43,6 +45,28 @@ def add_stats(commands: Any, parent: argparse.ArgumentParser) -> None:
     stats = commands.add_parser("stats", parents=[parent], help="finished files and bytes per UTC day")
     stats.add_argument("--since", type=duration, default="7d", metavar="AGE", help="look back this far (default 7d)")
     stats.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    add_node_options(stats, "files")
+    nodes = commands.add_parser(
+        "nodes", parents=[parent], help="the daemons sharing this state store, seen in the last few minutes",
+        description="Every daemon beats in the state store every 10 s; a beat is kept 2 minutes. Shows each "
+        "node's version, uptime, queue depth and last error.",
+    )
+    nodes.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_node_options(command: argparse.ArgumentParser, what: str) -> None:
+    """A fleet shares one state store; a command shows one node's records: this one's (CHUNKD_NODE,
+    so `--node NAME` for another's), or with --all-nodes every node's."""
+    command.add_argument(
+        "--all-nodes", action="store_true",
+        help=f"{what} of every node sharing the state store (default: this node's; --node NAME for another's)",
+    )
+
+
+def node_scope(settings: Settings, args: argparse.Namespace) -> Scope | None:
+    """Which records a command shows: None for every node's. A caller's Namespace without the
+    option (a script driving the command functions) means this node's, as the command line does."""
+    return None if getattr(args, "all_nodes", False) else settings.scope
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -56,14 +80,27 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     states = [StreamState(s.upper()) for s in args.state] if args.state else None
     since = None if args.since is None else time.time() - args.since
+    scope = node_scope(settings, args)
     with open_store(settings) as store:
-        statuses = collect(store, states, since=since)
+        statuses = collect(store, states, since=since, scope=scope)
         downloads = [] if args.json or args.state else store.list_urls()
+        others = not statuses and scope is not None and scope.node is not None and bool(store.list_streams(states))
     filtered = args.state is not None or args.since is not None
     empty = nothing_matches(states, args.since) if filtered else "no streams recorded yet"
-    print(render_json(statuses) if args.json else render_table(statuses, empty=empty))
+    if others and scope is not None:  # run from a host that is no node of the fleet (an operator's), or a typo in --node
+        empty += f" for node {scope.node} (other nodes have some: chunkd status --all-nodes)"
+    print(render_json(statuses) if args.json else render_table(statuses, empty=empty, nodes=scope is None))
     if downloads:
         print("\n" + render_downloads(downloads))
+    return EXIT_OK
+
+
+def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
+    from chunkd.observe.heartbeat import render_nodes, render_nodes_json
+
+    with open_store(settings) as store:
+        nodes = store.list_nodes()
+    print(render_nodes_json(nodes) if args.json else render_nodes(nodes))
     return EXIT_OK
 
 
@@ -79,8 +116,10 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.observe import daily as stats
 
     finished = [StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED]
+    scope = node_scope(settings, args)
     with open_store(settings) as store:
-        rows = stats.aggregate(store.list_streams(finished), since=time.time() - args.since)
+        records = [r for r in store.list_streams(finished) if scope is None or scope.holds(r)]
+    rows = stats.aggregate(records, since=time.time() - args.since)
     render = {"table": stats.render_table, "json": stats.render_json, "csv": stats.render_csv}[args.format]
     print(render(rows))
     return EXIT_OK

@@ -21,6 +21,7 @@ from chunkd.cli.common import (
 )
 from chunkd.config import Settings
 from chunkd.errors import ChunkdError
+from chunkd.model.node import Scope
 from chunkd.model.states import StreamRecord, StreamState, UrlState
 from chunkd.store import CheckpointStore, StreamReader
 
@@ -129,7 +130,7 @@ def _get_stream(store: StreamReader, stream_id: str) -> StreamRecord:
 
 def _newest_for_path(store: StreamReader, record: StreamRecord) -> bool:
     """A stream replaced by a newer one for the same file would never be picked up again."""
-    newest = store.find_by_relpath(record.relpath)
+    newest = store.find_by_relpath(record.relpath, scope=Scope.of_record(record))
     return newest is None or newest.id == record.id
 
 
@@ -149,7 +150,7 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
         canceller = Canceller(store, lambda: quick_s3(settings))
         stream_id = args.stream_id
         if "://" in stream_id and store.get_stream(stream_id) is None:
-            stream_id = _cancel_download(store, stream_id)
+            stream_id = _cancel_download(store, stream_id, settings)
             if stream_id is None:
                 return EXIT_OK
         record = canceller.fail(stream_id)
@@ -171,12 +172,12 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cancel_download(store: CheckpointStore, url: str) -> str | None:
+def _cancel_download(store: CheckpointStore, url: str, settings: Settings) -> str | None:
     """Cancel a links-file URL; the ID of its upload's stream when that is under way, to cancel too."""
     from chunkd.ops.cancel import cancel_url
 
     record = cancel_url(store, url)
     print(f"cancel  {record.display}  -> FAILED (cancelled by operator)")
-    stream = store.find_by_relpath(record.relpath)
+    stream = store.find_by_relpath(record.relpath, scope=settings.scope)
     uploading = record.staged_path is not None and stream is not None and not stream.state.terminal
     return stream.id if uploading and stream is not None else None

@@ -27,6 +27,7 @@ from chunkd.cli.common import (
 )
 from chunkd.config import Settings, with_destination
 from chunkd.errors import ChunkdError
+from chunkd.model.node import Scope
 from chunkd.observe.logs import redact
 from chunkd.s3.client import S3Target
 from chunkd.store import StreamReader
@@ -167,7 +168,7 @@ def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
         for path, relpath in batch:
             outcome = scheduler.outcomes.get(relpath, Outcome.INTERRUPTED)
             if outcome not in (Outcome.COMPLETED, Outcome.SKIPPED):
-                reason = _recorded_error(engine.store, path, relpath)
+                reason = _recorded_error(engine.store, path, relpath, engine.scope)
                 failed.append(f"{relpath} ({outcome.value})" if reason is None else f"{relpath} ({path}): {reason}")
     engine.shutdown()
     engine.store.close()
@@ -181,9 +182,9 @@ def _upload(settings: Settings, s3: S3Target, paths: Sequence[Path]) -> int:
     return EXIT_FAILURE if failed or stop.is_set() else EXIT_OK
 
 
-def _recorded_error(store: StreamReader, path: Path, relpath: str) -> str | None:
+def _recorded_error(store: StreamReader, path: Path, relpath: str, scope: Scope) -> str | None:
     """Why this file's stream failed, as recorded (a key another file has, say)."""
-    record = store.find_by_relpath(relpath)
+    record = store.find_by_relpath(relpath, scope=scope)
     return record.last_error if record is not None and record.source_path == str(path) else None
 
 

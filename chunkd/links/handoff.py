@@ -67,10 +67,10 @@ class UploadHandoff:
             staged.unlink(missing_ok=True)  # the staged download was the only copy; the object is verified
             record.staged_path = None
         elif outcome in (Outcome.FAILED, Outcome.QUARANTINED):
-            stream = store.find_by_relpath(record.relpath)
+            stream = store.find_by_relpath(record.relpath, scope=self._engine.scope)
             error = (stream.last_error if stream else None) or result.error or outcome.value
             record.move_to(UrlState.FAILED, error=error)
-        elif outcome is Outcome.SKIPPED and (stream := store.find_by_relpath(record.relpath)) and stream.state.terminal:
+        elif outcome is Outcome.SKIPPED and (stream := store.find_by_relpath(record.relpath, scope=self._engine.scope)) and stream.state.terminal:
             # Nothing new to upload: its stream already ended (a failure stays one until `chunkd
             # retry`); say so instead of sending the same file again and again.
             _settle_from_stream(record, stream, staged)

@@ -103,10 +103,10 @@ class AttributeSettings:
     sse_bucket_key: bool | None = None
     acl: str | None = None
 
-    def render(self, *, key: str, relpath: str, hostname: str, now: float) -> ObjectAttributes:
+    def render(self, *, key: str, relpath: str, hostname: str, now: float, node: str | None = None) -> ObjectAttributes:
         """The attributes of the object at `key` from the file at `relpath`. ValueError (naming the
         setting) when a rendered value breaks S3's limits: a path too long for a tag value."""
-        values = {**template_values(relpath, now=now, hostname=hostname), "key": key}
+        values = {**template_values(relpath, now=now, hostname=hostname, node=node), "key": key}
         metadata = {name: _header(value.format(**values)) for name, value in self.metadata}
         tags = {name: value.format(**values) for name, value in self.tags}
         check_metadata_size(metadata)

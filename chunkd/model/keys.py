@@ -1,4 +1,5 @@
-"""Object keys from a template: `{relpath}` (default), `{date}`, `{stem}`, `{ext}`, `{hostname}`.
+"""Object keys from a template: `{relpath}` (default), `{date}`, `{stem}`, `{ext}`, `{hostname}`,
+`{node}` (CHUNKD_NODE: a fleet's boxes sharing one bucket use `{node}/{relpath}`).
 
 A key is safe whatever the file is called: relpaths are already escaped text (see `chunkd.paths`:
 no control characters, no undecodable bytes), and what the template adds is escaped the same way.
@@ -17,7 +18,7 @@ from pathlib import PurePosixPath
 
 from chunkd.intake.paths import printable
 
-FIELDS = frozenset({"relpath", "date", "stem", "ext", "hostname", "dir"})
+FIELDS = frozenset({"relpath", "date", "stem", "ext", "hostname", "node", "dir"})
 # Object attributes (CHUNKD_METADATA, CHUNKD_TAGS, …) may also name the file and its key.
 ATTRIBUTE_FIELDS = FIELDS | {"name", "key"}
 _DOT_SEGMENTS = {".": "%2E", "..": "%2E%2E"}
@@ -44,24 +45,31 @@ def check_fields(template: str, fields: frozenset[str]) -> set[str]:
     return names
 
 
-def template_values(relpath: str, *, now: float | None = None, hostname: str | None = None) -> dict[str, str]:
-    """What a template's fields stand for, for the file at `relpath`."""
+def template_values(
+    relpath: str, *, now: float | None = None, hostname: str | None = None, node: str | None = None
+) -> dict[str, str]:
+    """What a template's fields stand for, for the file at `relpath`. `node` defaults to the
+    hostname, as CHUNKD_NODE does."""
     path = PurePosixPath(relpath)
+    host = (hostname or socket.gethostname()).replace("/", "%2F")
     return {
         "relpath": relpath,
         "date": time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now)),
         "stem": path.stem,
         "ext": path.suffix.lstrip("."),
         "name": path.name,
-        "hostname": (hostname or socket.gethostname()).replace("/", "%2F"),
+        "hostname": host,
+        "node": node.replace("/", "%2F") if node else host,
         "dir": "" if str(path.parent) == "." else str(path.parent),
     }
 
 
-def render_key(template: str, relpath: str, *, now: float | None = None, hostname: str | None = None) -> str:
+def render_key(
+    template: str, relpath: str, *, now: float | None = None, hostname: str | None = None, node: str | None = None
+) -> str:
     """The object key for a file at `relpath` (an escaped relpath, POSIX separators, relative to
     the input folder)."""
-    key = template.format(**template_values(relpath, now=now, hostname=hostname))
+    key = template.format(**template_values(relpath, now=now, hostname=hostname, node=node))
     # S3 treats "a//b" and "/a" literally; collapse them so keys look like the folder they mirror.
     # Control characters can only come from the template or the hostname here: escaped, but a '%'
     # is left alone (the relpath's own escapes must not be escaped twice).

@@ -30,6 +30,7 @@ class ManifestSource:
     relpath: str | None  # under the drop folder; None when empty or missing
     hostname: str | None = None
     mtime: str | None = None  # ISO 8601 UTC, "Z"
+    node: str | None = None  # the daemon (CHUNKD_NODE) that uploaded it; None: before nodes were recorded
     origin: dict[str, Any] = field(default_factory=dict)  # downloads: url, webpage_url, extractor, title, …
 
 
@@ -94,7 +95,8 @@ def build_manifest(
         "part_schedule": record.schedule,
         "parts": [part.to_dict() for part in parts],
         "source": {
-            "relpath": record.relpath, "hostname": hostname, "mtime": iso_time(record.mtime), **(record.origin or {})
+            "relpath": record.relpath, "hostname": hostname, "node": record.node, "mtime": iso_time(record.mtime),
+            **(record.origin or {}),
         },
         "attributes": record.attributes,
         "media": media,
@@ -175,12 +177,13 @@ def _part(index: int, item: Any) -> PartRecord:
 
 
 def _source(source: dict[str, Any]) -> ManifestSource:
-    named = ("relpath", "hostname", "mtime")
+    named = ("relpath", "hostname", "node", "mtime")
     bad = [name for name in named if source.get(name) is not None and not isinstance(source[name], str)]
     if bad:
         raise ManifestError(f"malformed field(s): {', '.join(f'source.{name}' for name in bad)}")
     return ManifestSource(
         relpath=source.get("relpath") or None, hostname=source.get("hostname"), mtime=source.get("mtime"),
+        node=source.get("node"),
         origin={name: value for name, value in source.items() if name not in named},
     )
 

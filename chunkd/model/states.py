@@ -115,6 +115,11 @@ class StreamRecord:
     dedup_of: str | None = None  # the object with the same bytes (its key; s3://B/K in another bucket)
     origin: dict[str, Any] | None = None  # for downloads: url, webpage_url, extractor, title, …
     endpoint: str | None = None  # the S3 endpoint it goes to (S3Target.destination); None: recorded before
+    # The daemon (CHUNKD_NODE) that found the file; None: recorded before nodes were. `shared`: its
+    # folder is shared by several daemons (CHUNKD_SHARED_INPUT), so relpath alone names the stream
+    # (chunkd.model.node).
+    node: str | None = None
+    shared: bool = False
     # The object's attributes (ObjectAttributes.to_dict), fixed when its upload was created: a
     # resumed upload keeps them. None: not created yet, or created before attributes were recorded.
     attributes: dict[str, Any] | None = None

@@ -94,6 +94,7 @@ def build_event(kind: str, record: StreamRecord, *, ts: float) -> dict[str, Any]
         "ts": ts,
         "stream_id": record.id,
         "relpath": record.relpath,
+        "node": record.node,
         "key": record.key,
         "bucket": record.bucket,
         "size": record.size,

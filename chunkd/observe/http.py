@@ -81,6 +81,7 @@ class HttpServer:
         status: Callable[[], list[dict[str, Any]]],
         feed: EventFeed | None = None,
         thumbnails: Callable[[str], bytes | None] | None = None,
+        fleet_status: Callable[[str | None], list[dict[str, Any]]] | None = None,
         poll_interval: float = 0.5,
         any_free_port: bool = False,
         heartbeat: float = HEARTBEAT,
@@ -93,7 +94,8 @@ class HttpServer:
         self._metrics = metrics
         self._health = health
         self._ready = ready
-        self._status = status
+        self._status = status  # this daemon's streams
+        self._fleet_status = fleet_status  # one node's (a name) or every node's (None): /status?node=, ?all_nodes=1
         self._feed = feed
         self._thumbnails = thumbnails
         self._heartbeat = heartbeat
@@ -158,15 +160,15 @@ class HttpServer:
 
     # -- routing (called on request threads) ------------------------------------------------
 
-    def respond(self, path: str, authorization: str | None, query_token: str | None = None) -> Reply:
-        """(status, body, content type, extra headers) for a GET of `path` (not /events)."""
+    def respond(self, path: str, authorization: str | None, query: str = "") -> Reply:
+        """(status, body, content type, extra headers) for a GET of `path`?`query` (not /events)."""
         if path == "/healthz":
             return self._probe("healthz", self._health)
         if path == "/readyz":
             return self._probe("readyz", self._ready)
         if path not in GUARDED and not path.startswith(THUMBNAIL):
             return _json(404, {"error": "not found"})
-        if not self._authorized(authorization, query_token):
+        if not self._authorized(authorization, _query_token(query)):
             return _unauthorized()
         if path == "/metrics":
             body, content_type = self._metrics.render()
@@ -175,7 +177,15 @@ class HttpServer:
             return 200, _page(), "text/html; charset=utf-8", PAGE_HEADERS
         if path.startswith(THUMBNAIL):
             return self._thumbnail(path.removeprefix(THUMBNAIL))
-        return _json(200, self._status())
+        return self._status_of(parse_qs(query))
+
+    def _status_of(self, params: dict[str, list[str]]) -> Reply:
+        """/status: this daemon's streams; `?node=NAME` another node's, `?all_nodes=1` the fleet's."""
+        every = params.get("all_nodes", ["0"])[-1].lower() in ("1", "true", "yes")
+        node = params.get("node", [None])[-1]
+        if self._fleet_status is None or not (every or node):
+            return _json(200, self._status())
+        return _json(200, self._fleet_status(None if every else node))
 
     def _authorized(self, authorization: str | None, query_token: str | None = None) -> bool:
         """The bearer token in the header, or in the query; compared in constant time."""
@@ -313,7 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.app.serve_events(self, authorization, token)
             return
         try:
-            status, body, content_type, headers = self.app.respond(path, authorization, token)
+            status, body, content_type, headers = self.app.respond(path, authorization, url.query)
         except Exception:
             logger.exception("HTTP %s failed", path)
             status, body, content_type, headers = _json(500, {"error": "internal error"})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chunkd.intake.paths import printable
+from chunkd.model.node import Scope
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.observe.logs import redact
 from chunkd.store import StreamReader
@@ -59,12 +60,16 @@ def collect(
     *,
     since: float | None = None,
     now: float | None = None,
+    scope: Scope | None = None,
 ) -> list[StreamStatus]:
-    """Every stream (in `states`, updated at or after `since`) with its progress, speed and ETA."""
+    """Every stream (in `states`, updated at or after `since`, of the node `scope` names: None for a
+    fleet's every node) with its progress, speed and ETA."""
     now = time.time() if now is None else now
     result = []
     for record in store.list_streams(states):
         if since is not None and record.updated_at < since:
+            continue
+        if scope is not None and not scope.holds(record):
             continue
         if record.state is StreamState.COMPLETED:
             bytes_done, parts_done = record.size, 0
@@ -103,25 +108,30 @@ def render_json(statuses: list[StreamStatus]) -> str:
     return json.dumps([status.to_dict() for status in statuses], indent=2)
 
 
-def render_table(statuses: list[StreamStatus], *, empty: str = "no streams recorded yet") -> str:
-    """`empty`: what to say when there is no row (see `nothing_matches` for a filtered listing)."""
+def render_table(
+    statuses: list[StreamStatus], *, empty: str = "no streams recorded yet", nodes: bool = False
+) -> str:
+    """`empty`: what to say when there is no row (see `nothing_matches` for a filtered listing).
+    `nodes`: a NODE column (a fleet's streams, `chunkd status --all-nodes`)."""
     if not statuses:
         return empty
     # STATE and ID first: scripts split a row on whitespace, and a file name or key may contain
-    # spaces; the ID is what `chunkd retry` and `chunkd cancel` take.
-    rows = [("STATE", "ID", "FILE", "KEY", "DONE %", "SIZE", "SPEED", "ETA", "ERROR")]
+    # spaces; the ID is what `chunkd retry` and `chunkd cancel` take. A node name has no space.
+    node_column: tuple[str, ...] = ("NODE",) if nodes else ()
+    rows = [("STATE", "ID", *node_column, "FILE", "KEY", "DONE %", "SIZE", "SPEED", "ETA", "ERROR")]
     for status in statuses:
         record = status.record
         rows.append(
             (
                 record.state.value,
                 record.id,
+                *((record.node or "-",) if nodes else ()),
                 printable(record.relpath),
                 printable(record.key),
                 f"{status.percent:5.1f}%",
                 human_size(record.size),
                 "-" if status.speed is None else f"{human_size(int(status.speed))}/s",
-                "-" if status.eta is None else _duration(status.eta),
+                "-" if status.eta is None else short_duration(status.eta),
                 printable(redact(record.last_error or ""))[:80],
             )
         )
@@ -140,14 +150,14 @@ def nothing_matches(states: Iterable[StreamState] | None, since: float | None) -
 
 
 def _age(seconds: float) -> str:
-    """A --since age as it was probably typed: 1d, 30m, 2w; else as _duration puts it."""
+    """A --since age as it was probably typed: 1d, 30m, 2w; else as short_duration puts it."""
     for unit, size in sorted(_DURATION_UNITS.items(), key=lambda item: -item[1]):
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size:g}{unit}"
-    return _duration(seconds)
+    return short_duration(seconds)
 
 
-def _duration(seconds: float) -> str:
+def short_duration(seconds: float) -> str:
     """42s, 3m05s, 1h02m, 2d03h: two units at most, enough for an ETA."""
     whole = round(seconds)
     if whole < 60:

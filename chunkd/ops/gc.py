@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from chunkd.errors import TransferError, UploadGoneError
-from chunkd.model.states import StreamRecord, StreamState
+from chunkd.model.states import StreamState
+from chunkd.ops.retention import RetentionStore, expired_records, forget
 from chunkd.s3.traits import PROBE_NAME, probe_prefix
 from chunkd.s3.uploader import ListedObject, MultipartUpload, Uploader
-from chunkd.store import StreamLedger
 
 LIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
-FINISHED = (StreamState.COMPLETED, StreamState.FAILED, StreamState.QUARANTINED)
 PROBE_MAX_AGE = 600.0  # seconds; a running probe's object lives for a second or two
 
 
@@ -53,17 +52,11 @@ def stale_probes(
     return found
 
 
-def expired(records: Iterable[StreamRecord], *, days: float, now: float) -> list[StreamRecord]:
-    """Finished streams last updated more than `days` ago."""
-    cutoff = now - days * 86400
-    return [r for r in records if r.state in FINISHED and r.updated_at < cutoff]
-
-
 @dataclass
 class Collector:
     """One gc pass; `echo` gets each line of output."""
 
-    store: StreamLedger | None  # None: no state store, so no stream owns an upload and no record expires
+    store: RetentionStore | None  # None: no state store, so no stream owns an upload and no record expires
     uploader: Uploader
     bucket: str
     echo: Callable[[str], None]
@@ -130,18 +123,18 @@ class Collector:
         return done
 
     def expire_records(self, *, days: float) -> int:
-        """Delete (or list, dry run) finished records older than `days`; returns how many."""
+        """Delete (or list, dry run) finished records older than `days`, every node's; returns how many."""
         assert self.now is not None
         if self.store is None:
             return 0
         store = self.store
-        old = expired(store.list_streams(FINISHED), days=days, now=self.now)
+        old = expired_records(store, days=days, now=self.now)
         for record in old:
             if self.dry_run:
                 stamp = time.strftime("%Y-%m-%d", time.gmtime(record.updated_at))
                 self.echo(f"would expire  {record.id}  {record.state.value}  {record.relpath}  (updated {stamp})")
             else:
-                store.delete_stream(record.id)
+                forget(store, record)
         verb = "would expire" if self.dry_run else "expired"
         self.echo(f"gc: {verb} {len(old)} finished record(s) older than {days:g} days")
         return len(old)

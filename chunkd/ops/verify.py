@@ -30,6 +30,7 @@ from chunkd.model.manifest import (
     manifest_key,
     parse_manifest,
 )
+from chunkd.model.node import Scope
 from chunkd.model.states import PartRecord, StreamRecord
 from chunkd.observe.logs import redact
 from chunkd.ops.attributecheck import attribute_mismatches
@@ -209,16 +210,16 @@ def resolve(
     local = path.parent.resolve() / path.name  # keep a symlink's own name, as the watcher does
     # Outside the drop folder, `chunkd upload PATH` records the file name as the relpath.
     relpath = relpath_of(settings.input_dir.resolve(), local) or local.name
-    record = _find_stream(settings.state_url, relpath, store_opener)
+    record = _find_stream(settings.state_url, relpath, store_opener, settings.scope)
     if record is not None:
         found = f"key found in the checkpoint store: stream {record.id}, {record.state.value}, relpath {relpath!r}"
         return Subject(record.key, local, found)
-    key = render_key(settings.key_template, relpath)
+    key = render_key(settings.key_template, relpath, node=settings.node_name)
     return Subject(key, local, f"no stream recorded for {relpath!r}; key from CHUNKD_KEY_TEMPLATE")
 
 
 def _find_stream(
-    url: str, relpath: str, store_opener: Callable[[str], CheckpointStore]
+    url: str, relpath: str, store_opener: Callable[[str], CheckpointStore], scope: Scope
 ) -> StreamRecord | None:
     # Opening an SQLite store creates it; a read-only command must not leave a fresh one behind.
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
@@ -226,7 +227,7 @@ def _find_stream(
     try:
         store = store_opener(url)
         try:
-            return store.find_by_relpath(relpath)
+            return store.find_by_relpath(relpath, scope=scope)
         finally:
             store.close()
     except StoreError as exc:

@@ -120,7 +120,7 @@ class UploadCoordinator:
             return ObjectAttributes.from_dict(record.attributes)
         try:
             return engine.settings.attributes.render(
-                key=record.key, relpath=record.relpath, hostname=engine.hostname, now=engine.wall()
+                key=record.key, relpath=record.relpath, hostname=engine.hostname, now=engine.wall(), node=engine.node,
             )
         except ValueError as exc:
             raise PermanentError(str(exc), code="InvalidArgument", key=record.key) from None

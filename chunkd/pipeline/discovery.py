@@ -43,7 +43,7 @@ class Discovery:
         """The record to work on; None when there is nothing to do. Raises SourceGoneError, and
         KeyTakenError when another file has the key (see chunkd.pipeline.keyclaim)."""
         snap = take_snapshot(self.path)
-        existing = None if fresh else self.store.find_by_relpath(self.relpath)
+        existing = None if fresh else self.store.find_by_relpath(self.relpath, scope=self.engine.scope)
         if existing is not None and not self._goes_here(existing):
             self._moved_destination(existing)
             return self._new_record(snap)
@@ -62,15 +62,17 @@ class Discovery:
             if not existing.state.terminal:
                 if same_file:
                     self._claim_key(existing)
+                    if existing.node is None:  # from before nodes: it is this node's from now on
+                        existing.node, existing.shared = self.engine.node, self.engine.settings.shared_input
                     return existing
                 self._fail(existing, "replaced by a new file with the same name")
-        elif not fresh and snap.mtime < self.engine.forgotten_before and self._uploaded_before(snap):
+        elif not fresh and self.engine.may_be_forgotten(snap.mtime) and self._uploaded_before(snap):
             return None
         return self._new_record(snap)
 
     def _destination(self) -> tuple[str, str, str]:
         engine = self.engine
-        key = render_key(engine.settings.key_template, self.relpath, hostname=engine.hostname)
+        key = render_key(engine.settings.key_template, self.relpath, hostname=engine.hostname, node=engine.node)
         return engine.endpoint, engine.settings.bucket, key
 
     def _goes_here(self, record: StreamRecord) -> bool:
@@ -106,7 +108,7 @@ class Discovery:
 
     def forget_vanished(self) -> None:
         """The file disappeared: an unfinished stream of it fails (and its upload is aborted)."""
-        existing = self.store.find_by_relpath(self.relpath)
+        existing = self.store.find_by_relpath(self.relpath, scope=self.engine.scope)
         if existing is not None and not existing.state.terminal:
             self._fail(existing, "file disappeared before its upload finished")
 
@@ -181,10 +183,12 @@ def new_record(
         relpath=relpath,
         source_path=str(path),
         bucket=settings.bucket,
-        key=render_key(settings.key_template, relpath, hostname=engine.hostname),
+        key=render_key(settings.key_template, relpath, hostname=engine.hostname, node=engine.node),
         schedule=plan_schedule(settings.part_size, fixed=settings.fixed_parts).to_dict(),
         origin=origin,
         endpoint=engine.endpoint,
+        node=engine.node,
+        shared=settings.shared_input,
     )
     if snap is not None:
         record.device, record.inode = snap.identity.device, snap.identity.inode

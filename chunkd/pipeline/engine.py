@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.config import Settings
+from chunkd.model.node import Scope
 from chunkd.observe.metrics import Metrics
 from chunkd.pipeline.thumbnail import PosterFrames
 from chunkd.s3.listing import FolderListings
@@ -68,9 +69,25 @@ class Engine:
         self.folders = FolderListings(self.uploader)
         self.posters = PosterFrames(enabled=self.settings.thumbnail)
 
+    @property
+    def node(self) -> str:
+        return self.settings.node_name
+
+    @property
+    def scope(self) -> Scope:
+        """The records this daemon's folder holds and the leases its jobs take (chunkd.model.node)."""
+        return self.settings.scope
+
     def adopt_traits(self, traits: ServerTraits) -> None:
         """At start, before any job runs: the gateway from now on is the one for this server."""
         self.uploader = self.uploader.with_traits(traits)
+
+    def may_be_forgotten(self, mtime: float) -> bool:
+        """A file this old without a record may be one the store forgot: older than the run (or the
+        store's loss of its data), or than CHUNKD_RETENTION_DAYS, past which its record may have
+        expired (retention, `chunkd gc`) while the file stayed in the folder."""
+        expired_before = self.wall() - self.settings.retention_days * 86400
+        return mtime < self.forgotten_before or mtime < expired_before
 
     def store_lost_data(self) -> None:
         """The store came back empty: every file older than now may be one it forgot, and a bucket

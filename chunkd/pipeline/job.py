@@ -72,7 +72,7 @@ class StreamJob:
         """Upload the file while holding its lease; never touch it once another daemon took over."""
         engine = self.engine
         try:
-            held = engine.leases.acquire(self.relpath)
+            held = engine.leases.acquire(engine.scope.lease_name(self.relpath))
         except StoreError as exc:
             engine.metrics.store_error()
             engine.store_health.failed(exc)

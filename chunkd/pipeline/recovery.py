@@ -47,7 +47,9 @@ def restore_completed(
         if raw is None:
             return None
         manifest = parse_manifest(raw)
-        if not _describes(manifest, relpath, snap) or stream_id not in (None, manifest.stream_id):
+        scope = engine.settings.scope
+        node = None if scope.single_box else scope.node
+        if not _describes(manifest, relpath, snap, node) or stream_id not in (None, manifest.stream_id):
             return None
         info = engine.uploader.head(bucket, key)
     except (TransferError, ManifestError) as exc:
@@ -57,6 +59,7 @@ def restore_completed(
         return None
     record = _record(manifest, bucket, key, relpath, path, snap)
     record.endpoint = engine.endpoint  # the manifest was read from this endpoint's bucket
+    record.node, record.shared = engine.settings.node_name, engine.settings.shared_input
     store.save_stream(record)
     for part in manifest.parts:
         store.record_part(record.id, part)
@@ -69,11 +72,14 @@ def restore_completed(
     return record
 
 
-def _describes(manifest: Manifest, relpath: str, snap: Snapshot) -> bool:
+def _describes(manifest: Manifest, relpath: str, snap: Snapshot, node: str | None) -> bool:
+    """`node`: the only node whose manifest may describe the file (None: any, a shared folder or a
+    single box); another box's file of the same name and size is not this one."""
     return (
         manifest.size == snap.size
         and manifest.source.relpath == relpath
         and manifest.source.mtime == iso_time(snap.mtime)
+        and (node is None or manifest.source.node in (None, node))
     )
 
 

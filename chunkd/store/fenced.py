@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from chunkd.errors import StoreError
+from chunkd.model.node import Scope
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.store.health import StoreHealth
 from chunkd.store.lease import HeldLease
@@ -63,14 +64,16 @@ class FencedStore:
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         return self.patiently(lambda: self._store.get_stream(stream_id))
 
-    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
-        return self.patiently(lambda: self._store.find_by_relpath(relpath))
+    def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
+        return self.patiently(lambda: self._store.find_by_relpath(relpath, scope=scope))
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
         return self.patiently(lambda: self._store.find_by_key(bucket, key))
 
-    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        return self.patiently(lambda: self._store.list_streams(states))
+    def list_streams(
+        self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
+    ) -> list[StreamRecord]:
+        return self.patiently(lambda: self._store.list_streams(states, discovered_before=discovered_before))
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         return self.patiently(lambda: self._store.list_parts(stream_id))

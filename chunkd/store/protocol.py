@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
     StreamRecord,
@@ -28,15 +29,19 @@ class StreamReader(Protocol):
 
     def get_stream(self, stream_id: str) -> StreamRecord | None: ...
 
-    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
-        """The newest stream recorded for this relative path, if any."""
+    def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
+        """The newest stream recorded for this relative path, if any: of any node, or only one
+        `scope` holds (a fleet's boxes each have their own `cam1/a.mp4`; chunkd.model.node)."""
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
         """Every stream recorded for this object (any endpoint, any path), newest discovery first:
         two files must not take one key unnoticed."""
 
-    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        """Streams (optionally only those in `states`), oldest discovery first."""
+    def list_streams(
+        self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
+    ) -> list[StreamRecord]:
+        """Streams (optionally only those in `states`, discovered before a time), oldest discovery
+        first. `discovered_before` reads only those from the index (retention looks at old ones)."""
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         """Recorded parts ordered by part number."""
@@ -135,6 +140,22 @@ class LeaseStore(Protocol):
     def release_lease(self, lease: Lease) -> None:
         """Give the lease up if it is still ours, so another daemon need not wait for it to expire."""
 
+    def forget_lease(self, name: str) -> bool:
+        """Drop the fencing counter of `name` unless its lease is held: retention does it for a
+        file whose records expired, so a fleet's Redis does not keep a key per file ever seen.
+        True when it was dropped (or there was none)."""
+
+
+class NodeRegistry(Protocol):
+    """Which daemons of a fleet are alive: each beats every few seconds (chunkd.observe.heartbeat)."""
+
+    def beat(self, node: str, info: dict[str, Any], *, ttl: float) -> None:
+        """Say `node` is alive, with `info` (version, start, queue depth, last error); kept `ttl`
+        seconds unless said again. `seen_at` is added."""
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """The heartbeats not yet expired, by node name."""
+
 
 class JobLedger(StreamReader, ContentIndex, Protocol):
     """What a stream job reads and writes through: its lease-fenced view of the store
@@ -159,5 +180,7 @@ class StoreConnection(Protocol):
     def close(self) -> None: ...
 
 
-class CheckpointStore(StreamLedger, ContentIndex, EventLog, UrlLedger, LeaseStore, StoreConnection, Protocol):
+class CheckpointStore(
+    StreamLedger, ContentIndex, EventLog, UrlLedger, LeaseStore, NodeRegistry, StoreConnection, Protocol
+):
     """Every role at once: what a backend implements and what the daemon holds."""

@@ -17,6 +17,7 @@ import redis
 from redis.client import Pipeline
 
 from chunkd.errors import StoreError
+from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
     StreamRecord,
@@ -26,12 +27,13 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
-from chunkd.store.redis_backfill import KeyIndexBackfill
+from chunkd.store.redis_backfill import KeyIndexBackfill, NodeIndexCheck
 from chunkd.store.redis_content import RedisContentIndex
 from chunkd.store.redis_errors import RedisErrors, connection_kwargs, redact_redis_url
 from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
+from chunkd.store.redis_nodes import RedisNodes
 from chunkd.store.redis_reads import RedisStreamReader
 from chunkd.store.redis_replies import Fields, member, text, texts
 from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
@@ -57,11 +59,13 @@ class RedisStore:
         self.keys = RedisKeys(prefix)
         self._errors = errors or RedisErrors(client)
         self.reads = RedisStreamReader(client, self.keys, errors=self._errors)
+        self.reads.unscoped = NodeIndexCheck(client, self.keys, errors=self._errors)
         self.leases = RedisLeases(client, prefix, errors=self._errors)
         self.events = RedisEventLog(client, self.keys, errors=self._errors)
         self.urls = RedisUrlLedger(client, self.keys, errors=self._errors)
         self.content = RedisContentIndex(client, self.keys, errors=self._errors)
         self.key_index = KeyIndexBackfill(client, self.keys, errors=self._errors)
+        self.nodes = RedisNodes(client, self.keys, errors=self._errors)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
@@ -209,6 +213,8 @@ class RedisStore:
                 pipe.zrem(self.keys.streams(state), record.id)
         pipe.zadd(self.keys.streams(record.state), score)
         pipe.zadd(self.keys.path(record.relpath), score)
+        if record.node and not record.shared:
+            pipe.zadd(self.keys.node_path(record.node, record.relpath), score)
         pipe.zadd(self.keys.object(record.bucket, record.key), score)
 
     def record_part(
@@ -252,13 +258,22 @@ class RedisStore:
         return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from, floor=self._highest_fence(name))
 
     def _highest_fence(self, name: str) -> int:
-        """The highest token any record of the file named `name` (a lease is named by the relpath)
-        was written with: where a new token must start above, whatever the counter says."""
+        """The highest token any record of the file named `name` was written with: where a new
+        token must start above, whatever the counter says. A lease is named by the relpath (a shared
+        folder, a single box) or `@node/relpath` (a node's local folder, chunkd.model.node): its
+        records are in that node's relpath index, and one from before nodes were in the plain one.
+        Reading an index too many can only raise the floor, which is safe."""
+        indexes = [self.keys.path(name)]
+        node, slash, relpath = name[1:].partition("/")
+        if name.startswith("@") and slash and node:
+            indexes += [self.keys.node_path(node, relpath), self.keys.path(relpath)]
         with self._errors(f"read the fencing tokens of {name!r}"):
-            ids = texts(self.client.zrange(self.keys.path(name), 0, -1))
+            pipe = self.client.pipeline(transaction=False)
+            for index in indexes:
+                pipe.zrange(index, 0, -1)
+            ids = {stream_id for found in pipe.execute() for stream_id in texts(found)}
             if not ids:
                 return 0
-            pipe = self.client.pipeline(transaction=False)
             for stream_id in ids:
                 pipe.hget(self.keys.stream(stream_id), "fence")
             return max((int(token) for token in pipe.execute() if token), default=0)
@@ -272,6 +287,9 @@ class RedisStore:
     def release_lease(self, lease: Lease) -> None:
         self.leases.release_lease(lease)
 
+    def forget_lease(self, name: str) -> bool:
+        return self.leases.forget_lease(name)
+
     def delete_stream(self, stream_id: str, *, pipeline: Pipeline | None = None) -> None:
         record = self.get_stream(stream_id)  # its relpath and sha256 name the index keys to clean
         with self._errors(f"delete stream {stream_id}"):
@@ -283,6 +301,8 @@ class RedisStore:
                 pipe.zrem(self.keys.streams(state), stream_id)
             if record is not None:
                 pipe.zrem(self.keys.path(record.relpath), stream_id)
+                if record.node and not record.shared:
+                    pipe.zrem(self.keys.node_path(record.node, record.relpath), stream_id)
                 pipe.zrem(self.keys.object(record.bucket, record.key), stream_id)
             if owns_content and content_key is not None:
                 pipe.delete(content_key)
@@ -294,15 +314,17 @@ class RedisStore:
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         return self.reads.get_stream(stream_id)
 
-    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
-        return self.reads.find_by_relpath(relpath)
+    def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
+        return self.reads.find_by_relpath(relpath, scope=scope)
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
         self.key_index.ensure()  # records from before the index are in it too
         return self.reads.find_by_key(bucket, key)
 
-    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        return self.reads.list_streams(states)
+    def list_streams(
+        self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
+    ) -> list[StreamRecord]:
+        return self.reads.list_streams(states, discovered_before=discovered_before)
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         return self.reads.list_parts(stream_id)
@@ -334,6 +356,12 @@ class RedisStore:
 
     def forget_content(self, sha256: str) -> None:
         self.content.forget_content(sha256)
+
+    def beat(self, node: str, info: dict[str, Any], *, ttl: float) -> None:
+        self.nodes.beat(node, info, ttl=ttl)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self.nodes.list_nodes()
 
     def ping(self) -> None:
         with self._errors("ping"):

@@ -5,6 +5,7 @@
     chunkd:streams               sorted set: every stream id, scored by discovered_at
     chunkd:streams:<STATE>       sorted set: ids currently in STATE, scored by discovered_at
     chunkd:path:<relpath>        sorted set: ids of streams for that path, scored by discovered_at
+    chunkd:path@<node>:<relpath> sorted set: the same, of one node's local folder only (a fleet's lookups)
     chunkd:key:<bucket>/<key>    sorted set: ids of streams for that object, scored by discovered_at
     chunkd:sha256:<hex>          string: id of the completed stream whose object has that content
     chunkd:sizes                 set: sizes of indexed content (a file of another size is no duplicate)
@@ -13,6 +14,8 @@
     chunkd:events                stream: field `data` = event JSON, trimmed to about events_maxlen
     chunkd:lease:<relpath>       string "<owner>|<token>", expires after lease_seconds (redis_leases.py)
     chunkd:fence:<relpath>       integer: the newest fencing token issued for that path (never expires)
+    chunkd:node:<node>           string: a daemon's heartbeat (JSON), expires unless renewed (redis_nodes.py)
+    chunkd:nodes                 sorted set: node names scored by their last heartbeat
     chunkd:schema                hash: which indexes the records are in (redis_backfill.py)
     chunkd:mark                  string: a random token, gone with the data (RedisStore.data_mark)
 """
@@ -41,6 +44,10 @@ class RedisKeys:
     def path(self, relpath: str) -> str:
         return f"{self.prefix}path:{relpath}"
 
+    def node_path(self, node: str, relpath: str) -> str:
+        """A node name has no ':' (chunkd.model.node), so no node's key is another's or path()'s."""
+        return f"{self.prefix}path@{node}:{relpath}"
+
     def object(self, bucket: str, key: str) -> str:
         return f"{self.prefix}key:{bucket}/{key}"
 
@@ -65,6 +72,12 @@ class RedisKeys:
 
     def events(self) -> str:
         return f"{self.prefix}events"
+
+    def node(self, name: str) -> str:
+        return f"{self.prefix}node:{name}"
+
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes"
 
     def mark(self) -> str:
         return f"{self.prefix}mark"

@@ -60,6 +60,14 @@ return 0
 """
 
 
+# KEYS: lease, fence. The counter goes only while nobody holds the lease.
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
 class RedisLeases:
     """LeaseStore on Redis; RedisStore hands its lease calls here, and checks fences with `check_fence`."""
 
@@ -72,6 +80,7 @@ class RedisLeases:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._forget = client.register_script(_FORGET)
 
     def lease_key(self, name: str) -> str:
         return f"{self.prefix}lease:{name}"
@@ -103,6 +112,10 @@ class RedisLeases:
     def release_lease(self, lease: Lease) -> None:
         with self._errors(f"release lease on {lease.name!r}"):
             self._release(keys=[self.lease_key(lease.name)], args=[_lease_value(lease)])
+
+    def forget_lease(self, name: str) -> bool:
+        with self._errors(f"forget lease on {name!r}"):
+            return bool(self._forget(keys=[self.lease_key(name), self.fence_key(name)]))
 
 
 def check_fence(fence: Lease, current: str | None, *, holder: str | None = None, persisted: int | None = None) -> None:

@@ -8,7 +8,9 @@ import heapq
 import json
 from collections.abc import Iterable
 
+from chunkd.model.node import Scope
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
+from chunkd.store.redis_backfill import NodeIndexCheck
 from chunkd.store.redis_replies import texts
 from chunkd.store.redis_role import RedisRole
 
@@ -16,18 +18,32 @@ from chunkd.store.redis_role import RedisRole
 class RedisStreamReader(RedisRole):
     """StreamReader on Redis; RedisStore hands its stream reads here."""
 
+    # Whether the store may hold records without a node (RedisStore sets it); None: assume it may.
+    unscoped: NodeIndexCheck | None = None
+
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         with self._errors(f"get stream {stream_id}"):
             data = self.client.hget(self.keys.stream(stream_id), "data")
         return StreamRecord.from_dict(json.loads(data)) if data else None
 
-    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+    def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
+        """A local folder's node looks in its own index first: a fleet's boxes all record
+        `cam1/<date>.mp4`, and the index of every node's would load each box's stream of it. Only a
+        store that holds records from before nodes (none of a node's index) needs that one too."""
+        if scope is not None and scope.node is not None and not scope.single_box:
+            found = self._newest(self.keys.node_path(scope.node, relpath), relpath, scope)
+            if found is not None or (self.unscoped is not None and not self.unscoped.possible()):
+                return found
+        return self._newest(self.keys.path(relpath), relpath, scope)
+
+    def _newest(self, index: str, relpath: str, scope: Scope | None) -> StreamRecord | None:
         # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
         # upload) must not take the path back from the file that replaced it.
         with self._errors(f"find stream for {relpath!r}"):
-            ids = texts(self.client.zrevrange(self.keys.path(relpath), 0, -1))
+            ids = texts(self.client.zrevrange(index, 0, -1))
         for record in self._load(ids):
-            if record.relpath == relpath:  # skips a stream whose record was later moved to another path
+            # Skips a stream whose record was later moved to another path, and another node's.
+            if record.relpath == relpath and (scope is None or scope.holds(record)):
                 return record
         return None
 
@@ -36,13 +52,16 @@ class RedisStreamReader(RedisRole):
             ids = texts(self.client.zrevrange(self.keys.object(bucket, key), 0, -1))
         return [r for r in self._load(ids) if (r.bucket, r.key) == (bucket, key)]
 
-    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
+    def list_streams(
+        self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
+    ) -> list[StreamRecord]:
         wanted = None if states is None else {StreamState(state) for state in states}
         keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        high = "+inf" if discovered_before is None else f"({discovered_before!r}"
         with self._errors("list streams"):
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
-                pipe.zrange(key, 0, -1, withscores=True)
+                pipe.zrangebyscore(key, "-inf", high, withscores=True)
             ranges = pipe.execute()
         # Same order as SQLite's "ORDER BY discovered_at, id", and what ZRANGE does within one set.
         merged = heapq.merge(*[[(score, sid) for sid, score in members] for members in ranges])

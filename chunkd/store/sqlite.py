@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkd.errors import LeaseLostError, StoreError
+from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
     StreamRecord,
@@ -65,6 +66,11 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
 """
 
 _SAVE_STREAM = """
@@ -169,13 +175,13 @@ class SqliteStore:
             row = conn.execute("SELECT data FROM streams WHERE id = ?", (stream_id,)).fetchone()
         return _stream(row[0]) if row else None
 
-    def find_by_relpath(self, relpath: str) -> StreamRecord | None:
+    def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
         # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
         # upload) must not take the path back from the file that replaced it.
-        query = "SELECT data FROM streams WHERE relpath = ? ORDER BY discovered_at DESC, id DESC LIMIT 1"
+        query = "SELECT data FROM streams WHERE relpath = ? ORDER BY discovered_at DESC, id DESC"
         with self._read(f"find stream for {relpath!r}") as conn:
-            row = conn.execute(query, (relpath,)).fetchone()
-        return _stream(row[0]) if row else None
+            rows = conn.execute(query, (relpath,)).fetchall()
+        return next((r for r in map(_stream, (data for (data,) in rows)) if scope is None or scope.holds(r)), None)
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
         # Looked for once per new stream: the expression index streams_by_key keeps it off a scan.
@@ -187,8 +193,14 @@ class SqliteStore:
             rows = conn.execute(query, (bucket, key)).fetchall()
         return [_stream(row[0]) for row in rows]
 
-    def list_streams(self, states: Iterable[StreamState] | None = None) -> list[StreamRecord]:
-        where, args = _state_filter(states, StreamState)
+    def list_streams(
+        self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
+    ) -> list[StreamRecord]:
+        where, states_args = _state_filter(states, StreamState)
+        args: list[str | float] = [*states_args]
+        if discovered_before is not None:
+            where = f"{where} AND discovered_at < ?" if where else " WHERE discovered_at < ?"
+            args.append(discovered_before)
         with self._read("list streams") as conn:
             rows = conn.execute(f"SELECT data FROM streams{where} ORDER BY discovered_at, id", args).fetchall()
         return [_stream(data) for (data,) in rows]
@@ -271,6 +283,19 @@ class SqliteStore:
             rows = conn.execute(f"SELECT data FROM urls{where} ORDER BY created_at, url", args).fetchall()
         return [UrlRecord.from_dict(json.loads(data)) for (data,) in rows]
 
+    def beat(self, node: str, info: dict[str, Any], *, ttl: float) -> None:
+        """A row per node (one box: this daemon's, and `chunkd nodes` reading it)."""
+        now = time.time()
+        row = (node, now + ttl, json.dumps({**info, "node": node, "seen_at": now}))
+        with self._transaction(f"heartbeat of node {node}") as conn:
+            conn.execute("INSERT OR REPLACE INTO nodes (node, expires_at, data) VALUES (?, ?, ?)", row)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        query = "SELECT data FROM nodes WHERE expires_at > ? ORDER BY node"
+        with self._read("list nodes") as conn:
+            rows = conn.execute(query, (time.time(),)).fetchall()
+        return [json.loads(data) for (data,) in rows]
+
     # leases: in memory, as only this process may use the database (see `exclusive`)
 
     def _check_fence(self, fence: Lease | None) -> None:
@@ -305,6 +330,15 @@ class SqliteStore:
             held = self._leases.get(lease.name)
             if held is not None and held[:2] == (lease.owner, lease.token):
                 del self._leases[lease.name]
+
+    def forget_lease(self, name: str) -> bool:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is not None and held[2] > time.monotonic():
+                return False
+            self._leases.pop(name, None)
+            self._fences.pop(name, None)
+            return True
 
     def ping(self) -> None:
         with self._read("ping") as conn:

@@ -111,3 +111,22 @@ def test_a_token_handed_out_twice_across_a_failover_writes_for_one_holder_only(
     assert store.renew_lease(lost, 30) is Renewal.LOST
     assert store.renew_lease(again, 30) is Renewal.HELD
     assert [p.number for p in store.list_parts("s1")] == [1]
+
+
+def test_a_node_scoped_lease_starts_above_its_records_tokens(store: RedisStore, raw: redis.Redis) -> None:
+    """A node's local folder names its leases `@node/relpath` (chunkd.model.node) and indexes its
+    records per node: the floor is read from that index, not from the plain relpath's."""
+    scoped = f"@box1/{NAME}"
+    first = store.acquire_lease(scoped, "host/1/aa", 30)
+    assert first is not None
+    store.release_lease(Lease(scoped, "host/1/aa", first))
+    second = store.acquire_lease(scoped, "host/1/bb", 30)
+    assert second is not None
+    held = Lease(scoped, "host/1/bb", second)
+    mine = StreamRecord(id="s9", relpath=NAME, source_path=f"/in/{NAME}", bucket="b", key=f"box1/{NAME}",
+                        schedule={}, node="box1")
+    store.save_stream(mine, fence=held)
+    raw.delete(store.leases.fence_key(scoped), store.leases.lease_key(scoped))
+    raw.set(store.leases.fence_key(scoped), first)  # the replica missed the second acquisition
+    third = store.acquire_lease(scoped, "host/2/cc", 30)
+    assert third is not None and third > second

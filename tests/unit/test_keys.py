@@ -24,6 +24,7 @@ NOW = calendar.timegm((2026, 11, 23, 23, 59, 0))  # late in the UTC day: catches
         ("{stem}", "cam1/clip.final.mp4", "clip.final"),
         ("{stem}.{ext}", "cam1/clip.MOV", "clip.MOV"),
         ("{hostname}/{relpath}", "a.mkv", "box-7/a.mkv"),
+        ("{node}/{relpath}", "cam1/a.mkv", "box-7/cam1/a.mkv"),  # CHUNKD_NODE defaults to the hostname
         ("{dir}/{stem}.mp4", "cam1/sub/clip.mov", "cam1/sub/clip.mp4"),
         ("videos/{dir}/{date}/{stem}.{ext}", "cam/x.ts", "videos/cam/2026-11-23/x.ts"),
     ],
@@ -33,7 +34,7 @@ def test_each_field(template: str, relpath: str, expected: str) -> None:
 
 
 def test_every_field_is_covered_above() -> None:
-    assert FIELDS == {"relpath", "date", "stem", "ext", "hostname", "dir"}
+    assert FIELDS == {"relpath", "date", "stem", "ext", "hostname", "node", "dir"}
 
 
 @pytest.mark.parametrize(

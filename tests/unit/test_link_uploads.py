@@ -15,6 +15,7 @@ import pytest
 
 from chunkd.intake.scheduler import JobResult
 from chunkd.links.batch import LinkManager
+from chunkd.model.node import Scope
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.pipeline.job import Outcome
 from chunkd.store.sqlite import SqliteStore
@@ -64,7 +65,10 @@ def staged(tmp_path: Path, store: SqliteStore) -> Path:
 
 def manager(tmp_path: Path, store: SqliteStore, submit: Submissions) -> LinkManager:
     settings = SimpleNamespace(idle_seconds=0.0, allow_private_urls=True)
-    engine = SimpleNamespace(store=store, settings=settings, input_dir=tmp_path / "input", stop=threading.Event())
+    engine = SimpleNamespace(
+        store=store, settings=settings, input_dir=tmp_path / "input", stop=threading.Event(),
+        scope=Scope("box-1", single_box=True),
+    )
     return LinkManager(engine, None, submit)  # type: ignore[arg-type]  # downloading is not needed here
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chunkd.model.manifest import build_manifest, encode
+from chunkd.model.node import Scope
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
 from chunkd.pipeline.monitor import Snapshot
 from chunkd.pipeline.partreader import FileIdentity
@@ -37,7 +38,10 @@ def client() -> Iterator[Any]:
 def engine(client: Any, tmp_path: Path) -> Iterator[Any]:
     store = SqliteStore(str(tmp_path / "state.db"))
     uploader = Uploader(client, RetryPolicy(max_attempts=1))
-    settings = SimpleNamespace(bucket=BUCKET, manifest_suffix=".manifest.json")
+    settings = SimpleNamespace(
+        bucket=BUCKET, manifest_suffix=".manifest.json", node_name="box-1", shared_input=False,
+        scope=Scope("box-1", single_box=True),
+    )
     yield SimpleNamespace(
         settings=settings, store=store, uploader=uploader, folders=FolderListings(uploader), endpoint="http://s3.test"
     )
