@@ -248,9 +248,12 @@ class Daemon:
         return HttpServer(
             settings.http_addr, token=settings.http_token, metrics=engine.metrics,
             health=self.probes.health, ready=self.probes.ready,
-            status=lambda: [status.to_dict() for status in collect(engine.store, scope=engine.scope)],
-            fleet_status=lambda node: [
-                status.to_dict() for status in collect(engine.store, scope=None if node is None else Scope(node))
+            status=lambda limit=None: [
+                status.to_dict() for status in collect(engine.store, scope=engine.scope, limit=limit)
+            ],
+            fleet_status=lambda node, limit=None: [
+                status.to_dict()
+                for status in collect(engine.store, scope=None if node is None else Scope(node), limit=limit)
             ],
             feed=self.feed, thumbnails=self._thumbnails().get, any_free_port=self._any_free_port,
         )

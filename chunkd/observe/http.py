@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from chunkd.observe.live import EventFeed, Subscription
@@ -47,6 +47,18 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 Reply = tuple[int, bytes, str, dict[str, str]]
+
+
+class StatusSource(Protocol):
+    """This daemon's streams as /status lists them; the newest `limit` only when given."""
+
+    def __call__(self, *, limit: int | None = None) -> list[dict[str, Any]]: ...
+
+
+class FleetStatusSource(Protocol):
+    """One node's streams (`node`), or every node's (None)."""
+
+    def __call__(self, node: str | None, *, limit: int | None = None) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -78,10 +90,10 @@ class HttpServer:
         metrics: Metrics,
         health: Callable[[], Check],
         ready: Callable[[], Check],
-        status: Callable[[], list[dict[str, Any]]],
+        status: StatusSource,
         feed: EventFeed | None = None,
         thumbnails: Callable[[str], bytes | None] | None = None,
-        fleet_status: Callable[[str | None], list[dict[str, Any]]] | None = None,
+        fleet_status: FleetStatusSource | None = None,
         poll_interval: float = 0.5,
         any_free_port: bool = False,
         heartbeat: float = HEARTBEAT,
@@ -180,12 +192,17 @@ class HttpServer:
         return self._status_of(parse_qs(query))
 
     def _status_of(self, params: dict[str, list[str]]) -> Reply:
-        """/status: this daemon's streams; `?node=NAME` another node's, `?all_nodes=1` the fleet's."""
+        """/status: this daemon's streams; `?node=NAME` another node's, `?all_nodes=1` the fleet's;
+        `?limit=N` the newest N of them (the status page asks for the rows it shows)."""
         every = params.get("all_nodes", ["0"])[-1].lower() in ("1", "true", "yes")
         node = params.get("node", [None])[-1]
+        wanted = params.get("limit", [""])[-1]
+        if wanted and not (wanted.isdigit() and int(wanted) > 0):
+            return _json(400, {"error": "limit must be a positive whole number"})
+        limit = int(wanted) if wanted else None
         if self._fleet_status is None or not (every or node):
-            return _json(200, self._status())
-        return _json(200, self._fleet_status(None if every else node))
+            return _json(200, self._status(limit=limit))
+        return _json(200, self._fleet_status(None if every else node, limit=limit))
 
     def _authorized(self, authorization: str | None, query_token: str | None = None) -> bool:
         """The bearer token in the header, or in the query; compared in constant time."""

@@ -61,24 +61,29 @@ def collect(
     since: float | None = None,
     now: float | None = None,
     scope: Scope | None = None,
+    limit: int | None = None,
 ) -> list[StreamStatus]:
     """Every stream (in `states`, updated at or after `since`, of the node `scope` names: None for a
-    fleet's every node) with its progress, speed and ETA."""
+    fleet's every node) with its progress, speed and ETA; with `limit`, the newest that many only
+    (by discovery), so a page polling a box with a long history reads the parts of those alone."""
     now = time.time() if now is None else now
-    result = []
-    for record in store.list_streams(states):
-        if since is not None and record.updated_at < since:
-            continue
-        if scope is not None and not scope.holds(record):
-            continue
-        if record.state is StreamState.COMPLETED:
-            bytes_done, parts_done = record.size, 0
-        else:
-            parts = store.list_parts(record.id)
-            bytes_done, parts_done = sum(p.size for p in parts), len(parts)
-        speed, eta = rates(record, bytes_done, now=now)
-        result.append(StreamStatus(record, bytes_done, parts_done, speed, eta))
-    return result
+    records = [
+        record for record in store.list_streams(states)
+        if (since is None or record.updated_at >= since) and (scope is None or scope.holds(record))
+    ]
+    if limit is not None:
+        records = sorted(records, key=lambda record: record.discovered_at, reverse=True)[:limit]
+    return [_status_of(store, record, now) for record in records]
+
+
+def _status_of(store: StreamReader, record: StreamRecord, now: float) -> StreamStatus:
+    if record.state is StreamState.COMPLETED:
+        bytes_done, parts_done = record.size, 0
+    else:
+        parts = store.list_parts(record.id)
+        bytes_done, parts_done = sum(p.size for p in parts), len(parts)
+    speed, eta = rates(record, bytes_done, now=now)
+    return StreamStatus(record, bytes_done, parts_done, speed, eta)
 
 
 def rates(record: StreamRecord, bytes_done: int, *, now: float) -> tuple[float | None, float | None]:

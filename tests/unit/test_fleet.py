@@ -155,12 +155,12 @@ def test_nodes_table() -> None:
 def test_http_status_of_one_node_or_every_node() -> None:
     asked: list[str | None] = []
 
-    def fleet(node: str | None) -> list[dict[str, Any]]:
+    def fleet(node: str | None, *, limit: int | None = None) -> list[dict[str, Any]]:
         asked.append(node)
         return [{"node": node or "all"}]
 
     server = HttpServer("127.0.0.1:0", token=None, metrics=Metrics(), health=lambda: Check(True, {}),
-                        ready=lambda: Check(True, {}), status=lambda: [{"node": "mine"}], fleet_status=fleet,
+                        ready=lambda: Check(True, {}), status=lambda limit=None: [{"node": "mine"}], fleet_status=fleet,
                         poll_interval=0.05)
     server.start()
     try:

@@ -222,3 +222,18 @@ def test_speed_of_a_finished_stream_is_over_the_time_spent_sending() -> None:
     failed = stream(state=StreamState.FAILED, size=19 * MiB, updated_at=T0 + 10, first_byte_at=T0, send_seconds=2.0)
     assert rates(failed, 10 * MiB, now=T0 + 60) == (5 * MiB, None)
 
+
+
+def test_collect_with_a_limit_gives_the_newest_and_reads_only_their_parts(store: SqliteStore) -> None:
+    for n in range(6):
+        store.save_stream(stream(id=f"s{n}", relpath=f"{n}.mp4", state=StreamState.UPLOADING, discovered_at=1000.0 + n))
+    asked: list[str] = []
+    reads = store.list_parts
+
+    def counted(stream_id: str) -> list[PartRecord]:
+        asked.append(stream_id)
+        return reads(stream_id)
+
+    store.list_parts = counted  # type: ignore[method-assign]
+    assert [s.record.id for s in collect(store, limit=2)] == ["s5", "s4"]
+    assert sorted(asked) == ["s4", "s5"]

@@ -29,9 +29,10 @@ def make_server() -> Iterator[ServerFactory]:
     started: list[HttpServer] = []
 
     def make(*, token: str | None = None, feed: EventFeed | None = None, **options: Any) -> HttpServer:
+        options.setdefault("status", lambda limit=None: [{"id": "s1", "state": "UPLOADING"}])
         server = HttpServer(
             "127.0.0.1:0", token=token, metrics=Metrics(), health=lambda: Check(True, {}),
-            ready=lambda: Check(True, {}), status=lambda: [{"id": "s1", "state": "UPLOADING"}],
+            ready=lambda: Check(True, {}),
             feed=feed or EventFeed(), thumbnails=lambda stream_id: JPEG if stream_id == "done1" else None,
             poll_interval=0.01, **options,
         )
@@ -211,3 +212,18 @@ def test_browser_test_skips_without_chromium_unless_required(monkeypatch: pytest
     monkeypatch.setenv("CHUNKD_REQUIRE_BROWSER", "1")
     with pytest.raises(pytest.fail.Exception, match="CHUNKD_REQUIRE_BROWSER is set"):
         browser.headless_chromium()
+
+
+def test_status_takes_a_limit_and_refuses_a_bad_one(make_server: ServerFactory) -> None:
+    asked: list[int | None] = []
+
+    def status(*, limit: int | None = None) -> list[dict[str, Any]]:
+        asked.append(limit)
+        return [{"id": "s1"}]
+
+    server = make_server(status=status)
+    assert get(server, "/status?limit=50").status == 200 and asked == [50]
+    assert get(server, "/status").status == 200 and asked == [50, None]
+    for bad in ("0", "-3", "x", "1.5"):
+        assert get(server, f"/status?limit={bad}").status == 400
+    assert asked == [50, None]
