@@ -200,9 +200,10 @@ class HttpServer:
         if wanted and not (wanted.isdigit() and int(wanted) > 0):
             return _json(400, {"error": "limit must be a positive whole number"})
         limit = int(wanted) if wanted else None
+        asked = {} if limit is None else {"limit": limit}
         if self._fleet_status is None or not (every or node):
-            return _json(200, self._status(limit=limit))
-        return _json(200, self._fleet_status(None if every else node, limit=limit))
+            return _json(200, self._status(**asked))
+        return _json(200, self._fleet_status(None if every else node, **asked))
 
     def _authorized(self, authorization: str | None, query_token: str | None = None) -> bool:
         """The bearer token in the header, or in the query; compared in constant time."""

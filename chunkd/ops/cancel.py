@@ -12,7 +12,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chunkd.errors import ChunkdError, TransferError, UploadGoneError
+from chunkd.errors import CancelledError, ChunkdError, TransferError, UploadGoneError
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.s3.uploader import Uploader
 from chunkd.store.protocol import StreamLedger, UrlLedger
@@ -80,8 +80,11 @@ class Canceller:
         if record is None or record.state is not StreamState.FAILED or record.upload_id != upload_id:
             return  # retried or replaced meanwhile: that is no longer ours to change
         record.upload_id = None
+        try:  # guarded: its daemon may have recorded it COMPLETED since the read (a cancel too late)
+            self.store.save_stream(record, guard=True)
+        except CancelledError:
+            return
         self.store.drop_parts(stream_id)
-        self.store.save_stream(record)
 
 
 def cancel_url(store: UrlLedger, text: str, reason: str = CANCELLED) -> UrlRecord:

@@ -179,3 +179,27 @@ def test_completed_over_a_cancel_is_refused_as_too_late_and_written_unguarded(st
     failed.move_to(StreamState.FAILED, error="boom")
     job.save_stream(failed)
     assert store.get_stream("s2") == failed
+
+
+def test_nothing_guarded_is_written_over_a_completed_stream(store: CheckpointStore) -> None:
+    """`chunkd cancel` forgets the aborted upload of the record it read FAILED; its daemon may have
+    recorded the stream COMPLETED since (the cancel came too late). That write must not be undone."""
+    from chunkd.ops.cancel import Canceller
+
+    record = uploading()
+    store.save_stream(record)
+    stale = store.cancel_stream("s1", CANCELLED)
+    assert stale is not None
+    record.move_to(StreamState.FINALIZING)
+    record.move_to(StreamState.COMPLETED)
+    store.save_stream(record)  # the daemon's COMPLETED over the cancel (chunkd.pipeline.publish)
+
+    reads = store.get_stream
+    store.get_stream = lambda stream_id: stale  # type: ignore[method-assign]  # the canceller read before it
+    try:
+        Canceller(store, uploader=lambda: None)._forget_upload("s1", "upl-1")  # type: ignore[arg-type,return-value]
+    finally:
+        store.get_stream = reads  # type: ignore[method-assign]
+    assert store.get_stream("s1") == record
+    with pytest.raises(CancelledError):
+        store.save_stream(stale, guard=True)
