@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import urllib.error
@@ -15,6 +14,7 @@ import pytest
 
 from chunkd.observe.http import Check, HttpServer, parse_addr
 from chunkd.observe.metrics import Metrics
+from tests.support.http_client import get
 
 TOKEN = "s3cr3t-t0ken"
 POLL = 0.01  # stop() returns this fast
@@ -33,29 +33,6 @@ class Probes:
         if self.status_error is not None:
             raise self.status_error
         return self.streams
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def get(server: HttpServer, path: str, *, token: str | None = None, method: str = "GET") -> Response:
-    host, port = server.address
-    request = urllib.request.Request(f"http://{host}:{port}{path}", method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return Response(reply.status, dict(reply.headers), reply.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return Response(error.code, dict(error.headers), error.read())
 
 
 ServerFactory = Callable[..., HttpServer]

@@ -6,10 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,6 +14,7 @@ import pytest
 from chunkd.observe.http import Check, HttpServer
 from chunkd.observe.live import EventFeed
 from chunkd.observe.metrics import Metrics
+from tests.support.http_client import Response, get
 from tests.support.sse import EventStream
 
 TOKEN = "pa9e-t0ken"
@@ -43,26 +41,6 @@ def make_server() -> Iterator[ServerFactory]:
     yield make
     for server in started:
         server.stop()
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def get(server: HttpServer, path: str, *, token: str | None = None) -> Response:
-    host, port = server.address
-    request = urllib.request.Request(f"http://{host}:{port}{path}")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return Response(reply.status, dict(reply.headers), reply.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return Response(error.code, dict(error.headers), error.read())
 
 
 def open_events(server: HttpServer, path: str = "/events", headers: dict[str, str] | None = None) -> EventStream:

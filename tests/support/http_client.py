@@ -1,0 +1,34 @@
+"""A GET (or another method) against a test's HttpServer that returns error replies rather than raising."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from chunkd.observe.http import HttpServer
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def get(server: HttpServer, path: str, *, token: str | None = None, method: str = "GET") -> Response:
+    host, port = server.address
+    request = urllib.request.Request(f"http://{host}:{port}{path}", method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return Response(reply.status, dict(reply.headers), reply.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Response(error.code, dict(error.headers), error.read())
