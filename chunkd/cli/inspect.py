@@ -17,10 +17,21 @@ from chunkd.config import Settings
 from chunkd.model.node import Scope
 from chunkd.model.states import StreamState
 
+# How many streams `chunkd status` shows (and every active one): a box keeps tens of thousands.
+STATUS_LIMIT = 50
+
 
 def add_status_and_verify(commands: Any, parent: argparse.ArgumentParser) -> None:
-    status = commands.add_parser("status", parents=[parent], help="show every stream the state store knows")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status = commands.add_parser(
+        "status", parents=[parent], help="show the streams the state store knows: the newest, and every active one"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output: every stream, unless --limit")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--limit", type=positive_int, metavar="N",
+        help=f"the newest N streams, and every active one (default {STATUS_LIMIT}; --json: all)",
+    )
+    shown.add_argument("--all", action="store_true", help="every stream, however old")
     status.add_argument(
         "--state", action="append", choices=[s.value.lower() for s in StreamState], help="only this state (repeatable)"
     )
@@ -39,6 +50,12 @@ def add_status_and_verify(commands: Any, parent: argparse.ArgumentParser) -> Non
         "--deep", action="store_true", help="also stream the whole object (GetObject) and compare its SHA-256"
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def positive_int(text: str) -> int:
+    if not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def add_stats(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -71,8 +88,10 @@ def node_scope(settings: Settings, args: argparse.Namespace) -> Scope | None:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from chunkd.observe.overview import (
+        Listing,
         collect,
         nothing_matches,
+        recent,
         render_downloads,
         render_json,
         render_table,
@@ -81,18 +100,35 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     states = [StreamState(s.upper()) for s in args.state] if args.state else None
     since = None if args.since is None else time.time() - args.since
     scope = node_scope(settings, args)
+    limit = status_limit(args)
     with open_store(settings) as store:
-        statuses = collect(store, states, since=since, scope=scope)
+        if limit is None:
+            listing = Listing(collect(store, states, since=since, scope=scope))
+        else:
+            listing = recent(store, states, limit=limit, since=since, scope=scope)
         downloads = [] if args.json or args.state else store.list_urls()
-        others = not statuses and scope is not None and scope.node is not None and bool(store.list_streams(states))
+        others = not listing.statuses and scope is not None and scope.node is not None and store.count_streams(states) > 0
     filtered = args.state is not None or args.since is not None
     empty = nothing_matches(states, args.since) if filtered else "no streams recorded yet"
     if others and scope is not None:  # run from a host that is no node of the fleet (an operator's), or a typo in --node
         empty += f" for node {scope.node} (other nodes have some: chunkd status --all-nodes)"
-    print(render_json(statuses) if args.json else render_table(statuses, empty=empty, nodes=scope is None))
+    if args.json:
+        print(render_json(listing.statuses))
+    else:
+        note = listing.note()
+        print(render_table(listing.statuses, empty=empty, nodes=scope is None) + ("" if note is None else "\n" + note))
     if downloads:
         print("\n" + render_downloads(downloads))
     return EXIT_OK
+
+
+def status_limit(args: argparse.Namespace) -> int | None:
+    """--limit N, or none for --all; else the table shows STATUS_LIMIT, and --json every stream (a
+    script reads what matches, whole). A caller's Namespace without the options means the default."""
+    if getattr(args, "all", False):
+        return None
+    limit: int | None = getattr(args, "limit", None)
+    return limit if limit is not None or args.json else STATUS_LIMIT
 
 
 def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:

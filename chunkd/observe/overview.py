@@ -1,4 +1,5 @@
-"""`chunkd status`: what the checkpoint store says about every stream, as a table or JSON."""
+"""`chunkd status`: what the checkpoint store says about its streams (the newest, and every active
+one, of a long history), as a table or JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from chunkd.intake.paths import printable
 from chunkd.model.node import Scope
 from chunkd.model.states import StreamRecord, StreamState, UrlRecord, UrlState
 from chunkd.observe.logs import redact
-from chunkd.store import StreamReader
+from chunkd.store import StreamHistory, StreamReader
 
 _ACTIVE = (StreamState.PENDING, StreamState.UPLOADING, StreamState.FINALIZING)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -55,7 +56,7 @@ class StreamStatus:
 
 
 def collect(
-    store: StreamReader,
+    store: StreamHistory,
     states: Iterable[StreamState] | None = None,
     *,
     since: float | None = None,
@@ -64,16 +65,102 @@ def collect(
     limit: int | None = None,
 ) -> list[StreamStatus]:
     """Every stream (in `states`, updated at or after `since`, of the node `scope` names: None for a
-    fleet's every node) with its progress, speed and ETA; with `limit`, the newest that many only
-    (by discovery), so a page polling a box with a long history reads the parts of those alone."""
+    fleet's every node) with its progress, speed and ETA, oldest discovery first; with `limit`, the
+    newest that many only, newest first, read a page at a time (`_Pages`), so a page polling a box
+    with a long history reads those records and their parts alone."""
     now = time.time() if now is None else now
-    records = [
-        record for record in store.list_streams(states)
-        if (since is None or record.updated_at >= since) and (scope is None or scope.holds(record))
-    ]
-    if limit is not None:
-        records = sorted(records, key=lambda record: record.discovered_at, reverse=True)[:limit]
+    if limit is None:
+        records = [record for record in store.list_streams(states) if _wanted(record, since, scope)]
+    else:
+        records = _Pages(store, states, since=since, scope=scope).newest(limit)
     return [_status_of(store, record, now) for record in records]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What `chunkd status` shows of a long history: `statuses`, oldest discovery first, and how
+    many other streams match: `hidden` exactly, or at most that many when not `exact` (a filter
+    the store's index cannot count, such as --since or a fleet's node, left some records unread)."""
+
+    statuses: list[StreamStatus]
+    hidden: int = 0
+    exact: bool = True
+
+    def note(self) -> str | None:
+        if self.hidden <= 0:
+            return None
+        streams = f"{self.hidden:,} older stream{'' if self.hidden == 1 else 's'}"
+        return f"… {'' if self.exact else 'up to '}{streams} not shown (--all, or --limit N)"
+
+
+def recent(
+    store: StreamHistory,
+    states: Iterable[StreamState] | None = None,
+    *,
+    limit: int,
+    since: float | None = None,
+    now: float | None = None,
+    scope: Scope | None = None,
+) -> Listing:
+    """The newest `limit` streams `collect` would list, and every active one however old (an
+    upload stuck for a week must not hide behind a day of finished ones); and how many it left out.
+    Records are read for those shown, and for those read past on the way (another node's, say)."""
+    now = time.time() if now is None else now
+    chosen = None if states is None else list(states)
+    pages = _Pages(store, chosen, since=since, scope=scope)
+    records = pages.newest(limit)
+    active = [state for state in _ACTIVE if chosen is None or state in chosen]
+    shown = {record.id for record in records}
+    records += [
+        record for record in (store.list_streams(active) if active else [])
+        if record.id not in shown and _wanted(record, since, scope)
+    ]
+    records.sort(key=lambda record: (record.discovered_at, record.id))
+    hidden, exact = pages.left_out(records)
+    return Listing([_status_of(store, record, now) for record in records], hidden, exact)
+
+
+class _Pages:
+    """A store's streams, newest discovery first, read a page at a time until `limit` pass the
+    filters the store does not apply (`since`, `scope`). Pages double in size: a node whose
+    streams lie far back in a fleet's history costs a few round trips, not one per page."""
+
+    def __init__(
+        self, store: StreamHistory, states: Iterable[StreamState] | None, *, since: float | None, scope: Scope | None
+    ) -> None:
+        self.store = store
+        self.states = None if states is None else list(states)
+        self.since, self.scope = since, scope
+        self.filtered = since is not None or (scope is not None and not scope.single_box)
+        self.read: set[str] = set()
+        self.matched: list[StreamRecord] = []  # every record read that passed, newest first
+        self.ended = False
+
+    def newest(self, limit: int) -> list[StreamRecord]:
+        size, offset = max(1, limit), 0
+        while len(self.matched) < limit and not self.ended:
+            page = self.store.newest_streams(self.states, limit=size, offset=offset)
+            self.ended = not page
+            # A stream discovered meanwhile shifts the pages by one: its neighbour comes twice.
+            fresh = [record for record in page if record.id not in self.read]
+            self.read.update(record.id for record in fresh)
+            self.matched += [record for record in fresh if _wanted(record, self.since, self.scope)]
+            offset, size = offset + size, size * 2
+        return self.matched[:limit]
+
+    def left_out(self, shown: list[StreamRecord]) -> tuple[int, bool]:
+        """(how many matching streams are not in `shown`, whether that is exact): those read and
+        passed over, and those never read, counted by the index (all of them match when unfiltered)."""
+        ids = {record.id for record in shown}
+        passed_over = sum(1 for record in self.matched if record.id not in ids)
+        if self.ended:
+            return passed_over, True
+        unread = self.store.count_streams(self.states) - len(self.read) - len(ids - self.read)
+        return passed_over + max(0, unread), not self.filtered or unread <= 0
+
+
+def _wanted(record: StreamRecord, since: float | None, scope: Scope | None) -> bool:
+    return (since is None or record.updated_at >= since) and (scope is None or scope.holds(record))
 
 
 def _status_of(store: StreamReader, record: StreamRecord, now: float) -> StreamStatus:

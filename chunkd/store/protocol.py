@@ -1,7 +1,7 @@
 """The checkpoint store seam: what the engine needs from Redis or SQLite, and nothing more.
 
 One small Protocol per role, so a consumer names only the part it uses (the event sink an
-EventLog, the lease keeper a LeaseStore, `chunkd status` a StreamReader); CheckpointStore is all
+EventLog, the lease keeper a LeaseStore, `chunkd status` a StreamHistory); CheckpointStore is all
 of them, what a backend implements.
 
 Every write is atomic on its own: a crash between two calls leaves the store in the state of the
@@ -45,6 +45,21 @@ class StreamReader(Protocol):
 
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         """Recorded parts ordered by part number."""
+
+
+class StreamHistory(StreamReader, Protocol):
+    """A long history read a page at a time: `chunkd status` on a box that keeps tens of
+    thousands of finished streams reads the newest few, not all of them."""
+
+    def newest_streams(
+        self, states: Iterable[StreamState] | None = None, *, limit: int, offset: int = 0
+    ) -> list[StreamRecord]:
+        """At most `limit` streams (optionally only those in `states`), newest discovery first
+        (ties: highest id first), skipping the `offset` newest; only those records are read. A page
+        may come short before the end while records change meanwhile; an empty one is the end."""
+
+    def count_streams(self, states: Iterable[StreamState] | None = None) -> int:
+        """How many streams (optionally only in `states`) there are, from the index: no record read."""
 
 
 class StreamLedger(StreamReader, Protocol):
@@ -181,6 +196,6 @@ class StoreConnection(Protocol):
 
 
 class CheckpointStore(
-    StreamLedger, ContentIndex, EventLog, UrlLedger, LeaseStore, NodeRegistry, StoreConnection, Protocol
+    StreamLedger, StreamHistory, ContentIndex, EventLog, UrlLedger, LeaseStore, NodeRegistry, StoreConnection, Protocol
 ):
     """Every role at once: what a backend implements and what the daemon holds."""

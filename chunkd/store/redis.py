@@ -326,6 +326,14 @@ class RedisStore:
     ) -> list[StreamRecord]:
         return self.reads.list_streams(states, discovered_before=discovered_before)
 
+    def newest_streams(
+        self, states: Iterable[StreamState] | None = None, *, limit: int, offset: int = 0
+    ) -> list[StreamRecord]:
+        return self.reads.newest_streams(states, limit=limit, offset=offset)
+
+    def count_streams(self, states: Iterable[StreamState] | None = None) -> int:
+        return self.reads.count_streams(states)
+
     def list_parts(self, stream_id: str) -> list[PartRecord]:
         return self.reads.list_parts(stream_id)
 

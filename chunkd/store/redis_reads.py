@@ -1,5 +1,5 @@
 """Stream reads on Redis: a record by id, the newest for a path, all (or some states') in
-discovery order, and a stream's parts. No transactions: each read is one round trip or two, and
+discovery order, a page of the newest, and a stream's parts. No transactions: each read is one round trip or two, and
 a record read is the truth where an index and the record disagree."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Iterable
+from itertools import islice
 
 from chunkd.model.node import Scope
 from chunkd.model.states import PartRecord, StreamRecord, StreamState
@@ -68,6 +69,36 @@ class RedisStreamReader(RedisRole):
         records = self._load([sid for _, sid in merged])
         # A stream may change state between the two round trips; the record itself is the truth.
         return [r for r in records if wanted is None or r.state in wanted]
+
+    def newest_streams(
+        self, states: Iterable[StreamState] | None = None, *, limit: int, offset: int = 0
+    ) -> list[StreamRecord]:
+        """ZREVRANGE over the discovery index (or each state's): ids only, then the page's records
+        in one pipelined round trip. Several states' tops are merged, as list_streams merges them."""
+        wanted = None if states is None else {StreamState(state) for state in states}
+        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        if limit <= 0 or not keys:
+            return []
+        offset = max(0, offset)
+        with self._errors("list the newest streams"):
+            if len(keys) == 1:
+                ids = texts(self.client.zrevrange(keys[0], offset, offset + limit - 1))
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.zrevrange(key, 0, offset + limit - 1, withscores=True)
+                tops = [[(score, sid) for sid, score in members] for members in pipe.execute()]
+                ids = [sid for _, sid in islice(heapq.merge(*tops, reverse=True), offset, offset + limit)]
+        return [r for r in self._load(ids) if wanted is None or r.state in wanted]
+
+    def count_streams(self, states: Iterable[StreamState] | None = None) -> int:
+        wanted = None if states is None else {StreamState(state) for state in states}
+        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        with self._errors("count streams"):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zcard(key)
+            return sum(int(count) for count in pipe.execute())
 
     def _load(self, ids: list[str]) -> list[StreamRecord]:
         if not ids:

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS streams (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS streams_by_discovery ON streams (discovered_at, id);
+CREATE INDEX IF NOT EXISTS streams_by_state ON streams (state, discovered_at, id);
 CREATE INDEX IF NOT EXISTS streams_by_relpath ON streams (relpath, discovered_at, id);
 CREATE INDEX IF NOT EXISTS streams_by_key ON streams (json_extract(data, '$.bucket'), json_extract(data, '$.key'));
 CREATE TABLE IF NOT EXISTS parts (
@@ -204,6 +205,21 @@ class SqliteStore:
         with self._read("list streams") as conn:
             rows = conn.execute(f"SELECT data FROM streams{where} ORDER BY discovered_at, id", args).fetchall()
         return [_stream(data) for (data,) in rows]
+
+    def newest_streams(
+        self, states: Iterable[StreamState] | None = None, *, limit: int, offset: int = 0
+    ) -> list[StreamRecord]:
+        # streams_by_discovery, walked backwards: the skipped rows are never decoded.
+        where, args = _state_filter(states, StreamState)
+        query = f"SELECT data FROM streams{where} ORDER BY discovered_at DESC, id DESC LIMIT ? OFFSET ?"
+        with self._read("list the newest streams") as conn:
+            rows = conn.execute(query, [*args, max(0, limit), max(0, offset)]).fetchall()
+        return [_stream(data) for (data,) in rows]
+
+    def count_streams(self, states: Iterable[StreamState] | None = None) -> int:
+        where, args = _state_filter(states, StreamState)
+        with self._read("count streams") as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM streams{where}", args).fetchone()[0])
 
     def record_part(self, stream_id: str, part: PartRecord, *, fence: Lease | None = None) -> None:
         with self._transaction(f"record part {part.number} of stream {stream_id}") as conn:

@@ -141,6 +141,40 @@ def test_list_streams_filters_by_state(store: CheckpointStore) -> None:
     assert [r.id for r in store.list_streams(None)] == ["p1", "u1", "f1"]
 
 
+def test_newest_streams_pages_newest_discovery_first(store: CheckpointStore) -> None:
+    order = [("a", 100.0, StreamState.COMPLETED), ("b", 300.0, StreamState.FAILED), ("c", 200.0, StreamState.COMPLETED),
+             ("d", 200.0, StreamState.UPLOADING), ("e", 400.0, StreamState.COMPLETED)]
+    for stream_id, discovered, state in order:
+        store.save_stream(make_stream(stream_id, relpath=f"{stream_id}.mp4", discovered_at=discovered, state=state))
+    assert [r.id for r in store.newest_streams(limit=2)] == ["e", "b"]
+    assert [r.id for r in store.newest_streams(limit=2, offset=2)] == ["d", "c"]  # a tie: by id, as list_streams
+    assert [r.id for r in store.newest_streams(limit=10, offset=4)] == ["a"]
+    assert store.newest_streams(limit=2, offset=5) == []
+    finished = [StreamState.COMPLETED, StreamState.FAILED]
+    assert [r.id for r in store.newest_streams(finished, limit=3)] == ["e", "b", "c"]
+    assert [r.id for r in store.newest_streams(finished, limit=3, offset=3)] == ["a"]
+    assert [r.id for r in store.newest_streams([StreamState.UPLOADING], limit=5)] == ["d"]
+    assert store.newest_streams([], limit=5) == [] and store.newest_streams(limit=0) == []
+    assert store.count_streams() == 5 and store.count_streams(finished) == 4
+    assert store.count_streams([StreamState.PENDING]) == 0 and store.count_streams([]) == 0
+
+
+def test_newest_streams_reads_only_the_page(store: CheckpointStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(30):
+        store.save_stream(make_stream(f"s{n:02d}", relpath=f"{n}.mp4", discovered_at=1000.0 + n))
+    loaded: list[str] = []
+    original = StreamRecord.from_dict
+
+    def counted(data: dict[str, object]) -> StreamRecord:
+        loaded.append(str(data["id"]))
+        return original(data)
+
+    monkeypatch.setattr(StreamRecord, "from_dict", staticmethod(counted))
+    assert [r.id for r in store.newest_streams(limit=3, offset=1)] == ["s28", "s27", "s26"]
+    assert store.count_streams() == 30
+    assert sorted(loaded) == ["s26", "s27", "s28"]
+
+
 def test_state_change_moves_stream_between_filters(store: CheckpointStore) -> None:
     record = make_stream()
     store.save_stream(record)
