@@ -1,5 +1,6 @@
-"""A real redis-server on a free local port that tests can stop, kill and start again; a replica of
-another one; and a Sentinel group (primary, replica, three sentinels) whose primary can be killed."""
+"""A real redis-server on a free local port that tests can stop, kill and start again (optionally
+speaking only TLS, optionally with a password); a replica of another one; and a Sentinel group
+(primary, replica, three sentinels) whose primary can be killed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -18,6 +20,8 @@ from typing import Any, Self
 
 import pytest
 import redis
+
+from tests.support.certs import ServerCertificate
 
 
 def _in_ci() -> bool:
@@ -42,7 +46,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process with no persistence; `start` after `stop`/`kill` reuses the port."""
+    """One redis-server process with no persistence; `start` after `stop`/`kill` reuses the port.
+
+    With `tls` it listens on its port with TLS only (`--port 0 --tls-port`, no client certificates
+    asked for), and `url` is `rediss://…?ssl_ca_certs=<the CA>`; with `password`, `--requirepass`."""
 
     host = "127.0.0.1"
 
@@ -53,19 +60,30 @@ class RedisServer:
         startup_timeout: float = 10.0,
         persistent: bool = False,
         replica_of: tuple[str, int] | None = None,
+        tls: ServerCertificate | None = None,
+        password: str | None = None,
     ) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.persistent = persistent  # append-only file, fsynced on every write: survives stop/start
         self.replica_of = replica_of  # (host, port) it starts as `replicaof`: asynchronous replication
+        self.tls = tls
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="chunkd-redis-")
         self._log_path = os.path.join(self.dir, "redis.log")
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """What a client connects with: scheme, password and (with TLS) the CA to trust."""
+        if self.tls is None:
+            return f"redis://{self._userinfo()}{self.host}:{self.port}/0"
+        return f"rediss://{self._userinfo()}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+
+    def client(self) -> redis.Redis:
+        """A redis-py client on this server (over TLS when it speaks TLS); the caller closes it."""
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
 
     @property
     def running(self) -> bool:
@@ -74,7 +92,9 @@ class RedisServer:
     def start(self) -> None:
         if self.running:
             return
-        args = [self.binary, "--port", str(self.port), "--bind", self.host]
+        args = [self.binary, "--bind", self.host, *self._listen_args()]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.persistent:
             args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
         else:
@@ -126,8 +146,20 @@ class RedisServer:
         self.kill()
         raise RuntimeError(f"redis-server not answering PING after {self.startup_timeout}s:\n{self._log_tail()}")
 
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+        ]
+
+    def _userinfo(self) -> str:
+        return "" if self.password is None else f":{self.password}@"
+
     def _pong(self) -> bool:
-        return _pong(self.host, self.port)
+        return _pong(self.host, self.port, tls_ca=None if self.tls is None else self.tls.ca)
 
     def _log_tail(self, lines: int = 20) -> str:
         with open(self._log_path, errors="replace") as log:
@@ -343,10 +375,15 @@ class SentinelGroup:
             time.sleep(0.1)
 
 
-def _pong(host: str, port: int) -> bool:
+def _pong(host: str, port: int, *, tls_ca: os.PathLike[str] | None = None) -> bool:
+    """The server answers a PING: PONG, or NOAUTH when it wants a password first."""
     try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=1.0))
+            if tls_ca is not None:
+                context = ssl.create_default_context(cafile=os.fspath(tls_ca))
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:  # ssl.SSLError is one
         return False
