@@ -103,3 +103,15 @@ def test_an_untrusted_certificate_fails_at_start_in_one_line(
         assert client.dbsize() == 0
     finally:
         client.close()
+
+
+def test_a_ca_file_that_is_not_there_is_named(moto: MotoServer, tls_url: str, tmp_path: Path) -> None:
+    """Not `Error 2 connecting to 127.0.0.1:port. No such file or directory.`, as if the server were."""
+    missing = tmp_path / "ca-typo.pem"
+    env = daemon_env(input_dir=tmp_path / "input", state_url=f"{tls_url.split('?')[0]}?ssl_ca_certs={missing}",
+                     endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key)
+    result = run_chunkd("run", env=env, cwd=tmp_path, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output and PASSWORD not in output, output
+    lines = error_lines(result)
+    assert len(lines) == 1 and f"ssl_ca_certs={missing} is not a readable file" in lines[0], output
