@@ -82,13 +82,14 @@ class RedisStore:
                 parsed = parse_sentinel_url(url)
             except ValueError as exc:  # our own message, which never quotes the URL
                 raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {exc}") from None
+            check_tls_files(parsed.tls, url)
             client = sentinel_client(parsed, **options)
             return cls(client, prefix, errors=RedisErrors(client, where=parsed.where, secrets=parsed.secrets))
         try:
             client = redis.Redis.from_url(url, **options)
         except ValueError as exc:  # malformed URL; the message may quote it, password and all
             raise StoreError(f"invalid redis URL {redact_redis_url(url)}") from exc
-        check_tls_files(client, url)
+        check_tls_files(connection_kwargs(client), url)
         return cls(client, prefix)
 
     # writes

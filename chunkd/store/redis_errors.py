@@ -4,7 +4,7 @@ action, and never the password (redis-py may quote the URL it was given, secrets
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,10 @@ def redact_redis_url(url: str) -> str:
 TLS_FILES = {"ssl_ca_certs": "file", "ssl_certfile": "file", "ssl_keyfile": "file", "ssl_ca_path": "folder"}
 
 
-def check_tls_files(client: redis.Redis, url: str) -> None:
-    """Refuse a URL naming a TLS file that cannot be read. redis-py opens them at the first
-    connection and reports a missing one as `Error 2 connecting to host:port. No such file or
-    directory.`, which reads as if the server were missing."""
-    kwargs = connection_kwargs(client)
+def check_tls_files(kwargs: Mapping[str, Any], url: str) -> None:
+    """Refuse a URL naming a TLS file that cannot be read (`kwargs`: what the connections get).
+    redis-py opens them at the first connection and reports a missing one as `Error 2 connecting
+    to host:port. No such file or directory.`, which reads as if the server were missing."""
     for name, kind in TLS_FILES.items():
         value = kwargs.get(name)
         if not value:

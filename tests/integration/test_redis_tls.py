@@ -1,5 +1,6 @@
 """`CHUNKD_STATE_URL=rediss://…`: a real `chunkd run` on a real redis-server that speaks only TLS
-(a throw-away CA and a certificate for 127.0.0.1) and wants a password. The S3 side is moto: what is
+(a throw-away CA and a certificate for 127.0.0.1) and wants a password; and `rediss+sentinel://…`
+on a primary, a replica and three sentinels that all speak only TLS. The S3 side is moto: what is
 under test is the store connection, which no S3 server changes."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.support.certs import make_server_certificate
 from tests.support.cli import error_lines, run_chunkd
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for
 from tests.support.files import sha256_file, write_random
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, SentinelGroup
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
 
@@ -115,3 +116,30 @@ def test_a_ca_file_that_is_not_there_is_named(moto: MotoServer, tls_url: str, tm
     assert result.returncode != 0 and "Traceback" not in output and PASSWORD not in output, output
     lines = error_lines(result)
     assert len(lines) == 1 and f"ssl_ca_certs={missing} is not a readable file" in lines[0], output
+
+
+def test_a_daemon_on_rediss_sentinel_with_a_private_ca_uploads_through_tls_sentinels(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
+) -> None:
+    """Servers, replication and sentinels all TLS-only with one private CA: the URL names it once."""
+    with SentinelGroup(tls=make_server_certificate(tmp_path / "tls"), password=PASSWORD) as group:
+        assert group.url.startswith(f"rediss+sentinel://:{PASSWORD}@") and "sentinel_ssl=true&ssl_ca_certs=" in group.url
+        source = write_random(input_dir / "cam.mp4", 1 * MiB)
+        daemon = chunkd_daemon(moto, state_url=group.url, log_level="DEBUG")
+        s3 = moto.client()
+
+        def uploaded() -> dict[str, Any] | None:
+            assert daemon.running, f"chunkd run exited:\n{daemon.log_path.read_text()[-3000:]}"
+            return read_manifest(s3, "cam.mp4")
+
+        manifest = wait_for(uploaded, timeout=60, what="the manifest")
+        assert manifest["sha256"] == sha256_file(source) == sha256_object(s3, "cam.mp4")
+        client = group.primary.client()
+        try:
+            record = wait_for(lambda: _completed_record(client, "cam.mp4"), timeout=30, what="a COMPLETED record")
+        finally:
+            client.close()
+        assert record["key"] == "cam.mp4" and record["sha256"] == manifest["sha256"]
+        assert daemon.running
+        daemon.stop()
+    assert PASSWORD not in daemon.log_path.read_text(), "the password reached the log"
