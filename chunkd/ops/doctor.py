@@ -38,7 +38,8 @@ def run_checks(settings: Settings, target: S3Target, *, watches_file: Path = MAX
     yield check_store(settings.state_url)
     yield check_credentials(target)
     yield check_bucket(settings.bucket, target)
-    yield check_ffprobe()
+    yield check_ffprobe(thumbnail=settings.thumbnail)
+    yield check_ffmpeg(thumbnail=settings.thumbnail)
     yield check_input(settings.input_dir, create=bool(settings.create_input_dir))
     if settings.require_mount:
         yield check_mount(settings.input_dir)
@@ -84,11 +85,23 @@ def check_bucket(bucket: str, target: S3Target) -> Check:
     return Check(OK, "s3 bucket", f"{bucket!r} reachable at {where}")
 
 
-def check_ffprobe(which: Callable[[str], str | None] = shutil.which) -> Check:
+def check_ffprobe(*, thumbnail: bool = False, which: Callable[[str], str | None] = shutil.which) -> Check:
+    """The media check runs ffprobe; without it no file is known to be video, so none gets a poster."""
     path = which("ffprobe")
     if path is None:
-        return Check(WARN, "ffprobe", "not on PATH: manifests get media: null and nothing is quarantined")
+        posters = ", and no video gets a poster frame" if thumbnail else ""
+        return Check(WARN, "ffprobe", f"not on PATH: manifests get media: null and nothing is quarantined{posters}")
     return Check(OK, "ffprobe", path)
+
+
+def check_ffmpeg(*, thumbnail: bool, which: Callable[[str], str | None] = shutil.which) -> Check:
+    """Poster frames (CHUNKD_THUMBNAIL) are made by ffmpeg; uploads go on without them."""
+    if not thumbnail:
+        return Check(OK, "ffmpeg", "not needed (CHUNKD_THUMBNAIL=false)")
+    path = which("ffmpeg")
+    if path is None:
+        return Check(WARN, "ffmpeg", "not on PATH: videos get no poster frame (CHUNKD_THUMBNAIL=false turns them off)")
+    return Check(OK, "ffmpeg", path)
 
 
 def check_input(folder: Path, *, create: bool = False) -> Check:

@@ -29,7 +29,7 @@ from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
 from chunkd.store.redis_backfill import KeyIndexBackfill, NodeIndexCheck
 from chunkd.store.redis_content import RedisContentIndex
-from chunkd.store.redis_errors import RedisErrors, connection_kwargs, redact_redis_url
+from chunkd.store.redis_errors import RedisErrors, check_tls_files, connection_kwargs, redact_redis_url
 from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
@@ -82,12 +82,14 @@ class RedisStore:
                 parsed = parse_sentinel_url(url)
             except ValueError as exc:  # our own message, which never quotes the URL
                 raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {exc}") from None
+            check_tls_files(parsed.tls, url)
             client = sentinel_client(parsed, **options)
             return cls(client, prefix, errors=RedisErrors(client, where=parsed.where, secrets=parsed.secrets))
         try:
             client = redis.Redis.from_url(url, **options)
         except ValueError as exc:  # malformed URL; the message may quote it, password and all
             raise StoreError(f"invalid redis URL {redact_redis_url(url)}") from exc
+        check_tls_files(connection_kwargs(client), url)
         return cls(client, prefix)
 
     # writes

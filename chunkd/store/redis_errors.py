@@ -3,8 +3,10 @@ action, and never the password (redis-py may quote the URL it was given, secrets
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -58,3 +60,21 @@ def redact_redis_url(url: str) -> str:
         return "<unparseable>"
     netloc, slash, path = rest.split("?")[0].partition("/")
     return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+
+
+# The TLS files a `rediss://` URL may name (redis-py's own query parameters), and what each must be.
+TLS_FILES = {"ssl_ca_certs": "file", "ssl_certfile": "file", "ssl_keyfile": "file", "ssl_ca_path": "folder"}
+
+
+def check_tls_files(kwargs: Mapping[str, Any], url: str) -> None:
+    """Refuse a URL naming a TLS file that cannot be read (`kwargs`: what the connections get).
+    redis-py opens them at the first connection and reports a missing one as `Error 2 connecting
+    to host:port. No such file or directory.`, which reads as if the server were missing."""
+    for name, kind in TLS_FILES.items():
+        value = kwargs.get(name)
+        if not value:
+            continue
+        path = Path(value)
+        found = path.is_dir() if kind == "folder" else path.is_file()
+        if not (found and os.access(path, os.R_OK)):
+            raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {name}={value} is not a readable {kind}")

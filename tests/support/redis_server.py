@@ -1,5 +1,6 @@
-"""A real redis-server on a free local port that tests can stop, kill and start again; a replica of
-another one; and a Sentinel group (primary, replica, three sentinels) whose primary can be killed."""
+"""A real redis-server on a free local port that tests can stop, kill and start again (optionally
+speaking only TLS, optionally with a password); a replica of another one; and a Sentinel group
+(primary, replica, three sentinels; optionally all TLS-only) whose primary can be killed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -18,6 +20,8 @@ from typing import Any, Self
 
 import pytest
 import redis
+
+from tests.support.certs import ServerCertificate
 
 
 def _in_ci() -> bool:
@@ -42,7 +46,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process with no persistence; `start` after `stop`/`kill` reuses the port."""
+    """One redis-server process with no persistence; `start` after `stop`/`kill` reuses the port.
+
+    With `tls` it listens on its port with TLS only (`--port 0 --tls-port`, no client certificates
+    asked for), a replica replicates over TLS, and `url` is `rediss://…?ssl_ca_certs=<the CA>`; with
+    `password`, `--requirepass` (and `--masterauth`: a replica of a server wanting the same one)."""
 
     host = "127.0.0.1"
 
@@ -53,19 +61,30 @@ class RedisServer:
         startup_timeout: float = 10.0,
         persistent: bool = False,
         replica_of: tuple[str, int] | None = None,
+        tls: ServerCertificate | None = None,
+        password: str | None = None,
     ) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.persistent = persistent  # append-only file, fsynced on every write: survives stop/start
         self.replica_of = replica_of  # (host, port) it starts as `replicaof`: asynchronous replication
+        self.tls = tls
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="chunkd-redis-")
         self._log_path = os.path.join(self.dir, "redis.log")
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """What a client connects with: scheme, password and (with TLS) the CA to trust."""
+        if self.tls is None:
+            return f"redis://{self._userinfo()}{self.host}:{self.port}/0"
+        return f"rediss://{self._userinfo()}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+
+    def client(self) -> redis.Redis:
+        """A redis-py client on this server (over TLS when it speaks TLS); the caller closes it."""
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
 
     @property
     def running(self) -> bool:
@@ -74,11 +93,14 @@ class RedisServer:
     def start(self) -> None:
         if self.running:
             return
-        args = [self.binary, "--port", str(self.port), "--bind", self.host]
+        args = [self.binary, "--bind", self.host, *self._listen_args()]
+        if self.password is not None:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.persistent:
             args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
         else:
             args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
+        args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
         if self.replica_of is not None:
             args += ["--replicaof", self.replica_of[0], str(self.replica_of[1])]
         with open(self._log_path, "ab") as log:
@@ -126,8 +148,20 @@ class RedisServer:
         self.kill()
         raise RuntimeError(f"redis-server not answering PING after {self.startup_timeout}s:\n{self._log_tail()}")
 
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca), "--tls-replication", "yes",
+        ]
+
+    def _userinfo(self) -> str:
+        return "" if self.password is None else f":{self.password}@"
+
     def _pong(self) -> bool:
-        return _pong(self.host, self.port)
+        return _pong(self.host, self.port, tls_ca=None if self.tls is None else self.tls.ca)
 
     def _log_tail(self, lines: int = 20) -> str:
         with open(self._log_path, errors="replace") as log:
@@ -141,24 +175,30 @@ def find_redis_sentinel() -> list[str]:
 
 
 class RedisSentinel:
-    """One sentinel process watching `service` on `primary`, with its own (rewritable) config file."""
+    """One sentinel process watching `service` on `primary`, with its own (rewritable) config file.
+
+    With `tls` it listens with TLS only (`port 0`, `tls-port`) and speaks TLS to the servers and the
+    other sentinels (`tls-replication yes`); with `password`, it gives the servers that one."""
 
     host = "127.0.0.1"
 
     def __init__(self, primary: RedisServer | PrimaryRelay, *, service: str, quorum: int, down_after_ms: int,
-                 failover_timeout_ms: int, startup_timeout: float = 10.0) -> None:
+                 failover_timeout_ms: int, startup_timeout: float = 10.0, tls: ServerCertificate | None = None,
+                 password: str | None = None) -> None:
         self.command = find_redis_sentinel()
         self.port = free_port()
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="chunkd-sentinel-")
         self.startup_timeout = startup_timeout
         self.config = os.path.join(self.dir, "sentinel.conf")
         with open(self.config, "w") as config:
             config.write(
-                f"port {self.port}\nbind {self.host}\ndir {self.dir}\n"
+                f"{self._listen_config()}bind {self.host}\ndir {self.dir}\n"
                 f"sentinel monitor {service} {primary.host} {primary.port} {quorum}\n"
                 f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
                 f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {service} 1\n"
+                + ("" if password is None else f"sentinel auth-pass {service} {password}\n")
             )
         self._log_path = os.path.join(self.dir, "sentinel.log")
         self._process: subprocess.Popen[bytes] | None = None
@@ -168,11 +208,24 @@ class RedisSentinel:
         with open(self._log_path, "ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
-        while not _pong(self.host, self.port):
+        while not _pong(self.host, self.port, tls_ca=None if self.tls is None else self.tls.ca):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError(f"redis-sentinel did not start:\n{self.log_tail()}")
             time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        """A redis-py client on this sentinel (over TLS when it speaks TLS); the caller closes it."""
+        tls: dict[str, Any] = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        return redis.Redis(self.host, self.port, decode_responses=True, socket_timeout=2, **tls)
+
+    def _listen_config(self) -> str:
+        if self.tls is None:
+            return f"port {self.port}\n"
+        return (
+            f"port 0\ntls-port {self.port}\ntls-auth-clients no\ntls-replication yes\n"
+            f"tls-cert-file {self.tls.cert}\ntls-key-file {self.tls.key}\ntls-ca-cert-file {self.tls.ca}\n"
+        )
 
     def close(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -191,8 +244,8 @@ class RedisSentinel:
 
 class PrimaryRelay:
     """A TCP relay in front of the primary: the address Sentinel, the replica and clients know it
-    by. `hold` stops passing on what the primary sends down replication connections (those that
-    asked for PSYNC): the writes it acknowledges from then on never reach the replica, as when a
+    by. `hold` (not over TLS, where PSYNC is not seen) stops passing on what the primary sends down
+    replication connections (those that asked for PSYNC): the writes it acknowledges from then on never reach the replica, as when a
     primary dies before asynchronous replication caught up. (Sentinel would point a replica that
     replicated through a side door straight back at the primary, so everyone uses the door.)"""
 
@@ -260,28 +313,39 @@ class SentinelGroup:
     """A primary, one replica and three sentinels on loopback ports: what `redis+sentinel://` is
     made for. `kill_primary` is the crash Sentinel fails over from (a quorum of 2 of 3 agrees the
     primary is down after `down_after_ms`, one of them promotes the replica). The primary is known
-    by its `relay`'s address, which a test may hold to make the replica fall behind."""
+    by its `relay`'s address, which a test may hold to make the replica fall behind.
+
+    With `tls` every process speaks TLS only (servers, replication, sentinels) and `url` is
+    `rediss+sentinel://…?sentinel_ssl=true&ssl_ca_certs=<the CA>`; `password` is the servers'."""
 
     service = "mymaster"
 
-    def __init__(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
-        self.primary = RedisServer()
+    def __init__(self, *, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+                 tls: ServerCertificate | None = None, password: str | None = None) -> None:
+        self.tls = tls
+        self.password = password
+        self.primary = RedisServer(tls=tls, password=password)
         self.relay = PrimaryRelay(self.primary)
-        self.replica = RedisServer(replica_of=(self.relay.host, self.relay.port))
+        self.replica = RedisServer(replica_of=(self.relay.host, self.relay.port), tls=tls, password=password)
         self.sentinels = [
             RedisSentinel(self.relay, service=self.service, quorum=2, down_after_ms=down_after_ms,
-                          failover_timeout_ms=failover_timeout_ms)
+                          failover_timeout_ms=failover_timeout_ms, tls=tls, password=password)
             for _ in range(3)
         ]
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}/0"
+        userinfo = "" if self.password is None else f":{self.password}@"
+        if self.tls is None:
+            return f"redis+sentinel://{userinfo}{hosts}/{self.service}/0"
+        return f"rediss+sentinel://{userinfo}{hosts}/{self.service}/0?sentinel_ssl=true&ssl_ca_certs={self.tls.ca}"
 
     def start(self, timeout: float = 30.0) -> None:
         self.primary.start()
         self.replica.start()
+        # In sync before the sentinels first ask it (then every 10 s): they see its link up at once.
+        self._wait(self._replica_in_sync, timeout, "the replica to sync")
         for sentinel in self.sentinels:
             sentinel.start()
         self._wait(self._watching, timeout, "the sentinels to know each other and the replica")
@@ -312,10 +376,17 @@ class SentinelGroup:
     ) -> None:
         self.close()
 
+    def _replica_in_sync(self) -> bool:
+        client = self.replica.client()
+        try:
+            return bool(client.info("replication").get("master_link_status") == "up")
+        finally:
+            client.close()
+
     def _watching(self) -> bool:
         """Each sentinel sees the other two and the replica, in sync: a failover can be voted and done."""
         for sentinel in self.sentinels:
-            client = redis.Redis(sentinel.host, sentinel.port, decode_responses=True, socket_timeout=2)
+            client = sentinel.client()
             try:
                 state = client.sentinel_master(self.service)
                 replicas = client.sentinel_slaves(self.service)
@@ -328,7 +399,7 @@ class SentinelGroup:
         return True
 
     def _ask(self, sentinel: RedisSentinel, *command: str) -> Any:
-        client = redis.Redis(sentinel.host, sentinel.port, decode_responses=True, socket_timeout=2)
+        client = sentinel.client()
         try:
             return client.execute_command(*command)
         finally:
@@ -343,10 +414,15 @@ class SentinelGroup:
             time.sleep(0.1)
 
 
-def _pong(host: str, port: int) -> bool:
+def _pong(host: str, port: int, *, tls_ca: os.PathLike[str] | None = None) -> bool:
+    """The server answers a PING: PONG, or NOAUTH when it wants a password first."""
     try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=1.0))
+            if tls_ca is not None:
+                context = ssl.create_default_context(cafile=os.fspath(tls_ca))
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:  # ssl.SSLError is one
         return False

@@ -105,3 +105,66 @@ def test_a_rediss_url_opens_a_tls_client_whose_errors_hide_the_password() -> Non
     with pytest.raises(StoreError) as info:
         store.ping()
     assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)
+
+
+TLS_URL = (
+    "rediss+sentinel://:s3cret@h1:26379,h2:26379/mymaster/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required"
+    "&ssl_check_hostname=false&ssl_password=k3ypass&sentinel_ssl=true"
+)
+
+
+def test_a_sentinel_url_takes_the_tls_parameters_of_rediss_typed_as_redis_py_types_them() -> None:
+    parsed = parse_sentinel_url(TLS_URL)
+    assert parsed.ssl and parsed.sentinel_ssl
+    assert parsed.tls == {
+        "ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required", "ssl_check_hostname": False,
+        "ssl_password": "k3ypass",
+    }
+    assert "k3ypass" in parsed.secrets  # the key's passphrase is scrubbed from errors like a password
+    tls_primary_only = parse_sentinel_url("rediss+sentinel://h1/mymaster?ssl_ca_certs=/etc/ca.pem")
+    assert tls_primary_only.ssl and not tls_primary_only.sentinel_ssl
+    assert parse_sentinel_url("redis+sentinel://h1/mymaster?sentinel_ssl=yes&ssl_keyfile=/k").sentinel_ssl
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("ssl_ca_cert=/etc/ca.pem", "unknown sentinel URL parameter(s): ssl_ca_cert (it takes sentinel_password"),
+        ("sentinel_ssl=maybe", "sentinel_ssl must be true or false"),
+        ("ssl_min_version=tls13", "Invalid value for 'ssl_min_version'"),
+    ],
+)
+def test_a_wrong_tls_parameter_is_refused_by_name_without_quoting_the_url(query: str, message: str) -> None:
+    url = f"rediss+sentinel://:s3cret@h1:26379/mymaster/0?{query}"
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    assert message in str(info.value) and "s3cret" not in str(info.value), info.value
+
+
+def test_tls_parameters_without_tls_are_refused() -> None:
+    with pytest.raises(ValueError, match="ssl_ca_certs needs TLS: rediss"):
+        parse_sentinel_url("redis+sentinel://h1:26379/mymaster/0?ssl_ca_certs=/etc/ca.pem")
+
+
+def test_the_tls_parameters_reach_the_primary_and_with_sentinel_ssl_the_sentinels(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    hosts = f"127.0.0.1:{free_port()}"
+    store = RedisStore.from_url(f"rediss+sentinel://{hosts}/mymaster/0?ssl_ca_certs={ca}&sentinel_ssl=true")
+    pool = store.client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert issubclass(pool.connection_class, SSLConnection) and pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+    sentinel_pool = pool.sentinel_manager.sentinels[0].connection_pool
+    assert issubclass(sentinel_pool.connection_class, SSLConnection)
+    assert sentinel_pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+    plain_sentinels = RedisStore.from_url(f"rediss+sentinel://{hosts}/mymaster/0?ssl_ca_certs={ca}").client
+    assert not issubclass(plain_sentinels.connection_pool.sentinel_manager.sentinels[0].connection_pool.connection_class,
+                          SSLConnection)
+    store.close()
+
+
+def test_a_sentinel_tls_file_that_is_not_there_is_named_at_open(tmp_path: Path) -> None:
+    missing = tmp_path / "ca-typo.pem"
+    with pytest.raises(StoreError) as info:
+        RedisStore.from_url(f"rediss+sentinel://:s3cret@127.0.0.1:{free_port()}/mymaster/0?ssl_ca_certs={missing}")
+    assert f"ssl_ca_certs={missing} is not a readable file" in str(info.value) and "s3cret" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -82,3 +83,21 @@ def test_drop_parts_on_a_pipeline_waits_for_execute() -> None:
     assert store.list_parts("s1") == [_part(1)]
     pipe.execute()
     assert store.list_parts("s1") == []
+
+
+@pytest.mark.parametrize("name", ["ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"])
+def test_a_tls_file_that_is_not_there_is_named_at_open(name: str, tmp_path: Path) -> None:
+    """Not at the first connection as `Error 2 connecting to host:port. No such file or directory.`"""
+    missing = tmp_path / "gone.pem"
+    with pytest.raises(StoreError) as info:
+        RedisStore.from_url(f"rediss://:secret@127.0.0.1:{free_port()}/0?{name}={missing}")
+    message = str(info.value)
+    assert f"{name}={missing} is not a readable" in message and "127.0.0.1" in message, message
+    assert "secret" not in message
+
+
+def test_tls_files_that_are_there_open(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    store = RedisStore.from_url(f"rediss://127.0.0.1:{free_port()}/0?ssl_ca_certs={ca}&ssl_ca_path={tmp_path}")
+    store.close()

@@ -1,0 +1,145 @@
+"""`CHUNKD_STATE_URL=rediss://…`: a real `chunkd run` on a real redis-server that speaks only TLS
+(a throw-away CA and a certificate for 127.0.0.1) and wants a password; and `rediss+sentinel://…`
+on a primary, a replica and three sentinels that all speak only TLS. The S3 side is moto: what is
+under test is the store connection, which no S3 server changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from chunkd.model.states import StreamState
+from tests.support.bucket import read_manifest, sha256_object
+from tests.support.certs import make_server_certificate
+from tests.support.cli import error_lines, run_chunkd
+from tests.support.daemon import DaemonProcess, daemon_env, wait_for
+from tests.support.files import sha256_file, write_random
+from tests.support.redis_server import RedisServer, SentinelGroup
+from tests.support.s3_servers import MotoServer
+from tests.support.sizes import MiB
+
+PASSWORD = "tls-s3cret-0x5f"
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server with TLS only (no plain port) and `--requirepass`."""
+    certificate = make_server_certificate(tmp_path_factory.mktemp("tls"))
+    with RedisServer(tls=certificate, password=PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture
+def tls_url(tls_redis: RedisServer) -> str:
+    """`rediss://:password@127.0.0.1:port/0?ssl_ca_certs=ca.pem` on an empty database."""
+    client = tls_redis.client()
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return tls_redis.url
+
+
+def test_a_daemon_on_rediss_uploads_and_keeps_its_records_there(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, tls_redis: RedisServer, tls_url: str,
+    input_dir: Path,
+) -> None:
+    assert tls_url.startswith(f"rediss://:{PASSWORD}@127.0.0.1:") and "ssl_ca_certs=" in tls_url
+    source = write_random(input_dir / "cam.mp4", 12 * MiB)
+    daemon = chunkd_daemon(moto, state_url=tls_url, part_size="5MiB", log_level="DEBUG")
+    s3 = moto.client()
+    manifest = wait_for(lambda: read_manifest(s3, "cam.mp4"), timeout=120, what="the manifest")
+    assert manifest["sha256"] == sha256_file(source) == sha256_object(s3, "cam.mp4")
+
+    client = tls_redis.client()
+    try:
+        record = wait_for(lambda: _completed_record(client, "cam.mp4"), timeout=30, what="a COMPLETED record")
+        parts = client.hgetall(f"chunkd:stream:{record['id']}:parts")
+    finally:
+        client.close()
+    assert record["key"] == "cam.mp4" and record["sha256"] == manifest["sha256"]
+    assert sorted(int(number) for number in parts) == [1, 2, 3]
+    assert daemon.running
+    assert PASSWORD not in daemon.log_path.read_text(), "the password reached the log"
+
+
+def _completed_record(client: redis.Redis, relpath: str) -> dict[str, Any] | None:
+    """The stream record of `relpath` as the daemon stored it, once it is COMPLETED."""
+    ids = client.zrange(f"chunkd:path:{relpath}", 0, -1)
+    if len(ids) != 1:
+        return None
+    stored = client.hgetall(f"chunkd:stream:{ids[0]}")
+    if stored.get("state") != StreamState.COMPLETED.value:
+        return None
+    record: dict[str, Any] = json.loads(stored["data"])
+    return record
+
+
+@pytest.mark.parametrize("command", ["run", "doctor"])
+def test_an_untrusted_certificate_fails_at_start_in_one_line(
+    command: str, moto: MotoServer, tls_redis: RedisServer, tls_url: str, tmp_path: Path,
+) -> None:
+    """Without `ssl_cert_reqs=none` or the CA, redis-py verifies against the system's CAs, which do
+    not know ours: chunkd must say so and stop, not fall back to SQLite or print a traceback."""
+    untrusted = tls_url.split("?")[0]
+    env = daemon_env(input_dir=tmp_path / "input", state_url=untrusted, endpoint_url=moto.endpoint_url,
+                     access_key=moto.access_key, secret_key=moto.secret_key)
+    result = run_chunkd(command, env=env, cwd=tmp_path, timeout=60)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output and PASSWORD not in output, output
+    lines = error_lines(result) if command == "run" else [ln for ln in result.stdout.splitlines() if "FAIL" in ln]
+    assert len(lines) == 1, output
+    assert "state store" in lines[0] and "certificate verify failed" in lines[0], lines
+    assert f"127.0.0.1:{tls_redis.port}" in lines[0], lines
+    assert not (tmp_path / ".chunkd").exists(), "fell back to a local SQLite store"
+    client = tls_redis.client()
+    try:
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+
+
+def test_a_ca_file_that_is_not_there_is_named(moto: MotoServer, tls_url: str, tmp_path: Path) -> None:
+    """Not `Error 2 connecting to 127.0.0.1:port. No such file or directory.`, as if the server were."""
+    missing = tmp_path / "ca-typo.pem"
+    env = daemon_env(input_dir=tmp_path / "input", state_url=f"{tls_url.split('?')[0]}?ssl_ca_certs={missing}",
+                     endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key)
+    result = run_chunkd("run", env=env, cwd=tmp_path, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output and PASSWORD not in output, output
+    lines = error_lines(result)
+    assert len(lines) == 1 and f"ssl_ca_certs={missing} is not a readable file" in lines[0], output
+
+
+def test_a_daemon_on_rediss_sentinel_with_a_private_ca_uploads_through_tls_sentinels(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
+) -> None:
+    """Servers, replication and sentinels all TLS-only with one private CA: the URL names it once."""
+    with SentinelGroup(tls=make_server_certificate(tmp_path / "tls"), password=PASSWORD) as group:
+        assert group.url.startswith(f"rediss+sentinel://:{PASSWORD}@") and "sentinel_ssl=true&ssl_ca_certs=" in group.url
+        source = write_random(input_dir / "cam.mp4", 1 * MiB)
+        daemon = chunkd_daemon(moto, state_url=group.url, log_level="DEBUG")
+        s3 = moto.client()
+
+        def uploaded() -> dict[str, Any] | None:
+            assert daemon.running, f"chunkd run exited:\n{daemon.log_path.read_text()[-3000:]}"
+            return read_manifest(s3, "cam.mp4")
+
+        manifest = wait_for(uploaded, timeout=60, what="the manifest")
+        assert manifest["sha256"] == sha256_file(source) == sha256_object(s3, "cam.mp4")
+        client = group.primary.client()
+        try:
+            record = wait_for(lambda: _completed_record(client, "cam.mp4"), timeout=30, what="a COMPLETED record")
+        finally:
+            client.close()
+        assert record["key"] == "cam.mp4" and record["sha256"] == manifest["sha256"]
+        assert daemon.running
+        daemon.stop()
+    assert PASSWORD not in daemon.log_path.read_text(), "the password reached the log"
