@@ -14,7 +14,7 @@ import pytest
 from chunkd.pipeline import thumbnail
 from chunkd.pipeline.media import MediaInfo, probe
 from chunkd.pipeline.thumbnail import PosterFrames, extract, ffmpeg_command, frame_time, video_duration
-from tests.support.media import make_mp4, make_text_as_mp4, require_ffmpeg
+from tests.support.media import make_mp4, make_text_as_mp4, require_ffmpeg, video_codec_args
 
 
 def jpeg_size(data: bytes, tmp_path: Path) -> tuple[str, int, int]:
@@ -35,6 +35,22 @@ def fake_ffmpeg(folder: Path, script: str) -> Path:
     path.write_text("#!/bin/sh\n" + script + "\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return folder
+
+
+def make_h264(path: Path, *x264: str) -> Path:
+    """A 10 s 320x240 H.264 clip at 25 fps, no audio, with the given x264 options."""
+    if "libx264" not in video_codec_args():
+        pytest.skip("this ffmpeg has no libx264")
+    source = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "10"]
+    command = [require_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-y", *source, *video_codec_args(), *x264]
+    subprocess.run([*command, str(path)], check=True, capture_output=True, timeout=60)
+    return path
+
+
+def run_frame(path: Path, at: float, *, keyframe_only: bool) -> bytes:
+    """What the command writes for `path` at `at`: a JPEG, or nothing."""
+    command = ffmpeg_command(require_ffmpeg(), path, at, keyframe_only=keyframe_only)
+    return subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
 
 
 def media_of(path: Path) -> dict[str, object]:
@@ -67,6 +83,18 @@ def test_the_command_seeks_before_the_input_and_writes_one_scaled_jpeg_to_stdout
         assert command[command.index(option) + 1] == value
     assert "pipe:" in command and "-nostdin" in command
     assert command[command.index("-v") + 1] == "error"  # stderr holds only the reason
+
+
+def test_the_command_decodes_keyframes_only_and_its_fallback_every_frame() -> None:
+    keyframes = ffmpeg_command("/usr/bin/ffmpeg", Path("clip.mp4"), 6.0)
+    exact = ffmpeg_command("/usr/bin/ffmpeg", Path("clip.mp4"), 6.0, keyframe_only=False)
+
+    # an input option: the decoder skips every frame that is not a keyframe
+    assert keyframes[keyframes.index("-skip_frame") + 1] == "nokey"
+    assert keyframes.index("-skip_frame") < keyframes.index("-i")
+    assert "-skip_frame" not in exact
+    for command in (keyframes, exact):
+        assert command.index("-ss") < command.index("-i") and command[command.index("-vframes") + 1] == "1"
 
 
 def test_only_a_valid_file_with_a_video_stream_and_a_duration_gets_a_frame() -> None:
@@ -114,6 +142,42 @@ def test_a_real_video_gives_a_jpeg_at_most_640_wide_with_its_aspect(
     assert made.error is None and made.jpeg is not None
     assert made.jpeg[:2] == b"\xff\xd8"  # JPEG SOI
     assert jpeg_size(made.jpeg, tmp_path) == ("mjpeg", *expected)
+
+
+def test_the_keyframe_run_gives_the_first_keyframe_at_or_after_the_time(tmp_path: Path) -> None:
+    require_ffmpeg()
+    clip = make_h264(tmp_path / "gop2s.mp4", "-g", "50", "-sc_threshold", "0")  # keyframes at 0, 2, 4 ... s
+
+    at_1s = run_frame(clip, 1.0, keyframe_only=True)
+
+    assert at_1s[:2] == b"\xff\xd8"  # the keyframe at 0 is before 1 s, yet the answer is not empty
+    assert at_1s == run_frame(clip, 2.0, keyframe_only=False)  # the picture at 2 s, as the exact run makes it
+    assert at_1s != run_frame(clip, 1.0, keyframe_only=False)
+    assert run_frame(clip, 9.5, keyframe_only=True) == b""  # no keyframe after 8 s: nothing
+
+
+def test_a_stream_with_no_keyframe_after_the_start_still_gets_its_frame(tmp_path: Path) -> None:
+    require_ffmpeg()
+    # intra refresh: one IDR frame at 0, then recovery points that a keyframe-only decoder skips
+    clip = make_h264(tmp_path / "refresh.mp4", "-x264-params", "intra-refresh=1:keyint=50")
+    assert run_frame(clip, 1.0, keyframe_only=True) == b""
+
+    frame = extract(clip, 10.0)
+
+    assert frame.error is None and frame.jpeg == run_frame(clip, 1.0, keyframe_only=False)
+
+
+def test_an_empty_keyframe_run_is_followed_by_one_exact_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = tmp_path / "calls"
+    script = f'echo "$*" >> {calls}; case "$*" in *nokey*) exit 0;; esac; printf "\\377\\330exact"'
+    monkeypatch.setenv("PATH", str(fake_ffmpeg(tmp_path / "bin", script)))
+
+    frame = extract(tmp_path / "clip.mp4", 20.0)
+
+    assert frame.error is None and frame.jpeg == b"\xff\xd8exact"
+    first, second = calls.read_text().splitlines()
+    assert "-skip_frame nokey" in first and "-ss 2.0" in first
+    assert "-skip_frame" not in second and "-ss 2.0" in second
 
 
 # -- failures: a reason, never an exception ------------------------------------------------------
