@@ -149,7 +149,7 @@ def test_doctor_with_a_good_config_exits_0(server_env: dict[str, str]) -> None:
     result = run_chunkd("doctor", env=server_env)
     assert result.returncode == 0, result.stdout + result.stderr
     checks = doctor_lines(result.stdout)
-    assert {"config", "state store", "s3 credentials", "s3 bucket", "ffprobe", "input folder", "inotify watches",
+    assert {"config", "state store", "s3 credentials", "s3 bucket", "ffprobe", "ffmpeg", "input folder", "inotify watches",
             "disk space (input)", "disk space (state)"} == checks.keys()
     assert checks["s3 bucket"][0] == "OK" and checks["state store"][0] == "OK" and checks["input folder"][0] == "OK"
     assert all(level != "FAIL" for level, _ in checks.values())
