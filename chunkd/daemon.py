@@ -159,7 +159,9 @@ class Daemon:
             maxlen=settings.events_maxlen, presign=self._presigner(), listeners=[self.feed.publish],
         )
         engine.metrics.watch_queue_depth(lambda: self.scheduler.queue_depth)
-        self.heartbeat = Heartbeat(engine.store, engine.node, queue_depth=lambda: self.scheduler.queue_depth)
+        self.heartbeat = Heartbeat(
+            engine.store, engine.node, queue_depth=lambda: self.scheduler.queue_depth, health=engine.store_health
+        )
         self.retention = (
             RetentionPass(engine.store, days=settings.retention_days, scope=engine.scope)
             if settings.expire_records else None

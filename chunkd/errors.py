@@ -101,6 +101,11 @@ class StoreError(ChunkdError):
     """The checkpoint store could not be reached or refused a write."""
 
 
+class StoreFullError(StoreError):
+    """The store answers reads but cannot write: its disk is full (SQLite's "database or disk is
+    full"). Waited out like any outage; only a write that goes through again ends it."""
+
+
 class LeaseLostError(ChunkdError):
     """Another daemon holds a newer lease on this file: stop touching its stream at once.
 
@@ -172,14 +177,17 @@ class DownloadError(ChunkdError):
 
     def __init__(
         self, reason: str, *, retryable: bool, http_status: int | None = None, retry_after: float | None = None,
-        disk_full: bool = False,
+        disk_full: bool = False, room_needed: int | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.http_status = http_status
         self.retry_after = retry_after
-        self.disk_full = disk_full  # the staging disk filled up: the partial file is given up at the end
+        # The staging disk is full: the partial file is given up at once, and the URL waits for
+        # `room_needed` free bytes (when known) before it is downloaded again.
+        self.disk_full = disk_full
+        self.room_needed = room_needed
 
 
 # -- Bugs: nothing catches these on purpose --------------------------------------------------------------

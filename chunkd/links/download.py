@@ -120,6 +120,11 @@ class Downloader:
         self._disk_paused = False
         self._disk_waiters = 0  # downloads in _wait_for_disk right now, for the metrics
 
+    def disk_space(self) -> tuple[int, int]:
+        """(free, total) bytes of the staging filesystem."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self._free_bytes(self.staging), shutil.disk_usage(self.staging).total
+
     @property
     def waiting_for_disk(self) -> int:
         """Downloads the disk guard holds back right now (chunkd_downloads_waiting_for_disk)."""
@@ -146,7 +151,8 @@ class Downloader:
         retrying = Retrying(
             stop=stop_after_attempt(self.retries + 1) | stop_when_event_set(stop) | stop_when_told_to_wait_long(),
             wait=wait_retry_after(wait_random_exponential(multiplier=self.backoff, max=self.backoff_max)),
-            retry=retry_if_exception(lambda exc: isinstance(exc, DownloadError) and exc.retryable),
+            # Not a full disk: trying again at once would fill it again with the same partial file.
+            retry=retry_if_exception(lambda exc: isinstance(exc, DownloadError) and exc.retryable and not exc.disk_full),
             sleep=lambda seconds: self._pause(seconds, stop),
             before_sleep=lambda state: _log_retry(url, state, self.retries + 1),
             reraise=True,
@@ -160,7 +166,8 @@ class Downloader:
                 return DownloadResult(self.staging / name_hint, {}, 0)
             if not exc.retryable or exc.disk_full:
                 # The same answer next time: the bytes are no use. Or the disk is full, and a
-                # partial file left there would keep it full for every other download.
+                # partial file left there would keep it full for every other download (and
+                # for whatever else writes there: recordings).
                 self.remove_partial(name_hint)
             raise
 

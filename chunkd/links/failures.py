@@ -67,7 +67,7 @@ def classify(exc: BaseException) -> DownloadError:
             return DownloadError(f"connection failed: {_message(cause)}", retryable=True)
         if isinstance(cause, OSError) and cause.errno is not None:
             disk_full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
-            retryable = disk_full or cause.errno == errno.EIO  # space may be freed meanwhile
+            retryable = disk_full or cause.errno == errno.EIO  # space may be freed later (UrlFetcher waits)
             return DownloadError(
                 f"cannot write the download: {_message(cause)}", retryable=retryable, disk_full=disk_full
             )
@@ -106,11 +106,11 @@ def too_large(size: int, limit: int) -> DownloadError:
 
 
 def no_room(size: int, needed: int, free: int) -> DownloadError:
-    """Known before a byte is written: failing now beats filling the disk and failing then.
-    Not retried on its own (the space is not coming back by itself); `chunkd retry` once it is."""
+    """Known before a byte is written: stopping now beats filling the disk and failing then. The
+    URL waits for room for the whole file (its partial file is given up to free the disk)."""
     return DownloadError(
-        f"not enough space in the staging folder: the file is {size} bytes, {needed} still to download, "
-        f"{free} bytes free", retryable=False, disk_full=True,
+        f"no space left in the staging folder: the file is {size} bytes, {needed} still to download, "
+        f"{free} bytes free", retryable=True, disk_full=True, room_needed=size,
     )
 
 

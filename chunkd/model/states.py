@@ -187,6 +187,7 @@ class UrlRecord:
     info: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    room_needed: int = 0  # ran out of staging space: PENDING until this many bytes are free there
 
     def to_dict(self) -> dict[str, Any]:
         return _record_to_dict(self)

@@ -22,6 +22,7 @@ from chunkd.intake.paths import printable
 from chunkd.observe.logs import redact
 from chunkd.observe.overview import short_duration
 from chunkd.store import NodeRegistry
+from chunkd.store.health import StoreHealth
 
 logger = logging.getLogger("chunkd.heartbeat")
 
@@ -41,8 +42,10 @@ class Heartbeat:
         every: float = BEAT_SECONDS,
         ttl: float = TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        health: StoreHealth | None = None,
     ) -> None:
         self._store = store
+        self._health = health  # told of every beat: on an idle daemon, the one write that shows a full disk
         self._node = node
         self._queue_depth = queue_depth
         self._every, self._ttl, self._clock = every, ttl, clock
@@ -71,6 +74,11 @@ class Heartbeat:
             self._store.beat(self._node, self.info(), ttl=self._ttl)
         except StoreError as exc:
             logger.debug("heartbeat not recorded: %s", exc)
+            if self._health is not None:
+                self._health.failed(exc)
+            return
+        if self._health is not None:
+            self._health.ok(wrote=True)
 
 
 def render_nodes(nodes: list[dict[str, Any]], *, now: float | None = None) -> str:

@@ -1,8 +1,8 @@
 """Liveness and readiness as the HTTP endpoint reports them.
 
 Liveness: the main loop is still turning (a heartbeat younger than `stuck_after`) and the watcher
-threads are alive. Readiness: the state store answers, the bucket answers, the watcher runs and we
-are not shutting down.
+threads are alive. Readiness: the state store answers and takes writes (not so on a full disk),
+the bucket answers, the watcher runs and we are not shutting down.
 
 The store and S3 checks run in the background, each on its own thread with its own short timeout,
 and a probe answers from their last results: a frozen S3 server (or Redis) must never hold an
@@ -142,7 +142,8 @@ class Probes:
 
     def _store_ok(self) -> Verdict:
         self._engine.store.ping()  # a StoreError is a ChunkdError: its message is the verdict
-        return True
+        # A full disk answers the ping (a read) and refuses every write: not ready until one goes through.
+        return self._engine.store_health.refusing_writes or True
 
     def _s3_ok(self) -> Verdict:
         self._quick.head_bucket(self._engine.settings.bucket)  # a TransferError: likewise

@@ -35,7 +35,7 @@ class FencedStore:
         self._health = health
         self._wait = wait  # stop_event.wait: True once shutdown was requested
 
-    def patiently(self, call: Callable[[], T]) -> T:
+    def patiently(self, call: Callable[[], T], *, wrote: bool = False) -> T:
         delay = _FIRST_WAIT
         while True:
             self.held.check()
@@ -47,19 +47,21 @@ class FencedStore:
                     raise
                 delay = min(delay * 2, _LONGEST_WAIT)
                 continue
-            self._health.ok()
+            self._health.ok(wrote=wrote)
             return result
 
     def save_stream(self, record: StreamRecord, *, index: bool = False, guard: bool = True) -> None:
         """Guarded: raises CancelledError rather than write over an operator's cancel (`guard=False`:
         the COMPLETED record of an object committed before the cancel came)."""
-        self.patiently(lambda: self._store.save_stream(record, fence=self.held.lease, guard=guard, index=index))
+        self.patiently(
+            lambda: self._store.save_stream(record, fence=self.held.lease, guard=guard, index=index), wrote=True
+        )
 
     def record_part(self, stream_id: str, part: PartRecord) -> None:
-        self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease))
+        self.patiently(lambda: self._store.record_part(stream_id, part, fence=self.held.lease), wrote=True)
 
     def drop_parts(self, stream_id: str, numbers: Iterable[int] | None = None) -> None:
-        self.patiently(lambda: self._store.drop_parts(stream_id, numbers, fence=self.held.lease))
+        self.patiently(lambda: self._store.drop_parts(stream_id, numbers, fence=self.held.lease), wrote=True)
 
     def get_stream(self, stream_id: str) -> StreamRecord | None:
         return self.patiently(lambda: self._store.get_stream(stream_id))
@@ -79,7 +81,7 @@ class FencedStore:
         return self.patiently(lambda: self._store.list_parts(stream_id))
 
     def index_content(self, sha256: str, stream_id: str, *, size: int | None = None) -> None:
-        self.patiently(lambda: self._store.index_content(sha256, stream_id, size=size))
+        self.patiently(lambda: self._store.index_content(sha256, stream_id, size=size), wrote=True)
 
     def may_hold_size(self, size: int) -> bool:
         return self.patiently(lambda: self._store.may_hold_size(size))
@@ -88,4 +90,4 @@ class FencedStore:
         return self.patiently(lambda: self._store.find_by_content(sha256))
 
     def forget_content(self, sha256: str) -> None:
-        self.patiently(lambda: self._store.forget_content(sha256))
+        self.patiently(lambda: self._store.forget_content(sha256), wrote=True)

@@ -9,39 +9,65 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from chunkd.errors import StoreFullError
+
 logger = logging.getLogger("chunkd.store")
 
 
 class StoreHealth:
-    """Shared by every job, so a Redis outage is reported once, not once per retry per file."""
+    """Shared by every job, so a Redis outage is reported once, not once per retry per file.
+
+    A store whose disk is full (StoreFullError) still answers reads: that outage ends only with a
+    write that goes through (`ok(wrote=True)`), or every read in between would end it and the next
+    write start it again, a pair of log lines per retry.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._full: str | None = None  # why writes are refused, while they are
         self.outages = 0
 
     @property
     def down(self) -> bool:
         return self._down_since is not None
 
+    @property
+    def refusing_writes(self) -> str | None:
+        """Why the store refuses writes (its disk is full), or None: what /readyz says meanwhile."""
+        return self._full
+
     def failed(self, error: Exception) -> None:
+        full = isinstance(error, StoreFullError)
         with self._lock:
+            if full and self._full is None:
+                self._full = f"cannot write: {error}"
             if self._down_since is not None:
                 return
             self._down_since = self._clock()
             self.outages += 1
+        if full:
+            logger.warning(
+                "state store cannot write, its disk is full (%s); no new parts start until it can, parts in "
+                "flight finish and are recorded then", error,
+            )
+            return
         logger.warning(
             "state store unreachable (%s); no new parts start until it is back, parts in flight finish "
             "and are recorded when it returns", error,
         )
 
-    def ok(self) -> None:
+    def ok(self, *, wrote: bool = False) -> None:
+        """The store answered; `wrote`: with a write, which is what ends a full disk's outage."""
         with self._lock:
-            if self._down_since is None:
+            if self._down_since is None or (self._full is not None and not wrote):
                 return
             seconds = self._clock() - self._down_since
-            self._down_since = None
+            full, self._down_since, self._full = self._full, None, None
+        if full:
+            logger.info("state store writable again after %.1fs; uploads carry on", seconds)
+            return
         logger.info("state store reachable again after %.1fs; uploads carry on", seconds)
 
 

@@ -18,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from chunkd.errors import LeaseLostError, StoreError
+from chunkd.errors import LeaseLostError, StoreError, StoreFullError
 from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
@@ -151,7 +151,8 @@ class SqliteStore:
         try:
             yield
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite {self.path}: {action} failed: {exc}") from exc
+            kind = StoreFullError if _disk_full(exc) else StoreError
+            raise kind(f"sqlite {self.path}: {action} failed: {exc}") from exc
 
     def save_stream(
         self, record: StreamRecord, *, fence: Lease | None = None, guard: bool = False, index: bool = False
@@ -394,6 +395,12 @@ def _take_lock(path: str) -> Any:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: a write found no room on the database's filesystem (ENOSPC, EDQUOT). Reads still work."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "database or disk is full" in str(exc)
 
 
 def _state_filter(states: Iterable[Any] | None, kind: type[Enum]) -> tuple[str, list[str]]:

@@ -40,6 +40,7 @@ from tests.support.media import make_mp4, require_ffmpeg
 from tests.support.media_server import MediaServer
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import KiB, MiB
+from tests.support.tmpfs import fill_up, tmpfs_mounts
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -502,83 +503,8 @@ def test_a_links_file_of_100000_lines_is_settled_line_by_line(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
     """`make(name, size)`: a real tmpfs of `size` (e.g. "4m") mounted at tmp_path/name."""
-    mounted: list[Path] = []
-
-    def make(name: str, size: str) -> Path:
-        point = tmp_path / name
-        point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point)],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {result.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
-def fill_up(folder: Path) -> Path:
-    """Write a file into `folder` until the disk is full; the file is returned for freeing it."""
-    filler = folder / ".filler"
-    with open(filler, "wb") as handle:
-        block = b"\0" * (64 * KiB)
-        try:
-            while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass
-    return filler
-
-
-def downloads_table(daemon: DaemonProcess) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "chunkd", "status"], env=daemon.env, capture_output=True, text=True, timeout=60,
-        check=True,
-    ).stdout
-
-
-def test_staging_disk_filling_up_mid_download_fails_it_cleanly_and_retry_finishes_it(
-    start: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
-    tiny_disk: Callable[[str, str], Path],
-) -> None:
-    require_ffmpeg()
-    staging = tiny_disk("staging", "4m")
-    big = os.urandom(3 * MiB)
-    small = make_mp4(tmp_path / "small.mp4", 1.0).read_bytes()
-    with MediaServer({"/v/big.mp4": big, "/v/small.mp4": small}) as server:
-        server.pace("/v/big.mp4", 1 * MiB)
-        # No periodic pass: one that lands while a download is being uploaded fails that upload
-        # (daemon.resume_unfinished takes it for a dropped file that vanished).
-        daemon = start(allow_private_urls="true", staging_dir=str(staging), download_concurrency=1,
-                       rescan_seconds=600)
-        (input_dir / "batch.links.txt").write_text(f"{server.url}/v/big.mp4\n{server.url}/v/small.mp4\n")
-        part = wait_for(lambda: next((p for p in staging.glob("big-*.part") if p.stat().st_size > 256 * KiB), None),
-                        timeout=60, what="the big download to be under way")
-        filler = fill_up(staging)  # someone else fills the disk while it downloads
-        good = drop_good_file(input_dir, tmp_path)
-
-        report_path = input_dir / "batch.links.txt.report.json"
-        wait_for(report_path.is_file, timeout=120, what="the report")
-        lines = json.loads(report_path.read_text())["lines"]
-        assert lines[0]["state"] == "FAILED"
-        assert lines[0]["error"].startswith("not enough space in the staging folder: the file is 3145728 bytes")
-        assert lines[1]["state"] == "COMPLETED", "the next download still went through"
-        assert daemon.events("No space left on device"), "the write that hit the full disk is logged"
-        assert daemon.events("download failed for") and not part.exists(), "the partial file was given up"
-        assert "not enough space in the staging folder" in downloads_table(daemon)
-        client = moto.client()
-        wait_uploaded(client, "good.mp4", good)
-
-        filler.unlink()
-        subprocess.run([sys.executable, "-m", "chunkd", "retry", "--failed"], env=daemon.env, check=True,
-                       capture_output=True, timeout=60)
-        (input_dir / "again.links.txt").write_text(f"{server.url}/v/big.mp4\n")  # picked up now, not next pass
-        wait_for(lambda: any(key.startswith("big-") and size == len(big) for key, size in objects(client).items()),
-                 timeout=120, what="the big download to be uploaded after the retry")
-    assert daemon.running
+    with tmpfs_mounts(tmp_path) as make:
+        yield make
 
 
 def test_state_disk_full_holds_uploads_back_without_losing_them(

@@ -14,6 +14,7 @@ import pytest
 
 from chunkd.observe import http
 from chunkd.observe.probes import Probes
+from chunkd.store.health import StoreHealth
 from tests.support.daemon import wait_for
 
 
@@ -39,7 +40,7 @@ def test_readyz_answers_at_once_and_fails_while_s3_hangs() -> None:
     bucket = FrozenBucket()
     engine: Any = SimpleNamespace(
         uploader=bucket, store=SimpleNamespace(ping=lambda: None), settings=SimpleNamespace(bucket="chunkd"),
-        stop=threading.Event(),
+        stop=threading.Event(), store_health=StoreHealth(),
     )
     probes = Probes(engine, lambda: True, s3_cache_seconds=0.2, store_every=0.2, check_timeout=0.5)
     probes.start()
