@@ -103,7 +103,12 @@ class StoreError(ChunkdError):
 
 class StoreFullError(StoreError):
     """The store answers reads but cannot write: its disk is full (SQLite's "database or disk is
-    full"). Waited out like any outage; only a write that goes through again ends it."""
+    full"; Redis's MISCONF after a failed snapshot), or Redis is at its `maxmemory` (OOM). `why`
+    says which, for the log. Waited out like any outage; only a write that goes through ends it."""
+
+    def __init__(self, message: str, *, why: str = "its disk is full") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class LeaseLostError(ChunkdError):

@@ -17,9 +17,10 @@ logger = logging.getLogger("chunkd.store")
 class StoreHealth:
     """Shared by every job, so a Redis outage is reported once, not once per retry per file.
 
-    A store whose disk is full (StoreFullError) still answers reads: that outage ends only with a
-    write that goes through (`ok(wrote=True)`), or every read in between would end it and the next
-    write start it again, a pair of log lines per retry.
+    A store whose disk is full (StoreFullError: SQLite's, a Redis that cannot save, or one at its
+    maxmemory) still answers reads: that outage ends only with a write that goes through
+    (`ok(wrote=True)`), or every read in between would end it and the next write start it again,
+    a pair of log lines per retry.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -39,18 +40,18 @@ class StoreHealth:
         return self._full
 
     def failed(self, error: Exception) -> None:
-        full = isinstance(error, StoreFullError)
+        full = error if isinstance(error, StoreFullError) else None
         with self._lock:
-            if full and self._full is None:
+            if full is not None and self._full is None:
                 self._full = f"cannot write: {error}"
             if self._down_since is not None:
                 return
             self._down_since = self._clock()
             self.outages += 1
-        if full:
+        if full is not None:
             logger.warning(
-                "state store cannot write, its disk is full (%s); no new parts start until it can, parts in "
-                "flight finish and are recorded then", error,
+                "state store cannot write, %s (%s); no new parts start until it can, parts in flight finish "
+                "and are recorded then", full.why, full,
             )
             return
         logger.warning(

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.client import Pipeline
 
-from chunkd.errors import StoreError
+from chunkd.errors import StoreError, StoreFullError
 from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
@@ -374,8 +374,13 @@ class RedisStore:
         return self.nodes.list_nodes()
 
     def ping(self) -> None:
-        with self._errors("ping"):
-            self.client.ping()
+        """A Redis that cannot save refuses PING too (MISCONF): it answered, and reads still work;
+        the writes it refuses are what tell the daemon (StoreHealth, and /readyz through it)."""
+        try:
+            with self._errors("ping"):
+                self.client.ping()
+        except StoreFullError:
+            pass
 
     def data_mark(self) -> str:
         """Set if missing, then read, in one MULTI/EXEC: every daemon on this Redis sees one token.

@@ -11,7 +11,12 @@ from typing import Any
 
 import redis
 
-from chunkd.errors import StoreError
+from chunkd.errors import StoreError, StoreFullError
+
+# Replies of a Redis that answers reads but refuses every write, and what each means. MISCONF: a
+# snapshot (or an AOF write) failed, typically on a full disk, and `stop-writes-on-bgsave-error`
+# holds writes (PING too) until a save succeeds. OOM: `maxmemory` reached under a noeviction policy.
+_REFUSALS = {"MISCONF": "Redis cannot save to its disk", "OOM": "Redis is out of memory (maxmemory)"}
 
 
 class RedisErrors:
@@ -28,6 +33,10 @@ class RedisErrors:
         try:
             yield
         except redis.RedisError as exc:
+            refused = write_refusal(exc)
+            if refused is not None:
+                why, said = refused
+                raise StoreFullError(f"redis {self._where()}: {action} refused: {self._scrub(said)}", why=why) from exc
             raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
 
     def _where(self) -> str:
@@ -45,6 +54,21 @@ class RedisErrors:
             if secret:
                 message = message.replace(secret, "***")
         return message
+
+
+def write_refusal(exc: redis.RedisError) -> tuple[str, str] | None:
+    """(what it means, what Redis said) when `exc` is Redis refusing writes it would take again
+    later (see _REFUSALS). What it said is its reply's first sentence with its code: not the
+    pipeline's "Command # 1 (HSET … <the record>) of pipeline caused error:" nor a script's name."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        code = "OOM"
+    if not isinstance(exc, redis.ResponseError) or code not in _REFUSALS:
+        return None
+    reply = str(exc).partition("caused error: ")[2] or str(exc)
+    reply = reply if reply.startswith(f"{code} ") else f"{code} {reply}"  # redis-py strips some codes (OOM)
+    first, stop, _ = reply.partition(". ")
+    return _REFUSALS[code], first + stop.strip()
 
 
 def connection_kwargs(client: redis.Redis) -> dict[str, Any]:

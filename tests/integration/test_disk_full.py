@@ -1,6 +1,7 @@
 """A full disk on a recording box, for real: a small tmpfs filled to its last block under a running
-`chunkd run`. The state database on it stops taking writes; the daemon stays up, says so once,
-goes unready, and carries on by itself when space is back, without losing or re-sending a part.
+`chunkd run`. The state database on it (SQLite's file, or the snapshots of the Redis holding the
+state) stops taking writes; the daemon stays up, says so once, goes unready, and carries on by
+itself when space is back, without losing or re-sending a part.
 A links download that runs out of space deletes its partial file and waits for room, then comes
 back by itself."""
 
@@ -20,11 +21,13 @@ from typing import Any
 import pytest
 
 from chunkd.s3.devserver import free_port
+from chunkd.store.redis import RedisStore
 from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for, wait_logged
 from tests.support.files import sha256_file, write_random
 from tests.support.media_server import MediaServer
+from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import KiB, MiB
 from tests.support.tmpfs import fill_up, tmpfs_mounts
@@ -102,6 +105,82 @@ def test_state_db_on_a_full_disk_holds_uploads_and_loses_nothing(
     assert len(daemon.events(STORE_FULL)) == 1, "the outage is logged once, not per part or retry"
     assert len(daemon.events(STORE_BACK)) == 1
     print(f"\nSQLite on a full disk: {daemon.events(STORE_BACK)[0]['event']}")
+
+
+def checkpointed(store: RedisStore, relpath: str) -> int:
+    record = store.find_by_relpath(relpath)
+    return 0 if record is None else len(store.list_parts(record.id))
+
+
+def snapshot(client: Any) -> str:
+    """BGSAVE, and how it ended once it has: "ok", or "err" (then Redis refuses writes: MISCONF)."""
+    client.bgsave()
+    wait_for(lambda: not client.info("persistence")["rdb_bgsave_in_progress"], timeout=10, what="BGSAVE over")
+    status: str = client.info("persistence")["rdb_last_bgsave_status"]
+    return status
+
+
+def test_redis_that_cannot_save_to_its_full_disk_holds_uploads_and_loses_nothing(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
+    tiny_disk: Callable[[str, str], Path],
+) -> None:
+    """Redis with snapshots on and `stop-writes-on-bgsave-error yes` (its default) whose BGSAVE finds
+    its disk full: every write is refused (`MISCONF …`, PING too) while reads still work."""
+    with RedisServer(data_dir=tiny_disk("redis", "2m")) as redis_server:
+        admin = redis_server.client()
+        admin.config_set("save", "3600 1")  # snapshots on, none due during the test: only our BGSAVEs
+        store = RedisStore.from_url(redis_server.url)
+        try:
+            _redis_on_a_full_disk(chunkd_daemon, moto, input_dir, tmp_path, redis_server, admin, store)
+        finally:
+            store.close()
+            admin.config_set("save", "")  # else its shutdown tries to save, and on a full disk it stays up
+            admin.close()
+
+
+def _redis_on_a_full_disk(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, input_dir: Path, tmp_path: Path,
+    redis_server: RedisServer, admin: Any, store: RedisStore,
+) -> None:
+    port = free_port()
+    daemon = chunkd_daemon(moto, state_url=redis_server.url, part_size="5MiB", bandwidth_limit="10MB",
+                           part_concurrency=2, http_addr=f"127.0.0.1:{port}")
+    ready = f"http://127.0.0.1:{port}/readyz"
+    wait_for(lambda: http_get(ready)[0] == 200, timeout=20, what="/readyz 200")
+    big = write_random(tmp_path / "big.mp4", 40 * MiB)
+    os.replace(big, input_dir / "big.mp4")
+    big = input_dir / "big.mp4"
+    wait_for(lambda: checkpointed(store, "big.mp4") >= 1, timeout=20, what="a part of big.mp4 checkpointed")
+
+    filler = fill_up(Path(redis_server.data_dir))
+    assert snapshot(admin) == "err"
+    wait_logged(daemon, STORE_FULL, timeout=20)
+    assert "MISCONF" in daemon.events(STORE_FULL)[0]["event"], "the log line says what Redis said"
+    _, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=10, what="/readyz 503")
+    assert json.loads(body)["store"] is False and json.loads(body)["s3"] is True
+    assert "unable to persist to disk" in wait_logged(daemon, "readyz: failing")[-1]["event"]
+    held_until = time.monotonic() + 3  # the jobs' retries, the heartbeat and the main loop's reads: unready throughout
+    while time.monotonic() < held_until:
+        assert http_get(ready)[0] == 503, "a read between two refused writes does not end the outage"
+        time.sleep(0.1)
+    status = run_chunkd("status", env=daemon.env, timeout=30)
+    assert status.returncode == 0 and "big.mp4" in status.stdout, status.stderr
+    assert daemon.running
+
+    filler.unlink()
+    assert snapshot(admin) == "ok"  # a successful save lifts MISCONF
+    client = moto.client()
+    manifest = wait_for(lambda: read_manifest(client, "big.mp4"), timeout=30, what="big.mp4's manifest")
+    assert manifest["sha256"] == sha256_file(big) == sha256_object(client, "big.mp4")
+    wait_for(lambda: http_get(ready)[0] == 200, timeout=10, what="/readyz 200 again")
+    sent = Counter(number for _, number in moto.uploaded_parts(key="big.mp4"))
+    assert [n for n, count in sent.items() if count > 1] == [], "a part was sent twice"
+    assert sorted(acked(moto, "big.mp4")) == list(range(1, 9))
+    assert daemon.running
+    assert len(daemon.events(STORE_FULL)) == 1, "the outage is logged once, not per part or retry"
+    assert len(daemon.events(STORE_BACK)) == 1
+    assert not daemon.events("state store unreachable")
+    print(f"\nRedis on a full disk: {daemon.events(STORE_BACK)[0]['event']}")
 
 
 def test_a_download_that_fills_the_disk_gives_its_space_back_and_comes_back_by_itself(

@@ -50,7 +50,8 @@ class RedisServer:
 
     With `tls` it listens on its port with TLS only (`--port 0 --tls-port`, no client certificates
     asked for), a replica replicates over TLS, and `url` is `rediss://…?ssl_ca_certs=<the CA>`; with
-    `password`, `--requirepass` (and `--masterauth`: a replica of a server wanting the same one)."""
+    `password`, `--requirepass` (and `--masterauth`: a replica of a server wanting the same one);
+    with `data_dir`, its snapshots go there (a small tmpfs, say) rather than into its own folder."""
 
     host = "127.0.0.1"
 
@@ -63,6 +64,7 @@ class RedisServer:
         replica_of: tuple[str, int] | None = None,
         tls: ServerCertificate | None = None,
         password: str | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
@@ -72,6 +74,7 @@ class RedisServer:
         self.tls = tls
         self.password = password
         self.dir = tempfile.mkdtemp(prefix="chunkd-redis-")
+        self.data_dir = os.fspath(data_dir) if data_dir is not None else self.dir  # `--dir`: RDB and AOF files
         self._log_path = os.path.join(self.dir, "redis.log")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -97,9 +100,9 @@ class RedisServer:
         if self.password is not None:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.persistent:
-            args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
+            args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.data_dir]
         else:
-            args += ["--save", "", "--appendonly", "no", "--dir", self.dir]
+            args += ["--save", "", "--appendonly", "no", "--dir", self.data_dir]
         args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
         if self.replica_of is not None:
             args += ["--replicaof", self.replica_of[0], str(self.replica_of[1])]
