@@ -99,7 +99,6 @@ class UrlFetcher:
         store.save_url(record)
         return result.path
 
-
     def _room_for(self, record: UrlRecord) -> bool:
         """False while a URL that ran out of space would not fit yet: not started, so it does not
         fill the disk again; the next periodic pass asks again."""
