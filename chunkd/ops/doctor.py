@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkd.config import Settings
-from chunkd.errors import StoreError, TransferError, endpoint_error
+from chunkd.errors import StoreError, StoreFullError, TransferError, endpoint_error
 from chunkd.observe.logs import redact
 from chunkd.s3.client import S3Target, credential_method
 from chunkd.s3.retry import RetryPolicy
@@ -56,7 +56,12 @@ def check_store(state_url: str) -> Check:
         return Check(FAIL, "state store", f"cannot open {where}: {exc}")
     try:
         store.ping()
+        # A write (Redis: SET NX of the data mark, as every start does): a Redis that refuses writes
+        # (MISCONF on a full disk, OOM) still answers, and nothing would upload.
+        store.data_mark()
         return Check(OK, "state store", f"{where} answers")
+    except StoreFullError as exc:
+        return Check(FAIL, "state store", f"{where} answers but refuses writes: {exc}")
     except StoreError as exc:
         return Check(FAIL, "state store", f"cannot reach {where}: {exc}")
     finally:

@@ -165,6 +165,10 @@ def _redis_on_a_full_disk(
         time.sleep(0.1)
     status = run_chunkd("status", env=daemon.env, timeout=30)
     assert status.returncode == 0 and "big.mp4" in status.stdout, status.stderr
+    doctor = run_chunkd("doctor", env=daemon.env, timeout=60)
+    store_line = next(line for line in doctor.stdout.splitlines() if "state store:" in line)
+    assert doctor.returncode == 1 and store_line.startswith("FAIL") and "refuses writes" in store_line, doctor.stdout
+    assert "MISCONF" in store_line
     assert daemon.running
 
     filler.unlink()
