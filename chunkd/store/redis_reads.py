@@ -56,8 +56,7 @@ class RedisStreamReader(RedisRole):
     def list_streams(
         self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
     ) -> list[StreamRecord]:
-        wanted = None if states is None else {StreamState(state) for state in states}
-        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        wanted, keys = self._indexes(states)
         high = "+inf" if discovered_before is None else f"({discovered_before!r}"
         with self._errors("list streams"):
             pipe = self.client.pipeline(transaction=False)
@@ -75,8 +74,7 @@ class RedisStreamReader(RedisRole):
     ) -> list[StreamRecord]:
         """ZREVRANGE over the discovery index (or each state's): ids only, then the page's records
         in one pipelined round trip. Several states' tops are merged, as list_streams merges them."""
-        wanted = None if states is None else {StreamState(state) for state in states}
-        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        wanted, keys = self._indexes(states)
         if limit <= 0 or not keys:
             return []
         offset = max(0, offset)
@@ -92,13 +90,19 @@ class RedisStreamReader(RedisRole):
         return [r for r in self._load(ids) if wanted is None or r.state in wanted]
 
     def count_streams(self, states: Iterable[StreamState] | None = None) -> int:
-        wanted = None if states is None else {StreamState(state) for state in states}
-        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        _, keys = self._indexes(states)
         with self._errors("count streams"):
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.zcard(key)
             return sum(int(count) for count in pipe.execute())
+
+    def _indexes(self, states: Iterable[StreamState] | None) -> tuple[set[StreamState] | None, list[str]]:
+        """The states asked for (None: all) and the discovery indexes that hold them: the one of
+        every stream, or one per state."""
+        wanted = None if states is None else {StreamState(state) for state in states}
+        keys = [self.keys.streams()] if wanted is None else [self.keys.streams(state) for state in wanted]
+        return wanted, keys
 
     def _load(self, ids: list[str]) -> list[StreamRecord]:
         if not ids:
