@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from tests.support.bucket import BUCKET, read_manifest, sha256_object
 from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for, wait_logged
 from tests.support.files import sha256_file, write_random
+from tests.support.http_client import http_get
 from tests.support.media_server import MediaServer
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
@@ -41,15 +40,6 @@ def tiny_disk(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
     with tmpfs_mounts(tmp_path) as make:
         yield make
 
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def uploaded_as(client: Any, prefix: str) -> str | None:
@@ -71,7 +61,7 @@ def test_state_db_on_a_full_disk_holds_uploads_and_loses_nothing(
     daemon = chunkd_daemon(moto, state_url=f"sqlite:///{state / 'state.db'}", part_size="5MiB",
                            bandwidth_limit="10MB", part_concurrency=2, http_addr=f"127.0.0.1:{port}")
     ready = f"http://127.0.0.1:{port}/readyz"
-    wait_for(lambda: http_get(ready)[0] == 200, timeout=20, what="/readyz 200")
+    wait_for(lambda: http_get(ready, timeout=5)[0] == 200, timeout=20, what="/readyz 200")
     big = write_random(tmp_path / "big.mp4", 40 * MiB)
     os.replace(big, input_dir / "big.mp4")
     big = input_dir / "big.mp4"
@@ -79,13 +69,13 @@ def test_state_db_on_a_full_disk_holds_uploads_and_loses_nothing(
 
     filler = fill_up(state)
     wait_logged(daemon, STORE_FULL, timeout=20)
-    _, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=10, what="/readyz 503")
+    _, body = wait_for(lambda: (r := http_get(ready, timeout=5))[0] == 503 and r, timeout=10, what="/readyz 503")
     assert json.loads(body)["store"] is False and json.loads(body)["s3"] is True
     assert "database or disk is full" in wait_logged(daemon, "readyz: failing")[-1]["event"]
     second = write_random(input_dir / "second.mp4", 6 * MiB)  # dropped during the outage
     held_until = time.monotonic() + 3  # several of the jobs' retries and the main loop's reads: unready throughout
     while time.monotonic() < held_until:
-        assert http_get(ready)[0] == 503, "a read between two refused writes does not end the outage"
+        assert http_get(ready, timeout=5)[0] == 503, "a read between two refused writes does not end the outage"
         time.sleep(0.1)
     status = run_chunkd("status", env=daemon.env, timeout=30)
     assert status.returncode == 0 and "big.mp4" in status.stdout, status.stderr
@@ -96,7 +86,7 @@ def test_state_db_on_a_full_disk_holds_uploads_and_loses_nothing(
     for source in (big, second):
         manifest = wait_for(lambda s=source: read_manifest(client, s.name), timeout=30, what=f"{source.name}'s manifest")
         assert manifest["sha256"] == sha256_file(source) == sha256_object(client, source.name)
-    wait_for(lambda: http_get(ready)[0] == 200, timeout=10, what="/readyz 200 again")
+    wait_for(lambda: http_get(ready, timeout=5)[0] == 200, timeout=10, what="/readyz 200 again")
     for key in ("big.mp4", "second.mp4"):
         sent = Counter(number for _, number in moto.uploaded_parts(key=key))
         assert [n for n, count in sent.items() if count > 1] == [], f"{key}: a part was sent twice"
@@ -146,7 +136,7 @@ def _redis_on_a_full_disk(
     daemon = chunkd_daemon(moto, state_url=redis_server.url, part_size="5MiB", bandwidth_limit="10MB",
                            part_concurrency=2, http_addr=f"127.0.0.1:{port}")
     ready = f"http://127.0.0.1:{port}/readyz"
-    wait_for(lambda: http_get(ready)[0] == 200, timeout=20, what="/readyz 200")
+    wait_for(lambda: http_get(ready, timeout=5)[0] == 200, timeout=20, what="/readyz 200")
     big = write_random(tmp_path / "big.mp4", 40 * MiB)
     os.replace(big, input_dir / "big.mp4")
     big = input_dir / "big.mp4"
@@ -156,12 +146,12 @@ def _redis_on_a_full_disk(
     assert snapshot(admin) == "err"
     wait_logged(daemon, STORE_FULL, timeout=20)
     assert "MISCONF" in daemon.events(STORE_FULL)[0]["event"], "the log line says what Redis said"
-    _, body = wait_for(lambda: (r := http_get(ready))[0] == 503 and r, timeout=10, what="/readyz 503")
+    _, body = wait_for(lambda: (r := http_get(ready, timeout=5))[0] == 503 and r, timeout=10, what="/readyz 503")
     assert json.loads(body)["store"] is False and json.loads(body)["s3"] is True
     assert "unable to persist to disk" in wait_logged(daemon, "readyz: failing")[-1]["event"]
     held_until = time.monotonic() + 3  # the jobs' retries, the heartbeat and the main loop's reads: unready throughout
     while time.monotonic() < held_until:
-        assert http_get(ready)[0] == 503, "a read between two refused writes does not end the outage"
+        assert http_get(ready, timeout=5)[0] == 503, "a read between two refused writes does not end the outage"
         time.sleep(0.1)
     status = run_chunkd("status", env=daemon.env, timeout=30)
     assert status.returncode == 0 and "big.mp4" in status.stdout, status.stderr
@@ -176,7 +166,7 @@ def _redis_on_a_full_disk(
     client = moto.client()
     manifest = wait_for(lambda: read_manifest(client, "big.mp4"), timeout=30, what="big.mp4's manifest")
     assert manifest["sha256"] == sha256_file(big) == sha256_object(client, "big.mp4")
-    wait_for(lambda: http_get(ready)[0] == 200, timeout=10, what="/readyz 200 again")
+    wait_for(lambda: http_get(ready, timeout=5)[0] == 200, timeout=10, what="/readyz 200 again")
     sent = Counter(number for _, number in moto.uploaded_parts(key="big.mp4"))
     assert [n for n, count in sent.items() if count > 1] == [], "a part was sent twice"
     assert sorted(acked(moto, "big.mp4")) == list(range(1, 9))

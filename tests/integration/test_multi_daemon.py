@@ -12,8 +12,6 @@ import os
 import random
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -30,6 +28,7 @@ from tests.support.bucket import parts_on_server, read_manifest, sha256_object
 from tests.support.cli import run_chunkd
 from tests.support.daemon import DaemonProcess, wait_for, wait_logged, wait_scans
 from tests.support.files import sha256_file, write_random
+from tests.support.http_client import http_get
 from tests.support.redis_server import RedisServer
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
@@ -40,15 +39,6 @@ LEASE = {"lease_seconds": 3, "rescan_seconds": 1, "part_size": "5MiB"}
 def acked_parts(moto: MotoServer, key: str) -> set[int]:
     return {number for _, number in moto.uploaded_parts(key=key, ok_only=True)}
 
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def stream_state(url: str, relpath: str) -> StreamState | None:

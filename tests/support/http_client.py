@@ -1,4 +1,4 @@
-"""A GET (or another method) against a test's HttpServer that returns error replies rather than raising."""
+"""A GET (or another method) against a test's HttpServer, or a URL, that returns error replies rather than raising."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def get(server: HttpServer, path: str, *, token: str | None = None, method: str 
     except urllib.error.HTTPError as error:
         with error:
             return Response(error.code, dict(error.headers), error.read())
+
+
+def http_get(url: str, *, timeout: float = 10.0) -> tuple[int, str]:
+    """(status, body) of a GET of `url`; (0, "") while nothing answers there (a daemon starting or gone)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
