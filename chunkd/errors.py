@@ -76,6 +76,11 @@ class PermanentError(TransferError):
     """Trying again cannot help: bad credentials, missing bucket, access denied."""
 
 
+class PartNotReplaceable(PermanentError):
+    """The server holds other bytes for a part and will not take new ones (`rclone serve s3` once
+    it streamed the part to disk answers NotImplemented): only a fresh upload can mend it."""
+
+
 class UploadGoneError(TransferError):
     """The multipart upload no longer exists on the server (aborted or expired)."""
 

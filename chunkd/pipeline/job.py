@@ -19,6 +19,7 @@ from chunkd.errors import (
     Interrupted,
     KeyTakenError,
     LeaseLostError,
+    PartNotReplaceable,
     PermanentError,
     Quarantined,
     SourceChangedError,
@@ -139,6 +140,11 @@ class StreamJob:
                 upload.fail(f"restarting: {exc.reason}", abort=True)
                 self.log.warning("file changed under the upload (%s); starting a fresh upload", exc.reason)
                 fresh = True
+            except PartNotReplaceable as exc:
+                upload.fail(f"restarting: {exc}", abort=True)
+                self.log.warning("the server keeps other bytes for part %s and will not replace them; "
+                                 "starting a fresh upload", exc.part)
+                fresh = True
         return Outcome.FAILED
 
     def _run_stream(self, upload: UploadCoordinator, held: HeldLease) -> Outcome:
@@ -159,6 +165,8 @@ class StreamJob:
         except PermissionError as exc:
             upload.fail(f"permission denied reading {exc.filename}", abort=True)
             return Outcome.FAILED
+        except PartNotReplaceable:
+            raise  # a fresh upload mends it (_run_owned)
         except PermanentError as exc:
             self.engine.metrics.s3_error(exc.code)
             upload.fail(str(exc), abort=False)

@@ -20,7 +20,7 @@ from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.states import PartRecord
 from chunkd.s3.calls import S3Calls
 from chunkd.s3.retry import RetryPolicy
-from chunkd.s3.writes import BytesBody, request_fields
+from chunkd.s3.writes import BytesBody, request_fields, stored_with_customer_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import TaggingTypeDef
@@ -62,9 +62,10 @@ class ProbeCalls(S3Calls):
 
     def probe_multipart_etag(
         self, bucket: str, key: str, body: bytes, *, attributes: ObjectAttributes | None = None
-    ) -> str:
-        """The ETag a one-part multipart upload of `body` completes with. The upload is aborted if
-        it did not complete, and the object deleted either way (a Complete whose reply was lost)."""
+    ) -> tuple[str, str]:
+        """The ETags of a one-part multipart upload of `body`: the part's, and the completed
+        object's. The upload is aborted if it did not complete, and the object deleted either way
+        (a Complete whose reply was lost)."""
         upload_id = self.create(bucket, key, attributes=attributes)
         try:
             response = self._call(
@@ -77,13 +78,15 @@ class ProbeCalls(S3Calls):
             )
             part = PartRecord(number=1, offset=0, size=len(body), etag=str(response["ETag"]), sha256="")
             etag = self.complete(bucket, key, upload_id, [part])
+            if stored_with_customer_key(response):  # an SSE-C part's ETag is not its MD5, whatever it looks like
+                part = dataclasses.replace(part, etag="")
         except BaseException:
             with contextlib.suppress(TransferError):
                 self.abort(bucket, key, upload_id)
             raise
         finally:
             self._forget_probe(bucket, key)
-        return etag
+        return part.etag, etag
 
     def keeps_bytes_when_tagged(self, bucket: str, key: str, *, attributes: ObjectAttributes | None = None) -> bool | None:
         """Whether PutObjectTagging tags an object and leaves its bytes alone.

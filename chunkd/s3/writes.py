@@ -2,8 +2,9 @@
 server-side copy. (The start-up probes that learn what a server checks are chunkd.s3.probes.)
 
 A body is read once into a buffer of the shared pool (chunkd.pipeline.buffers), hashed there and
-sent from there, signed with that SHA-256 (and with Content-MD5 when the server needs it), through
-the bandwidth limiter when there is one; a body larger than the pool's whole budget is hashed from
+sent from there, signed with that SHA-256, or checked by its MD5 where the server checks no signed
+hash: as Content-MD5, or, where the server answers every part with its MD5, by comparing that
+answer (see chunkd.s3.traits); through the bandwidth limiter when there is one; a body larger than the pool's whole budget is hashed from
 the file, then streamed from it. A small body (a manifest) is signed the same way, always carries
 Content-MD5, and has its ETag checked.
 """
@@ -19,11 +20,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chunkd.errors import RetryableError, TransferError, UploadGoneError
+from chunkd.errors import PartNotReplaceable, PermanentError, RetryableError, TransferError, UploadGoneError
 from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.etags import is_body_md5, same_etag
 from chunkd.model.planner import Part
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from chunkd.s3.uploader import Uploader
 
 logger = logging.getLogger("chunkd.stream")
+R = TypeVar("R", bound=Mapping[str, Any])
 
 
 class WriteCalls(S3Calls):
@@ -134,13 +136,15 @@ class WriteCalls(S3Calls):
                     "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part.number,
                     "Body": body, "ContentLength": part.size,
                 }
-                if digest.md5_b64:
-                    request["ContentMD5"] = digest.md5_b64
-                self._on_request("UploadPart")
-                response = self._client.upload_part(**request)
-            return _part_record(part, digest, str(response["ETag"]), opaque=_customer_key(response))
+                response = self._send_checked("UploadPart", self._client.upload_part, request, digest)
+            return _part_record(part, digest, str(response["ETag"]), opaque=stored_with_customer_key(response))
 
-        return self._policy.call(self._attempt(send), key=key, part=part.number)
+        try:
+            return self._policy.call(self._attempt(send), key=key, part=part.number)
+        except PermanentError as exc:
+            if exc.code != "NotImplemented":
+                raise
+            raise PartNotReplaceable(str(exc), code=exc.code, key=key, part=part.number) from exc
 
     def put_object(
         self, bucket: str, key: str, path: Path, size: int, identity: FileIdentity | None,
@@ -154,16 +158,33 @@ class WriteCalls(S3Calls):
                     "Bucket": bucket, "Key": key, "Body": body, "ContentLength": size,
                     **request_fields(attributes, content_type),
                 })
-                if digest.md5_b64:
-                    request["ContentMD5"] = digest.md5_b64
-                self._on_request("PutObject")
-                response = self._client.put_object(**request)
+                response = self._send_checked("PutObject", self._client.put_object, request, digest)
             etag = str(response["ETag"])
-            if not _customer_key(response):
+            if not stored_with_customer_key(response):
                 _check_etag(etag, digest)
             return digest, etag
 
         return self._policy.call(self._attempt(send), key=key)
+
+    def _send_checked(self, op: str, call: Callable[..., R], request: Any, digest: Digest) -> R:
+        """Send a body with the MD5 check this server gets: Content-MD5, or (`md5_header` off) none,
+        the reply's ETag being compared with the MD5 instead (`_check_etag`). Should a reply carry
+        no MD5 after all (an SSE-C object, an ETag of another kind), nothing checked those bytes:
+        they are sent once more, with Content-MD5."""
+        by_reply = digest.md5_b64 is not None and not self.traits.md5_header
+        if digest.md5_b64 and not by_reply:
+            request["ContentMD5"] = digest.md5_b64
+        self._on_request(op)
+        response = call(**request)
+        if by_reply and not _reply_is_md5(response):
+            logger.warning("%s: the server's ETag is not the body's MD5; sending it again with Content-MD5", op)
+            request["ContentMD5"] = digest.md5_b64
+            body = request["Body"]
+            if not isinstance(body, bytes | bytearray):
+                body.seek(0)
+            self._on_request(op)
+            response = call(**request)
+        return response
 
     @contextlib.contextmanager
     def _read(
@@ -327,7 +348,13 @@ def _check_etag(etag: str, digest: Digest, part: int | None = None) -> None:
         raise RetryableError(f"server ETag {etag} != local MD5 {digest.md5_hex}", code="BadDigest", part=part)
 
 
-def _customer_key(response: Mapping[str, object]) -> bool:
+def _reply_is_md5(response: Mapping[str, Any]) -> bool:
+    return not stored_with_customer_key(response) and is_body_md5(
+        str(response.get("ETag", "")), encryption=cast("str | None", response.get("ServerSideEncryption"))
+    )
+
+
+def stored_with_customer_key(response: Mapping[str, object]) -> bool:
     """Stored with an SSE-C key: S3 then answers an ETag that is not the MD5 of the bytes sent."""
     return bool(response.get("SSECustomerAlgorithm"))
 

@@ -6,7 +6,10 @@ them, and the body is sent again.
 What each server does with a damaged part, Content-MD5 as the start-up probe decides it:
 - Ceph RGW and the strict moto check the signed SHA-256 (Content-MD5 off): 400
   XAmzContentSHA256Mismatch;
-- `rclone serve s3` checks no payload hash, so every body carries Content-MD5: 400 BadDigest.
+- `rclone serve s3` checks no payload hash, but answers each part with the MD5 of what it stored:
+  the damaged part is stored (200) and its ETag differs from chunkd's MD5. Sent again, it is
+  refused (NotImplemented: part 1 was already streamed to disk), so chunkd aborts that upload and
+  sends the file under a fresh one.
 A manifest sent to moto without its strict middleware (it checks neither) is stored damaged, and
 only its ETag (the stored bytes' MD5) tells.
 """
@@ -26,15 +29,20 @@ from chunkd.pipeline.job import Outcome
 from chunkd.s3.client import S3Target
 from tests.support.bucket import BUCKET, open_uploads, read_manifest, sha256_object
 from tests.support.engine import close_test_engine, make_test_engine, run_job
-from tests.support.faultproxy import Fault, FaultProxy, Proxied, on, without_query
+from tests.support.faultproxy import Fault, FaultProxy, Proxied, Seen, on, without_query
 from tests.support.files import sha256_file, write_random
 from tests.support.s3_servers import MotoServer
 from tests.support.sizes import MiB
 
 KEY = "clip.mp4"
 MANIFEST_KEY = f"{KEY}.manifest.json"
-# The server's answer to the damaged part, and whether the probe turned Content-MD5 on there.
-PART_REFUSAL = {"moto": (400, False), "rclone": (400, True), "rgw": (400, False)}
+# The server's answer to the damaged part, whether the probe chose MD5s over signed hashes there, and
+# the part uploads seen: the second part, and the first twice; on rclone both again under a fresh upload.
+PART_REFUSAL = {"moto": (400, False, 3), "rclone": (200, True, 5), "rgw": (400, False, 3)}
+
+
+def first_part(seen: Seen) -> bool:
+    return on("PUT", f"/{BUCKET}/{KEY}", query="partNumber")(seen) and seen.query["partNumber"] == ["1"]
 
 
 def started(proxied: Proxied, tmp_path: Path) -> Engine:
@@ -65,16 +73,18 @@ def part_digests(path: Path, manifest: dict[str, Any], checksum: str) -> list[tu
 def test_a_part_damaged_in_flight_is_refused_and_sent_again(
     proxied: Proxied, engine: Engine, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    status, content_md5 = PART_REFUSAL[request.node.callspec.params["server"]]
+    status, content_md5, part_uploads = PART_REFUSAL[request.node.callspec.params["server"]]
     assert engine.uploader.content_md5 is content_md5
     path = write_random(tmp_path / "input" / KEY, 6 * MiB)
-    proxied.proxy.add(Fault.FLIP_BIT, on("PUT", f"/{BUCKET}/{KEY}", query="partNumber"))
+    proxied.proxy.add(Fault.FLIP_BIT, first_part)
 
     assert run_job(engine, KEY) is Outcome.COMPLETED
 
     assert [(fired.fault, fired.status) for fired in proxied.proxy.fired] == [(Fault.FLIP_BIT, status)]
     uploads_of_parts = [seen for seen in proxied.proxy.seen if on("PUT", f"/{BUCKET}/{KEY}", query="partNumber")(seen)]
-    assert len(uploads_of_parts) == 3  # two parts, one sent twice
+    assert len(uploads_of_parts) == part_uploads
+    assert len({seen.query["uploadId"][0] for seen in uploads_of_parts}) == (2 if part_uploads == 5 else 1)
+    assert not any("content-md5" in seen.headers for seen in uploads_of_parts)
     client = proxied.client()
     assert sha256_object(client, KEY) == sha256_file(path)
     manifest = read_manifest(client, KEY)

@@ -29,6 +29,7 @@ from chunkd.pipeline.partreader import FileIdentity
 from chunkd.s3.breaker import BreakerState, CircuitBreaker, Verdict
 from chunkd.s3.client import S3Target, make_client, payload_sha256_of
 from chunkd.s3.retry import RetryPolicy
+from chunkd.s3.traits import ServerTraits
 from chunkd.s3.uploader import RemotePart, Uploader
 from tests.support.daemon import wait_for
 from tests.support.sizes import MiB
@@ -313,6 +314,50 @@ def test_a_part_acknowledged_with_another_md5_is_retried_then_fails(tmp_path: Pa
     assert info.value.code == "BadDigest"
     assert fake.calls == 3
     assert len(sleeps) == 2
+
+
+class RecordingEtagClient:
+    """Answers each part with the ETags given, one per call, and keeps every request's arguments."""
+
+    def __init__(self, *etags: str) -> None:
+        self.etags = list(etags)
+        self.requests: list[dict[str, Any]] = []
+
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]:
+        self.requests.append(dict(kwargs))
+        return {"ETag": self.etags.pop(0)}
+
+
+def reply_checked(fake: Any, *, attempts: int = 3) -> Uploader:
+    """An uploader for a server that answers each part's MD5 (ServerTraits.md5_header off)."""
+    policy = RetryPolicy(max_attempts=attempts, sleep=lambda s: None)
+    return Uploader(fake, policy, traits=ServerTraits(content_md5=True, md5_header=False))
+
+
+def test_where_the_reply_carries_the_md5_no_content_md5_is_sent_and_the_reply_is_compared(tmp_path: Path) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"payload")
+    md5 = hashlib.md5(b"payload").hexdigest()
+    fake = RecordingEtagClient('"' + "0" * 32 + '"', f'"{md5}"')  # damaged on the way, then stored intact
+
+    record = reply_checked(fake).upload_part(BUCKET, "k", "u", path, Part(1, 0, 7), None)
+
+    assert [("ContentMD5" in r, payload_sha256_of(r["Body"])) for r in fake.requests] == [(False, None)] * 2
+    assert (record.etag, record.md5, record.sha256) == (f'"{md5}"', md5, "")
+
+
+def test_a_reply_without_an_md5_sends_the_part_again_with_content_md5(tmp_path: Path) -> None:
+    """Nothing checked bytes answered with an opaque ETag: the same attempt sends them once more,
+    this time for the server to check."""
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"payload")
+    fake = RecordingEtagClient('"opaque-1"', '"opaque-2"')
+
+    record = reply_checked(fake, attempts=1).upload_part(BUCKET, "k", "u", path, Part(1, 0, 7), None)
+
+    md5_b64 = base64.b64encode(hashlib.md5(b"payload").digest()).decode()
+    assert [r.get("ContentMD5") for r in fake.requests] == [None, md5_b64]
+    assert record.etag == '"opaque-2"'
 
 
 def test_a_non_md5_etag_is_accepted(tmp_path: Path) -> None:
