@@ -1,9 +1,10 @@
 """Redis checkpoint store: lets several hosts (or a restarted container) share one ledger.
 
 The stream writes live here: fenced and guarded transactions, batches, deletes. Every other role
-is one class, which `RedisStore` composes and hands its calls to: stream reads (redis_reads.py),
-leases (redis_leases.py), the event log (redis_events.py), the URL ledger (redis_urls.py) and the
-content index (redis_content.py). The key layout is in redis_keys.py; errors in redis_errors.py.
+is one class, which `RedisStore` composes and hands its calls to: stream reads, the history's pages
+and a new lease's token floor among them (redis_reads.py), leases (redis_leases.py), the event log
+(redis_events.py), the URL ledger (redis_urls.py) and the content index (redis_content.py). The key
+layout is in redis_keys.py; errors in redis_errors.py.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_nodes import RedisNodes
 from chunkd.store.redis_reads import RedisStreamReader
-from chunkd.store.redis_replies import Fields, member, text, texts
+from chunkd.store.redis_replies import Fields, member, text
 from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
 from chunkd.store.redis_sentinel import WatchedSentinel, parse_sentinel_url, sentinel_client
 from chunkd.store.redis_urls import RedisUrlLedger
@@ -257,28 +258,7 @@ class RedisStore:
     # leases (see redis_leases)
 
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
-        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from, floor=self._highest_fence(name))
-
-    def _highest_fence(self, name: str) -> int:
-        """The highest token any record of the file named `name` was written with: where a new
-        token must start above, whatever the counter says. A lease is named by the relpath (a shared
-        folder, a single box) or `@node/relpath` (a node's local folder, chunkd.model.node): its
-        records are in that node's relpath index, and one from before nodes were in the plain one.
-        Reading an index too many can only raise the floor, which is safe."""
-        indexes = [self.keys.path(name)]
-        node, slash, relpath = name[1:].partition("/")
-        if name.startswith("@") and slash and node:
-            indexes += [self.keys.node_path(node, relpath), self.keys.path(relpath)]
-        with self._errors(f"read the fencing tokens of {name!r}"):
-            pipe = self.client.pipeline(transaction=False)
-            for index in indexes:
-                pipe.zrange(index, 0, -1)
-            ids = {stream_id for found in pipe.execute() for stream_id in texts(found)}
-            if not ids:
-                return 0
-            for stream_id in ids:
-                pipe.hget(self.keys.stream(stream_id), "fence")
-            return max((int(token) for token in pipe.execute() if token), default=0)
+        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from, floor=self.reads.highest_fence(name))
 
     def lease_owner(self, name: str) -> str | None:
         return self.leases.lease_owner(name)
