@@ -1,9 +1,10 @@
 """Redis checkpoint store: lets several hosts (or a restarted container) share one ledger.
 
 The stream writes live here: fenced and guarded transactions, batches, deletes. Every other role
-is one class, which `RedisStore` composes and hands its calls to: stream reads (redis_reads.py),
-leases (redis_leases.py), the event log (redis_events.py), the URL ledger (redis_urls.py) and the
-content index (redis_content.py). The key layout is in redis_keys.py; errors in redis_errors.py.
+is one class, which `RedisStore` composes and hands its calls to: stream reads, the history's pages
+and a new lease's token floor among them (redis_reads.py), leases (redis_leases.py), the event log
+(redis_events.py), the URL ledger (redis_urls.py) and the content index (redis_content.py). The key
+layout is in redis_keys.py, errors in redis_errors.py, and the client a URL opens in redis_connect.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.client import Pipeline
 
-from chunkd.errors import StoreError, StoreFullError
+from chunkd.errors import StoreFullError
 from chunkd.model.node import Scope
 from chunkd.model.states import (
     PartRecord,
@@ -28,16 +29,16 @@ from chunkd.model.states import (
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
 from chunkd.store.redis_backfill import KeyIndexBackfill, NodeIndexCheck
+from chunkd.store.redis_connect import connect
 from chunkd.store.redis_content import RedisContentIndex
-from chunkd.store.redis_errors import RedisErrors, check_tls_files, connection_kwargs, redact_redis_url
+from chunkd.store.redis_errors import RedisErrors, connection_kwargs
 from chunkd.store.redis_events import RedisEventLog
 from chunkd.store.redis_keys import RedisKeys
 from chunkd.store.redis_leases import RedisLeases, check_fence
 from chunkd.store.redis_nodes import RedisNodes
 from chunkd.store.redis_reads import RedisStreamReader
-from chunkd.store.redis_replies import Fields, member, text, texts
-from chunkd.store.redis_sentinel import SCHEMES as SENTINEL_SCHEMES
-from chunkd.store.redis_sentinel import WatchedSentinel, parse_sentinel_url, sentinel_client
+from chunkd.store.redis_replies import Fields, member, text
+from chunkd.store.redis_sentinel import WatchedSentinel
 from chunkd.store.redis_urls import RedisUrlLedger
 
 # Queues one write's commands on a pipeline (see `RedisStore._write`).
@@ -69,28 +70,9 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "chunkd:") -> RedisStore:
-        """`redis://`, `rediss://` (TLS), `unix://`, or `redis+sentinel://` (see redis_sentinel)."""
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": 5,
-            # Without a read timeout a half-dead server would hang a worker forever.
-            "socket_timeout": 30,
-            "health_check_interval": 30,
-        }
-        if url.startswith(SENTINEL_SCHEMES):
-            try:
-                parsed = parse_sentinel_url(url)
-            except ValueError as exc:  # our own message, which never quotes the URL
-                raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {exc}") from None
-            check_tls_files(parsed.tls, url)
-            client = sentinel_client(parsed, **options)
-            return cls(client, prefix, errors=RedisErrors(client, where=parsed.where, secrets=parsed.secrets))
-        try:
-            client = redis.Redis.from_url(url, **options)
-        except ValueError as exc:  # malformed URL; the message may quote it, password and all
-            raise StoreError(f"invalid redis URL {redact_redis_url(url)}") from exc
-        check_tls_files(connection_kwargs(client), url)
-        return cls(client, prefix)
+        """`redis://`, `rediss://` (TLS), `unix://`, or `redis+sentinel://` (see redis_connect)."""
+        client, errors = connect(url)
+        return cls(client, prefix, errors=errors)
 
     # writes
 
@@ -257,28 +239,7 @@ class RedisStore:
     # leases (see redis_leases)
 
     def acquire_lease(self, name: str, owner: str, ttl: float, *, steal_from: str | None = None) -> int | None:
-        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from, floor=self._highest_fence(name))
-
-    def _highest_fence(self, name: str) -> int:
-        """The highest token any record of the file named `name` was written with: where a new
-        token must start above, whatever the counter says. A lease is named by the relpath (a shared
-        folder, a single box) or `@node/relpath` (a node's local folder, chunkd.model.node): its
-        records are in that node's relpath index, and one from before nodes were in the plain one.
-        Reading an index too many can only raise the floor, which is safe."""
-        indexes = [self.keys.path(name)]
-        node, slash, relpath = name[1:].partition("/")
-        if name.startswith("@") and slash and node:
-            indexes += [self.keys.node_path(node, relpath), self.keys.path(relpath)]
-        with self._errors(f"read the fencing tokens of {name!r}"):
-            pipe = self.client.pipeline(transaction=False)
-            for index in indexes:
-                pipe.zrange(index, 0, -1)
-            ids = {stream_id for found in pipe.execute() for stream_id in texts(found)}
-            if not ids:
-                return 0
-            for stream_id in ids:
-                pipe.hget(self.keys.stream(stream_id), "fence")
-            return max((int(token) for token in pipe.execute() if token), default=0)
+        return self.leases.acquire_lease(name, owner, ttl, steal_from=steal_from, floor=self.reads.highest_fence(name))
 
     def lease_owner(self, name: str) -> str | None:
         return self.leases.lease_owner(name)

@@ -1,5 +1,6 @@
 """Stream reads on Redis: a record by id, the newest for a path, all (or some states') in
-discovery order, a page of the newest, and a stream's parts. No transactions: each read is one round trip or two, and
+discovery order, a page of the newest and their count, a stream's parts, and the highest fencing
+token a file's records were written with. No transactions: each read is one round trip or two, and
 a record read is the truth where an index and the record disagree."""
 
 from __future__ import annotations
@@ -96,6 +97,27 @@ class RedisStreamReader(RedisRole):
             for key in keys:
                 pipe.zcard(key)
             return sum(int(count) for count in pipe.execute())
+
+    def highest_fence(self, name: str) -> int:
+        """The highest token any record of the file named `name` was written with: where a new
+        token must start above, whatever the counter says. A lease is named by the relpath (a shared
+        folder, a single box) or `@node/relpath` (a node's local folder, chunkd.model.node): its
+        records are in that node's relpath index, and one from before nodes were in the plain one.
+        Reading an index too many can only raise the floor, which is safe."""
+        indexes = [self.keys.path(name)]
+        node, slash, relpath = name[1:].partition("/")
+        if name.startswith("@") and slash and node:
+            indexes += [self.keys.node_path(node, relpath), self.keys.path(relpath)]
+        with self._errors(f"read the fencing tokens of {name!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            for index in indexes:
+                pipe.zrange(index, 0, -1)
+            ids = {stream_id for found in pipe.execute() for stream_id in texts(found)}
+            if not ids:
+                return 0
+            for stream_id in ids:
+                pipe.hget(self.keys.stream(stream_id), "fence")
+            return max((int(token) for token in pipe.execute() if token), default=0)
 
     def _indexes(self, states: Iterable[StreamState] | None) -> tuple[set[StreamState] | None, list[str]]:
         """The states asked for (None: all) and the discovery indexes that hold them: the one of

@@ -1,7 +1,8 @@
 """SQLite checkpoint store: one file next to the daemon, no server to run.
 
 Single host, single daemon: the daemon takes an exclusive lock on `<db>.lock` (see `exclusive`),
-and leases live in this process's memory. Several daemons need the Redis store.
+and leases live in this process's memory. Several daemons need the Redis store. The stream reads
+are one class (sqlite_reads.py) that `SqliteStore` composes and hands them to, as RedisStore does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from chunkd.model.states import (
 )
 from chunkd.store.guard import cancelled, check_not_finished
 from chunkd.store.lease import Lease, Renewal
+from chunkd.store.sqlite_reads import SqliteStreamReader, state_filter, stream_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -104,6 +105,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._lock_file = _take_lock(path) if exclusive and path != ":memory:" else None
         self._conn = self._connect(path)
+        self.reads = SqliteStreamReader(self._read)
         self._leases: dict[str, tuple[str, int, float]] = {}  # name -> (owner, token, expires)
         self._fences: dict[str, int] = {}
 
@@ -172,66 +174,37 @@ class SqliteStore:
                 conn.execute(_SAVE_STREAM, _stream_row(record))
         return record
 
+    # stream reads (see sqlite_reads)
+
     def get_stream(self, stream_id: str) -> StreamRecord | None:
-        with self._read(f"get stream {stream_id}") as conn:
-            row = conn.execute("SELECT data FROM streams WHERE id = ?", (stream_id,)).fetchone()
-        return _stream(row[0]) if row else None
+        return self.reads.get_stream(stream_id)
 
     def find_by_relpath(self, relpath: str, *, scope: Scope | None = None) -> StreamRecord | None:
-        # Newest by discovery, not by last save: re-saving an old stream (a retry of a failed
-        # upload) must not take the path back from the file that replaced it.
-        query = "SELECT data FROM streams WHERE relpath = ? ORDER BY discovered_at DESC, id DESC"
-        with self._read(f"find stream for {relpath!r}") as conn:
-            rows = conn.execute(query, (relpath,)).fetchall()
-        return next((r for r in map(_stream, (data for (data,) in rows)) if scope is None or scope.holds(r)), None)
+        return self.reads.find_by_relpath(relpath, scope=scope)
 
     def find_by_key(self, bucket: str, key: str) -> list[StreamRecord]:
-        # Looked for once per new stream: the expression index streams_by_key keeps it off a scan.
-        query = (
-            "SELECT data FROM streams WHERE json_extract(data, '$.bucket') = ? AND json_extract(data, '$.key') = ?"
-            " ORDER BY discovered_at DESC, id DESC"
-        )
-        with self._read(f"find streams for s3://{bucket}/{key}") as conn:
-            rows = conn.execute(query, (bucket, key)).fetchall()
-        return [_stream(row[0]) for row in rows]
+        return self.reads.find_by_key(bucket, key)
 
     def list_streams(
         self, states: Iterable[StreamState] | None = None, *, discovered_before: float | None = None
     ) -> list[StreamRecord]:
-        where, states_args = _state_filter(states, StreamState)
-        args: list[str | float] = [*states_args]
-        if discovered_before is not None:
-            where = f"{where} AND discovered_at < ?" if where else " WHERE discovered_at < ?"
-            args.append(discovered_before)
-        with self._read("list streams") as conn:
-            rows = conn.execute(f"SELECT data FROM streams{where} ORDER BY discovered_at, id", args).fetchall()
-        return [_stream(data) for (data,) in rows]
+        return self.reads.list_streams(states, discovered_before=discovered_before)
 
     def newest_streams(
         self, states: Iterable[StreamState] | None = None, *, limit: int, offset: int = 0
     ) -> list[StreamRecord]:
-        # streams_by_discovery, walked backwards: the skipped rows are never decoded.
-        where, args = _state_filter(states, StreamState)
-        query = f"SELECT data FROM streams{where} ORDER BY discovered_at DESC, id DESC LIMIT ? OFFSET ?"
-        with self._read("list the newest streams") as conn:
-            rows = conn.execute(query, [*args, max(0, limit), max(0, offset)]).fetchall()
-        return [_stream(data) for (data,) in rows]
+        return self.reads.newest_streams(states, limit=limit, offset=offset)
 
     def count_streams(self, states: Iterable[StreamState] | None = None) -> int:
-        where, args = _state_filter(states, StreamState)
-        with self._read("count streams") as conn:
-            return int(conn.execute(f"SELECT COUNT(*) FROM streams{where}", args).fetchone()[0])
+        return self.reads.count_streams(states)
+
+    def list_parts(self, stream_id: str) -> list[PartRecord]:
+        return self.reads.list_parts(stream_id)
 
     def record_part(self, stream_id: str, part: PartRecord, *, fence: Lease | None = None) -> None:
         with self._transaction(f"record part {part.number} of stream {stream_id}") as conn:
             self._check_fence(fence)
             conn.execute(_RECORD_PART, (stream_id, part.number, json.dumps(part.to_dict())))
-
-    def list_parts(self, stream_id: str) -> list[PartRecord]:
-        query = "SELECT data FROM parts WHERE stream_id = ? ORDER BY number"
-        with self._read(f"list parts of stream {stream_id}") as conn:
-            rows = conn.execute(query, (stream_id,)).fetchall()
-        return [PartRecord.from_dict(json.loads(data)) for (data,) in rows]
 
     def drop_parts(
         self, stream_id: str, numbers: Iterable[int] | None = None, *, fence: Lease | None = None
@@ -260,7 +233,7 @@ class SqliteStore:
         query = "SELECT s.data FROM content c JOIN streams s ON s.id = c.stream_id WHERE c.sha256 = ?"
         with self._read("find stream by content") as conn:
             row = conn.execute(query, (sha256,)).fetchone()
-        return _stream(row[0]) if row else None
+        return stream_record(row[0]) if row else None
 
     def forget_content(self, sha256: str) -> None:
         with self._transaction("forget content") as conn:
@@ -295,7 +268,7 @@ class SqliteStore:
         return UrlRecord.from_dict(json.loads(row[0])) if row else None
 
     def list_urls(self, states: Iterable[UrlState] | None = None) -> list[UrlRecord]:
-        where, args = _state_filter(states, UrlState)
+        where, args = state_filter(states, UrlState)
         with self._read("list urls") as conn:
             rows = conn.execute(f"SELECT data FROM urls{where} ORDER BY created_at, url", args).fetchall()
         return [UrlRecord.from_dict(json.loads(data)) for (data,) in rows]
@@ -403,18 +376,6 @@ def _disk_full(exc: sqlite3.Error) -> bool:
     return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "database or disk is full" in str(exc)
 
 
-def _state_filter(states: Iterable[Any] | None, kind: type[Enum]) -> tuple[str, list[str]]:
-    """` WHERE state IN (?, …)` and its arguments, or nothing when every state is wanted."""
-    if states is None:
-        return "", []
-    args = [kind(state).value for state in states]
-    return f" WHERE state IN ({', '.join('?' * len(args))})", args
-
-
-def _stream(data: str) -> StreamRecord:
-    return StreamRecord.from_dict(json.loads(data))
-
-
 def _stream_row(record: StreamRecord) -> tuple[str, str, str, float, str]:
     return record.id, record.relpath, record.state.value, record.discovered_at, json.dumps(record.to_dict())
 
@@ -429,4 +390,4 @@ def _index(conn: sqlite3.Connection, sha256: str, stream_id: str, size: int | No
 def _stored(conn: sqlite3.Connection, stream_id: str) -> StreamRecord | None:
     """Inside a write's transaction, the record that write is checked against."""
     row = conn.execute("SELECT data FROM streams WHERE id = ?", (stream_id,)).fetchone()
-    return _stream(row[0]) if row else None
+    return stream_record(row[0]) if row else None
