@@ -11,11 +11,12 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from chunkd.errors import TransferError
+from chunkd.errors import PermanentError, TransferError
 from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.states import PartRecord
 from chunkd.s3.calls import S3Calls
@@ -27,6 +28,17 @@ if TYPE_CHECKING:
 
 PAYLOAD_HASH_REFUSALS = frozenset({"XAmzContentSHA256Mismatch", "BadDigest", "InvalidDigest"})
 TAGGING_BODY = b"chunkd tagging probe"
+
+
+@dataclasses.dataclass(frozen=True)
+class EtagProbe:
+    """What a probe upload showed: the kept part's ETag ("" when it cannot be its MD5), the bytes it
+    holds, whether a part could be sent again with other bytes, and the completed object's ETag."""
+
+    part_etag: str
+    part_body: bytes
+    replaced: bool
+    etag: str
 
 
 class ProbeCalls(S3Calls):
@@ -62,31 +74,43 @@ class ProbeCalls(S3Calls):
 
     def probe_multipart_etag(
         self, bucket: str, key: str, body: bytes, *, attributes: ObjectAttributes | None = None
-    ) -> tuple[str, str]:
-        """The ETags of a one-part multipart upload of `body`: the part's, and the completed
-        object's. The upload is aborted if it did not complete, and the object deleted either way
-        (a Complete whose reply was lost)."""
+    ) -> EtagProbe:
+        """A one-part multipart upload of `body`, its part sent a second time with other bytes:
+        the ETags of the part kept and of the completed object, and whether the part was replaced.
+        The upload is aborted if it did not complete, and the object deleted either way (a
+        Complete whose reply was lost)."""
         upload_id = self.create(bucket, key, attributes=attributes)
         try:
-            response = self._call(
-                "UploadPart",
-                lambda: self._client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body,
-                    ContentMD5=base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
-                ),
-                key=key,
-            )
-            part = PartRecord(number=1, offset=0, size=len(body), etag=str(response["ETag"]), sha256="")
+            response, kept = self._probe_part(bucket, key, upload_id, body), body
+            again = bytes(reversed(body))
+            try:
+                response, kept = self._probe_part(bucket, key, upload_id, again), again
+                replaced = True
+            except PermanentError as exc:
+                if exc.code != "NotImplemented":
+                    raise
+                replaced = False  # `rclone serve s3`: the part was streamed to disk
+            part = PartRecord(number=1, offset=0, size=len(kept), etag=str(response["ETag"]), sha256="")
             etag = self.complete(bucket, key, upload_id, [part])
-            if stored_with_customer_key(response):  # an SSE-C part's ETag is not its MD5, whatever it looks like
-                part = dataclasses.replace(part, etag="")
         except BaseException:
             with contextlib.suppress(TransferError):
                 self.abort(bucket, key, upload_id)
             raise
         finally:
             self._forget_probe(bucket, key)
-        return part.etag, etag
+        # An SSE-C part's ETag is not its MD5, whatever it looks like.
+        part_etag = "" if stored_with_customer_key(response) else part.etag
+        return EtagProbe(part_etag=part_etag, part_body=kept, replaced=replaced, etag=etag)
+
+    def _probe_part(self, bucket: str, key: str, upload_id: str, body: bytes) -> Mapping[str, Any]:
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        return cast("Mapping[str, Any]", self._call(
+            "UploadPart",
+            lambda: self._client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=md5,
+            ),
+            key=key,
+        ))
 
     def keeps_bytes_when_tagged(self, bucket: str, key: str, *, attributes: ObjectAttributes | None = None) -> bool | None:
         """Whether PutObjectTagging tags an object and leaves its bytes alone.

@@ -5,9 +5,9 @@ Three facts change what a body must carry and how an object is checked:
   `rclone serve s3` and moto do not, and would keep a part cut short by a killed client), and so
   whether parts are checked by their MD5 instead;
 - where they are, whether the server answers each part with the MD5 of the bytes it stored as
-  its ETag (`rclone serve s3`, moto): chunkd then compares that with its own MD5 and sends a part
-  whose answer differs again, and leaves Content-MD5 off, which made those servers hash every part
-  twice (rclone serve s3: 1.6 s of server CPU per GiB more, on a box the server shares with chunkd);
+  its ETag and lets a part be sent again (moto): chunkd then compares that answer with its own MD5,
+  sends a part whose answer differs again, and leaves Content-MD5 off, which made the server hash
+  every part twice (on a box the server shares with chunkd);
 - the ETag style of a completed multipart object: MD5 of the part MD5s with "-N" (S3, MinIO, Ceph,
   moto) or the whole object's MD5 (`rclone serve s3`), which only a whole-file MD5 can check.
 """
@@ -94,15 +94,22 @@ def _needs_content_md5(uploader: Uploader, bucket: str, key: str, attributes: Ob
 def _probe_etags(
     uploader: Uploader, bucket: str, key: str, attributes: ObjectAttributes | None
 ) -> tuple[bool, EtagStyle]:
-    """Complete a one-part upload of a few bytes: whether the part's ETag was its MD5, and the
-    completed object's ETag style. A failed probe proves nothing: (False, UNKNOWN), Content-MD5 on."""
-    body = b"chunkd etag probe"
+    """Complete a one-part upload of a few bytes: whether its answers can check parts instead of
+    Content-MD5, and the completed object's ETag style. A failed probe proves nothing: (False,
+    UNKNOWN), Content-MD5 on.
+
+    Answers check parts only where the part's ETag is its MD5 and a part can be sent again with other
+    bytes: a part answered with another MD5 is then simply sent again. `rclone serve s3` streams parts
+    to disk as they arrive and cannot take one back (NotImplemented); a body cut short there (a client
+    killed mid-part) broke the whole upload unless Content-MD5 made rclone check the part first.
+    """
     try:
-        part_etag, etag = uploader.probe_multipart_etag(bucket, key, body, attributes=attributes)
+        probe = uploader.probe_multipart_etag(bucket, key, b"chunkd etag probe", attributes=attributes)
     except (TransferError, BotoCoreError, OSError) as exc:
         logger.debug("ETag probe failed: %s", exc)
         return False, EtagStyle.UNKNOWN
-    return same_etag(part_etag, hashlib.md5(body, usedforsecurity=False).hexdigest()), etag_style_of(etag, body)
+    answers_md5 = same_etag(probe.part_etag, hashlib.md5(probe.part_body, usedforsecurity=False).hexdigest())
+    return answers_md5 and probe.replaced, etag_style_of(probe.etag, probe.part_body)
 
 
 def etag_style_of(etag: str, body: bytes) -> EtagStyle:

@@ -6,16 +6,19 @@ them, and the body is sent again.
 What each server does with a damaged part, Content-MD5 as the start-up probe decides it:
 - Ceph RGW and the strict moto check the signed SHA-256 (Content-MD5 off): 400
   XAmzContentSHA256Mismatch;
-- `rclone serve s3` checks no payload hash, but answers each part with the MD5 of what it stored:
-  the damaged part is stored (200) and its ETag differs from chunkd's MD5. Sent again, it is
-  refused (NotImplemented: part 1 was already streamed to disk), so chunkd aborts that upload and
-  sends the file under a fresh one.
+- `rclone serve s3` checks no payload hash, so every part carries Content-MD5: 400 BadDigest;
+- plain moto checks neither, but answers each part with the MD5 of what it stored and lets a part be
+  sent again, so no Content-MD5 is sent: the damaged part is stored (200), its answer differs from
+  chunkd's MD5, and it is sent again.
+Where a server will not take a part back (rclone, once it streamed the part to disk), a part found
+damaged after the fact gets the whole file sent under a fresh upload.
 A manifest sent to moto without its strict middleware (it checks neither) is stored damaged, and
 only its ETag (the stored bytes' MD5) tells.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from chunkd.daemon import preflight
 from chunkd.pipeline.engine import Engine
 from chunkd.pipeline.job import Outcome
 from chunkd.s3.client import S3Target
+from chunkd.s3.devserver import LocalS3Server
 from tests.support.bucket import BUCKET, open_uploads, read_manifest, sha256_object
 from tests.support.engine import close_test_engine, make_test_engine, run_job
 from tests.support.faultproxy import Fault, FaultProxy, Proxied, Seen, on, without_query
@@ -36,9 +40,8 @@ from tests.support.sizes import MiB
 
 KEY = "clip.mp4"
 MANIFEST_KEY = f"{KEY}.manifest.json"
-# The server's answer to the damaged part, whether the probe chose MD5s over signed hashes there, and
-# the part uploads seen: the second part, and the first twice; on rclone both again under a fresh upload.
-PART_REFUSAL = {"moto": (400, False, 3), "rclone": (200, True, 5), "rgw": (400, False, 3)}
+# The server's answer to the damaged part, and whether the probe chose MD5s over signed hashes there.
+PART_REFUSAL = {"moto": (400, False), "rclone": (400, True), "rgw": (400, False)}
 
 
 def first_part(seen: Seen) -> bool:
@@ -73,18 +76,16 @@ def part_digests(path: Path, manifest: dict[str, Any], checksum: str) -> list[tu
 def test_a_part_damaged_in_flight_is_refused_and_sent_again(
     proxied: Proxied, engine: Engine, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    status, content_md5, part_uploads = PART_REFUSAL[request.node.callspec.params["server"]]
+    status, content_md5 = PART_REFUSAL[request.node.callspec.params["server"]]
     assert engine.uploader.content_md5 is content_md5
     path = write_random(tmp_path / "input" / KEY, 6 * MiB)
-    proxied.proxy.add(Fault.FLIP_BIT, first_part)
+    proxied.proxy.add(Fault.FLIP_BIT, on("PUT", f"/{BUCKET}/{KEY}", query="partNumber"))
 
     assert run_job(engine, KEY) is Outcome.COMPLETED
 
     assert [(fired.fault, fired.status) for fired in proxied.proxy.fired] == [(Fault.FLIP_BIT, status)]
     uploads_of_parts = [seen for seen in proxied.proxy.seen if on("PUT", f"/{BUCKET}/{KEY}", query="partNumber")(seen)]
-    assert len(uploads_of_parts) == part_uploads
-    assert len({seen.query["uploadId"][0] for seen in uploads_of_parts}) == (2 if part_uploads == 5 else 1)
-    assert not any("content-md5" in seen.headers for seen in uploads_of_parts)
+    assert len(uploads_of_parts) == 3  # two parts, one sent twice
     client = proxied.client()
     assert sha256_object(client, KEY) == sha256_file(path)
     manifest = read_manifest(client, KEY)
@@ -95,6 +96,66 @@ def test_a_part_damaged_in_flight_is_refused_and_sent_again(
     assert [(p["etag"].strip('"'), p[checksum]) for p in manifest["parts"]] == part_digests(path, manifest, checksum)
     assert not any(("md5" if checksum == "sha256" else "sha256") in p for p in manifest["parts"])
     assert open_uploads(client, KEY) == []
+
+
+@pytest.fixture
+def plain_moto(moto: MotoServer) -> Iterator[Proxied]:
+    """moto with no checks of its own (sharing the `moto` fixture's store and bucket) behind a FaultProxy."""
+    with MotoServer(strict=False) as plain, FaultProxy(plain.endpoint_url) as proxy:
+        yield Proxied(plain, proxy)
+
+
+def sent_parts(proxied: Proxied) -> list[Seen]:
+    return [seen for seen in proxied.proxy.seen if on("PUT", f"/{BUCKET}/{KEY}", query="partNumber")(seen)]
+
+
+def test_where_the_answer_is_the_parts_md5_a_damaged_part_is_caught_by_it_and_sent_again(
+    plain_moto: Proxied, tmp_path: Path
+) -> None:
+    engine = started(plain_moto, tmp_path)
+    try:
+        assert (engine.uploader.traits.content_md5, engine.uploader.traits.md5_header) == (True, False)
+        path = write_random(tmp_path / "input" / KEY, 6 * MiB)
+        plain_moto.proxy.add(Fault.FLIP_BIT, first_part)
+
+        assert run_job(engine, KEY) is Outcome.COMPLETED
+    finally:
+        close_test_engine(engine)
+
+    assert [(fired.fault, fired.status) for fired in plain_moto.proxy.fired] == [(Fault.FLIP_BIT, 200)]
+    parts = sent_parts(plain_moto)
+    assert sorted(seen.query["partNumber"][0] for seen in parts) == ["1", "1", "2"]
+    assert not any("content-md5" in seen.headers for seen in parts)
+    client = plain_moto.client()
+    assert sha256_object(client, KEY) == sha256_file(path)
+    manifest = read_manifest(client, KEY)
+    assert manifest is not None
+    assert [(p["etag"].strip('"'), p["md5"]) for p in manifest["parts"]] == part_digests(path, manifest, "md5")
+
+
+def test_a_damaged_part_the_server_will_not_replace_gets_the_file_a_fresh_upload(
+    rclone_s3: LocalS3Server, tmp_path: Path
+) -> None:
+    """Checked by the answer alone (forced here: the probe keeps Content-MD5 on for rclone), a part
+    rclone already streamed to disk cannot be sent again (NotImplemented): a fresh upload mends it."""
+    with FaultProxy(rclone_s3.endpoint_url) as proxy:
+        proxied = Proxied(rclone_s3, proxy)
+        engine = started(proxied, tmp_path)
+        try:
+            engine.adopt_traits(dataclasses.replace(engine.uploader.traits, md5_header=False))
+            path = write_random(tmp_path / "input" / KEY, 6 * MiB)
+            proxy.add(Fault.FLIP_BIT, first_part)
+
+            assert run_job(engine, KEY) is Outcome.COMPLETED
+        finally:
+            close_test_engine(engine)
+
+        assert [(fired.fault, fired.status) for fired in proxy.fired] == [(Fault.FLIP_BIT, 200)]
+        uploads = [seen.query["uploadId"][0] for seen in sent_parts(proxied)]
+        assert len(set(uploads)) == 2  # the first upload, aborted, and the fresh one
+        client = proxied.client()
+        assert sha256_object(client, KEY) == sha256_file(path)
+        assert open_uploads(client, KEY) == []
 
 
 # --- the manifest ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,13 @@ def chunkd_client(server: Any) -> Any:
 def checking(request: pytest.FixtureRequest) -> Any:
     """A server that checks the signed payload SHA-256: strict moto, and Ceph RGW on its own."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def plain_moto_server(moto: MotoServer) -> Iterator[MotoServer]:
+    """moto without its strict middleware, sharing the `moto` fixture's store and bucket."""
+    with MotoServer(strict=False) as plain:
+        yield plain
 
 
 def _text(value: str | bytes) -> str:
@@ -145,14 +153,17 @@ def test_the_probe_finds_rclone_stores_what_it_does_not_check_and_cleans_up(rclo
     assert listing.get("Contents", []) == []  # the probe was deleted
 
 
-# (checked by MD5, Content-MD5 sent): rclone serve s3 checks no signed hash, but answers each part's
-# MD5 as its ETag, which chunkd compares instead of making the server hash the part twice.
-@pytest.mark.parametrize(("server_name", "md5_expected"), [("moto", (False, True)), ("rclone", (True, False)),
-                                                           ("rgw", (False, True))])
+# (checked by MD5, Content-MD5 sent): rclone serve s3 checks no signed hash and cannot take a part back;
+# plain moto checks neither, but answers each part's MD5 and takes parts back, so its answer is compared.
+@pytest.mark.parametrize(("server_name", "md5_expected"), [("moto", (False, True)), ("plain-moto", (True, False)),
+                                                           ("rclone", (True, True)), ("rgw", (False, True))])
 def test_auto_checks_md5s_only_where_signed_hashes_go_unchecked_and_sends_them_only_where_replies_lack_them(
     server_name: str, md5_expected: tuple[bool, bool], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    server = request.getfixturevalue({"moto": "moto", "rclone": "rclone_s3", "rgw": "rgw"}[server_name])
+    if server_name == "plain-moto":
+        server = request.getfixturevalue("plain_moto_server")
+    else:
+        server = request.getfixturevalue({"moto": "moto", "rclone": "rclone_s3", "rgw": "rgw"}[server_name])
     settings = load_settings(env={}, overrides={
         "input_dir": str(tmp_path), "state_url": f"sqlite:///{tmp_path / 'state.db'}",
         "key_template": "cams/{relpath}", "s3_endpoint_url": server.endpoint_url,
