@@ -54,7 +54,7 @@ class Manifest:
     timestamps: dict[str, Any] = field(default_factory=dict)
     chunkd_version: str | None = None
     attributes: dict[str, Any] | None = None  # content_type, storage_class, sse, tags, metadata, …
-    thumbnail_key: str | None = None  # the poster frame beside the object (<key>.thumb.jpg)
+    thumbnail_key: str | None = None  # the poster frame beside the object (<key>.thumb.jpg); a recorded duplicate names its original's
     thumbnail_error: str | None = None  # why a valid video has none
 
 

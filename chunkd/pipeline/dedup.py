@@ -8,6 +8,8 @@ the bucket with the same size, else the entry is forgotten and the file is sent.
 
 from __future__ import annotations
 
+import dataclasses
+
 from chunkd.errors import PermanentError
 from chunkd.model.attributes import ObjectAttributes
 from chunkd.model.etags import is_md5_etag, multipart_etag, same_etag
@@ -74,8 +76,17 @@ def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Sn
     same_bucket = original.bucket == record.bucket
     record.dedup_of = original.key if same_bucket else f"s3://{original.bucket}/{original.key}"
     upload.log.info("same bytes as %s: not sent again (dedup=%s)", record.dedup_of, mode)
-    publish(upload, parts, etag, snap, kind=mode, media=media)
+    if mode == "record":  # no object of its own: the original's poster frame is this file's too
+        media = _without_poster(media)
+    publish(upload, parts, etag, snap, kind=mode, media=media,
+            thumbnail_key=original.thumbnail_key if mode == "record" else None)
     return True
+
+
+def _without_poster(media: MediaVerdict) -> MediaVerdict:
+    if media.poster is not None:
+        media.poster.cancel()  # a no-op once ffmpeg started: its frame is then dropped
+    return dataclasses.replace(media, poster=None)
 
 
 def _copied(upload: UploadCoordinator, original: StreamRecord, attributes: ObjectAttributes) -> bool:

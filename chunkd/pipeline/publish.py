@@ -27,11 +27,14 @@ CONTENT_TYPE_JSON = "application/json"
 
 
 def publish(
-    upload: UploadCoordinator, parts: list[PartRecord], etag: str, snap: Snapshot, *, kind: str, media: MediaVerdict
+    upload: UploadCoordinator, parts: list[PartRecord], etag: str, snap: Snapshot, *, kind: str, media: MediaVerdict,
+    thumbnail_key: str | None = None,
 ) -> None:
     """Write the manifest of an object that was checked at its destination, and record it done.
 
     `kind`: how the bytes got there (single, multipart, record or copy for a duplicate).
+    `thumbnail_key`: a poster frame already in the bucket (a recorded duplicate's original's), named
+    when `media` brings none of its own.
     """
     record, engine = upload.record, upload.engine
     completed_at = engine.wall()
@@ -40,6 +43,7 @@ def publish(
     if tags and kind in ("multipart", "copy"):
         engine.uploader.put_tags(record.bucket, record.key, tags)
     record.thumbnail_key, thumbnail_error = _put_poster(upload, media.poster)
+    record.thumbnail_key = record.thumbnail_key or thumbnail_key
     document = build_manifest(
         record, parts, etag=etag, hostname=engine.hostname, completed_at=completed_at, upload=kind,
         media=media.media, media_error=media.error, thumbnail_error=thumbnail_error,

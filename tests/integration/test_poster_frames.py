@@ -99,6 +99,25 @@ def test_thumbnail_false_makes_none(
     assert keys(client) == {"clip.mp4", "clip.mp4.manifest.json"}
 
 
+def test_a_recorded_duplicate_names_its_originals_poster_frame_and_makes_none(
+    make_engine: Callable[..., Engine], client: Any
+) -> None:
+    """CHUNKD_DEDUP=record writes only a manifest for the second name: no object there, so no frame
+    beside it either; the manifest names the original's."""
+    require_ffmpeg()
+    engine = make_engine(invalid_media="quarantine", dedup="record")
+    first = make_mp4(engine.input_dir / "first.mp4", 2.0)
+    assert run_job(engine, "first.mp4") is Outcome.COMPLETED
+    shutil.copy2(first, engine.input_dir / "second.mp4")
+
+    assert run_job(engine, "second.mp4") is Outcome.COMPLETED
+
+    second = read_manifest(client, "second.mp4")
+    assert second is not None and second["dedup_of"] == "first.mp4" and second["upload"] == "record"
+    assert (second["thumbnail_key"], second["thumbnail_error"]) == ("first.mp4.thumb.jpg", None)
+    assert keys(client) == {"first.mp4", "first.mp4.manifest.json", "first.mp4.thumb.jpg", "second.mp4.manifest.json"}
+
+
 def fake_ffmpeg(folder: Path, script: str) -> Path:
     """A PATH where ffprobe is the real one and ffmpeg runs `script` (sh)."""
     folder.mkdir()
