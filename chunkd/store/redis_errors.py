@@ -93,7 +93,8 @@ TLS_FILES = {"ssl_ca_certs": "file", "ssl_certfile": "file", "ssl_keyfile": "fil
 def check_tls_files(kwargs: Mapping[str, Any], url: str) -> None:
     """Refuse a URL naming a TLS file that cannot be read (`kwargs`: what the connections get).
     redis-py opens them at the first connection and reports a missing one as `Error 2 connecting
-    to host:port. No such file or directory.`, which reads as if the server were missing."""
+    to host:port. No such file or directory.`, which reads as if the server were missing; and a key
+    without its certificate (ssl_certfile) as a `TypeError` traceback."""
     for name, kind in TLS_FILES.items():
         value = kwargs.get(name)
         if not value:
@@ -102,3 +103,6 @@ def check_tls_files(kwargs: Mapping[str, Any], url: str) -> None:
         found = path.is_dir() if kind == "folder" else path.is_file()
         if not (found and os.access(path, os.R_OK)):
             raise StoreError(f"invalid redis URL {redact_redis_url(url)}: {name}={value} is not a readable {kind}")
+    if kwargs.get("ssl_keyfile") and not kwargs.get("ssl_certfile"):
+        raise StoreError(f"invalid redis URL {redact_redis_url(url)}: ssl_keyfile without ssl_certfile "
+                         "(a client certificate needs both)")

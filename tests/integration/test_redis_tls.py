@@ -1,11 +1,13 @@
 """`CHUNKD_STATE_URL=rediss://…`: a real `chunkd run` on a real redis-server that speaks only TLS
-(a throw-away CA and a certificate for 127.0.0.1) and wants a password; and `rediss+sentinel://…`
+(a throw-away CA and a certificate for 127.0.0.1) and wants a password, and one that also wants a
+client certificate from that CA (`--tls-auth-clients yes`); and `rediss+sentinel://…`
 on a primary, a replica and three sentinels that all speak only TLS. The S3 side is moto: what is
 under test is the store connection, which no S3 server changes."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import redis
 
 from chunkd.model.states import StreamState
 from tests.support.bucket import read_manifest, sha256_object
-from tests.support.certs import make_server_certificate
+from tests.support.certs import make_client_certificate, make_server_certificate
 from tests.support.cli import error_lines, run_chunkd
 from tests.support.daemon import DaemonProcess, daemon_env, wait_for
 from tests.support.files import sha256_file, write_random
@@ -116,6 +118,106 @@ def test_a_ca_file_that_is_not_there_is_named(moto: MotoServer, tls_url: str, tm
     assert result.returncode != 0 and "Traceback" not in output and PASSWORD not in output, output
     lines = error_lines(result)
     assert len(lines) == 1 and f"ssl_ca_certs={missing} is not a readable file" in lines[0], output
+
+
+@pytest.fixture(scope="module")
+def mtls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server with TLS only, `--requirepass` and `--tls-auth-clients yes`: its `url` carries
+    `ssl_certfile`/`ssl_keyfile`, a client certificate from the server's CA."""
+    certificate = make_server_certificate(tmp_path_factory.mktemp("mtls"))
+    with RedisServer(tls=certificate, password=PASSWORD, client_certificate=make_client_certificate(certificate)) as server:
+        yield server
+
+
+@pytest.fixture
+def mtls_url(mtls_redis: RedisServer) -> str:
+    """`rediss://:password@127.0.0.1:port/0?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…` on an empty database."""
+    client = mtls_redis.client()
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return mtls_redis.url
+
+
+def test_a_daemon_on_rediss_with_a_client_certificate_uploads_and_keeps_its_records_there(
+    chunkd_daemon: Callable[..., DaemonProcess], moto: MotoServer, mtls_redis: RedisServer, mtls_url: str,
+    input_dir: Path,
+) -> None:
+    """Mutual TLS: the ssl_certfile and ssl_keyfile of the URL reach every store connection."""
+    assert "ssl_certfile=" in mtls_url and "ssl_keyfile=" in mtls_url
+    source = write_random(input_dir / "cam.mp4", 6 * MiB)
+    daemon = chunkd_daemon(moto, state_url=mtls_url, part_size="5MiB", log_level="DEBUG")
+    s3 = moto.client()
+
+    def uploaded() -> dict[str, Any] | None:
+        assert daemon.running, f"chunkd run exited:\n{daemon.log_path.read_text()[-3000:]}"
+        return read_manifest(s3, "cam.mp4")
+
+    manifest = wait_for(uploaded, timeout=120, what="the manifest")
+    assert manifest["sha256"] == sha256_file(source) == sha256_object(s3, "cam.mp4")
+    client = mtls_redis.client()
+    try:
+        record = wait_for(lambda: _completed_record(client, "cam.mp4"), timeout=30, what="a COMPLETED record")
+        parts = client.hgetall(f"chunkd:stream:{record['id']}:parts")
+    finally:
+        client.close()
+    assert record["key"] == "cam.mp4" and record["sha256"] == manifest["sha256"]
+    assert sorted(int(number) for number in parts) == [1, 2]
+    assert daemon.running
+    assert PASSWORD not in daemon.log_path.read_text(), "the password reached the log"
+
+
+@pytest.mark.parametrize("command", ["run", "doctor"])
+def test_no_client_certificate_for_a_server_that_wants_one_fails_at_start_in_one_line(
+    command: str, moto: MotoServer, mtls_redis: RedisServer, mtls_url: str, tmp_path: Path,
+) -> None:
+    """The CA is trusted, the password right: only the client certificate is missing, and the
+    server drops the connection. chunkd must say so and stop, not fall back to SQLite."""
+    assert mtls_redis.tls is not None
+    without = f"{mtls_url.split('?')[0]}?ssl_ca_certs={mtls_redis.tls.ca}"
+    env = daemon_env(input_dir=tmp_path / "input", state_url=without, endpoint_url=moto.endpoint_url,
+                     access_key=moto.access_key, secret_key=moto.secret_key)
+    result = run_chunkd(command, env=env, cwd=tmp_path, timeout=60)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output and PASSWORD not in output, output
+    lines = error_lines(result) if command == "run" else [ln for ln in result.stdout.splitlines() if "FAIL" in ln]
+    assert len(lines) == 1, output
+    assert "state store" in lines[0] and f"127.0.0.1:{mtls_redis.port}" in lines[0], lines
+    assert not (tmp_path / ".chunkd").exists(), "fell back to a local SQLite store"
+    client = mtls_redis.client()
+    try:
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+
+
+def test_a_client_key_file_that_is_not_there_is_named(moto: MotoServer, mtls_url: str, tmp_path: Path) -> None:
+    """The certificate is there, its key is not: the key file is what the one line names."""
+    missing = tmp_path / "client-typo.key"
+    query = mtls_url.split("?")[1].split("&ssl_keyfile=")[0]
+    env = daemon_env(input_dir=tmp_path / "input", state_url=f"{mtls_url.split('?')[0]}?{query}&ssl_keyfile={missing}",
+                     endpoint_url=moto.endpoint_url, access_key=moto.access_key, secret_key=moto.secret_key)
+    result = run_chunkd("run", env=env, cwd=tmp_path, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output and PASSWORD not in output, output
+    lines = error_lines(result)
+    assert len(lines) == 1 and f"ssl_keyfile={missing} is not a readable file" in lines[0], output
+
+
+def test_a_client_key_without_its_certificate_is_named(moto: MotoServer, mtls_url: str, tmp_path: Path) -> None:
+    """Not a traceback from redis-py's first connection (`TypeError: certfile should be a valid
+    filesystem path`): a key alone is a URL mistake, said in one line."""
+    without_cert = re.sub(r"&ssl_certfile=[^&]*", "", mtls_url)
+    env = daemon_env(input_dir=tmp_path / "input", state_url=without_cert, endpoint_url=moto.endpoint_url,
+                     access_key=moto.access_key, secret_key=moto.secret_key)
+    result = run_chunkd("run", env=env, cwd=tmp_path, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output and PASSWORD not in output, output
+    lines = error_lines(result)
+    assert len(lines) == 1 and "ssl_keyfile" in lines[0] and "without ssl_certfile" in lines[0], output
 
 
 def test_a_daemon_on_rediss_sentinel_with_a_private_ca_uploads_through_tls_sentinels(

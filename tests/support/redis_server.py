@@ -21,7 +21,7 @@ from typing import Any, Self
 import pytest
 import redis
 
-from tests.support.certs import ServerCertificate
+from tests.support.certs import ClientCertificate, ServerCertificate
 
 
 def _in_ci() -> bool:
@@ -50,6 +50,8 @@ class RedisServer:
 
     With `tls` it listens on its port with TLS only (`--port 0 --tls-port`, no client certificates
     asked for), a replica replicates over TLS, and `url` is `rediss://…?ssl_ca_certs=<the CA>`; with
+    `client_certificate` too, it refuses clients without a certificate from that CA
+    (`--tls-auth-clients yes`), and `url` and `client()` show that one (`&ssl_certfile=…&ssl_keyfile=…`); with
     `password`, `--requirepass` (and `--masterauth`: a replica of a server wanting the same one);
     with `data_dir`, its snapshots go there (a small tmpfs, say) rather than into its own folder."""
 
@@ -65,13 +67,16 @@ class RedisServer:
         tls: ServerCertificate | None = None,
         password: str | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        client_certificate: ClientCertificate | None = None,
     ) -> None:
+        assert client_certificate is None or tls is not None, "a client certificate is only asked for over TLS"
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.persistent = persistent  # append-only file, fsynced on every write: survives stop/start
         self.replica_of = replica_of  # (host, port) it starts as `replicaof`: asynchronous replication
         self.tls = tls
+        self.client_certificate = client_certificate
         self.password = password
         self.dir = tempfile.mkdtemp(prefix="chunkd-redis-")
         self.data_dir = os.fspath(data_dir) if data_dir is not None else self.dir  # `--dir`: RDB and AOF files
@@ -83,7 +88,10 @@ class RedisServer:
         """What a client connects with: scheme, password and (with TLS) the CA to trust."""
         if self.tls is None:
             return f"redis://{self._userinfo()}{self.host}:{self.port}/0"
-        return f"rediss://{self._userinfo()}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+        url = f"rediss://{self._userinfo()}{self.host}:{self.port}/0?ssl_ca_certs={self.tls.ca}"
+        if self.client_certificate is not None:
+            url += f"&ssl_certfile={self.client_certificate.cert}&ssl_keyfile={self.client_certificate.key}"
+        return url
 
     def client(self) -> redis.Redis:
         """A redis-py client on this server (over TLS when it speaks TLS); the caller closes it."""
@@ -155,7 +163,8 @@ class RedisServer:
         if self.tls is None:
             return ["--port", str(self.port)]
         return [
-            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-auth-clients", "no" if self.client_certificate is None else "yes",
             "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
             "--tls-ca-cert-file", str(self.tls.ca), "--tls-replication", "yes",
         ]
@@ -164,7 +173,8 @@ class RedisServer:
         return "" if self.password is None else f":{self.password}@"
 
     def _pong(self) -> bool:
-        return _pong(self.host, self.port, tls_ca=None if self.tls is None else self.tls.ca)
+        return _pong(self.host, self.port, tls_ca=None if self.tls is None else self.tls.ca,
+                     tls_client=self.client_certificate)
 
     def _log_tail(self, lines: int = 20) -> str:
         with open(self._log_path, errors="replace") as log:
@@ -417,13 +427,16 @@ class SentinelGroup:
             time.sleep(0.1)
 
 
-def _pong(host: str, port: int, *, tls_ca: os.PathLike[str] | None = None) -> bool:
+def _pong(host: str, port: int, *, tls_ca: os.PathLike[str] | None = None,
+          tls_client: ClientCertificate | None = None) -> bool:
     """The server answers a PING: PONG, or NOAUTH when it wants a password first."""
     try:
         with contextlib.ExitStack() as stack:
             sock = stack.enter_context(socket.create_connection((host, port), timeout=1.0))
             if tls_ca is not None:
                 context = ssl.create_default_context(cafile=os.fspath(tls_ca))
+                if tls_client is not None:
+                    context.load_cert_chain(tls_client.cert, tls_client.key)
                 sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
