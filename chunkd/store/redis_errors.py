@@ -37,7 +37,21 @@ class RedisErrors:
             if refused is not None:
                 why, said = refused
                 raise StoreFullError(f"redis {self._where()}: {action} refused: {self._scrub(said)}", why=why) from exc
-            raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}") from exc
+            raise StoreError(f"redis {self._where()}: {action} failed: {self._scrub(str(exc))}{self._hint(exc)}") from exc
+
+    def _hint(self, exc: redis.RedisError) -> str:
+        """A TLS server that wants a client certificate drops a client without one, and the TLS
+        library says so only some of the time ("certificate required"; else a bare "EOF occurred in
+        violation of protocol"): name the likely cause when the URL gave none."""
+        pool = self._client.connection_pool
+        tls = issubclass(getattr(pool, "connection_class", object), redis.SSLConnection)
+        if not tls or connection_kwargs(self._client).get("ssl_certfile") or not isinstance(exc, redis.ConnectionError):
+            return ""
+        said = str(exc).lower()
+        if "certificate required" in said or "eof occurred in violation of protocol" in said:
+            return (" (if the server requires client certificates, `tls-auth-clients yes`, add ssl_certfile= "
+                    "and ssl_keyfile= to the URL)")
+        return ""
 
     def _where(self) -> str:
         if self._named is not None:
