@@ -4,9 +4,9 @@ server-side copy. (The start-up probes that learn what a server checks are chunk
 A body is read once into a buffer of the shared pool (chunkd.pipeline.buffers), hashed there and
 sent from there, signed with that SHA-256, or checked by its MD5 where the server checks no signed
 hash: as Content-MD5, or, where the server answers every part with its MD5, by comparing that
-answer (see chunkd.s3.traits); through the bandwidth limiter when there is one; a body larger than the pool's whole budget is hashed from
-the file, then streamed from it. A small body (a manifest) is signed the same way, always carries
-Content-MD5, and has its ETag checked.
+answer (see chunkd.s3.traits); through the bandwidth limiter when there is one. A body larger than
+the pool's whole budget is hashed from the file, then streamed from it. A small body (a manifest)
+is signed the same way, always carries Content-MD5, and has its ETag checked.
 """
 
 from __future__ import annotations
