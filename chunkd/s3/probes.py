@@ -57,7 +57,7 @@ class ProbeCalls(S3Calls):
 
         Sends a few bytes signed with another body's hash: S3, MinIO and Ceph refuse them
         (`XAmzContentSHA256Mismatch`). A server that stores them anyway (`rclone serve s3`, moto)
-        would also keep a body cut short by a client killed mid-part, so it needs Content-MD5. None:
+        would store a body damaged on the way too, so its parts are checked by their MD5. None:
         the probe itself was refused (permissions), so nobody knows. The probe key is deleted
         whatever the answer, even none: a PUT whose reply was lost may have been stored.
         """

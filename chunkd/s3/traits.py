@@ -2,8 +2,8 @@
 
 Three facts change what a body must carry and how an object is checked:
 - whether the server refuses a body that does not hash to its signed SHA-256 (S3, MinIO, Ceph do;
-  `rclone serve s3` and moto do not, and would keep a part cut short by a killed client), and so
-  whether parts are checked by their MD5 instead;
+  `rclone serve s3` and moto do not, so a body damaged on the way would be stored), and so whether
+  parts are checked by their MD5 instead;
 - where they are, whether the server answers each part with the MD5 of the bytes it stored as
   its ETag and lets a part be sent again (moto): chunkd then compares that answer with its own MD5,
   sends a part whose answer differs again, and leaves Content-MD5 off, which made the server hash
