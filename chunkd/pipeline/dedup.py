@@ -76,10 +76,10 @@ def finish_duplicate(upload: UploadCoordinator, original: StreamRecord, snap: Sn
     same_bucket = original.bucket == record.bucket
     record.dedup_of = original.key if same_bucket else f"s3://{original.bucket}/{original.key}"
     upload.log.info("same bytes as %s: not sent again (dedup=%s)", record.dedup_of, mode)
+    thumbnail_key = None
     if mode == "record":  # no object of its own: the original's poster frame is this file's too
-        media = _without_poster(media)
-    publish(upload, parts, etag, snap, kind=mode, media=media,
-            thumbnail_key=original.thumbnail_key if mode == "record" else None)
+        media, thumbnail_key = _without_poster(media), original.thumbnail_key
+    publish(upload, parts, etag, snap, kind=mode, media=media, thumbnail_key=thumbnail_key)
     return True
 
 

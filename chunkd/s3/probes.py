@@ -103,11 +103,10 @@ class ProbeCalls(S3Calls):
         return EtagProbe(part_etag=part_etag, part_body=kept, replaced=replaced, etag=etag)
 
     def _probe_part(self, bucket: str, key: str, upload_id: str, body: bytes) -> Mapping[str, Any]:
-        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
         return cast("Mapping[str, Any]", self._call(
             "UploadPart",
             lambda: self._client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=md5,
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=_content_md5(body),
             ),
             key=key,
         ))
@@ -126,7 +125,7 @@ class ProbeCalls(S3Calls):
             try:
                 self._client.put_object(
                     Bucket=bucket, Key=key, Body=body, ContentLength=len(TAGGING_BODY),
-                    ContentMD5=base64.b64encode(hashlib.md5(TAGGING_BODY, usedforsecurity=False).digest()).decode(),
+                    ContentMD5=_content_md5(TAGGING_BODY),
                     **request_fields(attributes, None),
                 )
             except ClientError:
@@ -152,3 +151,7 @@ class ProbeCalls(S3Calls):
 
         with contextlib.suppress(TransferError):
             quick.call(send, key=key)
+
+
+def _content_md5(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
