@@ -163,15 +163,12 @@ def test_a_damaged_part_the_server_will_not_replace_gets_the_file_a_fresh_upload
 
 @pytest.fixture(params=["plain-moto", "rgw"])
 def manifest_server(request: pytest.FixtureRequest) -> Iterator[Proxied]:
-    """moto with no checks of its own (sharing the `moto` fixture's store and bucket), or Ceph RGW,
-    behind a FaultProxy."""
+    """`plain_moto`, or Ceph RGW behind a FaultProxy."""
     if request.param == "rgw":
         with FaultProxy(request.getfixturevalue("rgw").endpoint_url) as proxy:
             yield Proxied(request.getfixturevalue("rgw"), proxy)
         return
-    request.getfixturevalue("moto")
-    with MotoServer(strict=False) as plain, FaultProxy(plain.endpoint_url) as proxy:
-        yield Proxied(plain, proxy)
+    yield request.getfixturevalue("plain_moto")
 
 
 def test_a_manifest_damaged_in_flight_is_caught_and_sent_again(manifest_server: Proxied, tmp_path: Path) -> None:
